@@ -1,0 +1,66 @@
+"""Settings shared by every process, read from ``FRAUDSTREAM_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAUDSTREAM_", env_file=None, extra="ignore")
+
+    # Where everything local lives: history, registry, Kafka and Redis data, logs, pids.
+    home: Path = Path("var")
+    data_dir: Path | None = None
+    registry_dir: Path | None = None
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_controller_port: int = 9093
+    kafka_partitions: int = Field(default=2, ge=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+
+    topic_scored: str = "fraudstream.payments.scored"
+    topic_labels: str = "fraudstream.labels"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_url: str = "http://127.0.0.1:8000"
+    # How often the API checks the registry for a newly promoted model.
+    model_poll_seconds: float = Field(default=2.0, gt=0)
+
+    # Answer when no model is loaded yet or a dependency fails; "review" is the safe default.
+    degraded_decision: Literal["approve", "review"] = "review"
+
+    stream_id: str = "fraudstream"
+    stream_web_port: int = 6066
+    # The stream buffers history rows and writes one Parquet file per flush.
+    history_flush_rows: int = Field(default=500, ge=1)
+    history_flush_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _derive_dirs(self) -> Settings:
+        if self.data_dir is None:
+            self.data_dir = self.home / "history"
+        if self.registry_dir is None:
+            self.registry_dir = self.home / "registry"
+        return self
+
+    @property
+    def history_dir(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir
+
+    @property
+    def models_dir(self) -> Path:
+        assert self.registry_dir is not None
+        return self.registry_dir
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,176 @@
+"""The history store: append-only Parquet datasets partitioned by day, read with DuckDB.
+
+Layout under the data directory::
+
+    payments/day=YYYY-MM-DD/part-*.parquet   scored (or imported) payments + feature vectors
+    labels/day=YYYY-MM-DD/part-*.parquet     fraud labels, partitioned by the day reported
+
+Files are written whole under a temporary name and renamed, so a reader never sees a
+half-written file. Writers may repeat a row after a crash (at-least-once delivery); the
+``payments`` and ``labels`` views drop such repeats, so each payment is read exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model.features import FEATURE_NAMES
+
+FEATURE_PREFIX = "f_"
+_TS = pa.timestamp("us", tz="UTC")
+
+PAYMENT_SCHEMA = pa.schema(
+    [
+        ("payment_id", pa.string()),
+        ("ts", _TS),
+        ("card_id", pa.string()),
+        ("terminal_id", pa.string()),
+        ("amount", pa.float64()),
+        ("currency", pa.string()),
+        ("country", pa.string()),
+        ("channel", pa.string()),
+        ("merchant_category", pa.string()),
+        ("score", pa.float64()),
+        ("decision", pa.string()),
+        ("model_version", pa.string()),
+        ("degraded", pa.bool_()),
+        ("reasons", pa.list_(pa.string())),
+        ("scored_at", _TS),
+        ("source", pa.string()),
+        *((FEATURE_PREFIX + f, pa.float64()) for f in FEATURE_NAMES),
+    ]
+)
+
+LABEL_SCHEMA = pa.schema(
+    [
+        ("payment_id", pa.string()),
+        ("is_fraud", pa.bool_()),
+        ("source", pa.string()),
+        ("reported_at", _TS),
+        ("received_at", _TS),
+    ]
+)
+
+
+def _day(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+class HistoryStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def payments_dir(self) -> Path:
+        return self.root / "payments"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.root / "labels"
+
+    # ---- writing -------------------------------------------------------------------
+    def append_payments(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        return self._append(self.payments_dir, PAYMENT_SCHEMA, rows, "ts")
+
+    def append_labels(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        return self._append(self.labels_dir, LABEL_SCHEMA, rows, "reported_at")
+
+    def _append(
+        self, base: Path, schema: pa.Schema, rows: Iterable[Mapping[str, Any]], day_of: str
+    ) -> int:
+        by_day: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_day[_day(row[day_of])].append(row)
+        written = 0
+        for day, day_rows in by_day.items():
+            table = pa.Table.from_pylist(
+                [{name: r.get(name) for name in schema.names} for r in day_rows], schema=schema
+            )
+            self._write_table(base / f"day={day}", table)
+            written += len(day_rows)
+        return written
+
+    def append_payment_frame(self, frame: pd.DataFrame) -> int:
+        """Bulk append (history import): ``frame`` holds PAYMENT_SCHEMA columns, any subset."""
+        return self._append_frame(self.payments_dir, PAYMENT_SCHEMA, frame, "ts")
+
+    def append_label_frame(self, frame: pd.DataFrame) -> int:
+        return self._append_frame(self.labels_dir, LABEL_SCHEMA, frame, "reported_at")
+
+    def _append_frame(
+        self, base: Path, schema: pa.Schema, frame: pd.DataFrame, day_of: str
+    ) -> int:
+        if frame.empty:
+            return 0
+        full = frame.reindex(columns=schema.names)
+        days = pd.to_datetime(full[day_of], utc=True).dt.strftime("%Y-%m-%d")
+        for day, part in full.groupby(days, sort=True):
+            table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
+            self._write_table(base / f"day={day}", table)
+        return len(full)
+
+    @staticmethod
+    def _write_table(directory: Path, table: pa.Table) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = directory / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / name)
+
+    # ---- reading -------------------------------------------------------------------
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the history's views.
+
+        - ``payments``: one row per payment_id (repeats from redelivery dropped)
+        - ``labels``: every distinct label event
+        - ``payments_raw`` / ``labels_raw``: the files as written
+        """
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        for name, base, schema in (
+            ("payments_raw", self.payments_dir, PAYMENT_SCHEMA),
+            ("labels_raw", self.labels_dir, LABEL_SCHEMA),
+        ):
+            if any(base.glob("day=*/*.parquet")):
+                glob = str(base / "day=*" / "*.parquet")
+                con.execute(
+                    f"CREATE VIEW {name} AS SELECT * EXCLUDE (day) FROM read_parquet("
+                    f"'{glob}', hive_partitioning = true, union_by_name = true)"
+                )
+            else:
+                con.register(f"{name}_empty", schema.empty_table())
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_empty")
+        # An API-scored row wins over an imported one; otherwise the first scored.
+        con.execute(
+            "CREATE VIEW payments AS SELECT * FROM payments_raw QUALIFY row_number() OVER ("
+            "PARTITION BY payment_id ORDER BY (source = 'api') DESC, scored_at NULLS LAST) = 1"
+        )
+        con.execute(
+            "CREATE VIEW labels AS SELECT payment_id, is_fraud, source, reported_at, "
+            "min(received_at) AS received_at FROM labels_raw "
+            "GROUP BY payment_id, is_fraud, source, reported_at"
+        )
+        return con
+
+    def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        con = self.connect()
+        try:
+            return con.execute(sql, params or []).df()
+        finally:
+            con.close()
+
+    def payment_ids(self) -> set[str]:
+        return set(self.query("SELECT payment_id FROM payments")["payment_id"])

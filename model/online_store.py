@@ -1,0 +1,137 @@
+"""The online feature store in Redis: its key layout and every operation on it.
+
+Keys (all expire after the longest window they serve, plus slack for replays):
+
+- ``fs:card:{card_id}``       sorted set, one member per payment ``{payment_id}|{amount}|{terminal}``,
+                              scored by event timestamp; written at scoring time by the API.
+- ``fs:term:{terminal_id}``   sorted set of payment ids by event timestamp; API, at scoring time.
+- ``fs:tfraud:{terminal_id}`` sorted set of fraudulent payment ids by label ``reported_at``;
+                              written by the stream processor as labels arrive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from redis.asyncio import Redis
+
+from model.features import (
+    CARD_HORIZON,
+    DAY,
+    RISK_WINDOW,
+    TERMINAL_HORIZON,
+    TERMINAL_WINDOWS,
+    card_features,
+    feature_vector,
+    terminal_features,
+)
+from model.schemas import Payment
+
+# Keep members this long past the longest window, so late (out-of-order) events still
+# find the history they need.
+SLACK = 2 * DAY
+
+
+def card_key(card_id: str) -> str:
+    return f"fs:card:{card_id}"
+
+
+def terminal_key(terminal_id: str) -> str:
+    return f"fs:term:{terminal_id}"
+
+
+def terminal_fraud_key(terminal_id: str) -> str:
+    return f"fs:tfraud:{terminal_id}"
+
+
+def _card_member(payment: Payment) -> str:
+    return f"{payment.payment_id}|{payment.amount!r}|{payment.terminal_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalFraudUpdate:
+    terminal_id: str
+    payment_id: str
+    is_fraud: bool
+    reported_at: float
+
+
+class OnlineStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def observe_and_compute(self, payment: Payment) -> dict[str, float]:
+        """Read every online feature of ``payment`` and record it, in one atomic round trip.
+
+        MULTI/EXEC makes the read and the counter update one step, so concurrent payments
+        on the same card each see all the ones before them. A retried payment_id finds
+        itself already recorded and is left out of its own history, so it never counts twice.
+        """
+        ts = payment.ts
+        pid = payment.payment_id
+        ckey, tkey, fkey = (
+            card_key(payment.card_id),
+            terminal_key(payment.terminal_id),
+            terminal_fraud_key(payment.terminal_id),
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrangebyscore(ckey, f"({ts - CARD_HORIZON}", ts, withscores=True)
+        for span in TERMINAL_WINDOWS.values():
+            pipe.zcount(tkey, f"({ts - span}", ts)
+        pipe.zscore(tkey, pid)
+        pipe.zcount(fkey, f"({ts - RISK_WINDOW}", ts)
+        pipe.zadd(ckey, {_card_member(payment): ts})
+        pipe.zadd(tkey, {pid: ts})
+        pipe.zremrangebyscore(ckey, "-inf", f"({ts - CARD_HORIZON - SLACK}")
+        pipe.zremrangebyscore(tkey, "-inf", f"({ts - TERMINAL_HORIZON - SLACK}")
+        pipe.expire(ckey, int(CARD_HORIZON + SLACK))
+        pipe.expire(tkey, int(TERMINAL_HORIZON + SLACK))
+        res = await pipe.execute()
+
+        card_rows: list[tuple[bytes, float]] = res[0]
+        n_windows = len(TERMINAL_WINDOWS)
+        term_counts = res[1 : 1 + n_windows]
+        own_term_ts = res[1 + n_windows]
+        fraud_count = int(res[2 + n_windows])
+
+        prior_ts: list[float] = []
+        prior_amount: list[float] = []
+        prior_terminal: list[str] = []
+        for member, score in card_rows:
+            member_pid, amount, terminal = member.decode().split("|", 2)
+            if member_pid == pid:
+                continue
+            prior_ts.append(score)
+            prior_amount.append(float(amount))
+            prior_terminal.append(terminal)
+        counts: dict[str, int] = {}
+        for (w, span), count in zip(TERMINAL_WINDOWS.items(), term_counts, strict=True):
+            self_counted = own_term_ts is not None and ts - span < own_term_ts <= ts
+            counts[w] = int(count) - (1 if self_counted else 0)
+
+        card = card_features(
+            ts,
+            payment.amount,
+            payment.terminal_id,
+            np.asarray(prior_ts, dtype=float),
+            np.asarray(prior_amount, dtype=float),
+            prior_terminal,
+        )
+        terminal = terminal_features(ts, counts, fraud_count)
+        return feature_vector(ts, payment.amount, card, terminal)
+
+    async def apply_terminal_label(self, update: TerminalFraudUpdate) -> None:
+        """Record (or, for a "not fraud" verdict, withdraw) a fraud label on a terminal.
+
+        Keyed by payment_id, so a redelivered label changes nothing.
+        """
+        key = terminal_fraud_key(update.terminal_id)
+        pipe = self.redis.pipeline(transaction=True)
+        if update.is_fraud:
+            pipe.zadd(key, {update.payment_id: update.reported_at})
+        else:
+            pipe.zrem(key, update.payment_id)
+        pipe.zremrangebyscore(key, "-inf", f"({update.reported_at - RISK_WINDOW - SLACK}")
+        pipe.expire(key, int(RISK_WINDOW + SLACK))
+        await pipe.execute()

@@ -1,0 +1,148 @@
+"""Event schemas: what crosses an edge (HTTP, Kafka, the history store)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Decision = Literal["approve", "review", "decline"]
+LabelSource = Literal["chargeback", "analyst", "customer_report", "import"]
+Channel = Literal["pos", "ecom", "moto", "atm"]
+
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+_DIGITS = re.compile(r"^\d{12,19}$")
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def looks_like_pan(value: str) -> bool:
+    """A 12-19 digit string passing the Luhn check is treated as a raw card number."""
+    compact = value.replace(" ", "").replace("-", "")
+    return bool(_DIGITS.match(compact)) and luhn_valid(compact)
+
+
+def as_utc(value: datetime) -> datetime:
+    # Event time drives every window; a naive timestamp would silently shift them by the
+    # server's offset, so naive input is read as UTC and everything is kept in UTC.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class Payment(BaseModel):
+    """A payment as the gateway sends it to the scoring hook."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "payment_id": "pay_000123",
+                    "timestamp": "2026-11-22T10:15:00Z",
+                    "card_id": "card_8f2a",
+                    "terminal_id": "term_0042",
+                    "amount": 42.5,
+                    "currency": "EUR",
+                    "country": "FR",
+                    "channel": "pos",
+                    "merchant_category": "5411",
+                }
+            ]
+        },
+    )
+
+    payment_id: Identifier
+    timestamp: datetime
+    card_id: Identifier = Field(description="The card's token. A raw card number is refused.")
+    terminal_id: Identifier = Field(description="Terminal or merchant id.")
+    amount: float = Field(gt=0, le=1_000_000)
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    channel: Channel | None = None
+    merchant_category: str | None = Field(default=None, pattern=r"^\d{4}$")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return as_utc(v)
+
+    @field_validator("card_id")
+    @classmethod
+    def _no_pan(cls, v: str) -> str:
+        if looks_like_pan(v):
+            raise ValueError("card_id looks like a raw card number (PAN); send the card token")
+        return v
+
+    @property
+    def ts(self) -> float:
+        return self.timestamp.timestamp()
+
+
+class Reason(BaseModel):
+    code: str
+    feature: str | None = None
+    value: float | None = None
+    detail: str
+
+
+class ScoreResponse(BaseModel):
+    payment_id: str
+    decision: Decision
+    score: float | None
+    reasons: list[Reason]
+    model_version: str | None
+    degraded: bool = False
+    latency_ms: float
+
+
+class ScoredPayment(BaseModel):
+    """What the API publishes for every payment it scored: the exact inputs and outcome."""
+
+    payment: Payment
+    features: dict[str, float]
+    score: float | None
+    decision: Decision
+    model_version: str | None
+    reasons: list[str] = []
+    degraded: bool = False
+    scored_at: datetime
+
+
+class Label(BaseModel):
+    """A fraud verdict on a past payment; arrives days after the payment."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "payment_id": "pay_000123",
+                    "is_fraud": True,
+                    "source": "chargeback",
+                    "reported_at": "2026-12-02T09:00:00Z",
+                }
+            ]
+        },
+    )
+
+    payment_id: Identifier
+    is_fraud: bool
+    source: LabelSource
+    reported_at: datetime
+
+    @field_validator("reported_at")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return as_utc(v)
