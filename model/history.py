@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.features import FEATURE_NAMES
+from model.schemas import Label, ScoredPayment
 
 FEATURE_PREFIX = "f_"
 _TS = pa.timestamp("us", tz="UTC")
@@ -113,12 +114,16 @@ class HistoryStore:
     ) -> int:
         if frame.empty:
             return 0
-        full = frame.reindex(columns=schema.names)
-        days = pd.to_datetime(full[day_of], utc=True).dt.strftime("%Y-%m-%d")
-        for day, part in full.groupby(days, sort=True):
-            table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
-            self._write_table(base / f"day={day}", table)
-        return len(full)
+        days = pd.to_datetime(frame[day_of], utc=True).dt.strftime("%Y-%m-%d")
+        for day, part in frame.groupby(days, sort=True):
+            arrays = [
+                pa.array(part[f.name], type=f.type, from_pandas=True)
+                if f.name in part.columns
+                else pa.nulls(len(part), type=f.type)
+                for f in schema
+            ]
+            self._write_table(base / f"day={day}", pa.Table.from_arrays(arrays, schema=schema))
+        return len(frame)
 
     @staticmethod
     def _write_table(directory: Path, table: pa.Table) -> None:
@@ -174,3 +179,39 @@ class HistoryStore:
 
     def payment_ids(self) -> set[str]:
         return set(self.query("SELECT payment_id FROM payments")["payment_id"])
+
+
+def scored_row(event: ScoredPayment) -> dict[str, Any]:
+    """The history row of a scored payment: the payment, outcome and exact features."""
+    p = event.payment
+    row: dict[str, Any] = {
+        "payment_id": p.payment_id,
+        "ts": p.timestamp,
+        "card_id": p.card_id,
+        "terminal_id": p.terminal_id,
+        "amount": p.amount,
+        "currency": p.currency,
+        "country": p.country,
+        "channel": p.channel,
+        "merchant_category": p.merchant_category,
+        "score": event.score,
+        "decision": event.decision,
+        "model_version": event.model_version,
+        "degraded": event.degraded,
+        "reasons": event.reasons,
+        "scored_at": event.scored_at,
+        "source": "api",
+    }
+    for name, value in event.features.items():
+        row[FEATURE_PREFIX + name] = value
+    return row
+
+
+def label_row(label: Label, received_at: datetime) -> dict[str, Any]:
+    return {
+        "payment_id": label.payment_id,
+        "is_fraud": label.is_fraud,
+        "source": label.source,
+        "reported_at": label.reported_at,
+        "received_at": received_at,
+    }

@@ -135,3 +135,74 @@ class OnlineStore:
         pipe.zremrangebyscore(key, "-inf", f"({update.reported_at - RISK_WINDOW - SLACK}")
         pipe.expire(key, int(RISK_WINDOW + SLACK))
         await pipe.execute()
+
+
+# ---- label join state, kept by the stream processor ------------------------------------
+# A label may reach the stream before its payment does (separate topics, separate agents).
+# Both sides run as Lua scripts, atomic in Redis, so a label is either joined at once or
+# queued and then picked up by the payment: never both, never neither.
+JOIN_HORIZON = 180 * DAY
+
+_REMEMBER_PAYMENT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local pending = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+return pending
+"""
+
+_JOIN_OR_QUEUE = """
+local terminal = redis.call('GET', KEYS[1])
+if terminal then return terminal end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return false
+"""
+
+
+def payment_key(payment_id: str) -> str:
+    return f"fs:pay:{payment_id}"
+
+
+def pending_key(payment_id: str) -> str:
+    return f"fs:pending:{payment_id}"
+
+
+def recorded_key(payment_id: str) -> str:
+    return f"fs:hist:{payment_id}"
+
+
+class JoinState:
+    """Which terminal each payment was at, labels waiting for their payment, and which
+    payments the history already holds."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._remember = redis.register_script(_REMEMBER_PAYMENT)
+        self._join = redis.register_script(_JOIN_OR_QUEUE)
+
+    async def remember_payment(self, payment_id: str, terminal_id: str) -> list[bytes]:
+        """Record the payment's terminal; returns the labels that were waiting for it."""
+        return await self._remember(
+            keys=[payment_key(payment_id), pending_key(payment_id)],
+            args=[terminal_id, int(JOIN_HORIZON)],
+        )
+
+    async def terminal_or_queue(self, payment_id: str, raw_label: bytes) -> str | None:
+        """The payment's terminal, or None after queueing the label for its payment."""
+        terminal = await self._join(
+            keys=[payment_key(payment_id), pending_key(payment_id)],
+            args=[raw_label, int(JOIN_HORIZON)],
+        )
+        return terminal.decode() if terminal else None
+
+    async def already_recorded(self, payment_ids: list[str]) -> set[str]:
+        if not payment_ids:
+            return set()
+        flags = await self.redis.mget([recorded_key(p) for p in payment_ids])
+        return {p for p, f in zip(payment_ids, flags, strict=True) if f is not None}
+
+    async def mark_recorded(self, payment_ids: list[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in payment_ids:
+            pipe.set(recorded_key(pid), 1, ex=int(JOIN_HORIZON))
+        await pipe.execute()

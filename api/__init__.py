@@ -1,0 +1,1 @@
+"""The scoring service: the gateway's synchronous HTTP hook (FastAPI)."""

@@ -1,0 +1,47 @@
+"""Hot reload: keeps the promoted model loaded and swaps it in when the registry changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from api.metrics import MODEL_INFO, MODEL_RELOADS
+from model.registry import Registry
+from model.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    """Holds the current Scorer. A request reads ``holder.scorer`` once and keeps that
+    object, so a swap never changes the model under a request in flight."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.scorer: Scorer | None = None
+
+    async def refresh(self) -> bool:
+        """Load the promoted version if it differs from the one in use. True if swapped."""
+        version = self.registry.current_version()
+        if version is None or (self.scorer is not None and self.scorer.version == version):
+            return False
+        try:
+            # Loading unpickles the model: off the event loop, so scoring goes on meanwhile.
+            scorer = await asyncio.to_thread(Scorer.from_version, self.registry.get(version))
+        except Exception:
+            MODEL_RELOADS.labels("failed").inc()
+            log.exception("could not load model %s; keeping %s", version,
+                          self.scorer.version if self.scorer else None)
+            return False
+        old, self.scorer = self.scorer, scorer
+        if old is not None:
+            MODEL_INFO.labels(old.version).set(0)
+        MODEL_INFO.labels(scorer.version).set(1)
+        MODEL_RELOADS.labels("loaded").inc()
+        log.info("model %s in use (was %s)", scorer.version, old.version if old else None)
+        return True
+
+    async def watch(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await self.refresh()

@@ -1,0 +1,28 @@
+"""Wire format of the Kafka topics: JSON (orjson) of the pydantic schemas, keyed by payment_id.
+
+Both topics are keyed by payment_id and have the same partition count, so a label lands on
+the same partition as its payment and the stream can join them in local table state.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from model.schemas import Label, ScoredPayment
+
+
+def encode(event: ScoredPayment | Label) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json"))
+
+
+def decode_scored(raw: bytes) -> ScoredPayment:
+    return ScoredPayment.model_validate_json(raw)
+
+
+def decode_label(raw: bytes) -> Label:
+    return Label.model_validate_json(raw)
+
+
+def key_of(event: ScoredPayment | Label) -> bytes:
+    pid = event.payment.payment_id if isinstance(event, ScoredPayment) else event.payment_id
+    return pid.encode()

@@ -1,0 +1,1 @@
+"""The stream processor (faust): keeps label-dependent features and the history current."""

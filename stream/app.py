@@ -1,0 +1,103 @@
+"""The faust app: topics and agents.
+
+- ``record_scored``: every scored payment -> the history (once), and the payment's terminal
+  remembered so that its label, days later, can update the terminal's fraud risk.
+- ``apply_labels``: every label -> the history, and the terminal fraud aggregate in Redis.
+
+Run with ``fraudstream stream`` (a faust worker). Events are processed in batches so the
+history gets one Parquet file per batch rather than one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from redis.asyncio import Redis
+
+from model.config import Settings, get_settings
+from model.events import decode_label, decode_scored
+from model.history import HistoryStore, label_row, scored_row
+from model.online_store import JoinState, OnlineStore, TerminalFraudUpdate
+from model.schemas import Label
+
+log = logging.getLogger(__name__)
+
+
+class StreamContext:
+    """The stores the agents write to, built once per worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        redis = Redis.from_url(settings.redis_url, password=password)
+        self.online = OnlineStore(redis)
+        self.join = JoinState(redis)
+        self.history = HistoryStore(settings.history_dir)
+
+    async def apply_label(self, label: Label, terminal_id: str) -> None:
+        await self.online.apply_terminal_label(
+            TerminalFraudUpdate(terminal_id, label.payment_id, label.is_fraud,
+                                label.reported_at.timestamp())
+        )
+
+
+def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
+    app = faust.App(
+        settings.stream_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_replication_factor=1,
+        topic_partitions=settings.kafka_partitions,
+        web_host="127.0.0.1",
+        web_port=settings.stream_web_port,
+        broker_commit_every=settings.history_flush_rows,
+        consumer_auto_offset_reset="earliest",
+    )
+    scored_topic = app.topic(settings.topic_scored, value_serializer="raw", key_serializer="raw")
+    labels_topic = app.topic(settings.topic_labels, value_serializer="raw", key_serializer="raw")
+    ctx = StreamContext(settings)
+
+    @app.agent(scored_topic)
+    async def record_scored(stream: faust.StreamT) -> None:
+        async for batch in stream.take(settings.history_flush_rows,
+                                       within=settings.history_flush_seconds):
+            events = {e.payment.payment_id: e for e in map(decode_scored, batch)}
+            # Redelivered after a restart: already in the history, change nothing.
+            done = await ctx.join.already_recorded(list(events))
+            fresh = [e for pid, e in events.items() if pid not in done]
+            await asyncio.to_thread(ctx.history.append_payments, map(scored_row, fresh))
+            await ctx.join.mark_recorded([e.payment.payment_id for e in fresh])
+            for event in fresh:
+                payment = event.payment
+                for raw in await ctx.join.remember_payment(payment.payment_id,
+                                                           payment.terminal_id):
+                    await ctx.apply_label(decode_label(raw), payment.terminal_id)
+
+    @app.agent(labels_topic)
+    async def apply_labels(stream: faust.StreamT) -> None:
+        async for batch in stream.take(settings.history_flush_rows,
+                                       within=settings.history_flush_seconds):
+            received = datetime.now(UTC)
+            labels = [decode_label(raw) for raw in batch]
+            await asyncio.to_thread(ctx.history.append_labels,
+                                    [label_row(lb, received) for lb in labels])
+            for raw, label in zip(batch, labels, strict=True):
+                terminal = await ctx.join.terminal_or_queue(label.payment_id, raw)
+                if terminal is not None:
+                    await ctx.apply_label(label, terminal)
+
+    @app.page("/ready/")
+    async def ready(web: Any, request: Any) -> Any:
+        assigned = app.consumer.assignment() if app.consumer else set()
+        if not assigned:
+            return web.json({"ready": False}, status=503)
+        return web.json({"ready": True, "partitions": len(assigned)})
+
+    return app, record_scored, apply_labels
+
+
+app, record_scored, apply_labels = create_app(get_settings())

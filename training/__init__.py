@@ -1,0 +1,1 @@
+"""Offline jobs: history import, training and evaluation, and the traffic simulator."""
