@@ -11,6 +11,7 @@ Keys (all expire after the longest window they serve, plus slack for replays):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +46,8 @@ def terminal_fraud_key(terminal_id: str) -> str:
     return f"fs:tfraud:{terminal_id}"
 
 
-def _card_member(payment: Payment) -> str:
-    return f"{payment.payment_id}|{payment.amount!r}|{payment.terminal_id}"
+def _card_member(payment_id: str, amount: float, terminal_id: str) -> str:
+    return f"{payment_id}|{float(amount)!r}|{terminal_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,7 @@ class OnlineStore:
             pipe.zcount(tkey, f"({ts - span}", ts)
         pipe.zscore(tkey, pid)
         pipe.zcount(fkey, f"({ts - RISK_WINDOW}", ts)
-        pipe.zadd(ckey, {_card_member(payment): ts})
+        pipe.zadd(ckey, {_card_member(pid, payment.amount, payment.terminal_id): ts})
         pipe.zadd(tkey, {pid: ts})
         pipe.zremrangebyscore(ckey, "-inf", f"({ts - CARD_HORIZON - SLACK}")
         pipe.zremrangebyscore(tkey, "-inf", f"({ts - TERMINAL_HORIZON - SLACK}")
@@ -120,6 +121,36 @@ class OnlineStore:
         )
         terminal = terminal_features(ts, counts, fraud_count)
         return feature_vector(ts, payment.amount, card, terminal)
+
+    async def backfill(
+        self,
+        payments: Iterable[tuple[str, float, str, str, float]],
+        fraud: Iterable[tuple[str, str, float]],
+        chunk: int = 5000,
+    ) -> int:
+        """Load recorded history into the store, as if it had been scored live.
+
+        ``payments``: (payment_id, ts, card_id, terminal_id, amount) of the last 30 days;
+        ``fraud``: (terminal_id, payment_id, reported_at) of payments currently labelled
+        fraud. Idempotent: members are keyed by payment_id.
+        """
+        count = 0
+        pipe = self.redis.pipeline(transaction=False)
+        for pid, ts, card, terminal, amount in payments:
+            pipe.zadd(card_key(card), {_card_member(pid, amount, terminal): ts})
+            pipe.expire(card_key(card), int(CARD_HORIZON + SLACK))
+            pipe.zadd(terminal_key(terminal), {pid: ts})
+            pipe.expire(terminal_key(terminal), int(TERMINAL_HORIZON + SLACK))
+            # So that a label arriving later for this payment finds its terminal.
+            pipe.set(payment_key(pid), terminal, ex=int(JOIN_HORIZON))
+            count += 1
+            if count % chunk == 0:
+                await pipe.execute()
+        for terminal, pid, reported_at in fraud:
+            pipe.zadd(terminal_fraud_key(terminal), {pid: reported_at})
+            pipe.expire(terminal_fraud_key(terminal), int(RISK_WINDOW + SLACK))
+        await pipe.execute()
+        return count
 
     async def apply_terminal_label(self, update: TerminalFraudUpdate) -> None:
         """Record (or, for a "not fraud" verdict, withdraw) a fraud label on a terminal.

@@ -1,0 +1,364 @@
+"""The ``fraudstream`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from model.config import get_settings
+
+app = typer.Typer(help="fraudstream: real-time payment fraud detection.", no_args_is_help=True,
+                  add_completion=False)
+history_app = typer.Typer(help="The recorded history (Parquet + DuckDB).", no_args_is_help=True)
+model_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(history_app, name="history")
+app.add_typer(model_app, name="model")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+
+
+# ---- running the service -------------------------------------------------------------
+@app.command()
+def api(workers: int = typer.Option(1, min=1, help="uvicorn worker processes")) -> None:
+    """Run the scoring API in the foreground."""
+    import uvicorn
+
+    s = get_settings()
+    uvicorn.run("api.main:app_factory", factory=True, host=s.api_host, port=s.api_port,
+                workers=workers, log_level="warning", access_log=False)
+
+
+@app.command()
+def stream() -> None:
+    """Run the stream worker (faust) in the foreground."""
+    from stream.app import app as faust_app
+
+    sys.argv = [sys.argv[0], "worker", "--loglevel", "info"]
+    faust_app.main()
+
+
+@app.command()
+def up(
+    demo_payments: int = typer.Option(400, help="simulated payments sent once it is up (0: none)"),
+    demo_rate: float = typer.Option(40.0, help="payments per second of the demo traffic"),
+    history_days: int = typer.Option(45, help="days of simulated history if no model exists"),
+) -> None:
+    """Start Kafka, Redis, the stream worker and the API; train a first model if none."""
+    from model.registry import Registry
+    from ops import services
+
+    s = get_settings()
+    console.print(f"[bold]fraudstream[/] home: {s.home.resolve()}")
+    steps = [("Kafka jars", lambda: services.ensure_kafka_libs()),
+             ("Redis", lambda: services.start_redis(s)),
+             ("Kafka", lambda: services.start_kafka(s))]
+    for name, start in steps:
+        with console.status(f"starting {name}…"):
+            start()
+        console.print(f"  [green]✓[/] {name}")
+
+    registry = Registry(s.models_dir)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if registry.current_version() is None:
+        console.print("no model yet: simulating history, importing it, training a first model")
+        path = s.home / "bootstrap" / "history.parquet"
+        simulate(out=path, days=history_days, start=today - timedelta(days=history_days),
+                 cards=2000, terminals=200, seed=7, to_api=None, rate=50.0, count=0)
+        history_import(path, mapping=[], label_delay_days=14.0)
+        train(force=True, test_days=7.0, gap_days=7.0, train_days=None, cutoff=None,
+              review_rate=0.03, decline_rate=0.005)
+        history_backfill_online()
+    with console.status("starting the stream worker…"):
+        services.start_stream(s)
+    console.print("  [green]✓[/] stream worker")
+    with console.status("starting the API…"):
+        services.start_api(s)
+    console.print(f"  [green]✓[/] API on {s.api_url}  (OpenAPI: {s.api_url}/docs)")
+    if demo_payments:
+        simulate(out=None, days=1, start=today, cards=2000, terminals=200, seed=8,
+                 to_api=s.api_url, rate=demo_rate, count=demo_payments)
+    status()
+
+
+@app.command()
+def down() -> None:
+    """Stop everything ``up`` started."""
+    from ops import services
+
+    stopped = services.stop_all(get_settings())
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def status() -> None:
+    """What is running."""
+    from ops import services
+
+    s = get_settings()
+    table = Table("component", "pid", "where")
+    where = {"kafka": s.kafka_bootstrap, "redis": s.redis_url, "api": s.api_url,
+             "stream": f"http://127.0.0.1:{s.stream_web_port}"}
+    for name, pid in services.status(s).items():
+        table.add_row(name, str(pid) if pid else "[red]stopped[/]", where[name])
+    console.print(table)
+
+
+# ---- data and models -----------------------------------------------------------------
+@app.command()
+def simulate(
+    out: Annotated[Path | None, typer.Option(help="write the history to this .parquet/.csv")] = None,
+    to_api: Annotated[str | None, typer.Option(help="send the traffic to this API URL")] = None,
+    days: int = typer.Option(45, min=1, help="simulated days"),
+    start: Annotated[datetime | None, typer.Option(help="first simulated day (UTC)")] = None,
+    cards: int = typer.Option(2000, min=1),
+    terminals: int = typer.Option(200, min=2),
+    seed: int = typer.Option(7),
+    rate: float = typer.Option(50.0, min=0.001, help="payments per second with --to-api"),
+    count: int = typer.Option(0, min=0, help="with --to-api: send only the first N payments"),
+) -> None:
+    """Generate payment traffic with labelled fraud patterns and delayed labels."""
+    from training.simulator import SimulationConfig
+    from training.simulator import simulate as run_simulation
+
+    if out is None and to_api is None:
+        raise fail("say where the traffic goes: --out FILE and/or --to-api URL")
+    if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
+        raise fail(f"--out {out}: use a .parquet or .csv file name")
+    first = (start or datetime(2026, 9, 1)).replace(tzinfo=UTC)
+    cfg = SimulationConfig(days=days, cards=cards, terminals=terminals, start=first, seed=seed)
+    with _progress() as bar:
+        task = bar.add_task(f"simulating {cards} cards × {days} days", total=cards)
+        traffic = run_simulation(cfg, progress=lambda n: bar.advance(task, n))
+    fraud = int(traffic["is_fraud"].sum())
+    console.print(f"simulated {len(traffic):,} payments, {fraud:,} fraud "
+                  f"({fraud / max(len(traffic), 1):.2%}): "
+                  + ", ".join(f"{k} {v}" for k, v in
+                              traffic["fraud_pattern"].value_counts().items()))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".csv":
+            traffic.to_csv(out, index=False)
+        else:
+            traffic.to_parquet(out, index=False)
+        console.print(f"wrote {out}")
+    if to_api is not None:
+        from training.traffic import send_traffic
+
+        sample = traffic.head(count) if count else traffic
+        with _progress() as bar:
+            task = bar.add_task(f"sending to {to_api} at {rate:g}/s", total=len(sample))
+            report = asyncio.run(send_traffic(to_api, sample, rate,
+                                              progress=lambda n: bar.advance(task, n)))
+        table = Table("sent", "labels", "errors", "approve", "review", "decline", "p50 ms",
+                      "p99 ms", title="traffic sent")
+        table.add_row(str(report.sent), str(report.labels_sent),
+                      str(sum(report.errors.values())),
+                      *(str(report.decisions[d]) for d in ("approve", "review", "decline")),
+                      f"{report.percentile(50):.2f}", f"{report.percentile(99):.2f}")
+        console.print(table)
+        if report.errors:
+            raise fail(f"requests failed: {dict(report.errors)}")
+
+
+@history_app.command("import")
+def history_import(
+    file: Path = typer.Argument(..., help="CSV or Parquet of past payments"),
+    mapping: Annotated[list[str], typer.Option("--map", help="rename a column: SOURCE=TARGET")]
+    = [],  # noqa: B006 -- typer reads the default, never mutates it
+    label_delay_days: float = typer.Option(14.0, help="label delay when the file gives none"),
+) -> None:
+    """Import past payments with their fraud labels into the history."""
+    from model.history import HistoryStore
+    from training.importer import ImportError_, import_history
+
+    renames: dict[str, str] = {}
+    for item in mapping:
+        source, sep, target = item.partition("=")
+        if not sep or not source or not target:
+            raise fail(f"--map {item!r}: write SOURCE=TARGET, e.g. --map tx_id=payment_id")
+        renames[source] = target
+    s = get_settings()
+    try:
+        with console.status(f"importing {file}…"):
+            result = import_history(HistoryStore(s.history_dir), file, renames, label_delay_days)
+    except ImportError_ as exc:
+        raise fail(f"{file}: {exc}; nothing was imported") from exc
+    console.print(f"imported {result.payments:,} payments ({result.first:%Y-%m-%d} to "
+                  f"{result.last:%Y-%m-%d}) and {result.labels:,} labels "
+                  f"({result.fraud:,} fraud) into {s.history_dir}")
+
+
+@history_app.command("backfill-online")
+def history_backfill_online() -> None:
+    """Load the last 30 days of history into the online feature store (Redis)."""
+    from redis.asyncio import Redis
+
+    from model.history import HistoryStore
+    from model.online_store import OnlineStore
+    from training.backfill import backfill_online
+
+    s = get_settings()
+
+    async def run() -> object:
+        password = s.redis_password.get_secret_value() if s.redis_password else None
+        redis = Redis.from_url(s.redis_url, password=password)
+        try:
+            return await backfill_online(HistoryStore(s.history_dir), OnlineStore(redis))
+        finally:
+            await redis.aclose()
+
+    with console.status("loading history into Redis…"):
+        try:
+            result = asyncio.run(run())
+        except OSError as exc:
+            raise fail(f"Redis at {s.redis_url} unreachable: {exc}") from exc
+    console.print(f"online store warmed with {result.payments:,} payments and "  # type: ignore[attr-defined]
+                  f"{result.fraud_labels:,} fraud labels")  # type: ignore[attr-defined]
+
+
+@history_app.command("stats")
+def history_stats() -> None:
+    """Payments, fraud labels and decisions per day."""
+    from model.history import HistoryStore
+
+    df = HistoryStore(get_settings().history_dir).query(
+        "SELECT CAST(p.ts AS DATE) AS day, count(*) AS payments, "
+        "count(*) FILTER (WHERE p.source = 'api') AS scored, "
+        "count(l.payment_id) AS fraud_labelled, "
+        "count(*) FILTER (WHERE p.decision = 'decline') AS declined "
+        "FROM payments p LEFT JOIN (SELECT DISTINCT payment_id FROM labels WHERE is_fraud) l "
+        "USING (payment_id) GROUP BY day ORDER BY day"
+    )
+    table = Table(*df.columns, title="history")
+    for row in df.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+@app.command()
+def train(
+    force: bool = typer.Option(False, "--force", help="promote even if not better"),
+    test_days: float = typer.Option(7.0, min=0.5),
+    gap_days: float = typer.Option(7.0, min=0.0, help="label-delay gap between train and test"),
+    train_days: float | None = typer.Option(None, min=1.0, help="default: all before the gap"),
+    cutoff: Annotated[datetime | None, typer.Option(help="use only labels reported by then")]
+    = None,
+    review_rate: float = typer.Option(0.03, min=0.0, max=1.0),
+    decline_rate: float = typer.Option(0.005, min=0.0, max=1.0),
+) -> None:
+    """Retrain from the history; promote the new model if it beats the current one."""
+    from model.history import HistoryStore
+    from model.registry import Registry
+    from training.train import TrainConfig, TrainingError
+    from training.train import train as run_training
+
+    s = get_settings()
+    cfg = TrainConfig(
+        test_days=test_days, gap_days=gap_days, train_days=train_days, force=force,
+        cutoff=cutoff.replace(tzinfo=cutoff.tzinfo or UTC).timestamp() if cutoff else None,
+        review_rate=review_rate, decline_rate=decline_rate,
+    )
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(step: str, advance: int | None) -> None:
+            if step not in tasks:
+                for t in tasks.values():
+                    bar.update(t, completed=bar.tasks[t].total or 1, total=bar.tasks[t].total or 1)
+                tasks[step] = bar.add_task(step, total=None)
+            if advance:
+                bar.advance(tasks[step], advance)
+
+        try:
+            result = run_training(HistoryStore(s.history_dir), Registry(s.models_dir), cfg,
+                                  progress)
+        except TrainingError as exc:
+            raise fail(str(exc)) from exc
+        for t in tasks.values():
+            bar.update(t, completed=bar.tasks[t].total or 1, total=bar.tasks[t].total or 1)
+
+    w = result.window
+    console.print(f"train {w['train_start'][:10]} → {w['train_end'][:10]} "
+                  f"({w['train_payments']:,} payments, {w['train_fraud']:,} fraud); "
+                  f"gap {w['gap_days']:g}d; test {w['test_start'][:10]} → {w['test_end'][:10]} "
+                  f"({w['test_payments']:,} payments, {w['test_fraud']:,} fraud)")
+    table = Table("metric (test period)", result.version,
+                  *( [result.previous_version] if result.previous_metrics else []))
+    for key, value in result.metrics.items():
+        prev = [f"{result.previous_metrics[key]:.4f}"] if result.previous_metrics else []
+        table.add_row(key, f"{value:.4f}", *prev)
+    console.print(table)
+    verdict = "[green]promoted[/]" if result.promoted else "[yellow]not promoted[/]"
+    console.print(f"{result.version}: {verdict} ({result.decision})")
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Registered model versions and their test metrics."""
+    from model.registry import Registry
+
+    registry = Registry(get_settings().models_dir)
+    current = registry.current_version()
+    table = Table("version", "current", "AUC", "AP", "card P@100", "trained on")
+    for mv in registry.versions():
+        m, w = mv.metadata.get("metrics", {}), mv.metadata.get("training", {})
+        table.add_row(mv.version, "●" if mv.version == current else "",
+                      f"{m.get('auc_roc', float('nan')):.4f}",
+                      f"{m.get('average_precision', float('nan')):.4f}",
+                      f"{m.get('card_precision_at_100', float('nan')):.4f}",
+                      f"{w.get('train_start', '')[:10]} → {w.get('train_end', '')[:10]}")
+    console.print(table)
+
+
+@model_app.command("promote")
+def model_promote(version: str) -> None:
+    """Make VERSION the current model (the API picks it up within seconds)."""
+    from model.registry import Registry, RegistryError
+
+    try:
+        mv = Registry(get_settings().models_dir).promote(version)
+    except RegistryError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"{mv.version} is now current")
+
+
+@model_app.command("show")
+def model_show(version: str = typer.Argument(None, help="default: the current one")) -> None:
+    from model.registry import Registry, RegistryError
+
+    registry = Registry(get_settings().models_dir)
+    try:
+        mv = registry.get(version) if version else registry.current()
+    except RegistryError as exc:
+        raise fail(str(exc)) from exc
+    if mv is None:
+        raise fail("no model is current yet: run `fraudstream train`")
+    console.print_json(json.dumps({k: v for k, v in mv.metadata.items() if k != "reference"},
+                                  default=str))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
