@@ -55,7 +55,8 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
     "card_amount_ratio_30d": "amount / the card's mean amount over the previous 30d",
     "card_secs_since_prev": "seconds since the card's previous payment (capped at 30d)",
     "card_terminals_1d": "distinct terminals the card was used at in the last 1d",
-    **{f"terminal_count_{w}": f"payments at the terminal in the last {w}" for w in TERMINAL_WINDOWS},
+    **{f"terminal_count_{w}": f"payments at the terminal in the last {w}"
+       for w in TERMINAL_WINDOWS},
     "terminal_fraud_28d": "fraud labels reported in the last 28d on the terminal's payments",
     "terminal_risk_28d": "terminal_fraud_28d / terminal_count_28d",
 }

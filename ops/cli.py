@@ -125,7 +125,7 @@ def status() -> None:
 # ---- data and models -----------------------------------------------------------------
 @app.command()
 def simulate(
-    out: Annotated[Path | None, typer.Option(help="write the history to this .parquet/.csv")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the history to .parquet/.csv")] = None,
     to_api: Annotated[str | None, typer.Option(help="send the traffic to this API URL")] = None,
     days: int = typer.Option(45, min=1, help="simulated days"),
     start: Annotated[datetime | None, typer.Option(help="first simulated day (UTC)")] = None,
@@ -146,7 +146,7 @@ def simulate(
     first = (start or datetime(2026, 9, 1)).replace(tzinfo=UTC)
     cfg = SimulationConfig(days=days, cards=cards, terminals=terminals, start=first, seed=seed)
     with _progress() as bar:
-        task = bar.add_task(f"simulating {cards} cards × {days} days", total=cards)
+        task = bar.add_task(f"simulating {cards} cards x {days} days", total=cards)
         traffic = run_simulation(cfg, progress=lambda n: bar.advance(task, n))
     fraud = int(traffic["is_fraud"].sum())
     console.print(f"simulated {len(traffic):,} payments, {fraud:,} fraud "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -253,10 +254,8 @@ async def ensure_topics(settings: Settings) -> None:
             if t not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
         described = await admin.describe_topics([settings.topic_scored, settings.topic_labels])
         for topic in described:
             if topic.get("error_code", 0) != 0 or not topic.get("partitions"):

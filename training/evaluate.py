@@ -42,7 +42,7 @@ def card_precision_at_k(
 def recall_at_alert_rate(scores: np.ndarray, y: np.ndarray, rate: float) -> float:
     if y.sum() == 0:
         return float("nan")
-    n_alerts = max(1, int(round(rate * len(scores))))
+    n_alerts = max(1, round(rate * len(scores)))
     top = np.argsort(-scores, kind="stable")[:n_alerts]
     return float(y[top].sum() / y.sum())
 

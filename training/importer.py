@@ -12,7 +12,8 @@ The file (CSV or Parquet) has one row per past payment. Columns, after ``--map``
 | currency            | no       | ISO 4217, default EUR                                     |
 | country, channel, merchant_category | no | as in the scoring API                          |
 | is_fraud            | no       | true/false/1/0; missing means no label                    |
-| label_reported_at   | no       | when the label became known; default timestamp + --label-delay-days |
+| label_reported_at   | no       | when the label became known; default: timestamp plus     |
+|                     |          | --label-delay-days                                        |
 | label_source        | no       | chargeback, analyst, customer_report; default import      |
 
 The whole file is checked before anything is written: a bad file changes nothing.
