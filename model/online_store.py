@@ -3,7 +3,7 @@
 Keys (all expire after the longest window they serve, plus slack for replays):
 
 - ``fs:card:{card_id}``       sorted set, one member ``{payment_id}|{amount}|{terminal}`` per
-                              payment, scored by event timestamp; written at scoring time by the API.
+                              payment, scored by event timestamp; written by the API.
 - ``fs:term:{terminal_id}``   sorted set of payment ids by event timestamp; API, at scoring time.
 - ``fs:tfraud:{terminal_id}`` sorted set of fraudulent payment ids by label ``reported_at``;
                               written by the stream processor as labels arrive.
