@@ -22,8 +22,8 @@ history_app = typer.Typer(help="The recorded history (Parquet + DuckDB).", no_ar
 model_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(history_app, name="history")
 app.add_typer(model_app, name="model")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str) -> typer.Exit:

@@ -1,0 +1,118 @@
+"""Fixtures: a real Kafka broker, a real Redis and the real stream worker, started once per
+test session on free ports under a temporary home, and stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from model.config import Settings
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.2) -> T:
+    """Poll until ``check`` returns something truthy (or stops raising AssertionError)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except AssertionError as exc:
+            last = exc
+        time.sleep(every)
+    if last is not None:
+        raise last
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("fraudstream-home")
+    env = {
+        "FRAUDSTREAM_HOME": str(home),
+        "FRAUDSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "FRAUDSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "FRAUDSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "FRAUDSTREAM_STREAM_WEB_PORT": str(free_port()),
+        "FRAUDSTREAM_API_PORT": "0",
+        "FRAUDSTREAM_MODEL_POLL_SECONDS": "0.5",
+        "FRAUDSTREAM_HISTORY_FLUSH_SECONDS": "0.3",
+        "FRAUDSTREAM_STREAM_ID": "fraudstream-test",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the stream worker subprocess reads the same settings
+    yield Settings()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[Settings]:
+    """Real Kafka (KRaft) and Redis."""
+    from ops import services
+
+    try:
+        services.start_redis(settings)
+        services.start_kafka(settings)
+        yield settings
+    finally:
+        services.stop_all(settings)
+
+
+@pytest.fixture(scope="session")
+def stream_worker(stack: Settings) -> Iterator[Settings]:
+    from ops import services
+
+    services.start_stream(stack, timeout=120)
+    yield stack
+    services.stream_proc(stack).stop()
+
+
+@pytest.fixture()
+def redis_db(stack: Settings) -> Iterator[Any]:
+    """A synchronous client of the test Redis."""
+    from ops.services import redis_client
+
+    client = redis_client(stack)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def api_client(stream_worker: Settings) -> Iterator[Any]:
+    """The real FastAPI app (lifespan and all), talking to the real Kafka and Redis."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(stream_worker)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def small_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated history file, in the import format."""
+    from training.simulator import SimulationConfig, simulate
+
+    path = tmp_path_factory.mktemp("sim") / "history.parquet"
+    simulate(SimulationConfig(days=30, cards=400, terminals=60, seed=3,
+                              card_testing_rate=0.004, takeover_rate=0.003)).to_parquet(path)
+    return path

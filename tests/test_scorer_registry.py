@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from model.features import FEATURE_NAMES
+from model.registry import Registry, RegistryError
+from model.scorer import Scorer, Thresholds
+
+
+def fitted_model(n_features: int):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, n_features))
+    y = (X[:, 0] > 1.0).astype(int)
+    return LogisticRegression().fit(X, y)
+
+
+def metadata(names, review=0.3, decline=0.8):
+    return {
+        "features": names,
+        "thresholds": {"review": review, "decline": decline},
+        "reference": {"mean": dict.fromkeys(names, 0.0), "std": dict.fromkeys(names, 1.0)},
+    }
+
+
+@pytest.mark.parametrize(("score", "decision"), [
+    (0.0, "approve"), (0.299, "approve"), (0.3, "review"), (0.79, "review"), (0.8, "decline"),
+])
+def test_thresholds_decide(score, decision):
+    assert Thresholds(review=0.3, decline=0.8).decide(score) == decision
+
+
+def test_thresholds_must_be_ordered():
+    with pytest.raises(ValueError, match="review <= decline"):
+        Thresholds(review=0.9, decline=0.2)
+
+
+def test_registry_register_promote_and_load(tmp_path):
+    reg = Registry(tmp_path)
+    assert reg.current() is None
+    names = list(FEATURE_NAMES)
+    mv = reg.register(fitted_model(len(names)), metadata(names))
+    assert reg.current_version() is None  # registering is not promoting
+    reg.promote(mv.version)
+    assert reg.current_version() == mv.version
+    meta = json.loads((mv.path / "metadata.json").read_text())
+    assert len(meta["sha256"]) == 64 and meta["features"] == names
+    scorer = Scorer.from_version(reg.current())
+    outcome = scorer.score(dict.fromkeys(names, 0.0) | {"amount": 5.0})
+    assert 0.0 <= outcome.score <= 1.0
+    assert outcome.decision in {"approve", "review", "decline"}
+    assert [v.version for v in reg.versions()] == [mv.version]
+
+
+def test_registry_refuses_a_model_whose_bytes_changed(tmp_path):
+    reg = Registry(tmp_path)
+    mv = reg.register(fitted_model(3), metadata(["a", "b", "c"]))
+    with open(mv.path / "model.joblib", "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(RegistryError, match="sha256"):
+        mv.load_estimator()
+
+
+def test_registry_unknown_version_and_missing_features(tmp_path):
+    reg = Registry(tmp_path)
+    with pytest.raises(RegistryError, match="no model version"):
+        reg.promote("v-nope")
+    with pytest.raises(RegistryError, match="features"):
+        reg.register(fitted_model(2), {"features": []})
+
+
+def test_scorer_reasons_name_the_unusual_features_and_the_threshold():
+    names = ["a", "b", "c"]
+    model = fitted_model(3)
+    scorer = Scorer(model, {"version": "v1", **metadata(names, review=0.1, decline=0.5)})
+    outcome = scorer.score({"a": 6.0, "b": 0.1, "c": 4.0})
+    assert outcome.decision == "decline"
+    codes = [r["code"] for r in outcome.reasons]
+    assert codes[0] == "score_above_decline_threshold"
+    assert codes[1:] == ["unusual_a", "unusual_c"]  # ordered by how unusual; b is typical
+    assert outcome.reasons[1]["value"] == 6.0
+    calm = scorer.score({"a": -2.0, "b": 0.0, "c": 0.0})
+    assert calm.decision == "approve" and calm.reasons == []
+
+
+def test_scorer_names_a_missing_feature():
+    scorer = Scorer(fitted_model(2), {"version": "v1", **metadata(["a", "b"])})
+    with pytest.raises(ValueError, match="'b'"):
+        scorer.score({"a": 1.0})
