@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import contextlib
 import os
 import shutil
@@ -228,7 +229,13 @@ def start_kafka(settings: Settings, timeout: float = 90.0) -> None:
 
 def wait_kafka_ready(settings: Settings, timeout: float, proc: Proc | None = None) -> None:
     """Ready means the broker answers requests: it creates (or lists) our topics."""
-    wait_until(lambda: _kafka_answers(settings), "Kafka", timeout, proc)
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # refused connections are expected while it starts
+    try:
+        wait_until(lambda: _kafka_answers(settings), "Kafka", timeout, proc)
+    finally:
+        quiet.setLevel(level)
 
 
 def _kafka_answers(settings: Settings) -> bool:

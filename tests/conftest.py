@@ -24,13 +24,15 @@ def free_port() -> int:
 
 
 def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.2) -> T:
-    """Poll until ``check`` returns something truthy (or stops raising AssertionError)."""
+    """Poll until ``check`` returns something other than None, False or 0 (and stops raising
+    AssertionError); returns it."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
             result = check()
-            if result:
+            zero = isinstance(result, int | float) and result == 0
+            if result is not None and result is not False and not zero:
                 return result
         except AssertionError as exc:
             last = exc
@@ -97,7 +99,7 @@ def redis_db(stack: Settings) -> Iterator[Any]:
 
 
 @pytest.fixture()
-def api_client(stream_worker: Settings) -> Iterator[Any]:
+def api_client(stream_worker: Settings, trained: str) -> Iterator[Any]:
     """The real FastAPI app (lifespan and all), talking to the real Kafka and Redis."""
     from fastapi.testclient import TestClient
 
@@ -116,3 +118,18 @@ def small_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     simulate(SimulationConfig(days=30, cards=400, terminals=60, seed=3,
                               card_testing_rate=0.004, takeover_rate=0.003)).to_parquet(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained(stack: Settings, small_history: Path) -> str:
+    """The test home's history holds the small simulated history, and a model is current."""
+    from model.history import HistoryStore
+    from model.registry import Registry
+    from training.importer import import_history
+    from training.train import TrainConfig, train
+
+    import_history(HistoryStore(stack.history_dir), small_history)
+    result = train(HistoryStore(stack.history_dir), Registry(stack.models_dir),
+                   TrainConfig(test_days=7, gap_days=5, max_iter=60))
+    assert result.promoted
+    return result.version
