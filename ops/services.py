@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import contextlib
+import logging
 import os
 import shutil
 import signal
