@@ -20,6 +20,18 @@ router = APIRouter()
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+def _not_in_future(ts: float, field: str, svc: Services) -> None:
+    """Windows run on event time: a timestamp from the future would poison them."""
+    ahead = ts - time.time()
+    if ahead > svc.settings.max_future_seconds:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"type": "value_error", "loc": ["body", field],
+                     "msg": f"{field} is {ahead:.0f}s in the future (more than "
+                            f"{svc.settings.max_future_seconds:g}s allowed for clock skew)"}],
+        )
+
+
 @router.post("/v1/payments/score", response_model=ScoreResponse, tags=["scoring"])
 async def score_payment(payment: Payment, svc: ServicesDep) -> ScoreResponse:
     """Score one payment: approve, review or decline, with the score and its reasons.
@@ -28,6 +40,7 @@ async def score_payment(payment: Payment, svc: ServicesDep) -> ScoreResponse:
     the history; the response does not wait for Kafka.
     """
     started = time.perf_counter()
+    _not_in_future(payment.ts, "timestamp", svc)
     reasons: list[dict[str, Any]] = []
     features: dict[str, float] = {}
     scorer = svc.models.scorer
@@ -87,6 +100,7 @@ async def post_label(label: Label, svc: ServicesDep) -> LabelAccepted:
 
     Answers 202 once the label is durably in Kafka; the stream processor applies it.
     """
+    _not_in_future(label.reported_at.timestamp(), "reported_at", svc)
     try:
         await svc.publisher.publish_label(label)
     except Exception as exc:

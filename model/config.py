@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # How often the API checks the registry for a newly promoted model.
     model_poll_seconds: float = Field(default=2.0, gt=0)
 
+    # Event times further ahead of this server's clock are refused (clock skew allowance).
+    max_future_seconds: float = Field(default=300.0, ge=0)
+
     # Answer when no model is loaded yet or a dependency fails; "review" is the safe default.
     degraded_decision: Literal["approve", "review"] = "review"
 

@@ -23,6 +23,7 @@ model_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(history_app, name="history")
 app.add_typer(model_app, name="model")
 console = Console(soft_wrap=True)
+DEMO_DAYS = 7
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -81,7 +82,10 @@ def up(
     if registry.current_version() is None:
         console.print("no model yet: simulating history, importing it, training a first model")
         path = s.home / "bootstrap" / "history.parquet"
-        simulate(out=path, days=history_days, start=today - timedelta(days=history_days),
+        # History ends a week ago; the demo traffic replays that last week, so labels of
+        # its fraud (reported days later, but before now) flow in during the demo.
+        simulate(out=path, days=history_days,
+                 start=today - timedelta(days=history_days + DEMO_DAYS),
                  cards=2000, terminals=200, seed=7, to_api=None, rate=50.0, count=0)
         history_import(path, mapping=[], label_delay_days=14.0)
         train(force=True, test_days=7.0, gap_days=7.0, train_days=None, cutoff=None,
@@ -94,7 +98,8 @@ def up(
         services.start_api(s)
     console.print(f"  [green]✓[/] API on {s.api_url}  (OpenAPI: {s.api_url}/docs)")
     if demo_payments:
-        simulate(out=None, days=1, start=today, cards=2000, terminals=200, seed=8,
+        simulate(out=None, days=DEMO_DAYS, start=today - timedelta(days=DEMO_DAYS), cards=2000,
+                 terminals=200, seed=8,
                  to_api=s.api_url, rate=demo_rate, count=demo_payments)
     status()
 
@@ -133,7 +138,7 @@ def simulate(
     terminals: int = typer.Option(200, min=2),
     seed: int = typer.Option(7),
     rate: float = typer.Option(50.0, min=0.001, help="payments per second with --to-api"),
-    count: int = typer.Option(0, min=0, help="with --to-api: send only the first N payments"),
+    count: int = typer.Option(0, min=0, help="with --to-api: send N payments spread evenly"),
 ) -> None:
     """Generate payment traffic with labelled fraud patterns and delayed labels."""
     from training.simulator import SimulationConfig
@@ -163,7 +168,9 @@ def simulate(
     if to_api is not None:
         from training.traffic import send_traffic
 
-        sample = traffic.head(count) if count else traffic
+        # Spread evenly over the simulated period, so that labels mature during the run.
+        step = max(1, len(traffic) // count) if count else 1
+        sample = traffic.iloc[::step].head(count) if count else traffic
         with _progress() as bar:
             task = bar.add_task(f"sending to {to_api} at {rate:g}/s", total=len(sample))
             report = asyncio.run(send_traffic(to_api, sample, rate,
@@ -205,6 +212,8 @@ def history_import(
     console.print(f"imported {result.payments:,} payments ({result.first:%Y-%m-%d} to "
                   f"{result.last:%Y-%m-%d}) and {result.labels:,} labels "
                   f"({result.fraud:,} fraud) into {s.history_dir}")
+    if result.future_labels:
+        console.print(f"left out {result.future_labels:,} labels reported after now")
 
 
 @history_app.command("backfill-online")

@@ -33,6 +33,16 @@ def test_import_csv_with_column_mapping(tmp_path):
     assert labels.loc[1, "reported_at"] == pd.Timestamp("2026-10-05T09:30:00Z")
 
 
+def test_labels_reported_after_now_are_left_out(tmp_path):
+    store = HistoryStore(tmp_path / "hist")
+    text = ("payment_id,timestamp,card_id,terminal_id,amount,is_fraud,label_reported_at\n"
+            "p1,2026-10-01T10:00:00Z,c1,t1,12.5,1,2026-10-03T10:00:00Z\n"
+            "p2,2026-10-01T11:00:00Z,c1,t2,99.0,1,2999-01-01T00:00:00Z\n")
+    result = import_history(store, write(tmp_path, text))
+    assert (result.payments, result.labels, result.future_labels) == (2, 1, 1)
+    assert list(store.query("SELECT payment_id FROM labels")["payment_id"]) == ["p1"]
+
+
 def test_reimport_does_not_duplicate_in_the_views(tmp_path):
     store = HistoryStore(tmp_path / "hist")
     mapping = {"tx": "payment_id", "ts": "timestamp", "card": "card_id"}

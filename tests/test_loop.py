@@ -209,3 +209,16 @@ def test_retraining_promotes_a_model_the_running_api_then_uses(api_client, strea
         stop.set()
         flipper.join()
     assert seen == {trained, result.version}
+
+
+def test_timestamps_in_the_future_are_refused(api_client, redis_db):
+    far = payment(ts="2099-01-01T00:00:00Z")
+    resp = api_client.post("/v1/payments/score", json=far)
+    assert resp.status_code == 422
+    assert resp.json()["detail"][0]["loc"] == ["body", "timestamp"]
+    assert "future" in resp.json()["detail"][0]["msg"]
+    assert not redis_db.exists(f"fs:card:{far['card_id']}")
+    label = {"payment_id": "p", "is_fraud": True, "source": "analyst",
+             "reported_at": "2099-01-01T00:00:00Z"}
+    resp = api_client.post("/v1/labels", json=label)
+    assert resp.status_code == 422 and resp.json()["detail"][0]["loc"] == ["body", "reported_at"]

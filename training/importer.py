@@ -46,6 +46,7 @@ class ImportResult:
     payments: int
     labels: int
     fraud: int
+    future_labels: int
     first: pd.Timestamp
     last: pd.Timestamp
 
@@ -80,8 +81,8 @@ def _timestamps(series: pd.Series, column: str) -> pd.Series:
 
 
 def prepare(raw: pd.DataFrame, mapping: dict[str, str] | None = None,
-            label_delay_days: float = 14.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate and convert; returns (payments, labels) frames in history-store columns."""
+            label_delay_days: float = 14.0) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Validate and convert: (payments, labels, labels left out as reported in the future)."""
     df = raw.rename(columns=mapping or {})
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -132,6 +133,7 @@ def prepare(raw: pd.DataFrame, mapping: dict[str, str] | None = None,
 
     labels = pd.DataFrame(columns=["payment_id", "is_fraud", "source", "reported_at",
                                    "received_at"])
+    future = pd.Series(False, index=df.index)
     if "is_fraud" in df.columns:
         flag = df["is_fraud"].map(
             lambda v: None if pd.isna(v) else str(v).strip().lower() in {"1", "true", "t", "yes"}
@@ -150,6 +152,10 @@ def prepare(raw: pd.DataFrame, mapping: dict[str, str] | None = None,
         # otherwise "no fraud reported" is what it already means.
         keep = flag | (df["is_fraud"].notna() & reported.notna())
         reported = reported.fillna(ts + pd.to_timedelta(label_delay_days, unit="D"))
+        # A label "reported" after now is not known yet (a simulated file has them); it is
+        # left out here and can arrive later through the label endpoint.
+        future = keep & (reported > pd.Timestamp.now(tz="UTC"))
+        keep &= ~future
         early = keep & (reported < ts)
         if early.any():
             raise ImportError_(f"column 'label_reported_at': before the payment in {_rows(early)}")
@@ -167,18 +173,19 @@ def prepare(raw: pd.DataFrame, mapping: dict[str, str] | None = None,
                 "received_at": reported[keep],
             }
         )
-    return payments, labels
+    return payments, labels, int(future.sum())
 
 
 def import_history(store: HistoryStore, path: Path, mapping: dict[str, str] | None = None,
                    label_delay_days: float = 14.0) -> ImportResult:
-    payments, labels = prepare(read_table(path), mapping, label_delay_days)
+    payments, labels, future = prepare(read_table(path), mapping, label_delay_days)
     store.append_payment_frame(payments)
     store.append_label_frame(labels)
     return ImportResult(
         payments=len(payments),
         labels=len(labels),
         fraud=int(labels["is_fraud"].sum()) if len(labels) else 0,
+        future_labels=future,
         first=payments["ts"].min(),
         last=payments["ts"].max(),
     )
