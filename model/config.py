@@ -26,6 +26,7 @@ class Settings(BaseSettings):
 
     topic_scored: str = "fraudstream.payments.scored"
     topic_labels: str = "fraudstream.labels"
+    topic_dead_letters: str = "fraudstream.dead-letters"
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

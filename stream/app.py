@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from model.config import Settings, get_settings
-from model.events import decode_label, decode_scored
+from model.events import decode_label, decode_scored, encode
 from model.history import HistoryStore, label_row, scored_row
 from model.online_store import JoinState, OnlineStore, TerminalFraudUpdate
 from model.schemas import Label
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StreamContext:
@@ -59,13 +62,33 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
     )
     scored_topic = app.topic(settings.topic_scored, value_serializer="raw", key_serializer="raw")
     labels_topic = app.topic(settings.topic_labels, value_serializer="raw", key_serializer="raw")
+    dead_letters = app.topic(settings.topic_dead_letters, value_serializer="raw",
+                             key_serializer="raw")
     ctx = StreamContext(settings)
+
+    async def decoded(batch: list[bytes], decode: Callable[[bytes], T], kind: str) -> list[T]:
+        """Decode a batch; what does not parse goes to the dead-letter topic, not the store.
+
+        Only the error's type and location are logged: a malformed payload may hold data
+        that must never reach a log.
+        """
+        good: list[T] = []
+        for raw in batch:
+            try:
+                good.append(decode(raw))
+            except ValidationError as exc:
+                where = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
+                log.warning("%s event rejected (%d bytes; invalid: %s); sent to %s", kind,
+                            len(raw), where or "not JSON", settings.topic_dead_letters)
+                await dead_letters.send(value=raw, headers={"fraudstream-kind": kind.encode()})
+        return good
 
     @app.agent(scored_topic)
     async def record_scored(stream: faust.StreamT) -> None:
         async for batch in stream.take(settings.history_flush_rows,
                                        within=settings.history_flush_seconds):
-            events = {e.payment.payment_id: e for e in map(decode_scored, batch)}
+            events = {e.payment.payment_id: e
+                      for e in await decoded(batch, decode_scored, "scored payment")}
             # Redelivered after a restart: already in the history, change nothing.
             done = await ctx.join.already_recorded(list(events))
             fresh = [e for pid, e in events.items() if pid not in done]
@@ -82,11 +105,11 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
         async for batch in stream.take(settings.history_flush_rows,
                                        within=settings.history_flush_seconds):
             received = datetime.now(UTC)
-            labels = [decode_label(raw) for raw in batch]
+            labels = await decoded(batch, decode_label, "label")
             await asyncio.to_thread(ctx.history.append_labels,
                                     [label_row(lb, received) for lb in labels])
-            for raw, label in zip(batch, labels, strict=True):
-                terminal = await ctx.join.terminal_or_queue(label.payment_id, raw)
+            for label in labels:
+                terminal = await ctx.join.terminal_or_queue(label.payment_id, encode(label))
                 if terminal is not None:
                     await ctx.apply_label(label, terminal)
 

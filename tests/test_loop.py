@@ -175,6 +175,45 @@ def test_labels_topic_accepts_labels_directly_and_redelivery_records_once(stream
     assert len(labels) == 1 and labels["source"][0] == "customer_report"
 
 
+def test_malformed_events_go_to_dead_letters_and_do_not_stop_the_stream(stream_worker):
+    from aiokafka import AIOKafkaConsumer
+
+    good = Label(payment_id=uid("pay"), is_fraud=True, source="analyst",
+                 reported_at="2026-11-21T10:00:00Z")
+
+    async def run():
+        producer = AIOKafkaProducer(bootstrap_servers=stream_worker.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(stream_worker.topic_labels, b"{not json")
+            await producer.send_and_wait(stream_worker.topic_labels,
+                                         b'{"payment_id": "x", "is_fraud": "perhaps"}')
+            await producer.send_and_wait(stream_worker.topic_scored, b"[]")
+            await producer.send_and_wait(stream_worker.topic_labels, encode(good),
+                                         key=key_of(good))
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+    store = HistoryStore(stream_worker.history_dir)
+    eventually(lambda: len(store.query("SELECT * FROM labels WHERE payment_id = ?",
+                                       [good.payment_id])) == 1, 60)
+
+    async def dead_letters():
+        consumer = AIOKafkaConsumer(stream_worker.topic_dead_letters,
+                                    bootstrap_servers=stream_worker.kafka_bootstrap,
+                                    auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        try:
+            batches = await consumer.getmany(timeout_ms=5000)
+            return sorted(m.value for msgs in batches.values() for m in msgs)
+        finally:
+            await consumer.stop()
+
+    assert eventually(lambda: asyncio.run(dead_letters()), 30) == sorted(
+        [b"{not json", b'{"payment_id": "x", "is_fraud": "perhaps"}', b"[]"])
+
+
 def test_retraining_promotes_a_model_the_running_api_then_uses(api_client, stream_worker,
                                                                trained):
     registry = Registry(stream_worker.models_dir)
