@@ -59,6 +59,10 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
         web_port=settings.stream_web_port,
         broker_commit_every=settings.history_flush_rows,
         consumer_auto_offset_reset="earliest",
+        # A worker that died without leaving the group is noticed after this, and its
+        # partitions handed on: the bound on how long a crash delays the history.
+        broker_session_timeout=12.0,
+        broker_heartbeat_interval=3.0,
     )
     scored_topic = app.topic(settings.topic_scored, value_serializer="raw", key_serializer="raw")
     labels_topic = app.topic(settings.topic_labels, value_serializer="raw", key_serializer="raw")
