@@ -94,6 +94,7 @@ class Reason(BaseModel):
     code: str
     feature: str | None = None
     value: float | None = None
+    contribution: float | None = None  # log-odds this feature added to this payment's score
     detail: str
 
 

@@ -7,11 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from model.compiled import CompiledForest
 from model.registry import ModelVersion
 from model.schemas import Decision
 
-# Reasons name features at least this many standard deviations above their training mean.
-REASON_Z = 3.0
+# Reasons name the features that raised this payment's score most, by at least this much
+# (log-odds), at most this many.
+MIN_CONTRIBUTION = 0.05
 MAX_FEATURE_REASONS = 3
 
 
@@ -43,10 +45,12 @@ class Outcome:
 
 
 class Scorer:
-    """Model + thresholds + reference statistics, immutable once built.
+    """Model + thresholds, immutable once built.
 
     The API swaps whole Scorer objects on hot reload, so a request holds one consistent
-    model for its whole lifetime.
+    model for its whole lifetime. Tree ensembles are scored through their compiled form
+    (``model.compiled``), which also explains each score; anything else falls back to the
+    estimator's own ``predict_proba``, without feature reasons.
     """
 
     def __init__(self, estimator: Any, metadata: dict[str, Any]) -> None:
@@ -55,10 +59,10 @@ class Scorer:
         self.feature_names: list[str] = list(metadata["features"])
         t = metadata["thresholds"]
         self.thresholds = Thresholds(review=float(t["review"]), decline=float(t["decline"]))
-        ref = metadata.get("reference", {})
-        self._mean = np.array([ref.get("mean", {}).get(f, 0.0) for f in self.feature_names])
-        std = np.array([ref.get("std", {}).get(f, 0.0) for f in self.feature_names])
-        self._std = np.where(std > 0, std, np.inf)
+        try:
+            self.forest: CompiledForest | None = CompiledForest.from_sklearn(estimator)
+        except (TypeError, ValueError):
+            self.forest = None
 
     @classmethod
     def from_version(cls, mv: ModelVersion) -> Scorer:
@@ -66,37 +70,36 @@ class Scorer:
 
     def vector(self, features: dict[str, float]) -> np.ndarray:
         try:
-            return np.array([[features[f] for f in self.feature_names]], dtype=float)
+            return np.array([features[f] for f in self.feature_names], dtype=float)
         except KeyError as exc:
             raise ValueError(f"model {self.version} needs feature {exc.args[0]!r}") from exc
 
     def score(self, features: dict[str, float]) -> Outcome:
         x = self.vector(features)
-        score = float(self.estimator.predict_proba(x)[0, 1])
-        decision = self.thresholds.decide(score)
-        return Outcome(score, decision, self._reasons(x[0], score, decision))
-
-    def _reasons(self, x: np.ndarray, score: float, decision: Decision) -> list[dict[str, Any]]:
         reasons: list[dict[str, Any]] = []
+        if self.forest is not None:
+            explanation = self.forest.explain(x)
+            score = explanation.proba
+            contributions = explanation.contributions
+        else:
+            score = float(self.estimator.predict_proba(x[None, :])[0, 1])
+            contributions = None
+        decision = self.thresholds.decide(score)
         if decision != "approve":
             limit = self.thresholds.decline if decision == "decline" else self.thresholds.review
-            reasons.append(
-                {
-                    "code": f"score_above_{decision}_threshold",
-                    "detail": f"score {score:.3f} >= {decision} threshold {limit:.3f}",
-                }
-            )
-        z = (x - self._mean) / self._std
-        for i in np.argsort(-z)[:MAX_FEATURE_REASONS]:
-            if z[i] < REASON_Z:
-                break
-            name = self.feature_names[i]
-            reasons.append(
-                {
-                    "code": f"unusual_{name}",
+            reasons.append({"code": f"score_above_{decision}_threshold",
+                            "detail": f"score {score:.3f} >= {decision} threshold {limit:.3f}"})
+        if contributions is not None:
+            for i in np.argsort(-contributions)[:MAX_FEATURE_REASONS]:
+                if contributions[i] < MIN_CONTRIBUTION:
+                    break
+                name = self.feature_names[i]
+                reasons.append({
+                    "code": f"feature_{name}",
                     "feature": name,
                     "value": float(x[i]),
-                    "detail": f"{name} = {x[i]:.4g}, typical {self._mean[i]:.4g}",
-                }
-            )
-        return reasons
+                    "contribution": float(contributions[i]),
+                    "detail": f"{name} = {x[i]:.6g} raised the score by "
+                              f"{contributions[i]:+.2f} log-odds",
+                })
+        return Outcome(score, decision, reasons)

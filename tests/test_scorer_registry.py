@@ -70,18 +70,32 @@ def test_registry_unknown_version_and_missing_features(tmp_path):
         reg.register(fitted_model(2), {"features": []})
 
 
-def test_scorer_reasons_name_the_unusual_features_and_the_threshold():
-    names = ["a", "b", "c"]
-    model = fitted_model(3)
-    scorer = Scorer(model, {"version": "v1", **metadata(names, review=0.1, decline=0.5)})
+def test_scorer_reasons_are_this_payments_largest_contributions():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 3))
+    y = ((X[:, 0] > 1.0) | (X[:, 2] > 1.5)).astype(int)
+    model = HistGradientBoostingClassifier(max_iter=50, random_state=0).fit(X, y)
+    scorer = Scorer(model, {"version": "v1", **metadata(["a", "b", "c"], 0.1, 0.5)})
+    assert scorer.forest is not None
+    outcome = scorer.score({"a": 2.5, "b": 0.0, "c": 0.0})
+    assert outcome.decision == "decline"
+    assert outcome.reasons[0]["code"] == "score_above_decline_threshold"
+    assert outcome.reasons[1]["feature"] == "a" and outcome.reasons[1]["value"] == 2.5
+    assert "b" not in [r.get("feature") for r in outcome.reasons]
+    other = scorer.score({"a": 0.0, "b": 0.0, "c": 3.0})
+    assert other.reasons[1]["feature"] == "c"  # per payment, not a global importance
+    calm = scorer.score({"a": -2.0, "b": 0.0, "c": -2.0})
+    assert calm.decision == "approve" and calm.reasons == []
+
+
+def test_scorer_falls_back_to_predict_proba_for_other_estimators():
+    scorer = Scorer(fitted_model(3), {"version": "v1", **metadata(["a", "b", "c"], 0.1, 0.5)})
+    assert scorer.forest is None
     outcome = scorer.score({"a": 6.0, "b": 0.1, "c": 4.0})
     assert outcome.decision == "decline"
-    codes = [r["code"] for r in outcome.reasons]
-    assert codes[0] == "score_above_decline_threshold"
-    assert codes[1:] == ["unusual_a", "unusual_c"]  # ordered by how unusual; b is typical
-    assert outcome.reasons[1]["value"] == 6.0
-    calm = scorer.score({"a": -2.0, "b": 0.0, "c": 0.0})
-    assert calm.decision == "approve" and calm.reasons == []
+    assert [r["code"] for r in outcome.reasons] == ["score_above_decline_threshold"]
 
 
 def test_scorer_names_a_missing_feature():
