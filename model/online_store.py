@@ -58,57 +58,125 @@ class TerminalFraudUpdate:
     reported_at: float
 
 
+# Everything one payment needs from Redis, in one atomic round trip (a Lua script):
+# the idempotency check, the card's and terminal's history, the terminal's fraud labels,
+# the allow/block list look-ups, and recording the payment in the counters.
+_OBSERVE = """
+if ARGV[1] ~= '' then
+  local stored = redis.call('GET', KEYS[4])
+  if stored then return {0, stored} end
+  redis.call('SET', KEYS[4], 'pending|' .. ARGV[1], 'EX', ARGV[2])
+end
+local n = tonumber(ARGV[12])
+local out = {1, redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[4], ARGV[3], 'WITHSCORES')}
+local counts = {}
+for i = 1, n do counts[i] = redis.call('ZCOUNT', KEYS[2], ARGV[12 + i], ARGV[3]) end
+out[3] = counts
+out[4] = redis.call('ZSCORE', KEYS[2], ARGV[5])
+out[5] = redis.call('ZCOUNT', KEYS[3], ARGV[7], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[9])
+redis.call('EXPIRE', KEYS[1], ARGV[10])
+redis.call('EXPIRE', KEYS[2], ARGV[11])
+local hits = {}
+for i = 5, #KEYS do hits[i - 4] = redis.call('SISMEMBER', KEYS[i], ARGV[12 + n + i - 4]) end
+out[6] = hits
+return out
+"""
+
+# How long a payment_id's decision is kept for replays (gateways retry within minutes).
+IDEMPOTENCY_WINDOW = DAY
+# How long a first call may hold a payment_id before a retry stops waiting on it.
+PENDING_TTL = 30
+
+
+def decision_key(payment_id: str) -> str:
+    return f"fs:dec:{payment_id}"
+
+
+def list_key(kind: str, entity: str) -> str:
+    """Redis set of the values of ``entity`` (card_id, country...) on the allow/block list."""
+    return f"fs:list:{kind}:{entity}"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What Redis said about one payment.
+
+    ``previous`` is set when the payment_id was seen before (``pending|hash`` or
+    ``done|hash|response``); then nothing was read or recorded.
+    """
+
+    features: dict[str, float] | None = None
+    previous: bytes | None = None
+    list_hits: tuple[tuple[str, str, str], ...] = ()  # (kind, entity, value)
+
+
 class OnlineStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._observe = redis.register_script(_OBSERVE)
 
-    async def observe_and_compute(self, payment: Payment) -> dict[str, float]:
+    async def observe(
+        self,
+        payment: Payment,
+        payload_hash: str = "",
+        list_lookups: tuple[tuple[str, str, str], ...] = (),
+    ) -> Observation:
         """Read every online feature of ``payment`` and record it, in one atomic round trip.
 
-        MULTI/EXEC makes the read and the counter update one step, so concurrent payments
-        on the same card each see all the ones before them. A retried payment_id finds
-        itself already recorded and is left out of its own history, so it never counts twice.
+        The script runs atomically, so concurrent payments on the same card each see all
+        the ones before them. With a ``payload_hash``, a payment_id seen before is not
+        counted again: the previous record is returned instead. ``list_lookups`` are
+        (kind, entity, value) membership checks done in the same trip.
         """
         ts = payment.ts
         pid = payment.payment_id
-        ckey, tkey, fkey = (
+        keys = [
             card_key(payment.card_id),
             terminal_key(payment.terminal_id),
             terminal_fraud_key(payment.terminal_id),
-        )
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zrangebyscore(ckey, f"({ts - CARD_HORIZON}", ts, withscores=True)
-        for span in TERMINAL_WINDOWS.values():
-            pipe.zcount(tkey, f"({ts - span}", ts)
-        pipe.zscore(tkey, pid)
-        pipe.zcount(fkey, f"({ts - RISK_WINDOW}", ts)
-        pipe.zadd(ckey, {_card_member(pid, payment.amount, payment.terminal_id): ts})
-        pipe.zadd(tkey, {pid: ts})
-        pipe.zremrangebyscore(ckey, "-inf", f"({ts - CARD_HORIZON - SLACK}")
-        pipe.zremrangebyscore(tkey, "-inf", f"({ts - TERMINAL_HORIZON - SLACK}")
-        pipe.expire(ckey, int(CARD_HORIZON + SLACK))
-        pipe.expire(tkey, int(TERMINAL_HORIZON + SLACK))
-        res = await pipe.execute()
-
-        card_rows: list[tuple[bytes, float]] = res[0]
-        n_windows = len(TERMINAL_WINDOWS)
-        term_counts = res[1 : 1 + n_windows]
-        own_term_ts = res[1 + n_windows]
-        fraud_count = int(res[2 + n_windows])
+            decision_key(pid),
+            *(list_key(kind, entity) for kind, entity, _ in list_lookups),
+        ]
+        args: list[str | int | float] = [
+            payload_hash,
+            PENDING_TTL,
+            repr(ts),
+            f"({ts - CARD_HORIZON!r}",
+            pid,
+            _card_member(pid, payment.amount, payment.terminal_id),
+            f"({ts - RISK_WINDOW!r}",
+            f"({ts - CARD_HORIZON - SLACK!r}",
+            f"({ts - TERMINAL_HORIZON - SLACK!r}",
+            int(CARD_HORIZON + SLACK),
+            int(TERMINAL_HORIZON + SLACK),
+            len(TERMINAL_WINDOWS),
+            *(f"({ts - span!r}" for span in TERMINAL_WINDOWS.values()),
+            *(value for _, _, value in list_lookups),
+        ]
+        res = await self._observe(keys=keys, args=args)
+        if res[0] == 0:
+            return Observation(previous=res[1])
+        _, card_rows, term_counts, own_term_ts, fraud_count, hits = res
 
         prior_ts: list[float] = []
         prior_amount: list[float] = []
         prior_terminal: list[str] = []
-        for member, score in card_rows:
+        # WITHSCORES inside a script comes back flat: member, score, member, score...
+        for member, score in zip(card_rows[::2], card_rows[1::2], strict=True):
             member_pid, amount, terminal = member.decode().split("|", 2)
-            if member_pid == pid:
+            if member_pid == pid:  # recorded by an earlier attempt: not its own history
                 continue
-            prior_ts.append(score)
+            prior_ts.append(float(score))
             prior_amount.append(float(amount))
             prior_terminal.append(terminal)
+        own = float(own_term_ts) if own_term_ts is not None else None
         counts: dict[str, int] = {}
         for (w, span), count in zip(TERMINAL_WINDOWS.items(), term_counts, strict=True):
-            self_counted = own_term_ts is not None and ts - span < own_term_ts <= ts
+            self_counted = own is not None and ts - span < own <= ts
             counts[w] = int(count) - (1 if self_counted else 0)
 
         card = card_features(
@@ -119,8 +187,26 @@ class OnlineStore:
             np.asarray(prior_amount, dtype=float),
             prior_terminal,
         )
-        terminal = terminal_features(ts, counts, fraud_count)
-        return feature_vector(ts, payment.amount, card, terminal)
+        terminal = terminal_features(ts, counts, int(fraud_count))
+        return Observation(
+            features=feature_vector(ts, payment.amount, card, terminal),
+            list_hits=tuple(look for look, hit in zip(list_lookups, hits, strict=True) if hit),
+        )
+
+    async def observe_and_compute(self, payment: Payment) -> dict[str, float]:
+        """The features alone (no idempotency record, no list look-ups)."""
+        obs = await self.observe(payment)
+        assert obs.features is not None
+        return obs.features
+
+    async def record_decision(self, payment_id: str, payload_hash: str, body: bytes) -> None:
+        """Keep the answer given, for replays of the same payment_id."""
+        await self.redis.set(decision_key(payment_id),
+                             b"done|" + payload_hash.encode() + b"|" + body,
+                             ex=int(IDEMPOTENCY_WINDOW))
+
+    async def previous_decision(self, payment_id: str) -> bytes | None:
+        return await self.redis.get(decision_key(payment_id))
 
     async def backfill(
         self,

@@ -1,0 +1,184 @@
+"""Allow/block lists and rules: the fraud team's overrides of the model's decision.
+
+Precedence, strongest first:
+
+1. a block-list hit on any entity of the payment -> decline
+2. an allow-list hit -> approve
+3. rules whose conditions all hold: ``decline`` or ``review`` raise the decision to at least
+   that; ``approve`` forces approve when no raising rule matched
+4. the model's decision
+
+Lists live in Redis sets (``model.online_store.list_key``) and are looked up in the scoring
+round trip itself, so a list change applies to the very next payment on every worker.
+Rules are a small JSON document in Redis with a version number; each API worker reloads
+them when the version changes. Every change is appended to an audit stream.
+"""
+
+from __future__ import annotations
+
+import operator
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from redis.asyncio import Redis
+
+from model.features import FEATURE_NAMES
+from model.online_store import list_key
+from model.schemas import Decision, Payment
+
+ListKind = Literal["allow", "block"]
+LIST_ENTITIES = ("card_id", "terminal_id", "country", "merchant_category", "currency",
+                 "channel")
+RULES_KEY = "fs:rules"
+AUDIT_KEY = "fs:audit"
+SEVERITY = {"approve": 0, "review": 1, "decline": 2}
+OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+       "==": operator.eq, "!=": operator.ne}
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feature: str = Field(description=f"one of the model features: {', '.join(FEATURE_NAMES)}")
+    op: Literal[">", ">=", "<", "<=", "==", "!="]
+    value: float
+
+    @field_validator("feature")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in FEATURE_NAMES:
+            raise ValueError(f"unknown feature {v!r}; known: {', '.join(FEATURE_NAMES)}")
+        return v
+
+    def holds(self, features: dict[str, float]) -> bool:
+        return bool(OPS[self.op](features[self.feature], self.value))
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{
+            "id": "card_burst", "when": [{"feature": "card_count_1h", "op": ">=", "value": 8}],
+            "action": "review", "description": "many payments on one card within an hour"}]},
+    )
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    when: list[Condition] = Field(min_length=1)
+    action: Decision
+    description: str = ""
+
+
+class RuleSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rules: list[Rule] = []
+
+    @field_validator("rules")
+    @classmethod
+    def _unique(cls, rules: list[Rule]) -> list[Rule]:
+        ids = [r.id for r in rules]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"duplicate rule ids: {sorted(dup)}")
+        return rules
+
+
+class Policy:
+    """A versioned rule set, applied after the model."""
+
+    def __init__(self, rules: RuleSet, version: int) -> None:
+        self.rules = rules
+        self.version = version
+
+    def apply(
+        self,
+        decision: Decision,
+        features: dict[str, float] | None,
+        list_hits: tuple[tuple[str, str, str], ...],
+    ) -> tuple[Decision, list[dict[str, Any]]]:
+        blocked = [h for h in list_hits if h[0] == "block"]
+        if blocked:
+            return "decline", [_list_reason(h) for h in blocked]
+        allowed = [h for h in list_hits if h[0] == "allow"]
+        if allowed:
+            return "approve", [_list_reason(h) for h in allowed]
+        if not features:
+            return decision, []
+        matched = [r for r in self.rules.rules if all(c.holds(features) for c in r.when)]
+        reasons = [{"code": f"rule_{r.id}", "detail": f"rule {r.id} ({r.action}): "
+                    f"{r.description or _describe(r)}"} for r in matched]
+        raising = [r for r in matched if r.action != "approve"]
+        if raising:
+            worst = max((r.action for r in raising), key=SEVERITY.__getitem__)
+            if SEVERITY[worst] > SEVERITY[decision]:
+                decision = worst
+        elif matched:
+            decision = "approve"
+        return decision, reasons
+
+
+def _describe(rule: Rule) -> str:
+    return " and ".join(f"{c.feature} {c.op} {c.value:g}" for c in rule.when)
+
+
+def _list_reason(hit: tuple[str, str, str]) -> dict[str, Any]:
+    kind, entity, _ = hit
+    return {"code": f"{kind}list_{entity}", "detail": f"{entity} is on the {kind} list"}
+
+
+def list_lookups(payment: Payment) -> tuple[tuple[str, str, str], ...]:
+    """The (kind, entity, value) membership checks for a payment's entities."""
+    out = []
+    for entity in LIST_ENTITIES:
+        value = getattr(payment, entity)
+        if value is not None:
+            out.append(("block", entity, str(value)))
+            out.append(("allow", entity, str(value)))
+    return tuple(out)
+
+
+class PolicyStore:
+    """Rules and lists in Redis, with an audit trail of every change."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def load(self) -> Policy:
+        raw = await self.redis.hgetall(RULES_KEY)
+        if not raw:
+            return Policy(RuleSet(), 0)
+        return Policy(RuleSet.model_validate_json(raw[b"rules"]), int(raw[b"version"]))
+
+    async def version(self) -> int:
+        v = await self.redis.hget(RULES_KEY, "version")
+        return int(v) if v else 0
+
+    async def save(self, rules: RuleSet, actor: str) -> int:
+        """Replace the rule set; returns its new version."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(RULES_KEY, "version", 1)
+            pipe.hset(RULES_KEY, "rules", rules.model_dump_json())
+            version = (await pipe.execute())[0]
+        await self._audit("rules", actor, {"version": version, "rules": len(rules.rules)})
+        return int(version)
+
+    async def set_listed(self, kind: ListKind, entity: str, value: str, listed: bool,
+                         actor: str, reason: str = "") -> bool:
+        key = list_key(kind, entity)
+        changed = await (self.redis.sadd(key, value) if listed else self.redis.srem(key, value))
+        await self._audit("list", actor, {"kind": kind, "entity": entity,
+                                          "action": "add" if listed else "remove",
+                                          "reason": reason, "changed": bool(changed)})
+        return bool(changed)
+
+    async def members(self, kind: ListKind, entity: str) -> list[str]:
+        return sorted(v.decode() for v in await self.redis.smembers(list_key(kind, entity)))
+
+    async def audit(self, count: int = 100) -> list[dict[str, Any]]:
+        entries = await self.redis.xrevrange(AUDIT_KEY, count=count)
+        return [{"id": i.decode(), **orjson.loads(f[b"entry"])} for i, f in entries]
+
+    async def _audit(self, what: str, actor: str, detail: dict[str, Any]) -> None:
+        # List values are left out of the audit: a card token is enough to find it again,
+        # and the trail should not become a second copy of the lists.
+        entry = {"what": what, "actor": actor, "at": datetime.now(UTC).isoformat(), **detail}
+        await self.redis.xadd(AUDIT_KEY, {"entry": orjson.dumps(entry)}, maxlen=10_000)
