@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from api.model_holder import ModelHolder
 from api.publisher import Publisher
+from model.api_keys import ApiKey
 from model.config import Settings
 from model.online_store import OnlineStore
+from model.policy import Policy, PolicyStore, RuleSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyHolder:
+    """The rules in force in this worker, reloaded when their version in Redis changes."""
+
+    store: PolicyStore
+    policy: Policy = field(default_factory=lambda: Policy(RuleSet(), 0))
+
+    async def refresh(self) -> None:
+        if await self.store.version() != self.policy.version:
+            self.policy = await self.store.load()
+            log.info("rules version %d in force (%d rules)", self.policy.version,
+                     len(self.policy.rules.rules))
+
+    async def watch(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.refresh()
+            except Exception as exc:  # Redis away: keep the rules we have
+                log.warning("rules not refreshed: %s", type(exc).__name__)
 
 
 @dataclass
@@ -18,6 +46,8 @@ class Services:
     store: OnlineStore
     models: ModelHolder
     publisher: Publisher
+    policy: PolicyHolder
+    api_keys: dict[str, ApiKey]
 
 
 def get_services(request: Request) -> Services:

@@ -1,4 +1,4 @@
-"""The FastAPI application: ``uvicorn api.main:app`` or ``fraudstream api``."""
+"""The FastAPI application: ``fraudstream api`` (uvicorn, one or more workers)."""
 
 from __future__ import annotations
 
@@ -9,65 +9,111 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
-from api.deps import Services
+from api.deps import PolicyHolder, Services
 from api.model_holder import ModelHolder
 from api.publisher import Publisher
-from api.routes import router
+from api.routes import admin, router
+from api.spool import Spool
+from model.api_keys import load_keys
 from model.config import Settings, get_settings
 from model.online_store import OnlineStore
+from model.policy import PolicyStore
 from model.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
+class ConfigurationError(RuntimeError):
+    pass
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    assert settings.api_keys_file is not None and settings.spool_dir is not None
+    api_keys = load_keys(settings.api_keys_file)
+    if settings.auth_enabled and not api_keys:
+        raise ConfigurationError(
+            f"no API keys in {settings.api_keys_file}: create one with "
+            "`fraudstream keys create NAME --scope score`, or set FRAUDSTREAM_AUTH_ENABLED=false"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
         redis = Redis.from_url(settings.redis_url, password=password,
-                               socket_timeout=0.25, socket_connect_timeout=0.25)
+                               socket_timeout=0.5, socket_connect_timeout=0.25)
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
-            enable_idempotence=True,
             linger_ms=5,
-            request_timeout_ms=15000,
+            request_timeout_ms=5000,
+            retry_backoff_ms=200,
         )
-        await producer.start()
+        publisher = Publisher(producer, Spool(settings.spool_dir), settings.topic_scored,
+                              settings.topic_labels)
+        try:
+            await publisher.start()
+        except Exception as exc:  # Kafka down at start: score anyway, into the spool
+            log.error("Kafka unavailable at start (%s); spooling", type(exc).__name__)
+            publisher.kafka_ok = False
+        if not publisher.spool.is_empty():  # left by a previous run: send it first
+            publisher.kafka_ok = False
         holder = ModelHolder(Registry(settings.models_dir))
         await holder.refresh()
-        watcher = asyncio.create_task(holder.watch(settings.model_poll_seconds))
+        policy = PolicyHolder(PolicyStore(redis))
+        with contextlib.suppress(Exception):
+            await policy.refresh()
+        tasks = [
+            asyncio.create_task(holder.watch(settings.model_poll_seconds)),
+            asyncio.create_task(policy.watch(settings.rules_poll_seconds)),
+            asyncio.create_task(publisher.keep_draining()),
+        ]
         app.state.services = Services(
-            settings=settings,
-            store=OnlineStore(redis),
-            models=holder,
-            publisher=Publisher(producer, settings.topic_scored, settings.topic_labels),
+            settings=settings, store=OnlineStore(redis), models=holder,
+            publisher=publisher, policy=policy, api_keys=api_keys,
         )
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            # stop() flushes what is buffered, so a clean shutdown loses no scored payment.
-            await producer.stop()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            # Deliver what is buffered; what Kafka will not take now lands in the spool.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.flush(), timeout=5)
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            publisher.spool.seal()
             await redis.aclose()
 
     app = FastAPI(
         title="fraudstream",
-        version="0.1.0",
+        version="0.2.0",
         summary="Real-time payment fraud scoring",
+        description="Send `X-API-Key` on every call but `/healthz` and `/metrics`.",
         lifespan=lifespan,
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The offending input is not echoed back: it may be a card number.
+        errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     app.include_router(router)
+    app.include_router(admin)
     return app
 
 
 def app_factory() -> FastAPI:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return create_app()

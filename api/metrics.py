@@ -13,3 +13,5 @@ PUBLISH_FAILURES = Counter(
 )
 MODEL_RELOADS = Counter("fraudstream_model_reloads_total", "Models loaded", ["outcome"])
 MODEL_INFO = Gauge("fraudstream_model_loaded", "1 for the model version in use", ["version"])
+SPOOLED = Counter("fraudstream_spooled_total", "Scored payments written to the local spool")
+REPLAYS = Counter("fraudstream_replays_total", "Retried payment_ids answered from the record")

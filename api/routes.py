@@ -2,90 +2,81 @@
 
 from __future__ import annotations
 
-import logging
-import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import require
 from api.deps import Services, get_services
-from api.metrics import DECISIONS, SCORE_LATENCY
-from model.schemas import Label, Payment, Reason, ScoredPayment, ScoreResponse
+from api.scoring import not_in_future, score_one
+from model.policy import LIST_ENTITIES, ListKind, RuleSet
+from model.schemas import Label, Payment, ScoreResponse
 
-log = logging.getLogger(__name__)
 router = APIRouter()
 ServicesDep = Annotated[Services, Depends(get_services)]
+Deadline = Annotated[int | None, Header(
+    alias="X-Deadline-Ms", gt=0, le=60_000,
+    description="Answer within this many milliseconds, degraded if need be.")]
+
+CONFLICT = {409: {"description": "payment_id already scored with a different payload"}}
+AUTH = {401: {"description": "missing or wrong API key or signature"},
+        403: {"description": "the key lacks the scope"}}
 
 
-def _not_in_future(ts: float, field: str, svc: Services) -> None:
-    """Windows run on event time: a timestamp from the future would poison them."""
-    ahead = ts - time.time()
-    if ahead > svc.settings.max_future_seconds:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"type": "value_error", "loc": ["body", field],
-                     "msg": f"{field} is {ahead:.0f}s in the future (more than "
-                            f"{svc.settings.max_future_seconds:g}s allowed for clock skew)"}],
-        )
-
-
-@router.post("/v1/payments/score", response_model=ScoreResponse, tags=["scoring"])
-async def score_payment(payment: Payment, svc: ServicesDep) -> ScoreResponse:
+@router.post("/v1/payments/score", response_model=ScoreResponse, tags=["scoring"],
+             dependencies=[Depends(require("score"))], responses={**AUTH, **CONFLICT})
+async def score_payment(payment: Payment, svc: ServicesDep,
+                        deadline_ms: Deadline = None) -> ScoreResponse:
     """Score one payment: approve, review or decline, with the score and its reasons.
 
-    The scored payment (with the exact feature vector used) is then published to Kafka for
-    the history; the response does not wait for Kafka.
-    """
-    started = time.perf_counter()
-    _not_in_future(payment.ts, "timestamp", svc)
-    reasons: list[dict[str, Any]] = []
-    features: dict[str, float] = {}
-    scorer = svc.models.scorer
-    try:
-        features = await svc.store.observe_and_compute(payment)
-    except Exception as exc:
-        log.warning("online features unavailable for %s: %s", payment.payment_id,
-                    type(exc).__name__)
-        reasons.append({"code": "degraded_features_unavailable",
-                        "detail": "online features could not be read"})
-    if features and scorer is not None:
-        outcome = scorer.score(features)
-        score: float | None = outcome.score
-        decision = outcome.decision
-        reasons.extend(outcome.reasons)
-        degraded = False
-    else:
-        if scorer is None:
-            reasons.append({"code": "degraded_no_model", "detail": "no model is loaded"})
-        score, decision, degraded = None, svc.settings.degraded_decision, True
+    - **Idempotent**: a retried payment_id gets the first answer again, with
+      `"replay": true`, and counts once in every feature; a different payload under a
+      known payment_id gets 409.
+    - **Deadline**: the answer comes within `X-Deadline-Ms` (default 250 ms). If Redis or
+      the model cannot serve in time, the answer is the configured degraded decision
+      with `"degraded": true`, never a 5xx.
+    - **Reasons**: allow/block list hits, rules that fired, the score threshold crossed,
+      and the features that raised this payment's score most, with their values.
 
-    await svc.publisher.publish_scored(
-        ScoredPayment(
-            payment=payment,
-            features=features,
-            score=score,
-            decision=decision,
-            model_version=scorer.version if scorer else None,
-            reasons=[r["code"] for r in reasons],
-            degraded=degraded,
-            scored_at=datetime.now(UTC),
-        )
-    )
-    elapsed = time.perf_counter() - started
-    SCORE_LATENCY.observe(elapsed)
-    DECISIONS.labels(decision, str(degraded).lower()).inc()
-    return ScoreResponse(
-        payment_id=payment.payment_id,
-        decision=decision,
-        score=score,
-        reasons=[Reason(**r) for r in reasons],
-        model_version=scorer.version if scorer else None,
-        degraded=degraded,
-        latency_ms=round(elapsed * 1000, 3),
-    )
+    The scored payment (with the exact feature vector used) then goes to Kafka for the
+    history; the response does not wait for Kafka, and a Kafka outage loses nothing.
+    """
+    return await score_one(payment, svc, deadline_ms)
+
+
+class PaymentBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    payments: list[Payment] = Field(min_length=1, max_length=500)
+
+
+class BatchItem(BaseModel):
+    payment_id: str
+    result: ScoreResponse | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+
+
+@router.post("/v1/payments/score/batch", response_model=BatchResponse, tags=["scoring"],
+             dependencies=[Depends(require("score"))], responses=AUTH)
+async def score_batch(batch: PaymentBatch, svc: ServicesDep,
+                      deadline_ms: Deadline = None) -> BatchResponse:
+    """Score up to 500 payments in one call (back office), in the order given, so that
+    payments of one card see the ones before them. An item that cannot be scored (a
+    conflicting payment_id, a timestamp in the future) gets an error; the others go on."""
+    items = []
+    for payment in batch.payments:
+        try:
+            items.append(BatchItem(payment_id=payment.payment_id,
+                                   result=await score_one(payment, svc, deadline_ms)))
+        except HTTPException as exc:
+            items.append(BatchItem(payment_id=payment.payment_id,
+                                   error={"status": exc.status_code, "detail": exc.detail}))
+    return BatchResponse(results=items)
 
 
 class LabelAccepted(BaseModel):
@@ -94,13 +85,13 @@ class LabelAccepted(BaseModel):
 
 
 @router.post("/v1/labels", status_code=status.HTTP_202_ACCEPTED, response_model=LabelAccepted,
-             tags=["labels"])
+             tags=["labels"], dependencies=[Depends(require("labels"))], responses=AUTH)
 async def post_label(label: Label, svc: ServicesDep) -> LabelAccepted:
     """Report a fraud verdict (chargeback, analyst, customer report) on a past payment.
 
     Answers 202 once the label is durably in Kafka; the stream processor applies it.
     """
-    _not_in_future(label.reported_at.timestamp(), "reported_at", svc)
+    not_in_future(label.reported_at.timestamp(), "reported_at", svc)
     try:
         await svc.publisher.publish_label(label)
     except Exception as exc:
@@ -111,7 +102,76 @@ async def post_label(label: Label, svc: ServicesDep) -> LabelAccepted:
     return LabelAccepted(payment_id=label.payment_id)
 
 
-@router.get("/v1/model", tags=["model"])
+# ---- administration ------------------------------------------------------------------
+admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require("admin"))],
+                  responses=AUTH)
+
+
+def _caller(request: Request) -> str:
+    return getattr(request.state, "caller", "anonymous")
+
+
+@admin.get("/rules")
+async def get_rules(svc: ServicesDep) -> dict[str, Any]:
+    """The rule set in force and its version."""
+    policy = await svc.policy.store.load()
+    return {"version": policy.version, **policy.rules.model_dump()}
+
+
+@admin.put("/rules")
+async def put_rules(rules: RuleSet, request: Request, svc: ServicesDep) -> dict[str, Any]:
+    """Replace the rule set. Every API worker applies it within
+    `FRAUDSTREAM_RULES_POLL_SECONDS`, without a restart."""
+    version = await svc.policy.store.save(rules, _caller(request))
+    await svc.policy.refresh()
+    return {"version": version, "rules": len(rules.rules)}
+
+
+class ListChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="", max_length=500)
+
+
+def _entity(entity: str) -> str:
+    if entity not in LIST_ENTITIES:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            detail=[{"loc": ["path", "entity"], "type": "value_error",
+                                     "msg": f"entity must be one of {list(LIST_ENTITIES)}"}])
+    return entity
+
+
+@admin.put("/lists/{kind}/{entity}/{value}")
+async def add_to_list(kind: ListKind, entity: str, value: str, request: Request,
+                      svc: ServicesDep, change: ListChange | None = None) -> dict[str, Any]:
+    """Put a value of an entity (card_id, terminal_id, country, merchant_category, currency,
+    channel) on the allow or block list; applies to the next payment on every worker."""
+    changed = await svc.policy.store.set_listed(kind, _entity(entity), value, True,
+                                                _caller(request), change.reason if change else "")
+    return {"kind": kind, "entity": entity, "listed": True, "changed": changed}
+
+
+@admin.delete("/lists/{kind}/{entity}/{value}")
+async def remove_from_list(kind: ListKind, entity: str, value: str, request: Request,
+                           svc: ServicesDep) -> dict[str, Any]:
+    changed = await svc.policy.store.set_listed(kind, _entity(entity), value, False,
+                                                _caller(request))
+    return {"kind": kind, "entity": entity, "listed": False, "changed": changed}
+
+
+@admin.get("/lists/{kind}/{entity}")
+async def get_list(kind: ListKind, entity: str, svc: ServicesDep) -> dict[str, Any]:
+    return {"kind": kind, "entity": entity,
+            "values": await svc.policy.store.members(kind, _entity(entity))}
+
+
+@admin.get("/audit")
+async def get_audit(svc: ServicesDep, count: int = 100) -> list[dict[str, Any]]:
+    """Who changed which rules and lists, newest first."""
+    return await svc.policy.store.audit(count)
+
+
+@router.get("/v1/model", tags=["model"], dependencies=[Depends(require("score"))],
+            responses=AUTH)
 async def current_model(svc: ServicesDep) -> dict[str, Any]:
     """The model in use: version, training window, metrics and thresholds."""
     scorer = svc.models.scorer
@@ -125,7 +185,9 @@ async def current_model(svc: ServicesDep) -> dict[str, Any]:
 @router.get("/healthz", tags=["operations"])
 async def healthz(svc: ServicesDep) -> dict[str, Any]:
     scorer = svc.models.scorer
-    return {"status": "ok", "model_version": scorer.version if scorer else None}
+    return {"status": "ok", "model_version": scorer.version if scorer else None,
+            "rules_version": svc.policy.policy.version,
+            "kafka": "ok" if svc.publisher.kafka_ok else "spooling"}
 
 
 @router.get("/metrics", tags=["operations"])

@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     # How often the API checks the registry for a newly promoted model.
     model_poll_seconds: float = Field(default=2.0, gt=0)
 
+    # Authentication: API keys (see `fraudstream keys create`), stored as sha256 in this file.
+    auth_enabled: bool = True
+    api_keys_file: Path | None = None
+    signature_tolerance_seconds: float = Field(default=300.0, gt=0)
+    # The answer always comes within the caller's X-Deadline-Ms, or this by default.
+    default_deadline_ms: int = Field(default=250, gt=0)
+    rules_poll_seconds: float = Field(default=0.5, gt=0)
+    spool_dir: Path | None = None
+
     # Event times further ahead of this server's clock are refused (clock skew allowance).
     max_future_seconds: float = Field(default=300.0, ge=0)
 
@@ -52,6 +61,10 @@ class Settings(BaseSettings):
             self.data_dir = self.home / "history"
         if self.registry_dir is None:
             self.registry_dir = self.home / "registry"
+        if self.api_keys_file is None:
+            self.api_keys_file = self.home / "secrets" / "api-keys.json"
+        if self.spool_dir is None:
+            self.spool_dir = self.home / "spool"
         return self
 
     @property

@@ -104,7 +104,9 @@ class ScoreResponse(BaseModel):
     score: float | None
     reasons: list[Reason]
     model_version: str | None
+    rules_version: int = 0
     degraded: bool = False
+    replay: bool = False  # true: this payment_id was scored before; this is that answer
     latency_ms: float
 
 

@@ -14,12 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from model.config import get_settings
+from model.config import Settings, get_settings
 
 app = typer.Typer(help="fraudstream: real-time payment fraud detection.", no_args_is_help=True,
                   add_completion=False)
 history_app = typer.Typer(help="The recorded history (Parquet + DuckDB).", no_args_is_help=True)
 model_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of the callers.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 app.add_typer(history_app, name="history")
 app.add_typer(model_app, name="model")
 console = Console(soft_wrap=True)
@@ -86,7 +88,8 @@ def up(
         # its fraud (reported days later, but before now) flow in during the demo.
         simulate(out=path, days=history_days,
                  start=today - timedelta(days=history_days + DEMO_DAYS),
-                 cards=2000, terminals=200, seed=7, to_api=None, rate=50.0, count=0)
+                 cards=2000, terminals=200, seed=7, to_api=None, rate=50.0, count=0,
+                 api_key=None)
         history_import(path, mapping=[], label_delay_days=14.0)
         train(force=True, test_days=7.0, gap_days=7.0, train_days=None, cutoff=None,
               review_rate=0.03, decline_rate=0.005)
@@ -94,14 +97,32 @@ def up(
     with console.status("starting the stream worker…"):
         services.start_stream(s)
     console.print("  [green]✓[/] stream worker")
+    demo_key = _demo_key(s)
     with console.status("starting the API…"):
         services.start_api(s)
     console.print(f"  [green]✓[/] API on {s.api_url}  (OpenAPI: {s.api_url}/docs)")
     if demo_payments:
         simulate(out=None, days=DEMO_DAYS, start=today - timedelta(days=DEMO_DAYS), cards=2000,
-                 terminals=200, seed=8,
-                 to_api=s.api_url, rate=demo_rate, count=demo_payments)
+                 terminals=200, seed=8, to_api=s.api_url, rate=demo_rate, count=demo_payments,
+                 api_key=demo_key)
     status()
+
+
+def _demo_key(s: Settings) -> str | None:
+    """A key for the demo traffic, created once and kept (mode 600) beside the key file."""
+    from model.api_keys import create_key
+
+    assert s.api_keys_file is not None
+    if not s.auth_enabled:
+        return None
+    stash = s.api_keys_file.with_name("demo-client.key")
+    if stash.exists():
+        return stash.read_text().strip()
+    key, _ = create_key(s.api_keys_file, "demo-client", {"score", "labels"})
+    stash.touch(mode=0o600)
+    stash.write_text(key)
+    console.print(f"  created API key 'demo-client' for the demo traffic ({stash})")
+    return key
 
 
 @app.command()
@@ -139,6 +160,8 @@ def simulate(
     seed: int = typer.Option(7),
     rate: float = typer.Option(50.0, min=0.001, help="payments per second with --to-api"),
     count: int = typer.Option(0, min=0, help="with --to-api: send N payments spread evenly"),
+    api_key: str | None = typer.Option(None, envvar="FRAUDSTREAM_CLIENT_API_KEY",
+                                       help="X-API-Key for --to-api (scopes score, labels)"),
 ) -> None:
     """Generate payment traffic with labelled fraud patterns and delayed labels."""
     from training.simulator import SimulationConfig
@@ -173,8 +196,9 @@ def simulate(
         sample = traffic.iloc[::step].head(count) if count else traffic
         with _progress() as bar:
             task = bar.add_task(f"sending to {to_api} at {rate:g}/s", total=len(sample))
-            report = asyncio.run(send_traffic(to_api, sample, rate,
-                                              progress=lambda n: bar.advance(task, n)))
+            report = asyncio.run(send_traffic(
+                to_api, sample, rate, headers={"X-API-Key": api_key} if api_key else None,
+                progress=lambda n: bar.advance(task, n)))
         table = Table("sent", "labels", "errors", "approve", "review", "decline", "p50 ms",
                       "p99 ms", title="traffic sent")
         table.add_row(str(report.sent), str(report.labels_sent),
@@ -318,6 +342,47 @@ def train(
     console.print(table)
     verdict = "[green]promoted[/]" if result.promoted else "[yellow]not promoted[/]"
     console.print(f"{result.version}: {verdict} ({result.decision})")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str,
+    scope: Annotated[list[str], typer.Option(help="score, labels or admin; repeat for more")]
+    = ["score"],  # noqa: B006 -- typer reads the default, never mutates it
+    signing: bool = typer.Option(False, help="also require an HMAC signature of each body"),
+) -> None:
+    """Create an API key; it is shown once, only its sha256 is kept."""
+    from model.api_keys import SCOPES, create_key
+
+    bad = [s for s in scope if s not in SCOPES]
+    if bad:
+        raise fail(f"unknown scope(s) {bad}; use {', '.join(SCOPES)}")
+    s = get_settings()
+    assert s.api_keys_file is not None
+    try:
+        key, secret = create_key(s.api_keys_file, name, set(scope), signing)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"key {name!r} ({', '.join(sorted(scope))}) created; keep it now, it is "
+                  "not shown again:")
+    console.print(f"  X-API-Key: {key}")
+    if secret:
+        console.print(f"  signing secret: {secret}")
+    console.print("restart the API to load it")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Key names and scopes (never the keys)."""
+    from model.api_keys import load_keys
+
+    s = get_settings()
+    assert s.api_keys_file is not None
+    table = Table("name", "scopes", "signed", "sha256 (first 12)")
+    for digest, key in load_keys(s.api_keys_file).items():
+        table.add_row(key.name, ", ".join(sorted(key.scopes)),
+                      "yes" if key.signing_secret else "", digest[:12])
+    console.print(table)
 
 
 @model_app.command("list")

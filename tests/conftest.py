@@ -59,6 +59,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the stream worker subprocess reads the same settings
     yield Settings()
+    from model.config import get_settings
+
+    get_settings.cache_clear()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -98,14 +101,30 @@ def redis_db(stack: Settings) -> Iterator[Any]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def api_keys(settings: Settings) -> dict[str, tuple[str, str | None]]:
+    """name -> (key, signing secret) of the keys the test API accepts."""
+    from model.api_keys import create_key
+
+    assert settings.api_keys_file is not None
+    return {
+        "all": create_key(settings.api_keys_file, "all", {"score", "labels", "admin"}),
+        "scorer": create_key(settings.api_keys_file, "scorer", {"score"}),
+        "signed": create_key(settings.api_keys_file, "signed", {"score"}, signing=True),
+    }
+
+
 @pytest.fixture()
-def api_client(stream_worker: Settings, trained: str) -> Iterator[Any]:
-    """The real FastAPI app (lifespan and all), talking to the real Kafka and Redis."""
+def api_client(stream_worker: Settings, trained: str,
+               api_keys: dict[str, tuple[str, str | None]]) -> Iterator[Any]:
+    """The real FastAPI app (lifespan and all), talking to the real Kafka and Redis, with a
+    key of every scope."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
-    with TestClient(create_app(stream_worker)) as client:
+    with TestClient(create_app(stream_worker),
+                    headers={"X-API-Key": api_keys["all"][0]}) as client:
         yield client
 
 

@@ -3,6 +3,7 @@ label, retrain, hot-reload."""
 
 import asyncio
 import threading
+import time
 import uuid
 
 import pytest
@@ -238,8 +239,10 @@ def test_retraining_promotes_a_model_the_running_api_then_uses(api_client, strea
     flipper = threading.Thread(target=flip)
     flipper.start()
     try:
-        seen = set()
-        for _ in range(150):
+        seen: set[str] = set()
+        sent, deadline = 0, time.monotonic() + 20
+        while (sent < 150 or len(seen) < 2) and time.monotonic() < deadline:
+            sent += 1
             resp = api_client.post("/v1/payments/score", json=payment())
             assert resp.status_code == 200
             assert not resp.json()["degraded"]

@@ -1,0 +1,131 @@
+"""Scoring one payment: idempotency, features, model, rules, degradation, publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import HTTPException, status
+
+from api.deps import Services
+from api.metrics import DECISIONS, REPLAYS, SCORE_LATENCY
+from api.publisher import ENQUEUE_TIMEOUT
+from model.online_store import Observation
+from model.policy import list_lookups
+from model.schemas import Payment, ScoredPayment, ScoreResponse
+
+log = logging.getLogger(__name__)
+# Share of the deadline the Redis round trip may use; the rest covers scoring and answering.
+FEATURE_BUDGET = 0.6
+
+
+def payload_hash(payment: Payment) -> str:
+    return hashlib.sha256(orjson.dumps(payment.model_dump(mode="json"),
+                                       option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def not_in_future(ts: float, field: str, svc: Services) -> None:
+    """Windows run on event time: a timestamp from the future would poison them."""
+    ahead = ts - time.time()
+    if ahead > svc.settings.max_future_seconds:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"type": "value_error", "loc": ["body", field],
+                     "msg": f"{field} is {ahead:.0f}s in the future (more than "
+                            f"{svc.settings.max_future_seconds:g}s allowed for clock skew)"}],
+        )
+
+
+def conflict(payment_id: str, why: str) -> HTTPException:
+    return HTTPException(status.HTTP_409_CONFLICT, detail=f"payment_id {payment_id!r}: {why}")
+
+
+async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) -> ScoreResponse:
+    started = time.perf_counter()
+    budget = (deadline_ms or svc.settings.default_deadline_ms) / 1000
+    not_in_future(payment.ts, "timestamp", svc)
+    phash = payload_hash(payment)
+    reasons: list[dict[str, Any]] = []
+    obs = Observation()
+    try:
+        obs = await asyncio.wait_for(svc.store.observe(payment, phash, list_lookups(payment)),
+                                     timeout=budget * FEATURE_BUDGET)
+    except TimeoutError:
+        reasons.append({"code": "degraded_features_timeout",
+                        "detail": "online features not read within the deadline"})
+    except Exception as exc:
+        log.warning("online features unavailable for %s: %s", payment.payment_id,
+                    type(exc).__name__)
+        reasons.append({"code": "degraded_features_unavailable",
+                        "detail": "online features could not be read"})
+
+    if obs.previous is not None:
+        return await replay(payment.payment_id, phash, obs.previous, svc,
+                            started + budget * FEATURE_BUDGET)
+
+    scorer = svc.models.scorer
+    features = obs.features or {}
+    if features and scorer is not None:
+        outcome = scorer.score(features)
+        score: float | None = outcome.score
+        decision = outcome.decision
+        reasons.extend(outcome.reasons)
+        degraded = False
+    else:
+        if scorer is None:
+            reasons.append({"code": "degraded_no_model", "detail": "no model is loaded"})
+        score, decision, degraded = None, svc.settings.degraded_decision, True
+    policy = svc.policy.policy
+    decision, policy_reasons = policy.apply(decision, features, obs.list_hits)
+    reasons = policy_reasons + reasons
+
+    elapsed = time.perf_counter() - started
+    response = ScoreResponse(
+        payment_id=payment.payment_id, decision=decision, score=score, reasons=reasons,
+        model_version=scorer.version if scorer else None, rules_version=policy.version,
+        degraded=degraded, latency_ms=round(elapsed * 1000, 3),
+    )
+    # Kept even when degraded, so that a retry gets this same answer.
+    try:
+        await asyncio.wait_for(
+            svc.store.record_decision(payment.payment_id, phash,
+                                      response.model_dump_json().encode()),
+            timeout=max(budget * 0.9 - (time.perf_counter() - started), 0.001))
+    except Exception as exc:
+        log.warning("decision of %s not kept for replays: %s", payment.payment_id,
+                    type(exc).__name__)
+    remaining = budget - (time.perf_counter() - started)
+    await svc.publisher.publish_scored(ScoredPayment(
+        payment=payment, features=features, score=score, decision=decision,
+        model_version=response.model_version, reasons=[r["code"] for r in reasons],
+        degraded=degraded, scored_at=datetime.now(UTC),
+    ), enqueue_timeout=max(min(ENQUEUE_TIMEOUT, remaining), 0.001))
+    SCORE_LATENCY.observe(time.perf_counter() - started)
+    DECISIONS.labels(decision, str(degraded).lower()).inc()
+    return response
+
+
+async def replay(payment_id: str, phash: str, previous: bytes, svc: Services,
+                 wait_until: float) -> ScoreResponse:
+    """A payment_id seen before: the first answer again, or 409 if the payload differs."""
+    while True:
+        state, _, rest = previous.partition(b"|")
+        first_hash, _, body = rest.partition(b"|")
+        if first_hash.decode() != phash:
+            raise conflict(payment_id, "already scored with a different payload")
+        if state == b"done":
+            REPLAYS.inc()
+            return ScoreResponse.model_validate_json(body).model_copy(update={"replay": True})
+        # The first call is still being scored (a retry raced it): wait for its answer.
+        if time.perf_counter() >= wait_until:
+            raise conflict(payment_id, "is being scored by an earlier request; retry")
+        await asyncio.sleep(0.005)
+        latest = await svc.store.previous_decision(payment_id)
+        if latest is None:
+            raise conflict(payment_id, "earlier request did not finish; retry")
+        previous = latest

@@ -1,0 +1,67 @@
+"""API keys: who may call which endpoints, kept in a JSON file readable by root only.
+
+The file stores each key's sha256, never the key itself, plus its scopes and, when the
+caller must sign requests, the shared signing secret (which has to be kept in clear to
+check signatures). Keys are shown once, when created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+Scope = Literal["score", "labels", "admin"]
+SCOPES: tuple[Scope, ...] = ("score", "labels", "admin")
+
+
+class ApiKey(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: set[Scope]
+    signing_secret: SecretStr | None = None  # set: requests must carry an HMAC signature
+
+
+class KeyFile(BaseModel):
+    keys: list[ApiKey] = []
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_keys(path: Path) -> dict[str, ApiKey]:
+    """sha256 -> key. A missing file means no keys."""
+    if not path.exists():
+        return {}
+    data = KeyFile.model_validate_json(path.read_text())
+    return {k.key_sha256: k for k in data.keys}
+
+
+def create_key(path: Path, name: str, scopes: set[Scope], signing: bool = False
+               ) -> tuple[str, str | None]:
+    """Add a key to the file; returns (key, signing secret) -- the only time they are seen."""
+    current = KeyFile.model_validate_json(path.read_text()) if path.exists() else KeyFile()
+    if any(k.name == name for k in current.keys):
+        raise ValueError(f"a key named {name!r} exists already")
+    key = "fsk_" + secrets.token_urlsafe(32)
+    secret = secrets.token_urlsafe(32) if signing else None
+    current.keys.append(ApiKey(name=name, key_sha256=hash_key(key), scopes=scopes,
+                               signing_secret=SecretStr(secret) if secret else None))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"keys": [
+        {**k.model_dump(exclude={"signing_secret"}), "scopes": sorted(k.scopes),
+         "signing_secret": k.signing_secret.get_secret_value() if k.signing_secret else None}
+        for k in current.keys
+    ]}
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, path)
+    return key, secret
