@@ -1,0 +1,210 @@
+"""The scoring hook's contract: retries, authentication, card data, rules and lists, batch."""
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from model.history import HistoryStore
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.integration
+PAN = "4111111111111111"
+
+
+def uid(prefix):
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def payment(**kw):
+    body = {"payment_id": uid("pay"), "timestamp": "2026-11-20T10:00:00Z",
+            "card_id": uid("card"), "terminal_id": uid("term"), "amount": 25.0,
+            "currency": "EUR"}
+    return body | kw
+
+
+def history_row(settings, pid):
+    rows = HistoryStore(settings.history_dir).query(
+        "SELECT * FROM payments WHERE payment_id = ?", [pid])
+    return rows.iloc[0] if len(rows) else None
+
+
+# ---- idempotency ---------------------------------------------------------------------
+def test_a_retry_gets_the_first_answer_and_counts_once(api_client, stream_worker):
+    first = payment()
+    a = api_client.post("/v1/payments/score", json=first)
+    b = api_client.post("/v1/payments/score", json=first)
+    assert a.status_code == b.status_code == 200
+    assert not a.json()["replay"] and b.json()["replay"]
+    assert b.json() | {"replay": False} == a.json()
+    nxt = payment(card_id=first["card_id"], timestamp="2026-11-20T10:01:00Z")
+    assert api_client.post("/v1/payments/score", json=nxt).status_code == 200
+    row = eventually(lambda: history_row(stream_worker, nxt["payment_id"]), 60)
+    assert row["f_card_count_1h"] == 2.0  # the retry did not count
+    assert row["f_terminal_count_1d"] == 1.0
+
+
+def test_same_payment_id_with_another_payload_is_409_and_changes_nothing(api_client,
+                                                                          redis_db):
+    first = payment()
+    assert api_client.post("/v1/payments/score", json=first).status_code == 200
+    other = first | {"amount": 999.0, "card_id": uid("card")}
+    resp = api_client.post("/v1/payments/score", json=other)
+    assert resp.status_code == 409
+    assert first["payment_id"] in resp.json()["detail"]
+    assert not redis_db.exists(f"fs:card:{other['card_id']}")
+
+
+# ---- authentication ------------------------------------------------------------------
+@pytest.fixture()
+def bare_client(stream_worker, trained):
+    with TestClient(create_app(stream_worker)) as client:
+        yield client
+
+
+def test_missing_or_wrong_key_is_401_and_changes_nothing(bare_client, redis_db):
+    body = payment()
+    assert bare_client.post("/v1/payments/score", json=body).status_code == 401
+    wrong = bare_client.post("/v1/payments/score", json=body,
+                             headers={"X-API-Key": "fsk_not-a-key"})
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "unknown API key"
+    assert not redis_db.exists(f"fs:card:{body['card_id']}")
+    assert bare_client.get("/healthz").status_code == 200  # health needs no key
+
+
+def test_a_key_without_the_scope_is_403(bare_client, api_keys):
+    headers = {"X-API-Key": api_keys["scorer"][0]}
+    assert bare_client.post("/v1/payments/score", json=payment(),
+                            headers=headers).status_code == 200
+    label = {"payment_id": "p", "is_fraud": True, "source": "analyst",
+             "reported_at": "2026-11-21T10:00:00Z"}
+    resp = bare_client.post("/v1/labels", json=label, headers=headers)
+    assert resp.status_code == 403 and "labels" in resp.json()["detail"]
+    assert bare_client.get("/v1/admin/rules", headers=headers).status_code == 403
+
+
+def signed(secret, body: bytes, stamp=None):
+    stamp = int(time.time()) if stamp is None else stamp
+    mac = hmac.new(secret.encode(), str(stamp).encode() + b"." + body, hashlib.sha256)
+    return f"t={stamp},v1={mac.hexdigest()}"
+
+
+def test_signing_keys_need_a_fresh_valid_signature(bare_client, api_keys, redis_db):
+    key, secret = api_keys["signed"]
+    body = json.dumps(payment()).encode()
+    base = {"X-API-Key": key, "content-type": "application/json"}
+    cases = {
+        "missing": {},
+        "expired": {"X-Signature": signed(secret, body, int(time.time()) - 3600)},
+        "wrong body": {"X-Signature": signed(secret, body + b" ")},
+        "garbled": {"X-Signature": "v1=abc"},
+    }
+    for name, extra in cases.items():
+        resp = bare_client.post("/v1/payments/score", content=body, headers=base | extra)
+        assert resp.status_code == 401, name
+    assert not redis_db.exists(f"fs:card:{json.loads(body)['card_id']}")
+    ok = bare_client.post("/v1/payments/score", content=body,
+                          headers=base | {"X-Signature": signed(secret, body)})
+    assert ok.status_code == 200, ok.text
+
+
+def test_keys_never_reach_the_logs(bare_client, api_keys, caplog):
+    key = api_keys["all"][0]
+    bare_client.post("/v1/payments/score", json=payment(), headers={"X-API-Key": key})
+    bare_client.post("/v1/payments/score", json=payment(), headers={"X-API-Key": key[:-2]})
+    assert key not in caplog.text and key[:-2] not in caplog.text
+
+
+# ---- card data -----------------------------------------------------------------------
+def test_a_pan_is_refused_and_reaches_no_log_topic_or_history(api_client, stream_worker,
+                                                             caplog):
+    as_card = payment(card_id=PAN)
+    as_extra = payment() | {"pan": PAN}
+    for body in (as_card, as_extra):
+        resp = api_client.post("/v1/payments/score", json=body)
+        assert resp.status_code == 422
+        assert PAN not in resp.text  # not even echoed back
+    assert "card_id" in json.dumps(api_client.post("/v1/payments/score",
+                                                   json=as_card).json())
+    # A payment sent after them is recorded; by then theirs would be too, if they were.
+    sentinel = payment()
+    api_client.post("/v1/payments/score", json=sentinel)
+    eventually(lambda: history_row(stream_worker, sentinel["payment_id"]), 60)
+    assert PAN not in caplog.text
+    stream_log = (stream_worker.home / "logs" / "stream.log").read_text()
+    assert PAN not in stream_log
+    for path in stream_worker.history_dir.rglob("*.parquet"):
+        assert PAN.encode() not in path.read_bytes()
+    kafka_data = stream_worker.home / "kafka" / "data"
+    for log_file in kafka_data.rglob("*.log"):
+        assert PAN.encode() not in log_file.read_bytes()
+
+
+# ---- rules and lists -----------------------------------------------------------------
+def test_rules_and_lists_change_at_runtime_on_every_worker(stream_worker, trained,
+                                                            api_keys):
+    headers = {"X-API-Key": api_keys["all"][0]}
+    with TestClient(create_app(stream_worker), headers=headers) as one, \
+            TestClient(create_app(stream_worker), headers=headers) as two:
+        card = uid("card")
+        assert two.post("/v1/payments/score", json=payment(card_id=card)).json()[
+            "decision"] != "decline"
+        # a block list entry added through worker one applies to the next payment on two
+        assert one.put(f"/v1/admin/lists/block/card_id/{card}",
+                       json={"reason": "confirmed stolen"}).status_code == 200
+        blocked = two.post("/v1/payments/score", json=payment(card_id=card)).json()
+        assert blocked["decision"] == "decline"
+        assert blocked["reasons"][0]["code"] == "blocklist_card_id"
+        assert one.delete(f"/v1/admin/lists/block/card_id/{card}").status_code == 200
+        assert two.post("/v1/payments/score", json=payment(card_id=card)).json()[
+            "decision"] != "decline"
+
+        rules = {"rules": [{"id": "big_amount", "action": "review",
+                            "when": [{"feature": "amount", "op": ">=", "value": 5000}]}]}
+        put = one.put("/v1/admin/rules", json=rules)
+        assert put.status_code == 200
+        version = put.json()["version"]
+
+        def two_reviews():
+            out = two.post("/v1/payments/score", json=payment(amount=7000.0)).json()
+            return out["rules_version"] == version and out
+
+        out = eventually(two_reviews, 10)
+        assert out["decision"] in {"review", "decline"}
+        assert "rule_big_amount" in [r["code"] for r in out["reasons"]]
+        small = two.post("/v1/payments/score", json=payment(amount=20.0)).json()
+        assert "rule_big_amount" not in [r["code"] for r in small["reasons"]]
+
+        bad = one.put("/v1/admin/rules", json={"rules": [{"id": "x", "action": "review",
+                      "when": [{"feature": "no_such_feature", "op": ">", "value": 1}]}]})
+        assert bad.status_code == 422 and "no_such_feature" in bad.text
+        assert one.get("/v1/admin/rules").json()["version"] == version  # unchanged
+        audit = one.get("/v1/admin/audit").json()
+        assert audit[0]["what"] == "rules" and audit[0]["actor"] == "all"
+        assert card not in json.dumps(audit)
+        one.put("/v1/admin/rules", json={"rules": []})
+
+
+def test_batch_scores_in_order_and_reports_item_errors(api_client, stream_worker):
+    card = uid("card")
+    items = [payment(card_id=card, timestamp=f"2026-11-20T10:0{i}:00Z") for i in range(3)]
+    conflicting = items[0] | {"amount": 1.0}
+    assert api_client.post("/v1/payments/score", json=items[0]).status_code == 200
+    resp = api_client.post("/v1/payments/score/batch",
+                           json={"payments": [*items, conflicting]})
+    assert resp.status_code == 200
+    results = resp.json()["results"]
+    assert [r["payment_id"] for r in results] == [p["payment_id"] for p in
+                                                  [*items, conflicting]]
+    assert results[0]["result"]["replay"] is True
+    assert results[3]["error"]["status"] == 409
+    last = eventually(lambda: history_row(stream_worker, items[2]["payment_id"]), 60)
+    assert last["f_card_count_1h"] == 3.0
+    too_many = api_client.post("/v1/payments/score/batch",
+                               json={"payments": [payment() for _ in range(501)]})
+    assert too_many.status_code == 422
