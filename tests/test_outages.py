@@ -1,0 +1,100 @@
+"""Partial outages: the hook always answers within its deadline, and loses nothing."""
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from model.history import HistoryStore
+from ops import services
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+
+BUSY_SECOND = """
+local t0 = redis.call('TIME')
+while true do
+  local t = redis.call('TIME')
+  if (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 1000000 then return 1 end
+end
+"""
+
+
+def payment(**kw):
+    body = {"payment_id": f"pay_{uuid.uuid4().hex[:10]}", "timestamp": "2026-11-20T10:00:00Z",
+            "card_id": f"card_{uuid.uuid4().hex[:8]}", "terminal_id": "term_outage",
+            "amount": 25.0, "currency": "EUR"}
+    return body | kw
+
+
+def timed_post(client, body, deadline_ms):
+    started = time.perf_counter()
+    resp = client.post("/v1/payments/score", json=body,
+                       headers={"X-Deadline-Ms": str(deadline_ms)})
+    return resp, (time.perf_counter() - started) * 1000
+
+
+def test_slow_redis_gets_a_degraded_answer_within_the_deadline(api_client, redis_db):
+    # A busy script blocks the whole Redis server for a second, as a stalled server would.
+    stall = threading.Thread(target=lambda: redis_db.eval(BUSY_SECOND, 0))
+    stall.start()
+    time.sleep(0.05)
+    try:
+        resp, elapsed = timed_post(api_client, payment(), 150)
+    finally:
+        stall.join()
+    assert resp.status_code == 200
+    out = resp.json()
+    assert out["degraded"] and out["decision"] == "review" and out["score"] is None
+    assert out["reasons"][0]["code"] == "degraded_features_timeout"
+    assert elapsed < 150 + 50  # the deadline, plus the test client's own overhead
+
+
+def test_redis_stopped_degrades_and_recovers(api_client, stack):
+    proc = services.redis_proc(stack)
+    proc.stop()
+    try:
+        for _ in range(3):
+            resp, elapsed = timed_post(api_client, payment(), 200)
+            assert resp.status_code == 200
+            assert resp.json()["degraded"] is True
+            assert resp.json()["reasons"][0]["code"].startswith("degraded_features")
+            assert elapsed < 250
+    finally:
+        services.start_redis(stack)
+    ok = eventually(lambda: not (r := api_client.post("/v1/payments/score",
+                                                      json=payment()).json())["degraded"]
+                    and r, 20)
+    assert ok["score"] is not None
+
+
+def test_kafka_stopped_and_restarted_loses_nothing_and_duplicates_nothing(
+        api_client, stream_worker):
+    store = HistoryStore(stream_worker.history_dir)
+    services.kafka_proc(stream_worker).stop()
+    sent = []
+    try:
+        for i in range(40):
+            body = payment(timestamp=f"2026-11-20T11:{i:02d}:00Z")
+            resp, elapsed = timed_post(api_client, body, 250)
+            assert resp.status_code == 200 and not resp.json()["degraded"]
+            assert elapsed < 300
+            sent.append(body["payment_id"])
+        # Undeliverable events end up in the spool (after the producer's own timeout).
+        eventually(lambda: api_client.get("/healthz").json()["kafka"] == "spooling", 30)
+        spool = stream_worker.spool_dir
+        assert any(spool.glob("segment-*.spool"))
+    finally:
+        services.start_kafka(stream_worker)
+    eventually(lambda: api_client.get("/healthz").json()["kafka"] == "ok", 60)
+
+    def recorded():
+        return store.query("SELECT payment_id, count(*) AS n FROM payments_raw "
+                           "WHERE payment_id IN (SELECT unnest(?)) GROUP BY payment_id",
+                           [sent])
+
+    eventually(lambda: len(recorded()) == len(sent), 120)
+    assert recorded()["n"].max() == 1  # nothing twice
+    assert not any(stream_worker.spool_dir.glob("segment-*.spool"))
