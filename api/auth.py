@@ -29,23 +29,28 @@ def _unauthorized(detail: str) -> HTTPException:
 
 def require(scope: Scope) -> Callable[..., Awaitable[ApiKey | None]]:
     async def check(request: Request, svc: Services = Depends(get_services)) -> ApiKey | None:
-        if not svc.settings.auth_enabled:
-            return None
-        presented = request.headers.get("x-api-key")
-        if not presented:
-            raise _unauthorized("missing X-API-Key header")
-        key = svc.api_keys.get(hash_key(presented))
-        if key is None:
-            raise _unauthorized("unknown API key")
-        if scope not in key.scopes:
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                detail=f"key {key.name!r} lacks the {scope!r} scope")
-        if key.signing_secret is not None:
-            await _check_signature(request, key, svc.settings.signature_tolerance_seconds)
-        request.state.caller = key.name
-        return key
+        return await authenticate(request, svc, scope)
 
     return check
+
+
+async def authenticate(request: Request, svc: Services, scope: Scope) -> ApiKey | None:
+    """The caller's key, checked for ``scope`` (and signature); raises 401/403."""
+    if not svc.settings.auth_enabled:
+        return None
+    presented = request.headers.get("x-api-key")
+    if not presented:
+        raise _unauthorized("missing X-API-Key header")
+    key = svc.api_keys.get(hash_key(presented))
+    if key is None:
+        raise _unauthorized("unknown API key")
+    if scope not in key.scopes:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail=f"key {key.name!r} lacks the {scope!r} scope")
+    if key.signing_secret is not None:
+        await _check_signature(request, key, svc.settings.signature_tolerance_seconds)
+    request.state.caller = key.name
+    return key
 
 
 async def _check_signature(request: Request, key: ApiKey, tolerance: float) -> None:

@@ -50,5 +50,7 @@ class Services:
     api_keys: dict[str, ApiKey]
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in a thread pool, a hop
+    # that costs more than the whole Redis round trip.
     return request.app.state.services

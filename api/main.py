@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from api.deps import PolicyHolder, Services
 from api.model_holder import ModelHolder
@@ -45,8 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        redis = Redis.from_url(settings.redis_url, password=password,
-                               socket_timeout=0.5, socket_connect_timeout=0.25)
+        # A bounded pool: under a burst, requests queue for a connection instead of
+        # opening hundreds of them.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, password=password, max_connections=settings.redis_pool_size,
+            timeout=1.0, socket_timeout=0.5, socket_connect_timeout=0.25)
+        redis = Redis(connection_pool=pool)
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
@@ -72,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(holder.watch(settings.model_poll_seconds)),
             asyncio.create_task(policy.watch(settings.rules_poll_seconds)),
             asyncio.create_task(publisher.keep_draining()),
+            asyncio.create_task(publisher.keep_synced()),
         ]
         app.state.services = Services(
             settings=settings, store=OnlineStore(redis), models=holder,

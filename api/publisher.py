@@ -17,7 +17,7 @@ from model.schemas import Label, ScoredPayment
 log = logging.getLogger(__name__)
 # How long handing an event to the producer may take before it is spooled instead (the
 # producer blocks when its buffer is full or it has no metadata, i.e. Kafka is failing).
-ENQUEUE_TIMEOUT = 0.02
+ENQUEUE_TIMEOUT = 0.05
 
 
 class Publisher:
@@ -34,6 +34,8 @@ class Publisher:
 
     async def start(self) -> None:
         await self.producer.start()
+        # Fetch the topic's metadata now, not on the first payment's clock.
+        await self.producer.partitions_for(self.scored_topic)
         self.started = True
 
     async def publish_scored(self, event: ScoredPayment,
@@ -85,6 +87,12 @@ class Publisher:
             segment.unlink()
             sent += len(entries)
         return sent
+
+    async def keep_synced(self, every: float = 0.01) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if self.spool._dirty:
+                await asyncio.to_thread(self.spool.sync)
 
     async def keep_draining(self, every: float = 1.0) -> None:
         while True:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.auth import require
+from api.auth import authenticate, require
 from api.deps import Services, get_services
 from api.scoring import not_in_future, score_one
 from model.policy import LIST_ENTITIES, ListKind, RuleSet
@@ -25,10 +26,21 @@ AUTH = {401: {"description": "missing or wrong API key or signature"},
         403: {"description": "the key lacks the scope"}}
 
 
-@router.post("/v1/payments/score", response_model=ScoreResponse, tags=["scoring"],
-             dependencies=[Depends(require("score"))], responses={**AUTH, **CONFLICT})
-async def score_payment(payment: Payment, svc: ServicesDep,
-                        deadline_ms: Deadline = None) -> ScoreResponse:
+# The hot path skips FastAPI's generic dependency and body machinery (measured: most of
+# a request's CPU on this machine): the body goes straight to pydantic-core, the answer
+# straight to JSON bytes. The OpenAPI description is declared by hand to match.
+@router.post(
+    "/v1/payments/score", response_model=ScoreResponse, tags=["scoring"],
+    responses={**AUTH, **CONFLICT, 422: {"description": "an invalid field, named in `loc`"}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/Payment"}}}},
+        "parameters": [{"name": "X-Deadline-Ms", "in": "header", "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 60000},
+                        "description": "answer within this many ms, degraded if need be"}],
+    },
+)
+async def score_payment(request: Request) -> Response:
     """Score one payment: approve, review or decline, with the score and its reasons.
 
     - **Idempotent**: a retried payment_id gets the first answer again, with
@@ -43,7 +55,25 @@ async def score_payment(payment: Payment, svc: ServicesDep,
     The scored payment (with the exact feature vector used) then goes to Kafka for the
     history; the response does not wait for Kafka, and a Kafka outage loses nothing.
     """
-    return await score_one(payment, svc, deadline_ms)
+    svc: Services = request.app.state.services
+    await authenticate(request, svc, "score")
+    try:
+        payment = Payment.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+    deadline_ms = _deadline(request.headers.get("x-deadline-ms"))
+    result = await score_one(payment, svc, deadline_ms)
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+def _deadline(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 60_000:
+        raise RequestValidationError([{"type": "value_error", "loc": ("header", "X-Deadline-Ms"),
+                                       "msg": "X-Deadline-Ms must be an integer 1..60000"}])
+    return int(raw)
 
 
 class PaymentBatch(BaseModel):

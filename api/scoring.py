@@ -90,15 +90,10 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
         model_version=scorer.version if scorer else None, rules_version=policy.version,
         degraded=degraded, latency_ms=round(elapsed * 1000, 3),
     )
-    # Kept even when degraded, so that a retry gets this same answer.
-    try:
-        await asyncio.wait_for(
-            svc.store.record_decision(payment.payment_id, phash,
-                                      response.model_dump_json().encode()),
-            timeout=max(budget * 0.9 - (time.perf_counter() - started), 0.001))
-    except Exception as exc:
-        log.warning("decision of %s not kept for replays: %s", payment.payment_id,
-                    type(exc).__name__)
+    # Kept even when degraded, so that a retry gets this same answer. Off the response's
+    # path: a retry racing it waits for it (see ``replay``).
+    _background(_keep_decision(svc, payment.payment_id, phash,
+                               response.model_dump_json().encode()))
     remaining = budget - (time.perf_counter() - started)
     await svc.publisher.publish_scored(ScoredPayment(
         payment=payment, features=features, score=score, decision=decision,
@@ -108,6 +103,22 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     SCORE_LATENCY.observe(time.perf_counter() - started)
     DECISIONS.labels(decision, str(degraded).lower()).inc()
     return response
+
+
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background(coro: Any) -> None:
+    task = asyncio.create_task(coro)
+    _tasks.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_tasks.discard)
+
+
+async def _keep_decision(svc: Services, payment_id: str, phash: str, body: bytes) -> None:
+    try:
+        await svc.store.record_decision(payment_id, phash, body)
+    except Exception as exc:
+        log.warning("decision of %s not kept for replays: %s", payment_id, type(exc).__name__)
 
 
 async def replay(payment_id: str, phash: str, previous: bytes, svc: Services,

@@ -1,8 +1,10 @@
 """A local durable spool for events Kafka did not take.
 
-Append-only segment files of ``key<TAB>value`` lines, fsync'd on every write (the spool is
-the rare path: it is written only while Kafka is failing). Segments are replayed in order
-once Kafka answers again and deleted when every event in them is acknowledged. Replay can
+Append-only segment files of ``key<TAB>value`` lines, written at once (so a crash of the
+process loses nothing) and fsync'd every few milliseconds in the background (so that a
+crash of the machine loses at most that); written only while Kafka is failing. Segments
+are replayed in order once Kafka answers again and deleted when every event in them is
+acknowledged. Replay can
 repeat an event that Kafka did get before failing; the stream records each payment_id
 once, so a repeat changes nothing, while a loss would.
 """
@@ -21,6 +23,7 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._current: Path | None = None
         self._fh: int | None = None
+        self._dirty = False
 
     def append(self, key: bytes, value: bytes) -> None:
         if b"\t" in key or b"\n" in key or b"\n" in value:
@@ -29,11 +32,19 @@ class Spool:
             self._current = self.directory / f"segment-{time.time_ns():020d}.spool"
             self._fh = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.write(self._fh, key + b"\t" + value + b"\n")
-        os.fsync(self._fh)
+        self._dirty = True
+
+    def sync(self) -> None:
+        """fsync what was appended. Written data already survives the process dying; this
+        makes it survive the machine, too. Called in the background, not per event."""
+        if self._fh is not None and self._dirty:
+            self._dirty = False
+            os.fsync(self._fh)
 
     def seal(self) -> None:
         """Close the segment being written, so that it can be replayed."""
         if self._fh is not None:
+            os.fsync(self._fh)
             os.close(self._fh)
             self._fh = None
             self._current = None

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(default=2, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
+    redis_pool_size: int = Field(default=32, ge=1)
 
     topic_scored: str = "fraudstream.payments.scored"
     topic_labels: str = "fraudstream.labels"

@@ -1,0 +1,330 @@
+"""Benchmark of the scoring hook over HTTP, open loop, at fixed rates; and of its steps.
+
+    python benchmarks/bench_api.py [--rates 500,1000,2000,4000] [--duration 10] [--repeat 3]
+
+Starts its own Redis, Kafka, stream worker and API (1 and 2 uvicorn workers) under
+var/bench on free ports, trains a model on simulated history, then drives the API with
+vegeta (an open-loop load generator: requests leave at the set rate whatever the answers
+take) running on the same machine. Prints p50/p99/p99.9 latency, throughput and errors per
+rate, the model step and the feature step alone, and checks that a model hot reload and a
+rules change during a run fail no request. Writes docs/benchmarks.md and a plot.
+Needs vegeta on PATH (`go install github.com/tsenart/vegeta/v12@latest`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+console = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}; load generator, Redis, Kafka, the stream "
+            f"worker and the API all on this machine")
+
+
+def vegeta(targets: Path, rate: int, duration: float, out: Path) -> np.ndarray:
+    """Attack at ``rate``/s; returns per-request (latency_ms, status) as an array."""
+    attack = subprocess.run(
+        ["vegeta", "attack", "-format=json", "-lazy", f"-targets={targets}",
+         f"-rate={rate}/s", f"-duration={duration}s", "-timeout=2s", "-max-workers=2000",
+         f"-output={out}"], check=True, capture_output=True)
+    del attack
+    csv = subprocess.run(["vegeta", "encode", "--to=csv", str(out)], check=True,
+                         capture_output=True, text=True).stdout
+    rows = [line.split(",") for line in csv.splitlines() if line]
+    # columns: timestamp, code, latency(ns), bytes out, bytes in, error, ...
+    return np.array([(int(r[2]) / 1e6, int(r[1])) for r in rows])
+
+
+def write_targets(path: Path, bodies: list[bytes], url: str, key: str) -> None:
+    header = {"Content-Type": ["application/json"], "X-API-Key": [key]}
+    with open(path, "wb") as fh:
+        for body in bodies:
+            fh.write(orjson.dumps({"method": "POST", "url": url, "header": header,
+                                   "body": base64.b64encode(body).decode()}) + b"\n")
+
+
+def main(
+    rates: str = typer.Option("500,1000,2000,4000"),
+    duration: float = typer.Option(10.0),
+    repeat: int = typer.Option(3, min=1),
+    workers: str = typer.Option("1,2", help="uvicorn worker counts to measure"),
+    out_doc: Path = typer.Option(ROOT / "docs" / "benchmarks.md"),
+) -> None:
+    if shutil.which("vegeta") is None:
+        raise typer.Exit("vegeta not found: go install github.com/tsenart/vegeta/v12@latest")
+    home = ROOT / "var" / "bench"
+    shutil.rmtree(home, ignore_errors=True)
+    env = {
+        "FRAUDSTREAM_HOME": str(home),
+        "FRAUDSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "FRAUDSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "FRAUDSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "FRAUDSTREAM_STREAM_WEB_PORT": str(free_port()),
+        "FRAUDSTREAM_STREAM_ID": "fraudstream-bench",
+    }
+    port = free_port()
+    env |= {"FRAUDSTREAM_API_PORT": str(port), "FRAUDSTREAM_API_URL": f"http://127.0.0.1:{port}"}
+    os.environ.update(env)
+
+    from model.api_keys import create_key
+    from model.config import Settings
+    from model.history import HistoryStore
+    from model.online_store import OnlineStore
+    from model.registry import Registry
+    from model.schemas import Payment
+    from model.scorer import Scorer
+    from ops import services
+    from training.backfill import backfill_online
+    from training.importer import import_history
+    from training.simulator import SimulationConfig, simulate
+    from training.traffic import payment_body
+    from training.train import TrainConfig, train
+
+    s = Settings()
+    rate_list = [int(r) for r in rates.split(",")]
+    worker_list = [int(w) for w in workers.split(",")]
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    with console.status("starting Redis and Kafka, training a model on simulated history"):
+        services.start_redis(s)
+        services.start_kafka(s)
+        hist = home / "history.parquet"
+        simulate(SimulationConfig(days=30, cards=3000, terminals=300,
+                                  start=today - timedelta(days=37))).to_parquet(hist)
+        import_history(HistoryStore(s.history_dir), hist)
+        result = train(HistoryStore(s.history_dir), Registry(s.models_dir),
+                       TrainConfig(force=True))
+        second = train(HistoryStore(s.history_dir), Registry(s.models_dir),
+                       TrainConfig(force=True, seed=1))
+
+        async def warm() -> None:
+            from redis.asyncio import Redis
+
+            r = Redis.from_url(s.redis_url)
+            await backfill_online(HistoryStore(s.history_dir), OnlineStore(r))
+            await r.aclose()
+
+        asyncio.run(warm())
+        assert s.api_keys_file is not None
+        key, _ = create_key(s.api_keys_file, "bench", {"score", "admin"})
+        services.start_stream(s)
+    console.print(f"model {second.version} (and {result.version} for the reload test)")
+
+    # ---- the steps alone -------------------------------------------------------------
+    traffic = simulate(SimulationConfig(days=7, cards=3000, terminals=300, seed=99,
+                                        start=today - timedelta(days=7), id_prefix="step"))
+    scorer = Scorer.from_version(Registry(s.models_dir).current())
+    rows = [Payment(**payment_body(r)) for _, r in traffic.head(2000).iterrows()]
+
+    async def feature_step() -> list[float]:
+        from redis.asyncio import Redis
+
+        r = Redis.from_url(s.redis_url)
+        store = OnlineStore(r)
+        out = []
+        for p in rows:
+            t = time.perf_counter()
+            await store.observe(p, "h", ())
+            out.append((time.perf_counter() - t) * 1e3)
+        await r.aclose()
+        return out
+
+    feat_ms = asyncio.run(feature_step())
+    vectors = [scorer.vector({f: 1.0 for f in scorer.feature_names}) for _ in range(1)]
+    X = np.array([[float(i % 7)] * len(scorer.feature_names) for i in range(300)])
+    assert scorer.forest is not None
+    del vectors
+    compiled_us = _timed_us(lambda x: scorer.forest.explain(x), X)
+    sklearn_us = _timed_us(lambda x: scorer.estimator.predict_proba(x[None, :]), X[:100])
+    steps = Table("step (alone)", "p50", "p99", title="the steps of one payment")
+    pct = np.percentile
+    steps.add_row("features: one Redis round trip (Lua)", f"{pct(feat_ms, 50):.3f} ms",
+                  f"{pct(feat_ms, 99):.3f} ms")
+    steps.add_row("model: compiled trees + contributions", f"{pct(compiled_us, 50):.1f} us",
+                  f"{pct(compiled_us, 99):.1f} us")
+    steps.add_row("model: scikit-learn predict_proba (1 row)",
+                  f"{pct(sklearn_us, 50):.1f} us", f"{pct(sklearn_us, 99):.1f} us")
+    console.print(steps)
+
+    # ---- over HTTP, open loop ---------------------------------------------------------
+    url = f"{s.api_url}/v1/payments/score"
+    bodies_all = [orjson.dumps(payment_body(r)) for _, r in
+                  simulate(SimulationConfig(days=7, cards=12000, terminals=300, seed=7,
+                                            start=today - timedelta(days=7),
+                                            id_prefix="bench")).iterrows()]
+    results: dict[tuple[int, int], list[dict[str, float]]] = {}
+    used = 0
+    reload_check: dict[str, float] = {}
+    for n_workers in worker_list:
+        proc = services.api_proc(s)
+        proc.spawn([sys.executable, "-m", "ops.cli", "api", "--workers", str(n_workers)])
+        services.wait_until(lambda: services._http_ok(f"{s.api_url}/healthz"), "API", 60, proc)
+        for rnd in range(repeat):
+            for rate in rate_list:
+                n = int(rate * duration)
+                if used + n > len(bodies_all):
+                    used = 0  # reuse bodies under fresh ids
+                chunk = bodies_all[used:used + n]
+                used += n
+                tag = f"w{n_workers}r{rnd}x{rate}_"
+                chunk = [b.replace(b'"payment_id":"', b'"payment_id":"' + tag.encode(), 1)
+                         for b in chunk]
+                targets = home / "targets.jsonl"
+                write_targets(targets, chunk, url, key)
+                flips = None
+                if rate == 1000 and rnd == 0 and n_workers == worker_list[-1]:
+                    flips = threading.Thread(target=_flip, args=(s, key, result.version,
+                                                                 second.version, duration))
+                    flips.start()
+                res = vegeta(targets, rate, duration, home / "results.bin")
+                if flips is not None:
+                    flips.join()
+                lat, codes = res[:, 0], res[:, 1]
+                ok = codes == 200
+                row = {"p50": float(np.percentile(lat[ok], 50)) if ok.any() else float("nan"),
+                       "p99": float(np.percentile(lat[ok], 99)) if ok.any() else float("nan"),
+                       "p999": float(np.percentile(lat[ok], 99.9)) if ok.any() else float("nan"),
+                       "throughput": ok.sum() / duration, "errors": float((~ok).sum()),
+                       "sent": float(len(codes))}
+                results.setdefault((n_workers, rate), []).append(row)
+                if flips is not None:
+                    reload_check = {"requests": float(len(codes)), "errors": float((~ok).sum())}
+                console.print(f"workers={n_workers} rate={rate}/s round {rnd + 1}: "
+                              f"p50 {row['p50']:.2f} ms p99 {row['p99']:.2f} ms "
+                              f"errors {int(row['errors'])}")
+                time.sleep(2)  # let the stream catch up between runs
+        proc.stop()
+
+    table = Table("API workers", "rate (/s)", "p50 ms", "p99 ms", "p99.9 ms", "throughput (/s)",
+                  "errors", title=f"over HTTP, open loop, median of {repeat} runs of "
+                                  f"{duration:g}s")
+    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
+    for (w, rate), m in sorted(med.items()):
+        table.add_row(str(w), str(rate), f"{m['p50']:.2f}", f"{m['p99']:.2f}",
+                      f"{m['p999']:.2f}", f"{m['throughput']:.0f}", f"{m['errors']:.0f}")
+    console.print(table)
+    console.print(f"hot reload + rules change during a 1000/s run: {reload_check}")
+    _write_doc(out_doc, machine(), med, repeat, duration, feat_ms, compiled_us, sklearn_us,
+               reload_check)
+    _plot(out_doc.with_name("benchmark_latency.png"), med)
+    services.stop_all(s)
+
+
+def _timed_us(fn, X) -> list[float]:  # type: ignore[no-untyped-def]
+    out = []
+    for _ in range(3):
+        for x in X:
+            t = time.perf_counter()
+            fn(x)
+            out.append((time.perf_counter() - t) * 1e6)
+    return out
+
+
+def _flip(s, key: str, a: str, b: str, duration: float) -> None:  # type: ignore[no-untyped-def]
+    """During a run: promote the other model, then change the rules, several times."""
+    from model.registry import Registry
+
+    registry = Registry(s.models_dir)
+    end = time.monotonic() + duration - 1
+    i = 0
+    with httpx.Client(base_url=s.api_url, headers={"X-API-Key": key}) as client:
+        while time.monotonic() < end:
+            registry.promote(a if i % 2 else b)
+            rules = {"rules": [{"id": f"r{i}", "action": "review",
+                                "when": [{"feature": "amount", "op": ">=", "value": 5000 + i}]}]}
+            client.put("/v1/admin/rules", json=rules).raise_for_status()
+            i += 1
+            time.sleep(1.5)
+
+
+def _write_doc(path: Path, machine_desc: str, med, repeat, duration, feat_ms, compiled_us,
+               sklearn_us, reload_check) -> None:  # type: ignore[no-untyped-def]
+    lines = [
+        "# Benchmarks", "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} with `python benchmarks/bench_api.py` "
+        f"(median of {repeat} runs of {duration:g} s per rate).", "",
+        f"Machine: {machine_desc}.", "",
+        "## The scoring hook over HTTP (open loop, vegeta)", "",
+        "| API workers | rate (/s) | p50 ms | p99 ms | p99.9 ms | throughput (/s) | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (w, rate), m in sorted(med.items()):
+        lines.append(f"| {w} | {rate} | {m['p50']:.2f} | {m['p99']:.2f} | {m['p999']:.2f} | "
+                     f"{m['throughput']:.0f} | {m['errors']:.0f} |")
+    lines += [
+        "", "![latency by rate](benchmark_latency.png)", "",
+        "## The steps alone", "",
+        "| step | p50 | p99 |", "|---|---|---|",
+        f"| features: one Redis round trip (Lua script) | {np.percentile(feat_ms, 50):.3f} ms "
+        f"| {np.percentile(feat_ms, 99):.3f} ms |",
+        f"| model: compiled trees, with contributions | {np.percentile(compiled_us, 50):.1f} us "
+        f"| {np.percentile(compiled_us, 99):.1f} us |",
+        f"| model: scikit-learn `predict_proba`, one row | {np.percentile(sklearn_us, 50):.1f} "
+        f"us | {np.percentile(sklearn_us, 99):.1f} us |",
+        "", "## Hot reload and rules change under load", "",
+        f"During one 1000/s run the current model was swapped and the rules replaced every "
+        f"1.5 s: {int(reload_check.get('requests', 0))} requests, "
+        f"{int(reload_check.get('errors', 0))} failed.", "",
+    ]
+    path.write_text("\n".join(lines))
+    console.print(f"wrote {path}")
+
+
+def _plot(path: Path, med) -> None:  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for w in sorted({w for w, _ in med}):
+        rates = sorted(r for ww, r in med if ww == w)
+        for q, style in (("p50", "-o"), ("p99", "--o")):
+            ax.plot(rates, [med[(w, r)][q] for r in rates], style,
+                    label=f"{w} worker{'s' if w > 1 else ''} {q}")
+    ax.set_xlabel("offered rate (payments/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Scoring latency over HTTP, open loop")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    typer.run(main)
