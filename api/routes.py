@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.auth import authenticate, require
 from api.deps import Services, get_services
 from api.scoring import not_in_future, score_one
-from model.policy import LIST_ENTITIES, ListKind, RuleSet
+from model.online_store import LIST_ENTITIES
+from model.policy import ListKind, RuleSet
 from model.schemas import Label, Payment, ScoreResponse
 
 router = APIRouter()

@@ -16,7 +16,6 @@ from api.deps import Services
 from api.metrics import DECISIONS, REPLAYS, SCORE_LATENCY
 from api.publisher import ENQUEUE_TIMEOUT
 from model.online_store import Observation
-from model.policy import list_lookups
 from model.schemas import Payment, ScoredPayment, ScoreResponse
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,8 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     reasons: list[dict[str, Any]] = []
     obs = Observation()
     try:
-        obs = await asyncio.wait_for(svc.store.observe(payment, phash, list_lookups(payment)),
-                                     timeout=budget * FEATURE_BUDGET)
+        async with asyncio.timeout(budget * FEATURE_BUDGET):
+            obs = await svc.store.observe(payment, phash, check_lists=True)
     except TimeoutError:
         reasons.append({"code": "degraded_features_timeout",
                         "detail": "online features not read within the deadline"})

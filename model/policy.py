@@ -26,11 +26,9 @@ from redis.asyncio import Redis
 
 from model.features import FEATURE_NAMES
 from model.online_store import list_key
-from model.schemas import Decision, Payment
+from model.schemas import Decision
 
 ListKind = Literal["allow", "block"]
-LIST_ENTITIES = ("card_id", "terminal_id", "country", "merchant_category", "currency",
-                 "channel")
 RULES_KEY = "fs:rules"
 AUDIT_KEY = "fs:audit"
 SEVERITY = {"approve": 0, "review": 1, "decline": 2}
@@ -123,17 +121,6 @@ def _describe(rule: Rule) -> str:
 def _list_reason(hit: tuple[str, str, str]) -> dict[str, Any]:
     kind, entity, _ = hit
     return {"code": f"{kind}list_{entity}", "detail": f"{entity} is on the {kind} list"}
-
-
-def list_lookups(payment: Payment) -> tuple[tuple[str, str, str], ...]:
-    """The (kind, entity, value) membership checks for a payment's entities."""
-    out = []
-    for entity in LIST_ENTITIES:
-        value = getattr(payment, entity)
-        if value is not None:
-            out.append(("block", entity, str(value)))
-            out.append(("allow", entity, str(value)))
-    return tuple(out)
 
 
 class PolicyStore:
