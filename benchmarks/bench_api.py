@@ -310,7 +310,11 @@ def _write_doc(path: Path, machine_desc: str, med, repeat, duration, feat_ms, co
         f"{int(reload_check.get('requests', 0))} requests, "
         f"{int(reload_check.get('errors', 0))} failed.", "",
     ]
-    path.write_text("\n".join(lines))
+    # The analysis below the tables is written by people: keep it across reruns.
+    marker = "## Where the time goes"
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(marker):] if marker in old else ""
+    path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     console.print(f"wrote {path}")
 
 
