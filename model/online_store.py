@@ -323,12 +323,16 @@ class JoinState:
         self._remember = redis.register_script(_REMEMBER_PAYMENT)
         self._join = redis.register_script(_JOIN_OR_QUEUE)
 
-    async def remember_payment(self, payment_id: str, terminal_id: str) -> list[bytes]:
-        """Record the payment's terminal; returns the labels that were waiting for it."""
-        return await self._remember(
-            keys=[payment_key(payment_id), pending_key(payment_id)],
-            args=[terminal_id, int(JOIN_HORIZON)],
-        )
+    async def remember_payments(self, payments: list[tuple[str, str]]) -> list[list[bytes]]:
+        """Record each (payment_id, terminal_id); returns, per payment, the labels that were
+        waiting for it. One round trip for the whole batch."""
+        if not payments:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for payment_id, terminal_id in payments:
+            await self._remember(keys=[payment_key(payment_id), pending_key(payment_id)],
+                                 args=[terminal_id, int(JOIN_HORIZON)], client=pipe)
+        return list(await pipe.execute())
 
     async def terminal_or_queue(self, payment_id: str, raw_label: bytes) -> str | None:
         """The payment's terminal, or None after queueing the label for its payment."""

@@ -98,11 +98,11 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
             fresh = [e for pid, e in events.items() if pid not in done]
             await asyncio.to_thread(ctx.history.append_payments, map(scored_row, fresh))
             await ctx.join.mark_recorded([e.payment.payment_id for e in fresh])
-            for event in fresh:
-                payment = event.payment
-                for raw in await ctx.join.remember_payment(payment.payment_id,
-                                                           payment.terminal_id):
-                    await ctx.apply_label(decode_label(raw), payment.terminal_id)
+            waiting = await ctx.join.remember_payments(
+                [(e.payment.payment_id, e.payment.terminal_id) for e in fresh])
+            for event, labels in zip(fresh, waiting, strict=True):
+                for raw in labels:
+                    await ctx.apply_label(decode_label(raw), event.payment.terminal_id)
 
     @app.agent(labels_topic)
     async def apply_labels(stream: faust.StreamT) -> None:
