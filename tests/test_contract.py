@@ -208,3 +208,19 @@ def test_batch_scores_in_order_and_reports_item_errors(api_client, stream_worker
     too_many = api_client.post("/v1/payments/score/batch",
                                json={"payments": [payment() for _ in range(501)]})
     assert too_many.status_code == 422
+
+
+def test_openapi_documents_the_contract(api_client):
+    spec = api_client.get("/openapi.json").json()
+    score = spec["paths"]["/v1/payments/score"]["post"]
+    assert score["requestBody"]["content"]["application/json"]["schema"]["$ref"] \
+        == "#/components/schemas/Payment"
+    assert any(p["name"] == "X-Deadline-Ms" for p in score["parameters"])
+    assert {"401", "403", "409", "422"} <= set(score["responses"])
+    schemas = spec["components"]["schemas"]
+    assert schemas["Payment"]["examples"][0]["payment_id"]
+    assert "replay" in schemas["ScoreResponse"]["properties"]
+    for path in ("/v1/payments/score/batch", "/v1/labels", "/v1/admin/rules",
+                 "/v1/admin/lists/{kind}/{entity}/{value}", "/v1/admin/audit"):
+        assert path in spec["paths"], path
+    assert api_client.get("/docs").status_code == 200
