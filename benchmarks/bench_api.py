@@ -18,7 +18,6 @@ import base64
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,12 +36,6 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 console = Console()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def machine() -> str:
@@ -90,17 +83,9 @@ def main(
         raise typer.Exit("vegeta not found: go install github.com/tsenart/vegeta/v12@latest")
     home = ROOT / "var" / "bench"
     shutil.rmtree(home, ignore_errors=True)
-    env = {
-        "FRAUDSTREAM_HOME": str(home),
-        "FRAUDSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-        "FRAUDSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "FRAUDSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "FRAUDSTREAM_STREAM_WEB_PORT": str(free_port()),
-        "FRAUDSTREAM_STREAM_ID": "fraudstream-bench",
-    }
-    port = free_port()
-    env |= {"FRAUDSTREAM_API_PORT": str(port), "FRAUDSTREAM_API_URL": f"http://127.0.0.1:{port}"}
-    os.environ.update(env)
+    from ops.services import isolated_env
+
+    os.environ.update(isolated_env(home, "fraudstream-bench"))
 
     from model.api_keys import create_key
     from model.config import Settings

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,6 +124,28 @@ def wait_until(
         time.sleep(0.25)
     tail = f"; log tail:\n{proc.log_tail()}" if proc else ""
     raise ServiceError(f"{what} not ready after {timeout:.0f}s{tail}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def isolated_env(home: Path, stream_id: str) -> dict[str, str]:
+    """Settings (as FRAUDSTREAM_* variables) for a whole stack of its own: its own home
+    and free ports, so it runs beside any other (tests, benchmarks)."""
+    api_port = free_port()
+    return {
+        "FRAUDSTREAM_HOME": str(home),
+        "FRAUDSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "FRAUDSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "FRAUDSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "FRAUDSTREAM_STREAM_WEB_PORT": str(free_port()),
+        "FRAUDSTREAM_STREAM_ID": stream_id,
+        "FRAUDSTREAM_API_PORT": str(api_port),
+        "FRAUDSTREAM_API_URL": f"http://127.0.0.1:{api_port}",
+    }
 
 
 # ---- Kafka ---------------------------------------------------------------------------

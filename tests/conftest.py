@@ -4,7 +4,6 @@ test session on free ports under a temporary home, and stopped at the end."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,12 +14,6 @@ import pytest
 from model.config import Settings
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.2) -> T:
@@ -45,16 +38,12 @@ def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.2
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("fraudstream-home")
+    from ops.services import isolated_env
+
     env = {
-        "FRAUDSTREAM_HOME": str(home),
-        "FRAUDSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-        "FRAUDSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "FRAUDSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "FRAUDSTREAM_STREAM_WEB_PORT": str(free_port()),
-        "FRAUDSTREAM_API_PORT": "0",
+        **isolated_env(home, "fraudstream-test"),
         "FRAUDSTREAM_MODEL_POLL_SECONDS": "0.5",
         "FRAUDSTREAM_HISTORY_FLUSH_SECONDS": "0.3",
-        "FRAUDSTREAM_STREAM_ID": "fraudstream-test",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the stream worker subprocess reads the same settings

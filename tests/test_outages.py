@@ -49,7 +49,10 @@ def test_slow_redis_gets_a_degraded_answer_within_the_deadline(api_client, redis
     out = resp.json()
     assert out["degraded"] and out["decision"] == "review" and out["score"] is None
     assert out["reasons"][0]["code"] == "degraded_features_timeout"
-    assert elapsed < 150 + 50  # the deadline, plus the test client's own overhead
+    assert out["latency_ms"] < 150  # inside the service: within the deadline
+    # seen from the caller: the deadline plus the test client's own thread hops, far
+    # below the second the stalled Redis would have cost
+    assert elapsed < 150 + 150
 
 
 def test_redis_stopped_degrades_and_recovers(api_client, stack):
