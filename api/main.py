@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
-            linger_ms=5,
+            linger_ms=settings.kafka_linger_ms,
             request_timeout_ms=5000,
             retry_backoff_ms=200,
         )
@@ -65,8 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:  # Kafka down at start: score anyway, into the spool
             log.error("Kafka unavailable at start (%s); spooling", type(exc).__name__)
             publisher.kafka_ok = False
-        if not publisher.spool.is_empty():  # left by a previous run: send it first
-            publisher.kafka_ok = False
+        # Segments left by an earlier run (a crash, a Kafka outage) are sent by the drain
+        # loop within a second; the stream records each payment once.
         holder = ModelHolder(Registry(settings.models_dir))
         await holder.refresh()
         policy = PolicyHolder(PolicyStore(redis))

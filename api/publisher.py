@@ -1,6 +1,6 @@
 """Publishes events to Kafka. Scored payments go out without making the caller wait, and
-are never lost: what Kafka does not acknowledge goes to the local spool and is sent again
-once Kafka is back."""
+are never lost: each is in the write-ahead spool until Kafka acknowledges it, and what
+Kafka did not take is sent again once it is back (see ``api.spool``)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import logging
 from aiokafka import AIOKafkaProducer
 
 from api.metrics import PUBLISH_FAILURES, SPOOLED
-from api.spool import Spool
+from api.spool import Segment, Spool
 from model.events import encode, key_of
 from model.schemas import Label, ScoredPayment
 
 log = logging.getLogger(__name__)
-# How long handing an event to the producer may take before it is spooled instead (the
+# How long handing an event to the producer may take before it is left to the spool (the
 # producer blocks when its buffer is full or it has no metadata, i.e. Kafka is failing).
 ENQUEUE_TIMEOUT = 0.05
 
@@ -27,8 +27,8 @@ class Publisher:
         self.spool = spool
         self.scored_topic = scored_topic
         self.labels_topic = labels_topic
-        # False after a delivery failure, until the spool drains: meanwhile new events go
-        # straight to the spool, keeping their order behind the ones already there.
+        # False after a delivery failure, until the spool drains: meanwhile new events
+        # only go to the spool, behind the ones already there.
         self.kafka_ok = True
         self.started = False
 
@@ -41,63 +41,62 @@ class Publisher:
     async def publish_scored(self, event: ScoredPayment,
                              enqueue_timeout: float = ENQUEUE_TIMEOUT) -> None:
         key, value = key_of(event), encode(event)
+        seg = self.spool.append(key, value)
         if not self.kafka_ok:
-            self._spool(key, value)
+            self._failed(seg, None)
             return
         try:
             fut = await asyncio.wait_for(
                 self.producer.send(self.scored_topic, value, key=key), enqueue_timeout)
         except Exception as exc:
-            self._failed(key, value, exc)
+            self._failed(seg, exc)
             return
-        fut.add_done_callback(lambda f: self._delivered(f, key, value))
+        fut.add_done_callback(lambda f: self._delivered(f, seg))
 
     async def publish_label(self, label: Label) -> None:
         """Labels are acknowledged to the caller only once Kafka has them."""
         await self.producer.send_and_wait(self.labels_topic, encode(label), key=key_of(label))
 
-    def _delivered(self, fut: asyncio.Future, key: bytes, value: bytes) -> None:  # type: ignore[type-arg]
-        if fut.cancelled():
-            self._failed(key, value, asyncio.CancelledError())
-        elif fut.exception() is not None:
-            self._failed(key, value, fut.exception())
+    def _delivered(self, fut: asyncio.Future, seg: Segment) -> None:  # type: ignore[type-arg]
+        if fut.cancelled() or fut.exception() is not None:
+            self._failed(seg, None if fut.cancelled() else fut.exception())
+        else:
+            self.spool.ack(seg)
 
-    def _failed(self, key: bytes, value: bytes, exc: BaseException | None) -> None:
+    def _failed(self, seg: Segment, exc: BaseException | None) -> None:
         if self.kafka_ok:
             log.error("Kafka did not take a scored payment (%s); spooling until it is back",
                       type(exc).__name__)
-        self.kafka_ok = False
+            self.kafka_ok = False
         PUBLISH_FAILURES.inc()
-        self._spool(key, value)
-
-    def _spool(self, key: bytes, value: bytes) -> None:
-        self.spool.append(key, value)
         SPOOLED.inc()
+        self.spool.fail(seg)
 
     async def drain(self) -> int:
-        """Send every sealed spool segment, oldest first; returns events sent."""
-        self.spool.seal()
+        """Send every undelivered spool segment, oldest first; returns events sent."""
+        if not self.kafka_ok:
+            self.spool.seal()
         if not self.started:  # Kafka was down when the API started
             await self.start()
         sent = 0
-        for segment in self.spool.sealed_segments():
+        for segment in self.spool.undelivered():
             entries = list(self.spool.read(segment))
             futures = [await self.producer.send(self.scored_topic, v, key=k) for k, v in entries]
             await asyncio.gather(*futures)  # raises if Kafka still fails: segment kept
-            segment.unlink()
+            self.spool.delete(segment)
             sent += len(entries)
         return sent
 
     async def keep_synced(self, every: float = 0.01) -> None:
         while True:
             await asyncio.sleep(every)
-            if self.spool._dirty:
+            if self.spool.needs_sync:
                 await asyncio.to_thread(self.spool.sync)
 
     async def keep_draining(self, every: float = 1.0) -> None:
         while True:
             await asyncio.sleep(every)
-            if self.kafka_ok and self.spool.is_empty():
+            if self.kafka_ok and not self.spool.undelivered():
                 continue
             try:
                 sent = await asyncio.wait_for(self.drain(), timeout=30)

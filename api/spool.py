@@ -1,12 +1,15 @@
-"""A local durable spool for events Kafka did not take.
+"""The API's write-ahead spool of scored payments: nothing scored is lost, whatever restarts.
 
-Append-only segment files of ``key<TAB>value`` lines, written at once (so a crash of the
-process loses nothing) and fsync'd every few milliseconds in the background (so that a
-crash of the machine loses at most that); written only while Kafka is failing. Segments
-are replayed in order once Kafka answers again and deleted when every event in them is
-acknowledged. Replay can
-repeat an event that Kafka did get before failing; the stream records each payment_id
-once, so a repeat changes nothing, while a loss would.
+Every scored payment is appended here (one ``write``, no fsync on the request's path)
+before it is handed to the Kafka producer, and acknowledged when Kafka confirms it. A
+segment file whose events are all acknowledged is deleted. What is left, because Kafka
+failed or the process died with events still in the producer's buffer, is sent again:
+by the drain loop once Kafka answers, and at the next start. Sending again can repeat an
+event Kafka did get; the stream records each payment_id once, so a repeat changes nothing,
+while a loss would.
+
+Lines are ``key<TAB>value``. Appended data survives the process dying at once (it is in
+the kernel); a background ``fsync`` every few milliseconds makes it survive the machine.
 """
 
 from __future__ import annotations
@@ -14,50 +17,102 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+
+# A segment is closed after this many events, so that acknowledged ones can be deleted.
+SEGMENT_EVENTS = 2000
+
+
+@dataclass(eq=False)
+class Segment:
+    path: Path
+    fd: int | None
+    appended: int = 0
+    acked: int = 0
+    failed: bool = False  # an event of it was not delivered: keep it for the drain
+    dirty: bool = field(default=False, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.fd is None and not self.failed and self.acked >= self.appended
 
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, segment_events: int = SEGMENT_EVENTS) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._current: Path | None = None
-        self._fh: int | None = None
-        self._dirty = False
+        self.segment_events = segment_events
+        self._current: Segment | None = None
+        self._open: dict[Path, Segment] = {}
 
-    def append(self, key: bytes, value: bytes) -> None:
+    def append(self, key: bytes, value: bytes) -> Segment:
         if b"\t" in key or b"\n" in key or b"\n" in value:
             raise ValueError("spool entries are single lines with a tab-free key")
-        if self._fh is None:
-            self._current = self.directory / f"segment-{time.time_ns():020d}.spool"
-            self._fh = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(self._fh, key + b"\t" + value + b"\n")
-        self._dirty = True
+        seg = self._current
+        if seg is None or seg.appended >= self.segment_events:
+            self.seal()
+            path = self.directory / f"segment-{time.time_ns():020d}.spool"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            seg = self._current = self._open[path] = Segment(path, fd)
+        assert seg.fd is not None
+        os.write(seg.fd, key + b"\t" + value + b"\n")
+        seg.appended += 1
+        seg.dirty = True
+        return seg
 
-    def sync(self) -> None:
-        """fsync what was appended. Written data already survives the process dying; this
-        makes it survive the machine, too. Called in the background, not per event."""
-        if self._fh is not None and self._dirty:
-            self._dirty = False
-            os.fsync(self._fh)
+    def ack(self, seg: Segment) -> None:
+        seg.acked += 1
+        self._forget_if_done(seg)
+
+    def fail(self, seg: Segment) -> None:
+        seg.failed = True
 
     def seal(self) -> None:
-        """Close the segment being written, so that it can be replayed."""
-        if self._fh is not None:
-            os.fsync(self._fh)
-            os.close(self._fh)
-            self._fh = None
-            self._current = None
+        """Close the segment being written; it is deleted once all its events are acked."""
+        seg, self._current = self._current, None
+        if seg is not None and seg.fd is not None:
+            os.fsync(seg.fd)
+            os.close(seg.fd)
+            seg.fd = None
+            seg.dirty = False
+            self._forget_if_done(seg)
 
-    def sealed_segments(self) -> list[Path]:
-        return sorted(p for p in self.directory.glob("segment-*.spool") if p != self._current)
+    @property
+    def needs_sync(self) -> bool:
+        return self._current is not None and self._current.dirty
+
+    def sync(self) -> None:
+        seg = self._current
+        if seg is not None and seg.fd is not None and seg.dirty:
+            seg.dirty = False
+            os.fsync(seg.fd)
+
+    def undelivered(self) -> list[Path]:
+        """Closed segments holding events Kafka may not have: failed ones, and any left by
+        an earlier process. Oldest first."""
+        out = []
+        for path in sorted(self.directory.glob("segment-*.spool")):
+            seg = self._open.get(path)
+            if seg is None or (seg.fd is None and seg.failed):
+                out.append(path)
+        return out
+
+    def delete(self, path: Path) -> None:
+        self._open.pop(path, None)
+        path.unlink(missing_ok=True)
 
     def is_empty(self) -> bool:
-        return self._fh is None and not self.sealed_segments()
+        return not any(self.directory.glob("segment-*.spool"))
 
-    def pending(self) -> int:
-        return sum(1 for p in self.directory.glob("segment-*.spool")
-                   for _ in p.read_bytes().splitlines())
+    def pending_events(self) -> int:
+        """Events not (yet) acknowledged by Kafka."""
+        return sum(s.appended - s.acked for s in self._open.values()) + sum(
+            1 for p in self.undelivered() if p not in self._open for _ in self.read(p))
+
+    def _forget_if_done(self, seg: Segment) -> None:
+        if seg.done:
+            self.delete(seg.path)
 
     @staticmethod
     def read(segment: Path) -> Iterator[tuple[bytes, bytes]]:

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
     redis_pool_size: int = Field(default=32, ge=1)
 
+    # How long the API's producer waits to fill a batch (ms): throughput against delay.
+    kafka_linger_ms: int = Field(default=5, ge=0)
+
     topic_scored: str = "fraudstream.payments.scored"
     topic_labels: str = "fraudstream.labels"
     topic_dead_letters: str = "fraudstream.dead-letters"

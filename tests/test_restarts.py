@@ -3,6 +3,7 @@
 import asyncio
 import os
 import signal
+import sys
 import uuid
 
 import pytest
@@ -61,3 +62,45 @@ def test_worker_killed_mid_stream_loses_nothing_and_records_nothing_twice(stream
     raw = store.query("SELECT count(*) AS n FROM payments_raw WHERE payment_id LIKE ?",
                       [f"{run}_%"])["n"][0]
     print(f"raw rows {raw} for {len(events)} payments")
+
+
+def test_api_killed_right_after_answering_loses_no_scored_payment(stream_worker, trained,
+                                                                  api_keys):
+    """The producer batches for a few ms: a crash then would drop what it holds, but for
+    the write-ahead spool, which the next start sends again."""
+    import httpx
+
+    proc = services.api_proc(stream_worker)
+    proc.stop()
+    # Long batches: the producer still holds the last payments when the process dies.
+    proc.spawn([sys.executable, "-m", "ops.cli", "api"],
+               env={"FRAUDSTREAM_KAFKA_LINGER_MS": "3000"})
+    services.wait_until(lambda: services._http_ok(f"{stream_worker.api_url}/healthz"), "API",
+                        60, proc)
+    store = HistoryStore(stream_worker.history_dir)
+    run = f"crash{uuid.uuid4().hex[:6]}"
+    sent = []
+    with httpx.Client(base_url=stream_worker.api_url,
+                      headers={"X-API-Key": api_keys["all"][0]}) as client:
+        for i in range(300):
+            body = {"payment_id": f"{run}_{i:04d}", "timestamp": "2026-11-20T12:00:00Z",
+                    "card_id": f"card_{i % 40}", "terminal_id": "term_crash",
+                    "amount": 5.0 + i, "currency": "EUR"}
+            assert client.post("/v1/payments/score", json=body).status_code == 200
+            sent.append(body["payment_id"])
+    os.kill(proc.pid(), signal.SIGKILL)
+    eventually(lambda: not proc.running(), 10)
+
+    services.start_api(stream_worker)
+    try:
+        def recorded() -> int:
+            return int(store.query(
+                "SELECT count(*) AS n FROM payments WHERE payment_id LIKE ?",
+                [f"{run}_%"])["n"][0])
+
+        eventually(lambda: recorded() == len(sent), 90)
+        raw = store.query("SELECT payment_id, count(*) AS n FROM payments_raw "
+                          "WHERE payment_id LIKE ? GROUP BY 1", [f"{run}_%"])
+        assert len(raw) == len(sent) and raw["n"].max() == 1
+    finally:
+        services.api_proc(stream_worker).stop()
