@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,26 @@ import pytest
 from model.config import Settings
 
 T = TypeVar("T")
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def payment(ts: str = "2026-11-20T10:00:00Z", **kw: Any) -> dict[str, Any]:
+    """A valid payment body on a new card and terminal; ``kw`` overrides fields."""
+    body = {"payment_id": uid("pay"), "timestamp": ts, "card_id": uid("card"),
+            "terminal_id": uid("term"), "amount": 25.0, "currency": "EUR", "channel": "pos"}
+    return body | kw
+
+
+def history_row(settings: Settings, payment_id: str) -> Any:
+    """The payment's row in the history (the deduplicated view), or None."""
+    from model.history import HistoryStore
+
+    rows = HistoryStore(settings.history_dir).query(
+        "SELECT * FROM payments WHERE payment_id = ?", [payment_id])
+    return rows.iloc[0] if len(rows) else None
 
 
 def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.2) -> T:

@@ -4,34 +4,15 @@ import hashlib
 import hmac
 import json
 import time
-import uuid
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from model.history import HistoryStore
-from tests.conftest import eventually
+from tests.conftest import eventually, history_row, payment, uid
 
 pytestmark = pytest.mark.integration
 PAN = "4111111111111111"
-
-
-def uid(prefix):
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-def payment(**kw):
-    body = {"payment_id": uid("pay"), "timestamp": "2026-11-20T10:00:00Z",
-            "card_id": uid("card"), "terminal_id": uid("term"), "amount": 25.0,
-            "currency": "EUR"}
-    return body | kw
-
-
-def history_row(settings, pid):
-    rows = HistoryStore(settings.history_dir).query(
-        "SELECT * FROM payments WHERE payment_id = ?", [pid])
-    return rows.iloc[0] if len(rows) else None
 
 
 # ---- idempotency ---------------------------------------------------------------------

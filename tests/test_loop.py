@@ -4,7 +4,6 @@ label, retrain, hot-reload."""
 import asyncio
 import threading
 import time
-import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -14,26 +13,10 @@ from model.history import HistoryStore
 from model.online_store import terminal_fraud_key
 from model.registry import Registry
 from model.schemas import Label, Payment, ScoredPayment
-from tests.conftest import eventually
+from tests.conftest import eventually, history_row, payment, uid
 from training.train import TrainConfig, train
 
 pytestmark = pytest.mark.integration
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-def payment(ts="2026-11-20T10:00:00Z", **kw):
-    body = {"payment_id": uid("pay"), "timestamp": ts, "card_id": uid("card"),
-            "terminal_id": uid("term"), "amount": 25.0, "currency": "EUR", "channel": "pos"}
-    return body | kw
-
-
-def history_row(settings, payment_id):
-    rows = HistoryStore(settings.history_dir).query(
-        "SELECT * FROM payments WHERE payment_id = ?", [payment_id])
-    return rows.iloc[0] if len(rows) else None
 
 
 def raw_count(settings, payment_id):
