@@ -274,7 +274,7 @@ def history_stats() -> None:
     from model.history import HistoryStore
 
     df = HistoryStore(get_settings().history_dir).query(
-        "SELECT CAST(p.ts AS DATE) AS day, count(*) AS payments, "
+        "SELECT strftime(p.ts, '%Y-%m-%d') AS day, count(*) AS payments, "
         "count(*) FILTER (WHERE p.source = 'api') AS scored, "
         "count(l.payment_id) AS fraud_labelled, "
         "count(*) FILTER (WHERE p.decision = 'decline') AS declined "

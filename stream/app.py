@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import faust
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from model.config import Settings, get_settings
 from model.events import decode_label, decode_scored, encode
 from model.history import HistoryStore, label_row, scored_row
 from model.online_store import JoinState, OnlineStore, TerminalFraudUpdate
-from model.schemas import Label
+from model.schemas import Label, ScoredPayment
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +46,23 @@ class StreamContext:
             TerminalFraudUpdate(terminal_id, label.payment_id, label.is_fraud,
                                 label.reported_at.timestamp())
         )
+
+
+async def until_done(step: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run one batch's step until it succeeds. Redis or the disk being away must not kill
+    the agent: the batch is retried, with back-off, and acked only after it went through
+    (faust's ``take()`` acks a batch when its body is done). Steps are idempotent by
+    payment_id, so a partial first attempt changes nothing on the second."""
+    delay = 0.1
+    while True:
+        try:
+            await step(*args)
+            return
+        except (RedisError, OSError) as exc:
+            log.warning("batch not processed (%s); retrying in %.1fs", type(exc).__name__,
+                        delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
@@ -87,35 +105,40 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
                 await dead_letters.send(value=raw, headers={"fraudstream-kind": kind.encode()})
         return good
 
+    async def record(events: dict[str, ScoredPayment]) -> None:
+        # Redelivered after a restart: already in the history, change nothing.
+        done = await ctx.join.already_recorded(list(events))
+        fresh = [e for pid, e in events.items() if pid not in done]
+        await asyncio.to_thread(ctx.history.append_payments, map(scored_row, fresh))
+        await ctx.join.mark_recorded([e.payment.payment_id for e in fresh])
+        waiting = await ctx.join.remember_payments(
+            [(e.payment.payment_id, e.payment.terminal_id) for e in fresh])
+        for event, labels in zip(fresh, waiting, strict=True):
+            for raw in labels:
+                await ctx.apply_label(decode_label(raw), event.payment.terminal_id)
+
+    async def apply(labels: list[Label], received: datetime) -> None:
+        await asyncio.to_thread(ctx.history.append_labels,
+                                [label_row(lb, received) for lb in labels])
+        for label in labels:
+            terminal = await ctx.join.terminal_or_queue(label.payment_id, encode(label))
+            if terminal is not None:
+                await ctx.apply_label(label, terminal)
+
     @app.agent(scored_topic)
     async def record_scored(stream: faust.StreamT) -> None:
         async for batch in stream.take(settings.history_flush_rows,
                                        within=settings.history_flush_seconds):
             events = {e.payment.payment_id: e
                       for e in await decoded(batch, decode_scored, "scored payment")}
-            # Redelivered after a restart: already in the history, change nothing.
-            done = await ctx.join.already_recorded(list(events))
-            fresh = [e for pid, e in events.items() if pid not in done]
-            await asyncio.to_thread(ctx.history.append_payments, map(scored_row, fresh))
-            await ctx.join.mark_recorded([e.payment.payment_id for e in fresh])
-            waiting = await ctx.join.remember_payments(
-                [(e.payment.payment_id, e.payment.terminal_id) for e in fresh])
-            for event, labels in zip(fresh, waiting, strict=True):
-                for raw in labels:
-                    await ctx.apply_label(decode_label(raw), event.payment.terminal_id)
+            await until_done(record, events)
 
     @app.agent(labels_topic)
     async def apply_labels(stream: faust.StreamT) -> None:
         async for batch in stream.take(settings.history_flush_rows,
                                        within=settings.history_flush_seconds):
-            received = datetime.now(UTC)
             labels = await decoded(batch, decode_label, "label")
-            await asyncio.to_thread(ctx.history.append_labels,
-                                    [label_row(lb, received) for lb in labels])
-            for label in labels:
-                terminal = await ctx.join.terminal_or_queue(label.payment_id, encode(label))
-                if terminal is not None:
-                    await ctx.apply_label(label, terminal)
+            await until_done(apply, labels, datetime.now(UTC))
 
     @app.page("/ready/")
     async def ready(web: Any, request: Any) -> Any:

@@ -101,3 +101,48 @@ def test_kafka_stopped_and_restarted_loses_nothing_and_duplicates_nothing(
     eventually(lambda: len(recorded()) == len(sent), 120)
     assert recorded()["n"].max() == 1  # nothing twice
     assert api_client.app.state.services.publisher.spool.undelivered() == []
+
+
+def test_stream_worker_rides_out_a_redis_outage(stream_worker):
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from model.events import encode, key_of
+    from model.schemas import Payment, ScoredPayment
+
+    def event() -> ScoredPayment:
+        return ScoredPayment(payment=Payment(**payment()), features={}, score=None,
+                             decision="review", model_version=None, degraded=True,
+                             scored_at="2026-11-20T10:00:00Z")
+
+    async def produce(events):
+        producer = AIOKafkaProducer(bootstrap_servers=stream_worker.kafka_bootstrap)
+        await producer.start()
+        try:
+            for ev in events:
+                await producer.send_and_wait(stream_worker.topic_scored, encode(ev),
+                                             key=key_of(ev))
+        finally:
+            await producer.stop()
+
+    store = HistoryStore(stream_worker.history_dir)
+
+    def recorded(ids):
+        return len(store.query("SELECT payment_id FROM payments WHERE payment_id IN "
+                               "(SELECT unnest(?))", [ids]))
+
+    during = [event() for _ in range(5)]
+    services.redis_proc(stream_worker).stop()
+    try:
+        asyncio.run(produce(during))
+        time.sleep(3)  # the worker meets the outage and retries
+        log = (stream_worker.home / "logs" / "stream.log").read_text()
+        assert "batch not processed" in log
+    finally:
+        services.start_redis(stream_worker)
+    ids = [e.payment.payment_id for e in during]
+    eventually(lambda: recorded(ids) == len(ids), 60)
+    after = [event()]
+    asyncio.run(produce(after))  # the agent is alive, not crashed
+    eventually(lambda: recorded([after[0].payment.payment_id]) == 1, 60)
