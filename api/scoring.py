@@ -91,8 +91,7 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     )
     # Kept even when degraded, so that a retry gets this same answer. Off the response's
     # path: a retry racing it waits for it (see ``replay``).
-    _background(_keep_decision(svc, payment.payment_id, phash,
-                               response.model_dump_json().encode()))
+    _background(_keep_decision(svc, payment.payment_id, phash, response))
     remaining = budget - (time.perf_counter() - started)
     await svc.publisher.publish_scored(ScoredPayment(
         payment=payment, features=features, score=score, decision=decision,
@@ -113,9 +112,12 @@ def _background(coro: Any) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-async def _keep_decision(svc: Services, payment_id: str, phash: str, body: bytes) -> None:
+async def _keep_decision(svc: Services, payment_id: str, phash: str,
+                         response: ScoreResponse) -> None:
     try:
-        await svc.store.record_decision(payment_id, phash, body)
+        # Serialised here, after the answer has gone, not on the request's path.
+        await svc.store.record_decision(payment_id, phash,
+                                        response.model_dump_json().encode())
     except Exception as exc:
         log.warning("decision of %s not kept for replays: %s", payment_id, type(exc).__name__)
 

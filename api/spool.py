@@ -102,9 +102,6 @@ class Spool:
         self._open.pop(path, None)
         path.unlink(missing_ok=True)
 
-    def is_empty(self) -> bool:
-        return not any(self.directory.glob("segment-*.spool"))
-
     def pending_events(self) -> int:
         """Events not (yet) acknowledged by Kafka."""
         return sum(s.appended - s.acked for s in self._open.values()) + sum(
