@@ -36,9 +36,19 @@ def require(scope: Scope) -> Callable[..., Awaitable[ApiKey | None]]:
 
 async def authenticate(request: Request, svc: Services, scope: Scope) -> ApiKey | None:
     """The caller's key, checked for ``scope`` (and signature); raises 401/403."""
+    key = check_key(svc, scope, request.headers.get("x-api-key"))
+    if key is not None:
+        if key.signing_secret is not None:
+            check_signature(key, request.headers.get("x-signature"), await request.body(),
+                            svc.settings.signature_tolerance_seconds)
+        request.state.caller = key.name
+    return key
+
+
+def check_key(svc: Services, scope: Scope, presented: str | None) -> ApiKey | None:
+    """The key presented in X-API-Key, if it has ``scope``; None when auth is off."""
     if not svc.settings.auth_enabled:
         return None
-    presented = request.headers.get("x-api-key")
     if not presented:
         raise _unauthorized("missing X-API-Key header")
     key = svc.api_keys.get(hash_key(presented))
@@ -47,14 +57,10 @@ async def authenticate(request: Request, svc: Services, scope: Scope) -> ApiKey 
     if scope not in key.scopes:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             detail=f"key {key.name!r} lacks the {scope!r} scope")
-    if key.signing_secret is not None:
-        await _check_signature(request, key, svc.settings.signature_tolerance_seconds)
-    request.state.caller = key.name
     return key
 
 
-async def _check_signature(request: Request, key: ApiKey, tolerance: float) -> None:
-    header = request.headers.get("x-signature")
+def check_signature(key: ApiKey, header: str | None, body: bytes, tolerance: float) -> None:
     if not header:
         raise _unauthorized("missing X-Signature header (this key must sign its requests)")
     try:
@@ -65,7 +71,6 @@ async def _check_signature(request: Request, key: ApiKey, tolerance: float) -> N
     if abs(time.time() - stamp) > tolerance:
         raise _unauthorized(f"X-Signature timestamp outside the {tolerance:g}s window")
     assert key.signing_secret is not None
-    body = await request.body()
     expected = sign(key.signing_secret.get_secret_value(), stamp, body)
     if not hmac.compare_digest(expected, given):
         raise _unauthorized("X-Signature does not match the body")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from api.decisions import DecisionRecorder
 from api.model_holder import ModelHolder
 from api.publisher import Publisher
 from model.api_keys import ApiKey
@@ -48,6 +49,7 @@ class Services:
     publisher: Publisher
     policy: PolicyHolder
     api_keys: dict[str, ApiKey]
+    decisions: DecisionRecorder
 
 
 async def get_services(request: Request) -> Services:

@@ -14,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from api.decisions import DecisionRecorder
 from api.deps import PolicyHolder, Services
+from api.edge import ScoringEdge, validation_detail
 from api.model_holder import ModelHolder
 from api.publisher import Publisher
 from api.routes import admin, router
@@ -23,6 +25,7 @@ from model.api_keys import load_keys
 from model.config import Settings, get_settings
 from model.online_store import OnlineStore
 from model.policy import PolicyStore
+from model.redis_mux import RedisMux
 from model.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -45,12 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        # A bounded pool: under a burst, requests queue for a connection instead of
-        # opening hundreds of them.
-        pool = BlockingConnectionPool.from_url(
+        # The scoring path's calls share one pipelined connection (``model.redis_mux``);
+        # the pool serves the rest (rules, lists, audit). Bounded: under a burst, calls
+        # queue for a connection instead of opening hundreds of them.
+        redis = Redis(connection_pool=BlockingConnectionPool.from_url(
             settings.redis_url, password=password, max_connections=settings.redis_pool_size,
-            timeout=1.0, socket_timeout=0.5, socket_connect_timeout=0.25)
-        redis = Redis(connection_pool=pool)
+            timeout=1.0, socket_timeout=0.5, socket_connect_timeout=0.25))
+        mux = RedisMux(settings.redis_url, password=password)
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
@@ -72,15 +76,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         policy = PolicyHolder(PolicyStore(redis))
         with contextlib.suppress(Exception):
             await policy.refresh()
+        store = OnlineStore(redis, mux)
+        decisions = DecisionRecorder(store)
         tasks = [
+            asyncio.create_task(decisions.run()),
             asyncio.create_task(holder.watch(settings.model_poll_seconds)),
             asyncio.create_task(policy.watch(settings.rules_poll_seconds)),
             asyncio.create_task(publisher.keep_draining()),
             asyncio.create_task(publisher.keep_synced()),
         ]
         app.state.services = Services(
-            settings=settings, store=OnlineStore(redis), models=holder,
-            publisher=publisher, policy=policy, api_keys=api_keys,
+            settings=settings, store=store, models=holder,
+            publisher=publisher, policy=policy, api_keys=api_keys, decisions=decisions,
         )
         try:
             yield
@@ -90,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            with contextlib.suppress(Exception):
+                await decisions.flush()
             # Deliver what is buffered; what Kafka will not take now lands in the spool.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.flush(), timeout=5)
@@ -97,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await producer.stop()
             publisher.spool.seal()
             await redis.aclose()
+            await mux.close()
 
     app = FastAPI(
         title="fraudstream",
@@ -109,16 +119,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The offending input is not echoed back: it may be a card number.
-        errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")}
-                  for e in exc.errors()]
-        return JSONResponse({"detail": errors}, status_code=422)
+        return JSONResponse({"detail": validation_detail(list(exc.errors()))}, status_code=422)
 
     app.include_router(router)
     app.include_router(admin)
     return app
 
 
-def app_factory() -> FastAPI:
+def serve_app(settings: Settings | None = None) -> ScoringEdge:
+    """What the server runs: the scoring route answered by the lean edge, the rest (and
+    the lifespan) by FastAPI."""
+    return ScoringEdge(create_app(settings))
+
+
+def app_factory() -> ScoringEdge:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return create_app()
+    return serve_app()

@@ -46,8 +46,10 @@ class Publisher:
             self._failed(seg, None)
             return
         try:
-            fut = await asyncio.wait_for(
-                self.producer.send(self.scored_topic, value, key=key), enqueue_timeout)
+            # ``timeout`` rather than ``wait_for``: no task per event (``send`` only
+            # suspends when the producer's buffer is full or it has no metadata).
+            async with asyncio.timeout(enqueue_timeout):
+                fut = await self.producer.send(self.scored_topic, value, key=key)
         except Exception as exc:
             self._failed(seg, exc)
             return
@@ -87,7 +89,7 @@ class Publisher:
             sent += len(entries)
         return sent
 
-    async def keep_synced(self, every: float = 0.01) -> None:
+    async def keep_synced(self, every: float = 0.05) -> None:
         while True:
             await asyncio.sleep(every)
             if self.spool.needs_sync:

@@ -9,7 +9,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from fastapi import HTTPException, status
 
 from api.deps import Services
@@ -24,8 +23,9 @@ FEATURE_BUDGET = 0.6
 
 
 def payload_hash(payment: Payment) -> str:
-    return hashlib.sha256(orjson.dumps(payment.model_dump(mode="json"),
-                                       option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    # The validated model's JSON, fields in declared order: the same payment hashes the
+    # same whatever the key order or spacing of the request that carried it.
+    return hashlib.sha256(payment.model_dump_json().encode()).hexdigest()[:32]
 
 
 def not_in_future(ts: float, field: str, svc: Services) -> None:
@@ -91,7 +91,7 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     )
     # Kept even when degraded, so that a retry gets this same answer. Off the response's
     # path: a retry racing it waits for it (see ``replay``).
-    _background(_keep_decision(svc, payment.payment_id, phash, response))
+    svc.decisions.add(payment.payment_id, phash, response)
     remaining = budget - (time.perf_counter() - started)
     await svc.publisher.publish_scored(ScoredPayment(
         payment=payment, features=features, score=score, decision=decision,
@@ -101,25 +101,6 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     SCORE_LATENCY.observe(time.perf_counter() - started)
     DECISIONS.labels(decision, str(degraded).lower()).inc()
     return response
-
-
-_tasks: set[asyncio.Task[None]] = set()
-
-
-def _background(coro: Any) -> None:
-    task = asyncio.create_task(coro)
-    _tasks.add(task)  # the loop keeps only weak references to tasks
-    task.add_done_callback(_tasks.discard)
-
-
-async def _keep_decision(svc: Services, payment_id: str, phash: str,
-                         response: ScoreResponse) -> None:
-    try:
-        # Serialised here, after the answer has gone, not on the request's path.
-        await svc.store.record_decision(payment_id, phash,
-                                        response.model_dump_json().encode())
-    except Exception as exc:
-        log.warning("decision of %s not kept for replays: %s", payment_id, type(exc).__name__)
 
 
 async def replay(payment_id: str, phash: str, previous: bytes, svc: Services,
@@ -137,7 +118,8 @@ async def replay(payment_id: str, phash: str, previous: bytes, svc: Services,
         if time.perf_counter() >= wait_until:
             raise conflict(payment_id, "is being scored by an earlier request; retry")
         await asyncio.sleep(0.005)
-        latest = await svc.store.previous_decision(payment_id)
+        async with asyncio.timeout(max(wait_until - time.perf_counter(), 0.001)):
+            latest = await svc.store.previous_decision(payment_id)
         if latest is None:
             raise conflict(payment_id, "earlier request did not finish; retry")
         previous = latest

@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     redis_pool_size: int = Field(default=32, ge=1)
 
     # How long the API's producer waits to fill a batch (ms): throughput against delay.
-    kafka_linger_ms: int = Field(default=5, ge=0)
+    # How long the API's producer gathers scored payments into one request. Nothing waits
+    # on it (the answer has gone, the spool holds the event), and each request costs the
+    # broker and the stream worker CPU: 50 ms took the broker from 2.1 to 0.4 ms of CPU
+    # per payment at 200/s, against 5 ms.
+    kafka_linger_ms: int = Field(default=50, ge=0)
 
     topic_scored: str = "fraudstream.payments.scored"
     topic_labels: str = "fraudstream.labels"

@@ -27,6 +27,7 @@ from model.features import (
     feature_vector,
     terminal_features,
 )
+from model.redis_mux import RedisMux
 from model.schemas import Payment
 
 # Keep members this long past the longest window, so late (out-of-order) events still
@@ -158,9 +159,14 @@ def _hit(raw: bytes, payment: Payment) -> tuple[str, str, str]:
 
 
 class OnlineStore:
-    def __init__(self, redis: Redis) -> None:
+    """The online features in Redis. With a ``mux``, the scoring path's calls (``observe``
+    and the decisions) go through that pipelined connection; the rest through ``redis``."""
+
+    def __init__(self, redis: Redis, mux: RedisMux | None = None) -> None:
         self.redis = redis
+        self.mux = mux
         self._observe = redis.register_script(_OBSERVE)
+        self._observe_src = _OBSERVE.encode()
 
     async def observe(
         self, payment: Payment, payload_hash: str = "", check_lists: bool = False
@@ -178,12 +184,14 @@ class OnlineStore:
         if check_lists:
             values = _SEP.join("" if (v := getattr(payment, e)) is None else str(v)
                                for e in LIST_ENTITIES)
-        res = await self._observe(
-            keys=[card_key(payment.card_id), terminal_key(payment.terminal_id),
-                  terminal_fraud_key(payment.terminal_id), decision_key(pid)],
-            args=[payload_hash, repr(ts), pid,
-                  _card_member(pid, payment.amount, payment.terminal_id), values],
-        )
+        keys = [card_key(payment.card_id), terminal_key(payment.terminal_id),
+                terminal_fraud_key(payment.terminal_id), decision_key(pid)]
+        args = [payload_hash, repr(ts), pid,
+                _card_member(pid, payment.amount, payment.terminal_id), values]
+        if self.mux is not None:
+            res = await self.mux.evalsha(self._observe_src, keys, args)
+        else:
+            res = await self._observe(keys=keys, args=args)
         if res[0] == 0:
             return Observation(previous=res[1])
         _, card_rows, term_counts, own_term_ts, fraud_count, hits = res
@@ -225,13 +233,26 @@ class OnlineStore:
         assert obs.features is not None
         return obs.features
 
-    async def record_decision(self, payment_id: str, payload_hash: str, body: bytes) -> None:
-        """Keep the answer given, for replays of the same payment_id."""
-        await self.redis.set(decision_key(payment_id),
-                             b"done|" + payload_hash.encode() + b"|" + body,
-                             ex=int(IDEMPOTENCY_WINDOW))
+    async def record_decisions(self, decisions: Iterable[tuple[str, str, bytes]]) -> None:
+        """Keep the answers given, for replays: (payment_id, payload hash, response body)
+        each, in one round trip."""
+        commands = [("SET", decision_key(payment_id),
+                     b"done|" + payload_hash.encode() + b"|" + body,
+                     "EX", int(IDEMPOTENCY_WINDOW)) for payment_id, payload_hash, body in decisions]
+        if self.mux is not None:
+            replies = await self.mux.execute_many(commands)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     async def previous_decision(self, payment_id: str) -> bytes | None:
+        if self.mux is not None:
+            return await self.mux.execute("GET", decision_key(payment_id))  # type: ignore[no-any-return]
         return await self.redis.get(decision_key(payment_id))
 
     async def backfill(

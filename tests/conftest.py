@@ -131,9 +131,9 @@ def api_client(stream_worker: Settings, trained: str,
     key of every scope."""
     from fastapi.testclient import TestClient
 
-    from api.main import create_app
+    from api.main import serve_app
 
-    with TestClient(create_app(stream_worker),
+    with TestClient(serve_app(stream_worker),
                     headers={"X-API-Key": api_keys["all"][0]}) as client:
         yield client
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
+from api.main import serve_app
 from tests.conftest import eventually, history_row, payment, uid
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def test_same_payment_id_with_another_payload_is_409_and_changes_nothing(api_cli
 # ---- authentication ------------------------------------------------------------------
 @pytest.fixture()
 def bare_client(stream_worker, trained):
-    with TestClient(create_app(stream_worker)) as client:
+    with TestClient(serve_app(stream_worker)) as client:
         yield client
 
 
@@ -130,8 +130,8 @@ def test_a_pan_is_refused_and_reaches_no_log_topic_or_history(api_client, stream
 def test_rules_and_lists_change_at_runtime_on_every_worker(stream_worker, trained,
                                                             api_keys):
     headers = {"X-API-Key": api_keys["all"][0]}
-    with TestClient(create_app(stream_worker), headers=headers) as one, \
-            TestClient(create_app(stream_worker), headers=headers) as two:
+    with TestClient(serve_app(stream_worker), headers=headers) as one, \
+            TestClient(serve_app(stream_worker), headers=headers) as two:
         card = uid("card")
         assert two.post("/v1/payments/score", json=payment(card_id=card)).json()[
             "decision"] != "decline"

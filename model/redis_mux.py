@@ -1,0 +1,157 @@
+"""One pipelined Redis connection shared by every concurrent call of a process.
+
+The scoring path makes one or two Redis calls per payment. Through redis-py's pool each
+costs about 0.26 ms of CPU on this machine (taking and checking a connection, retry and
+telemetry wrappers), more than the Lua script itself. Here calls are written to a single
+connection as they come and their replies matched in order, the way Redis pipelining
+works: 0.11-0.15 ms for a lone call, 0.03 ms each when several are in flight, because
+their writes and reads share system calls. Packing and parsing are hiredis's.
+
+Ordering is the whole trick, so it is kept even when a caller gives up: a caller that
+times out leaves its slot in the queue, and its reply, when it comes, is dropped. If the
+connection breaks, every call in flight fails with ``ConnectionError`` and the next call
+connects again. Everything else (admin, the stream, back-fills) uses redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+
+Arg = str | bytes | int | float
+
+
+class RedisMux:
+    def __init__(self, url: str, password: str | None = None, connect_timeout: float = 0.25,
+                 max_in_flight: int = 10_000) -> None:
+        opts = parse_url(url)
+        self.host: str = opts.get("host", "127.0.0.1")
+        self.port: int = int(opts.get("port", 6379))
+        self.db: int = int(opts.get("db", 0))
+        self.username: str | None = opts.get("username")
+        self.password = password if password is not None else opts.get("password")
+        self.connect_timeout = connect_timeout
+        # Beyond this many unanswered calls Redis is not keeping up: fail fast instead of
+        # queueing more (the caller degrades).
+        self.max_in_flight = max_in_flight
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: deque[asyncio.Future[Any]] = deque()
+        self._lock = asyncio.Lock()
+        self._shas: dict[bytes, str] = {}
+
+    async def execute(self, *args: Arg) -> Any:
+        """Send one command; its reply (bytes, int, list, None), or raise its error."""
+        if self._writer is None:
+            await self.connect()
+        return await self._send([args])[0]
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send several commands in one write (not a transaction); their replies in order.
+        Error replies are returned, not raised."""
+        if not commands:
+            return []
+        if self._writer is None:
+            await self.connect()
+        return await asyncio.gather(*self._send(commands), return_exceptions=True)
+
+    async def evalsha(self, script: bytes, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """Run a Lua script by its digest, loading it first if Redis does not have it."""
+        sha = self._shas.get(script)
+        if sha is None:
+            sha = self._shas[script] = hashlib.sha1(script).hexdigest()
+        try:
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.execute("SCRIPT", "LOAD", script)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def connect(self) -> None:
+        if self._writer is not None:
+            return
+        async with self._lock:
+            if self._writer is not None:
+                return
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read_replies(reader))
+            # Written at once, before any caller's command can be: all of them must run
+            # authenticated and on the right database.
+            hello: list[tuple[Arg, ...]] = []
+            if self.password:
+                hello.append(("AUTH", *(
+                    (self.username, self.password) if self.username else (self.password,))))
+            if self.db:
+                hello.append(("SELECT", self.db))
+            try:
+                if hello:
+                    async with asyncio.timeout(self.connect_timeout):
+                        await asyncio.gather(*self._send(hello))
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        task, self._reader_task = self._reader_task, None
+        if task is not None:
+            task.cancel()
+        if writer is not None:
+            writer.close()
+        self._fail_all(ConnectionError("connection to Redis closed"))
+
+    def _send(self, commands: Sequence[Sequence[Arg]]) -> list[asyncio.Future[Any]]:
+        writer = self._writer
+        if writer is None:
+            raise ConnectionError("not connected to Redis")
+        if len(self._pending) + len(commands) > self.max_in_flight:
+            raise ConnectionError(f"more than {self.max_in_flight} Redis calls in flight")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        self._pending.extend(futures)
+        writer.write(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        return futures
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        parser = hiredis.Reader()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("Redis closed the connection")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    fut = self._pending.popleft()
+                    if fut.done():  # its caller gave up: the reply is dropped, in its turn
+                        continue
+                    if isinstance(reply, hiredis.ReplyError):
+                        fut.set_exception(_error(reply))
+                    else:
+                        fut.set_result(reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.close()
+            self._fail_all(exc if isinstance(exc, ConnectionError) else
+                           ConnectionError(f"Redis connection lost: {type(exc).__name__}"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        while self._pending:
+            fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+
+def _error(reply: hiredis.ReplyError) -> ResponseError:
+    message = str(reply)
+    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
