@@ -1,22 +1,27 @@
 """Benchmark of the scoring hook over HTTP, open loop, at fixed rates; and of its steps.
 
-    python benchmarks/bench_api.py [--rates 500,1000,2000,4000] [--duration 10] [--repeat 3]
+    python benchmarks/bench_api.py [--rates 250,500,750,1000] [--duration 10] [--repeat 3]
 
 Starts its own Redis, Kafka, stream worker and API (1 and 2 uvicorn workers) under
 var/bench on free ports, trains a model on simulated history, then drives the API with
 vegeta (an open-loop load generator: requests leave at the set rate whatever the answers
 take) running on the same machine. Prints p50/p99/p99.9 latency, throughput and errors per
-rate, the model step and the feature step alone, and checks that a model hot reload and a
-rules change during a run fail no request. Writes docs/benchmarks.md and a plot.
-Needs vegeta on PATH (`go install github.com/tsenart/vegeta/v12@latest`).
+rate; the CPU each process spent per payment; the same rates against an empty Go endpoint
+(the floor: what the machine and the load generator cost alone); the steps of one payment
+alone; and checks that a model hot reload and a rules change during a run fail no request.
+Writes docs/benchmarks.md and a plot.
+Needs vegeta on PATH (`go install github.com/tsenart/vegeta/v12@latest`), and Go for the
+floor (skipped without it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -29,6 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
+import psutil
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -50,18 +56,52 @@ def machine() -> str:
             f"worker and the API all on this machine")
 
 
-def vegeta(targets: Path, rate: int, duration: float, out: Path) -> np.ndarray:
-    """Attack at ``rate``/s; returns per-request (latency_ms, status) as an array."""
-    attack = subprocess.run(
-        ["vegeta", "attack", "-format=json", "-lazy", f"-targets={targets}",
+def vegeta(targets: Path, rate: int, duration: float, out: Path,
+           lazy: bool = True) -> tuple[np.ndarray, float]:
+    """Attack at ``rate``/s; returns per-request (latency_ms, status) rows, and the CPU
+    seconds vegeta itself used. ``lazy``: each target once, read as needed (one per
+    payment); otherwise the targets are loaded first and repeated."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(
+        ["vegeta", "attack", "-format=json", *(["-lazy"] if lazy else []),
+         f"-targets={targets}",
          f"-rate={rate}/s", f"-duration={duration}s", "-timeout=2s", "-max-workers=2000",
          f"-output={out}"], check=True, capture_output=True)
-    del attack
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     csv = subprocess.run(["vegeta", "encode", "--to=csv", str(out)], check=True,
                          capture_output=True, text=True).stdout
     rows = [line.split(",") for line in csv.splitlines() if line]
     # columns: timestamp, code, latency(ns), bytes out, bytes in, error, ...
-    return np.array([(int(r[2]) / 1e6, int(r[1])) for r in rows])
+    return np.array([(int(r[2]) / 1e6, int(r[1])) for r in rows]), cpu
+
+
+def cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    """CPU (user + system) used so far by each process and its children, by name."""
+    out = {}
+    for name, pid in pids.items():
+        total = 0.0
+        if pid is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(pid)
+                for proc in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        t = proc.cpu_times()
+                        total += t.user + t.system
+        out[name] = total
+    return out
+
+
+def summarise(res: np.ndarray, duration: float) -> dict[str, float]:
+    lat, codes = res[:, 0], res[:, 1]
+    ok = codes == 200
+
+    def pct(q: float) -> float:
+        return float(np.percentile(lat[ok], q)) if ok.any() else float("nan")
+
+    return {"p50": pct(50), "p99": pct(99), "p999": pct(99.9),
+            "throughput": ok.sum() / duration, "errors": float((~ok).sum()),
+            "sent": float(len(codes))}
 
 
 def write_targets(path: Path, bodies: list[bytes], url: str, key: str) -> None:
@@ -73,7 +113,7 @@ def write_targets(path: Path, bodies: list[bytes], url: str, key: str) -> None:
 
 
 def main(
-    rates: str = typer.Option("100,200,400,800"),
+    rates: str = typer.Option("250,500,750,1000"),
     duration: float = typer.Option(10.0),
     repeat: int = typer.Option(3, min=1),
     workers: str = typer.Option("1,2", help="uvicorn worker counts to measure"),
@@ -136,24 +176,27 @@ def main(
     scorer = Scorer.from_version(Registry(s.models_dir).current())
     rows = [Payment(**payment_body(r)) for _, r in traffic.head(2000).iterrows()]
 
-    async def feature_step() -> list[float]:
+    async def feature_step() -> tuple[list[float], list[dict[str, float]]]:
+        """As the API does it: the Lua script on the pipelined connection, lists too."""
         from redis.asyncio import Redis
 
-        r = Redis.from_url(s.redis_url)
-        store = OnlineStore(r)
-        out = []
+        from model.redis_mux import RedisMux
+
+        r, mux = Redis.from_url(s.redis_url), RedisMux(s.redis_url)
+        store = OnlineStore(r, mux)
+        out, vectors = [], []
         for p in rows:
             t = time.perf_counter()
-            await store.observe(p, "h", ())
+            obs = await store.observe(p, "h" + p.payment_id, check_lists=True)
             out.append((time.perf_counter() - t) * 1e3)
+            vectors.append(obs.features or {})
+        await mux.close()
         await r.aclose()
-        return out
+        return out, vectors
 
-    feat_ms = asyncio.run(feature_step())
-    vectors = [scorer.vector({f: 1.0 for f in scorer.feature_names}) for _ in range(1)]
-    X = np.array([[float(i % 7)] * len(scorer.feature_names) for i in range(300)])
+    feat_ms, observed = asyncio.run(feature_step())
     assert scorer.forest is not None
-    del vectors
+    X = np.array([scorer.vector(f) for f in observed[:300]])
     compiled_us = _timed_us(lambda x: scorer.forest.explain(x), X)
     sklearn_us = _timed_us(lambda x: scorer.estimator.predict_proba(x[None, :]), X[:100])
     steps = Table("step (alone)", "p50", "p99", title="the steps of one payment")
@@ -173,9 +216,11 @@ def main(
                                             start=today - timedelta(days=7),
                                             id_prefix="bench")).iterrows()]
     results: dict[tuple[int, int], list[dict[str, float]]] = {}
+    cpu: dict[tuple[int, int], list[dict[str, float]]] = {}
     used = 0
     reload_check: dict[str, float] = {}
     proc = services.api_proc(s)
+    history = HistoryStore(s.history_dir)
     for n_workers in worker_list:
         for rnd in range(repeat):
             for rate in rate_list:
@@ -203,39 +248,109 @@ def main(
                     flips = threading.Thread(target=_flip, args=(s, key, result.version,
                                                                  second.version, duration))
                     flips.start()
-                res = vegeta(targets, rate, duration, home / "results.bin")
+                pids = {"API": proc.pid(), "stream worker": services.stream_proc(s).pid(),
+                        "Redis": services.redis_proc(s).pid(),
+                        "Kafka": services.kafka_proc(s).pid()}
+                before = cpu_seconds(pids)
+                res, vegeta_cpu = vegeta(targets, rate, duration, home / "results.bin")
+                used_cpu = {k: v - before[k] for k, v in cpu_seconds(pids).items()}
                 if flips is not None:
                     flips.join()
-                lat, codes = res[:, 0], res[:, 1]
-                ok = codes == 200
-                row = {"p50": float(np.percentile(lat[ok], 50)) if ok.any() else float("nan"),
-                       "p99": float(np.percentile(lat[ok], 99)) if ok.any() else float("nan"),
-                       "p999": float(np.percentile(lat[ok], 99.9)) if ok.any() else float("nan"),
-                       "throughput": ok.sum() / duration, "errors": float((~ok).sum()),
-                       "sent": float(len(codes))}
+                row = summarise(res, duration)
                 results.setdefault((n_workers, rate), []).append(row)
+                cpu.setdefault((n_workers, rate), []).append(
+                    {k: v / row["sent"] * 1e3 for k, v in
+                     {**used_cpu, "load generator": vegeta_cpu}.items()})
                 if flips is not None:
-                    reload_check = {"rate": float(rate), "requests": float(len(codes)),
-                                    "errors": float((~ok).sum())}
+                    reload_check = {"rate": float(rate), "requests": row["sent"],
+                                    "errors": row["errors"]}
                 console.print(f"workers={n_workers} rate={rate}/s round {rnd + 1}: "
                               f"p50 {row['p50']:.2f} ms p99 {row['p99']:.2f} ms "
                               f"errors {int(row['errors'])}")
-                time.sleep(2)  # let the stream catch up between runs
+                # The stream worker yields the CPU under load and lags: let it catch up,
+                # so that each run starts from the same quiet machine.
+                last = orjson.loads(chunk[-1])["payment_id"]
+                services.wait_until(lambda pid=last: _recorded(history, pid),
+                                    "the stream worker to catch up", 180)
     proc.stop()
 
+    floor = _floor(rate_list, duration, repeat, home)
+
+    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
+    cpu_med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in cpu.items()}
     table = Table("API workers", "rate (/s)", "p50 ms", "p99 ms", "p99.9 ms", "throughput (/s)",
                   "errors", title=f"over HTTP, open loop, median of {repeat} runs of "
                                   f"{duration:g}s")
-    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
     for (w, rate), m in sorted(med.items()):
         table.add_row(str(w), str(rate), f"{m['p50']:.2f}", f"{m['p99']:.2f}",
                       f"{m['p999']:.2f}", f"{m['throughput']:.0f}", f"{m['errors']:.0f}")
     console.print(table)
+    names = list(next(iter(cpu_med.values())))
+    ctable = Table("API workers", "rate (/s)", *names, "total",
+                   title="CPU per payment (ms), by process")
+    for (w, rate), m in sorted(cpu_med.items()):
+        ctable.add_row(str(w), str(rate), *(f"{m[k]:.2f}" for k in names),
+                       f"{sum(m.values()):.2f}")
+    console.print(ctable)
+    if floor:
+        ftable = Table("rate (/s)", "p50 ms", "p99 ms", "p99.9 ms", "errors",
+                       title="the floor: an empty Go endpoint, same load generator")
+        for rate, m in sorted(floor.items()):
+            ftable.add_row(str(rate), f"{m['p50']:.2f}", f"{m['p99']:.2f}",
+                           f"{m['p999']:.2f}", f"{m['errors']:.0f}")
+        console.print(ftable)
     console.print(f"hot reload + rules change during a run: {reload_check}")
-    _write_doc(out_doc, machine(), med, repeat, duration, feat_ms, compiled_us, sklearn_us,
-               reload_check)
-    _plot(out_doc.with_name("benchmark_latency.png"), med)
+    _write_doc(out_doc, machine(), med, cpu_med, floor, repeat, duration, feat_ms,
+               compiled_us, sklearn_us, reload_check)
+    _plot(out_doc.with_name("benchmark_latency.png"), med, floor)
     services.stop_all(s)
+
+
+def _recorded(history, payment_id: str) -> bool:  # type: ignore[no-untyped-def]
+    return len(history.query("SELECT 1 FROM payments_raw WHERE payment_id = ?",
+                             [payment_id])) > 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _floor(rates: list[int], duration: float, repeat: int,
+           home: Path) -> dict[int, dict[str, float]]:
+    """The same load against an endpoint that does nothing (Go), median of ``repeat``."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go"
+                                if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        console.print("[yellow]Go not found: the floor is not measured[/yellow]")
+        return {}
+    binary = home / "floor"
+    subprocess.run([go, "build", "-o", str(binary), "."], cwd=ROOT / "benchmarks" / "floor",
+                   check=True, env={**os.environ, "GOFLAGS": "-mod=mod"})
+    from ops.services import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    server = subprocess.Popen([str(binary), address])
+    try:
+        from ops.services import wait_until
+
+        wait_until(lambda: _answers(f"http://{address}/"), "the floor server", 10)
+        targets = home / "floor.jsonl"
+        targets.write_bytes(orjson.dumps({"method": "GET", "url": f"http://{address}/"})
+                            + b"\n")
+        out: dict[int, list[dict[str, float]]] = {}
+        for _ in range(repeat):
+            for rate in rates:
+                res, _ = vegeta(targets, rate, duration, home / "floor.bin", lazy=False)
+                out.setdefault(rate, []).append(summarise(res, duration))
+                console.print(f"floor rate={rate}/s: p50 {out[rate][-1]['p50']:.2f} ms "
+                              f"p99 {out[rate][-1]['p99']:.2f} ms")
+    finally:
+        server.terminate()
+        server.wait()
+    return {r: {m: statistics.median(x[m] for x in v) for m in v[0]} for r, v in out.items()}
 
 
 def _timed_us(fn, X) -> list[float]:  # type: ignore[no-untyped-def]
@@ -265,8 +380,8 @@ def _flip(s, key: str, a: str, b: str, duration: float) -> None:  # type: ignore
             time.sleep(1.5)
 
 
-def _write_doc(path: Path, machine_desc: str, med, repeat, duration, feat_ms, compiled_us,
-               sklearn_us, reload_check) -> None:  # type: ignore[no-untyped-def]
+def _write_doc(path: Path, machine_desc: str, med, cpu_med, floor, repeat, duration,  # type: ignore[no-untyped-def]
+               feat_ms, compiled_us, sklearn_us, reload_check) -> None:
     lines = [
         "# Benchmarks", "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} with `python benchmarks/bench_api.py` "
@@ -279,12 +394,36 @@ def _write_doc(path: Path, machine_desc: str, med, repeat, duration, feat_ms, co
     for (w, rate), m in sorted(med.items()):
         lines.append(f"| {w} | {rate} | {m['p50']:.2f} | {m['p99']:.2f} | {m['p999']:.2f} | "
                      f"{m['throughput']:.0f} | {m['errors']:.0f} |")
+    lines += ["", "![latency by rate](benchmark_latency.png)", ""]
+    if floor:
+        lines += [
+            "## The floor: an empty endpoint, same load generator", "",
+            "`benchmarks/floor/main.go`: Go's net/http answering `{\"ok\":true}`, nothing "
+            "else, driven by the same vegeta at the same rates (the rest of the stack idle). "
+            "Its latency is what the machine and the load generator cost alone.", "",
+            "| rate (/s) | p50 ms | p99 ms | p99.9 ms | errors |", "|---|---|---|---|---|",
+        ]
+        lines += [f"| {rate} | {m['p50']:.2f} | {m['p99']:.2f} | {m['p999']:.2f} | "
+                  f"{m['errors']:.0f} |" for rate, m in sorted(floor.items())]
+        lines.append("")
+    names = list(next(iter(cpu_med.values())))
     lines += [
-        "", "![latency by rate](benchmark_latency.png)", "",
+        "## CPU per payment, by process", "",
+        "CPU time (user + system) each process used during a run, divided by the payments "
+        "sent: what one payment costs the machine, end to end. Two cores give 2,000 ms of "
+        "CPU per second, so a total of t ms per payment caps the rate near 2000/t per "
+        "second before anything queues.", "",
+        "| API workers | rate (/s) | " + " | ".join(names) + " | total |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
+    lines += [f"| {w} | {rate} | " + " | ".join(f"{m[k]:.2f}" for k in names)
+              + f" | {sum(m.values()):.2f} |" for (w, rate), m in sorted(cpu_med.items())]
+    lines += [
+        "",
         "## The steps alone", "",
         "| step | p50 | p99 |", "|---|---|---|",
-        f"| features: one Redis round trip (Lua script) | {np.percentile(feat_ms, 50):.3f} ms "
-        f"| {np.percentile(feat_ms, 99):.3f} ms |",
+        "| features: one Redis round trip (Lua script, pipelined connection) | "
+        f"{np.percentile(feat_ms, 50):.3f} ms | {np.percentile(feat_ms, 99):.3f} ms |",
         f"| model: compiled trees, with contributions | {np.percentile(compiled_us, 50):.1f} us "
         f"| {np.percentile(compiled_us, 99):.1f} us |",
         f"| model: scikit-learn `predict_proba`, one row | {np.percentile(sklearn_us, 50):.1f} "
@@ -303,22 +442,27 @@ def _write_doc(path: Path, machine_desc: str, med, repeat, duration, feat_ms, co
     console.print(f"wrote {path}")
 
 
-def _plot(path: Path, med) -> None:  # type: ignore[no-untyped-def]
+def _plot(path: Path, med, floor) -> None:  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
     for w in sorted({w for w, _ in med}):
         rates = sorted(r for ww, r in med if ww == w)
         for q, style in (("p50", "-o"), ("p99", "--o")):
             ax.plot(rates, [med[(w, r)][q] for r in rates], style,
                     label=f"{w} worker{'s' if w > 1 else ''} {q}")
+    if floor:
+        rates = sorted(floor)
+        ax.plot(rates, [floor[r]["p99"] for r in rates], ":", color="grey",
+                label="empty Go endpoint p99 (floor)")
+    ax.axhline(5, color="red", linewidth=0.8, label="target p99 5 ms")
     ax.set_xlabel("offered rate (payments/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.set_title("Scoring latency over HTTP, open loop")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # broker and the stream worker CPU: 50 ms took the broker from 2.1 to 0.4 ms of CPU
     # per payment at 200/s, against 5 ms.
     kafka_linger_ms: int = Field(default=50, ge=0)
+    # CPU niceness of the processes off the scoring path (Kafka broker, stream worker) when
+    # this project starts them: under contention the API and Redis are served first.
+    background_nice: int = Field(default=10, ge=0, le=19)
 
     topic_scored: str = "fraudstream.payments.scored"
     topic_labels: str = "fraudstream.labels"

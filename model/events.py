@@ -1,4 +1,5 @@
-"""Wire format of the Kafka topics: JSON (orjson) of the pydantic schemas, keyed by payment_id.
+"""Wire format of the Kafka topics: JSON of the pydantic schemas (pydantic-core's own
+serialiser), keyed by payment_id.
 
 Both topics are keyed by payment_id and have the same partition count, so a label lands on
 the same partition as its payment and the stream can join them in local table state.
@@ -6,13 +7,11 @@ the same partition as its payment and the stream can join them in local table st
 
 from __future__ import annotations
 
-import orjson
-
 from model.schemas import Label, ScoredPayment
 
 
 def encode(event: ScoredPayment | Label) -> bytes:
-    return orjson.dumps(event.model_dump(mode="json"))
+    return event.model_dump_json().encode()
 
 
 def decode_scored(raw: bytes) -> ScoredPayment:

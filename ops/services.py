@@ -64,7 +64,7 @@ class Proc:
     def running(self) -> bool:
         return self.pid() is not None
 
-    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None, nice: int = 0) -> int:
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.logfile, "ab")  # noqa: SIM115 -- handed to the child
@@ -75,6 +75,7 @@ class Proc:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env={**os.environ, **(env or {})},
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         log.close()
         self.pidfile.write_text(str(proc.pid))
@@ -246,7 +247,9 @@ def start_kafka(settings: Settings, timeout: float = 90.0) -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    proc.spawn([*java, "kafka.Kafka", str(props)])
+    # Off the scoring path (the API's producer does not wait for it): when the cores are
+    # contended, the API and Redis go first.
+    proc.spawn([*java, "kafka.Kafka", str(props)], nice=settings.background_nice)
     wait_kafka_ready(settings, timeout, proc)
 
 
@@ -357,7 +360,9 @@ def _cli(*args: str) -> list[str]:
 def start_stream(settings: Settings, timeout: float = 90.0) -> None:
     proc = stream_proc(settings)
     if not proc.running():
-        proc.spawn(_cli("stream"))
+        # Behind the API for CPU, like Kafka: it catches up on what it lagged once the
+        # burst is over.
+        proc.spawn(_cli("stream"), nice=settings.background_nice)
     wait_until(lambda: _http_ok(f"http://127.0.0.1:{settings.stream_web_port}/ready/"),
                "stream worker", timeout, proc)
 

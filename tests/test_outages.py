@@ -146,3 +146,15 @@ def test_stream_worker_rides_out_a_redis_outage(stream_worker):
     after = [event()]
     asyncio.run(produce(after))  # the agent is alive, not crashed
     eventually(lambda: recorded([after[0].payment.payment_id]) == 1, 60)
+
+
+def test_kafka_and_the_stream_worker_yield_the_cpu_to_the_scoring_path(stream_worker):
+    # When the cores are contended, the API and Redis are scheduled first; what runs off
+    # the scoring path catches up after the burst.
+    import os
+
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = min(ours + stream_worker.background_nice, 19)
+    for proc in (services.kafka_proc(stream_worker), services.stream_proc(stream_worker)):
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid()) == expected
+    assert os.getpriority(os.PRIO_PROCESS, services.redis_proc(stream_worker).pid()) == ours

@@ -1,0 +1,3 @@
+module fraudstream/benchmarks/floor
+
+go 1.21
