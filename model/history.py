@@ -95,8 +95,9 @@ class HistoryStore:
             by_day[_day(row[day_of])].append(row)
         written = 0
         for day, day_rows in by_day.items():
-            table = pa.Table.from_pylist(
-                [{name: r.get(name) for name in schema.names} for r in day_rows], schema=schema
+            # Column by column: no dict per row (the stream worker writes every payment).
+            table = pa.Table.from_pydict(
+                {name: [r.get(name) for r in day_rows] for name in schema.names}, schema=schema
             )
             self._write_table(base / f"day={day}", table)
             written += len(day_rows)
