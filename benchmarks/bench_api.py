@@ -142,173 +142,187 @@ def main(
     from training.train import TrainConfig, train
 
     s = Settings()
-    rate_list = [int(r) for r in rates.split(",")]
-    worker_list = [int(w) for w in workers.split(",")]
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    with console.status("starting Redis and Kafka, training a model on simulated history"):
-        services.start_redis(s)
-        services.start_kafka(s)
-        hist = home / "history.parquet"
-        simulate(SimulationConfig(days=30, cards=3000, terminals=300,
-                                  start=today - timedelta(days=37))).to_parquet(hist)
-        import_history(HistoryStore(s.history_dir), hist)
-        result = train(HistoryStore(s.history_dir), Registry(s.models_dir),
-                       TrainConfig(force=True))
-        second = train(HistoryStore(s.history_dir), Registry(s.models_dir),
-                       TrainConfig(force=True, seed=1))
+    try:
+        rate_list = [int(r) for r in rates.split(",")]
+        worker_list = [int(w) for w in workers.split(",")]
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        with console.status("starting Redis and Kafka, training a model on simulated history"):
+            services.start_redis(s)
+            services.start_kafka(s)
+            hist = home / "history.parquet"
+            simulate(SimulationConfig(days=30, cards=3000, terminals=300,
+                                      start=today - timedelta(days=37))).to_parquet(hist)
+            import_history(HistoryStore(s.history_dir), hist)
+            result = train(HistoryStore(s.history_dir), Registry(s.models_dir),
+                           TrainConfig(force=True))
+            second = train(HistoryStore(s.history_dir), Registry(s.models_dir),
+                           TrainConfig(force=True, seed=1))
 
-        async def warm() -> None:
+            async def warm() -> None:
+                from redis.asyncio import Redis
+
+                r = Redis.from_url(s.redis_url)
+                await backfill_online(HistoryStore(s.history_dir), OnlineStore(r))
+                await r.aclose()
+
+            asyncio.run(warm())
+            assert s.api_keys_file is not None
+            key, _ = create_key(s.api_keys_file, "bench", {"score", "admin"})
+            services.start_stream(s)
+        console.print(f"model {second.version} (and {result.version} for the reload test)")
+
+        # ---- the steps alone -------------------------------------------------------------
+        traffic = simulate(SimulationConfig(days=7, cards=3000, terminals=300, seed=99,
+                                            start=today - timedelta(days=7), id_prefix="step"))
+        scorer = Scorer.from_version(Registry(s.models_dir).current())
+        rows = [Payment(**payment_body(r)) for _, r in traffic.head(2000).iterrows()]
+
+        async def feature_step() -> tuple[list[float], list[dict[str, float]]]:
+            """As the API does it: the Lua script on the pipelined connection, lists too."""
             from redis.asyncio import Redis
 
-            r = Redis.from_url(s.redis_url)
-            await backfill_online(HistoryStore(s.history_dir), OnlineStore(r))
+            from model.redis_mux import RedisMux
+
+            r, mux = Redis.from_url(s.redis_url), RedisMux(s.redis_url)
+            store = OnlineStore(r, mux)
+            out, vectors = [], []
+            for p in rows:
+                t = time.perf_counter()
+                obs = await store.observe(p, "h" + p.payment_id, check_lists=True)
+                out.append((time.perf_counter() - t) * 1e3)
+                vectors.append(obs.features or {})
+            await mux.close()
             await r.aclose()
+            return out, vectors
 
-        asyncio.run(warm())
-        assert s.api_keys_file is not None
-        key, _ = create_key(s.api_keys_file, "bench", {"score", "admin"})
-        services.start_stream(s)
-    console.print(f"model {second.version} (and {result.version} for the reload test)")
+        feat_ms, observed = asyncio.run(feature_step())
+        assert scorer.forest is not None
+        X = np.array([scorer.vector(f) for f in observed[:300]])
+        compiled_us = _timed_us(lambda x: scorer.forest.explain(x), X)
+        sklearn_us = _timed_us(lambda x: scorer.estimator.predict_proba(x[None, :]), X[:100])
+        steps = Table("step (alone)", "p50", "p99", title="the steps of one payment")
+        pct = np.percentile
+        steps.add_row("features: one Redis round trip (Lua)", f"{pct(feat_ms, 50):.3f} ms",
+                      f"{pct(feat_ms, 99):.3f} ms")
+        steps.add_row("model: compiled trees + contributions", f"{pct(compiled_us, 50):.1f} us",
+                      f"{pct(compiled_us, 99):.1f} us")
+        steps.add_row("model: scikit-learn predict_proba (1 row)",
+                      f"{pct(sklearn_us, 50):.1f} us", f"{pct(sklearn_us, 99):.1f} us")
+        console.print(steps)
 
-    # ---- the steps alone -------------------------------------------------------------
-    traffic = simulate(SimulationConfig(days=7, cards=3000, terminals=300, seed=99,
-                                        start=today - timedelta(days=7), id_prefix="step"))
-    scorer = Scorer.from_version(Registry(s.models_dir).current())
-    rows = [Payment(**payment_body(r)) for _, r in traffic.head(2000).iterrows()]
+        # ---- over HTTP, open loop ---------------------------------------------------------
+        url = f"{s.api_url}/v1/payments/score"
+        bodies_all = [orjson.dumps(payment_body(r)) for _, r in
+                      simulate(SimulationConfig(days=7, cards=12000, terminals=300, seed=7,
+                                                start=today - timedelta(days=7),
+                                                id_prefix="bench")).iterrows()]
+        results: dict[tuple[int, int], list[dict[str, float]]] = {}
+        cpu: dict[tuple[int, int], list[dict[str, float]]] = {}
+        used = 0
+        reload_check: dict[str, float] = {}
+        proc = services.api_proc(s)
+        for n_workers in worker_list:
+            for rnd in range(repeat):
+                for rate in rate_list:
+                    # A fresh API per run: an overloaded run leaves a backlog of requests whose
+                    # callers gave up, which would otherwise weigh on the next run.
+                    proc.stop()
+                    proc.spawn([sys.executable, "-m", "ops.cli", "api", "--workers",
+                                str(n_workers)])
+                    services.wait_until(lambda: services._http_ok(f"{s.api_url}/healthz"),
+                                        "API", 60, proc)
+                    time.sleep(1)
+                    n = int(rate * duration)
+                    if used + n > len(bodies_all):
+                        used = 0  # reuse bodies under fresh ids
+                    chunk = bodies_all[used:used + n]
+                    used += n
+                    tag = f"w{n_workers}r{rnd}x{rate}_"
+                    chunk = [b.replace(b'"payment_id":"', b'"payment_id":"' + tag.encode(), 1)
+                             for b in chunk]
+                    targets = home / "targets.jsonl"
+                    write_targets(targets, chunk, url, key)
+                    flips = None
+                    if rate == rate_list[len(rate_list) // 2 - 1] and rnd == 0 and \
+                            n_workers == worker_list[-1]:
+                        flips = threading.Thread(target=_flip, args=(s, key, result.version,
+                                                                     second.version, duration))
+                        flips.start()
+                    pids = {"API": proc.pid(), "stream worker": services.stream_proc(s).pid(),
+                            "Redis": services.redis_proc(s).pid(),
+                            "Kafka": services.kafka_proc(s).pid()}
+                    before = cpu_seconds(pids)
+                    res, vegeta_cpu = vegeta(targets, rate, duration, home / "results.bin")
+                    used_cpu = {k: v - before[k] for k, v in cpu_seconds(pids).items()}
+                    if flips is not None:
+                        flips.join()
+                    row = summarise(res, duration)
+                    results.setdefault((n_workers, rate), []).append(row)
+                    cpu.setdefault((n_workers, rate), []).append(
+                        {k: v / row["sent"] * 1e3 for k, v in
+                         {**used_cpu, "load generator": vegeta_cpu}.items()})
+                    if flips is not None:
+                        reload_check = {"rate": float(rate), "requests": row["sent"],
+                                        "errors": row["errors"]}
+                    console.print(f"workers={n_workers} rate={rate}/s round {rnd + 1}: "
+                                  f"p50 {row['p50']:.2f} ms p99 {row['p99']:.2f} ms "
+                                  f"errors {int(row['errors'])}")
+                    # The stream worker yields the CPU under load and lags: let it catch up,
+                    # so that each run starts from the same quiet machine.
+                    services.wait_until(lambda: asyncio.run(_stream_lag(s)) == 0,
+                                        "the stream worker to catch up", 300)
+        proc.stop()
 
-    async def feature_step() -> tuple[list[float], list[dict[str, float]]]:
-        """As the API does it: the Lua script on the pipelined connection, lists too."""
-        from redis.asyncio import Redis
+        floor = _floor(rate_list, duration, repeat, home)
 
-        from model.redis_mux import RedisMux
-
-        r, mux = Redis.from_url(s.redis_url), RedisMux(s.redis_url)
-        store = OnlineStore(r, mux)
-        out, vectors = [], []
-        for p in rows:
-            t = time.perf_counter()
-            obs = await store.observe(p, "h" + p.payment_id, check_lists=True)
-            out.append((time.perf_counter() - t) * 1e3)
-            vectors.append(obs.features or {})
-        await mux.close()
-        await r.aclose()
-        return out, vectors
-
-    feat_ms, observed = asyncio.run(feature_step())
-    assert scorer.forest is not None
-    X = np.array([scorer.vector(f) for f in observed[:300]])
-    compiled_us = _timed_us(lambda x: scorer.forest.explain(x), X)
-    sklearn_us = _timed_us(lambda x: scorer.estimator.predict_proba(x[None, :]), X[:100])
-    steps = Table("step (alone)", "p50", "p99", title="the steps of one payment")
-    pct = np.percentile
-    steps.add_row("features: one Redis round trip (Lua)", f"{pct(feat_ms, 50):.3f} ms",
-                  f"{pct(feat_ms, 99):.3f} ms")
-    steps.add_row("model: compiled trees + contributions", f"{pct(compiled_us, 50):.1f} us",
-                  f"{pct(compiled_us, 99):.1f} us")
-    steps.add_row("model: scikit-learn predict_proba (1 row)",
-                  f"{pct(sklearn_us, 50):.1f} us", f"{pct(sklearn_us, 99):.1f} us")
-    console.print(steps)
-
-    # ---- over HTTP, open loop ---------------------------------------------------------
-    url = f"{s.api_url}/v1/payments/score"
-    bodies_all = [orjson.dumps(payment_body(r)) for _, r in
-                  simulate(SimulationConfig(days=7, cards=12000, terminals=300, seed=7,
-                                            start=today - timedelta(days=7),
-                                            id_prefix="bench")).iterrows()]
-    results: dict[tuple[int, int], list[dict[str, float]]] = {}
-    cpu: dict[tuple[int, int], list[dict[str, float]]] = {}
-    used = 0
-    reload_check: dict[str, float] = {}
-    proc = services.api_proc(s)
-    history = HistoryStore(s.history_dir)
-    for n_workers in worker_list:
-        for rnd in range(repeat):
-            for rate in rate_list:
-                # A fresh API per run: an overloaded run leaves a backlog of requests whose
-                # callers gave up, which would otherwise weigh on the next run.
-                proc.stop()
-                proc.spawn([sys.executable, "-m", "ops.cli", "api", "--workers",
-                            str(n_workers)])
-                services.wait_until(lambda: services._http_ok(f"{s.api_url}/healthz"),
-                                    "API", 60, proc)
-                time.sleep(1)
-                n = int(rate * duration)
-                if used + n > len(bodies_all):
-                    used = 0  # reuse bodies under fresh ids
-                chunk = bodies_all[used:used + n]
-                used += n
-                tag = f"w{n_workers}r{rnd}x{rate}_"
-                chunk = [b.replace(b'"payment_id":"', b'"payment_id":"' + tag.encode(), 1)
-                         for b in chunk]
-                targets = home / "targets.jsonl"
-                write_targets(targets, chunk, url, key)
-                flips = None
-                if rate == rate_list[len(rate_list) // 2 - 1] and rnd == 0 and \
-                        n_workers == worker_list[-1]:
-                    flips = threading.Thread(target=_flip, args=(s, key, result.version,
-                                                                 second.version, duration))
-                    flips.start()
-                pids = {"API": proc.pid(), "stream worker": services.stream_proc(s).pid(),
-                        "Redis": services.redis_proc(s).pid(),
-                        "Kafka": services.kafka_proc(s).pid()}
-                before = cpu_seconds(pids)
-                res, vegeta_cpu = vegeta(targets, rate, duration, home / "results.bin")
-                used_cpu = {k: v - before[k] for k, v in cpu_seconds(pids).items()}
-                if flips is not None:
-                    flips.join()
-                row = summarise(res, duration)
-                results.setdefault((n_workers, rate), []).append(row)
-                cpu.setdefault((n_workers, rate), []).append(
-                    {k: v / row["sent"] * 1e3 for k, v in
-                     {**used_cpu, "load generator": vegeta_cpu}.items()})
-                if flips is not None:
-                    reload_check = {"rate": float(rate), "requests": row["sent"],
-                                    "errors": row["errors"]}
-                console.print(f"workers={n_workers} rate={rate}/s round {rnd + 1}: "
-                              f"p50 {row['p50']:.2f} ms p99 {row['p99']:.2f} ms "
-                              f"errors {int(row['errors'])}")
-                # The stream worker yields the CPU under load and lags: let it catch up,
-                # so that each run starts from the same quiet machine.
-                last = orjson.loads(chunk[-1])["payment_id"]
-                services.wait_until(lambda pid=last: _recorded(history, pid),
-                                    "the stream worker to catch up", 180)
-    proc.stop()
-
-    floor = _floor(rate_list, duration, repeat, home)
-
-    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
-    cpu_med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in cpu.items()}
-    table = Table("API workers", "rate (/s)", "p50 ms", "p99 ms", "p99.9 ms", "throughput (/s)",
-                  "errors", title=f"over HTTP, open loop, median of {repeat} runs of "
-                                  f"{duration:g}s")
-    for (w, rate), m in sorted(med.items()):
-        table.add_row(str(w), str(rate), f"{m['p50']:.2f}", f"{m['p99']:.2f}",
-                      f"{m['p999']:.2f}", f"{m['throughput']:.0f}", f"{m['errors']:.0f}")
-    console.print(table)
-    names = list(next(iter(cpu_med.values())))
-    ctable = Table("API workers", "rate (/s)", *names, "total",
-                   title="CPU per payment (ms), by process")
-    for (w, rate), m in sorted(cpu_med.items()):
-        ctable.add_row(str(w), str(rate), *(f"{m[k]:.2f}" for k in names),
-                       f"{sum(m.values()):.2f}")
-    console.print(ctable)
-    if floor:
-        ftable = Table("rate (/s)", "p50 ms", "p99 ms", "p99.9 ms", "errors",
-                       title="the floor: an empty Go endpoint, same load generator")
-        for rate, m in sorted(floor.items()):
-            ftable.add_row(str(rate), f"{m['p50']:.2f}", f"{m['p99']:.2f}",
-                           f"{m['p999']:.2f}", f"{m['errors']:.0f}")
-        console.print(ftable)
-    console.print(f"hot reload + rules change during a run: {reload_check}")
-    _write_doc(out_doc, machine(), med, cpu_med, floor, repeat, duration, feat_ms,
-               compiled_us, sklearn_us, reload_check)
-    _plot(out_doc.with_name("benchmark_latency.png"), med, floor)
-    services.stop_all(s)
+        med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
+        cpu_med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in cpu.items()}
+        table = Table("API workers", "rate (/s)", "p50 ms", "p99 ms", "p99.9 ms", "throughput (/s)",
+                      "errors", title=f"over HTTP, open loop, median of {repeat} runs of "
+                                      f"{duration:g}s")
+        for (w, rate), m in sorted(med.items()):
+            table.add_row(str(w), str(rate), f"{m['p50']:.2f}", f"{m['p99']:.2f}",
+                          f"{m['p999']:.2f}", f"{m['throughput']:.0f}", f"{m['errors']:.0f}")
+        console.print(table)
+        names = list(next(iter(cpu_med.values())))
+        ctable = Table("API workers", "rate (/s)", *names, "total",
+                       title="CPU per payment (ms), by process")
+        for (w, rate), m in sorted(cpu_med.items()):
+            ctable.add_row(str(w), str(rate), *(f"{m[k]:.2f}" for k in names),
+                           f"{sum(m.values()):.2f}")
+        console.print(ctable)
+        if floor:
+            ftable = Table("rate (/s)", "p50 ms", "p99 ms", "p99.9 ms", "errors",
+                           title="the floor: an empty Go endpoint, same load generator")
+            for rate, m in sorted(floor.items()):
+                ftable.add_row(str(rate), f"{m['p50']:.2f}", f"{m['p99']:.2f}",
+                               f"{m['p999']:.2f}", f"{m['errors']:.0f}")
+            console.print(ftable)
+        console.print(f"hot reload + rules change during a run: {reload_check}")
+        _write_doc(out_doc, machine(), med, cpu_med, floor, repeat, duration, feat_ms,
+                   compiled_us, sklearn_us, reload_check)
+        _plot(out_doc.with_name("benchmark_latency.png"), med, floor)
+    finally:
+        # Also when a run fails: no Kafka or Redis left behind.
+        services.stop_all(s)
 
 
-def _recorded(history, payment_id: str) -> bool:  # type: ignore[no-untyped-def]
-    return len(history.query("SELECT 1 FROM payments_raw WHERE payment_id = ?",
-                             [payment_id])) > 0
+async def _stream_lag(s) -> int:  # type: ignore[no-untyped-def]
+    """Scored payments in Kafka that the stream worker has not committed yet."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.stream_id,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(s.topic_scored, p) for p in range(s.kafka_partitions)]
+        ends = await consumer.end_offsets(tps)
+        lag = 0
+        for tp in tps:
+            lag += ends[tp] - ((await consumer.committed(tp)) or 0)
+        return lag
+    finally:
+        await consumer.stop()
 
 
 def _answers(url: str) -> bool:
