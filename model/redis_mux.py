@@ -46,6 +46,8 @@ class RedisMux:
         self._pending: deque[asyncio.Future[Any]] = deque()
         self._lock = asyncio.Lock()
         self._shas: dict[bytes, str] = {}
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
 
     async def execute(self, *args: Arg) -> Any:
         """Send one command; its reply (bytes, int, list, None), or raise its error."""
@@ -117,8 +119,20 @@ class RedisMux:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         self._pending.extend(futures)
-        writer.write(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        self._outbox.extend(hiredis.pack_command(tuple(c)) for c in commands)
+        if not self._flush_scheduled:
+            # One write for every call made in this turn of the event loop: requests that
+            # arrived together share the system call (about 0.07 ms each here).
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return futures
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data, self._outbox = b"".join(self._outbox), []
+        # No connection: it broke since, and the calls in ``data`` were failed with it.
+        if self._writer is not None and data:
+            self._writer.write(data)
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         parser = hiredis.Reader()
@@ -146,6 +160,7 @@ class RedisMux:
                            ConnectionError(f"Redis connection lost: {type(exc).__name__}"))
 
     def _fail_all(self, exc: Exception) -> None:
+        self._outbox = []  # their callers are failed here: never sent on a later connection
         while self._pending:
             fut = self._pending.popleft()
             if not fut.done():

@@ -123,3 +123,20 @@ def test_redis_restarted_fails_calls_then_reconnects(stack):
                 await asyncio.sleep(0.1)
 
     assert run(go()) == b"back"
+
+
+def test_calls_cut_off_by_a_closed_connection_fail_and_later_ones_are_not_shifted(stack):
+    async def go():
+        mux = RedisMux(stack.redis_url)
+        await mux.execute("PING")
+        cut = [asyncio.ensure_future(mux.execute("ECHO", f"cut{i}")) for i in range(5)]
+        await asyncio.sleep(0)  # their commands are queued, not yet written
+        await mux.close()
+        failed = await asyncio.gather(*cut, return_exceptions=True)
+        after = await asyncio.gather(*(mux.execute("ECHO", f"after{i}") for i in range(5)))
+        await mux.close()
+        return failed, after
+
+    failed, after = run(go())
+    assert all(isinstance(f, ConnectionError) for f in failed)
+    assert after == [f"after{i}".encode() for i in range(5)]
