@@ -48,6 +48,10 @@ class DecisionRecorder:
                 async with asyncio.timeout(self.timeout):
                     await self.store.record_decisions(
                         (pid, phash, r.model_dump_json().encode()) for pid, phash, r in batch)
+            except asyncio.CancelledError:
+                # Shutting down mid-write: back in the queue, for the final flush.
+                self._queue[:0] = batch
+                raise
             except Exception as exc:
                 # The payments stay pending until PENDING_TTL: a retry meanwhile gets 409
                 # ("retry"), never a second scoring.
