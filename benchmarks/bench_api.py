@@ -44,6 +44,22 @@ sys.path.insert(0, str(ROOT))
 console = Console()
 
 
+# With --pin: the cores the API gets, and the ones everything else gets (taskset lists).
+PIN: dict[str, str] = {}
+
+
+def taskset(role: str) -> list[str]:
+    return ["taskset", "-c", PIN[role]] if PIN else []
+
+
+def pin_running(pids: list[int | None]) -> None:
+    """Every thread of these processes onto the non-API cores."""
+    for pid in pids:
+        if pid is not None:
+            subprocess.run(["taskset", "-a", "-cp", PIN["others"], str(pid)], check=True,
+                           capture_output=True)
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -53,7 +69,9 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Linux {platform.release()}, "
             f"Python {platform.python_version()}; load generator, Redis, Kafka, the stream "
-            f"worker and the API all on this machine")
+            f"worker and the API all on this machine"
+            + (f"; the API pinned to core {PIN['api']}, everything else to core "
+               f"{PIN['others']}" if PIN else ""))
 
 
 def vegeta(targets: Path, rate: int, duration: float, out: Path,
@@ -63,7 +81,7 @@ def vegeta(targets: Path, rate: int, duration: float, out: Path,
     payment); otherwise the targets are loaded first and repeated."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(
-        ["vegeta", "attack", "-format=json", *(["-lazy"] if lazy else []),
+        [*taskset("others"), "vegeta", "attack", "-format=json", *(["-lazy"] if lazy else []),
          f"-targets={targets}",
          f"-rate={rate}/s", f"-duration={duration}s", "-timeout=2s", "-max-workers=2000",
          f"-output={out}"], check=True, capture_output=True)
@@ -118,6 +136,8 @@ def main(
     repeat: int = typer.Option(3, min=1),
     workers: str = typer.Option("1,2", help="uvicorn worker counts to measure"),
     out_doc: Path = typer.Option(ROOT / "docs" / "benchmarks.md"),
+    pin: bool = typer.Option(False, help="API on the last core, everything else on the "
+                                         "others (to see the API's own cost)"),
 ) -> None:
     if shutil.which("vegeta") is None:
         raise typer.Exit("vegeta not found: go install github.com/tsenart/vegeta/v12@latest")
@@ -142,6 +162,11 @@ def main(
     from training.train import TrainConfig, train
 
     s = Settings()
+    if pin:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            raise typer.Exit("--pin needs at least 2 cores")
+        PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
     try:
         rate_list = [int(r) for r in rates.split(",")]
         worker_list = [int(w) for w in workers.split(",")]
@@ -227,10 +252,14 @@ def main(
                     # A fresh API per run: an overloaded run leaves a backlog of requests whose
                     # callers gave up, which would otherwise weigh on the next run.
                     proc.stop()
-                    proc.spawn([sys.executable, "-m", "ops.cli", "api", "--workers",
-                                str(n_workers)])
+                    proc.spawn([*taskset("api"), sys.executable, "-m", "ops.cli", "api",
+                                "--workers", str(n_workers)])
                     services.wait_until(lambda: services._http_ok(f"{s.api_url}/healthz"),
                                         "API", 60, proc)
+                    if PIN:
+                        pin_running([services.stream_proc(s).pid(),
+                                     services.redis_proc(s).pid(),
+                                     services.kafka_proc(s).pid()])
                     time.sleep(1)
                     n = int(rate * duration)
                     if used + n > len(bodies_all):
@@ -301,7 +330,7 @@ def main(
         console.print(f"hot reload + rules change during a run: {reload_check}")
         _write_doc(out_doc, machine(), med, cpu_med, floor, repeat, duration, feat_ms,
                    compiled_us, sklearn_us, reload_check)
-        _plot(out_doc.with_name("benchmark_latency.png"), med, floor)
+        _plot(out_doc.with_name(f"{out_doc.stem}_latency.png"), med, floor)
     finally:
         # Also when a run fails: no Kafka or Redis left behind.
         services.stop_all(s)
@@ -346,7 +375,7 @@ def _floor(rates: list[int], duration: float, repeat: int,
     from ops.services import free_port
 
     address = f"127.0.0.1:{free_port()}"
-    server = subprocess.Popen([str(binary), address])
+    server = subprocess.Popen([*taskset("api"), str(binary), address])
     try:
         from ops.services import wait_until
 
@@ -408,7 +437,7 @@ def _write_doc(path: Path, machine_desc: str, med, cpu_med, floor, repeat, durat
     for (w, rate), m in sorted(med.items()):
         lines.append(f"| {w} | {rate} | {m['p50']:.2f} | {m['p99']:.2f} | {m['p999']:.2f} | "
                      f"{m['throughput']:.0f} | {m['errors']:.0f} |")
-    lines += ["", "![latency by rate](benchmark_latency.png)", ""]
+    lines += ["", f"![latency by rate]({path.stem}_latency.png)", ""]
     if floor:
         lines += [
             "## The floor: an empty endpoint, same load generator", "",
