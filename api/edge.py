@@ -99,7 +99,10 @@ class ScoringEdge:
 
     async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: Mapping[bytes, bytes] = dict(scope["headers"])
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive)
+        except _Disconnected:
+            return  # the caller hung up before sending the whole body: nothing to score
         if body is None:
             answer: Answer = (413, orjson.dumps(
                 {"detail": f"request body larger than {MAX_BODY} bytes"}), [JSON])
@@ -118,6 +121,10 @@ class ScoringEdge:
         await send({"type": "http.response.body", "body": payload})
 
 
+class _Disconnected(Exception):
+    pass
+
+
 async def _read_body(receive: Receive) -> bytes | None:
     """The whole body, or None if it is larger than MAX_BODY."""
     chunks: list[bytes] = []
@@ -125,7 +132,7 @@ async def _read_body(receive: Receive) -> bytes | None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b""
+            raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:

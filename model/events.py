@@ -1,8 +1,8 @@
 """Wire format of the Kafka topics: JSON of the pydantic schemas (pydantic-core's own
 serialiser), keyed by payment_id.
 
-Both topics are keyed by payment_id and have the same partition count, so a label lands on
-the same partition as its payment and the stream can join them in local table state.
+Both topics are keyed by payment_id. The stream joins a label to its payment through Redis
+(``model.online_store.JoinState``), so the join does not depend on partitioning.
 """
 
 from __future__ import annotations

@@ -160,7 +160,8 @@ def _hit(raw: bytes, payment: Payment) -> tuple[str, str, str]:
 
 class OnlineStore:
     """The online features in Redis. With a ``mux``, the scoring path's calls (``observe``
-    and the decisions) go through that pipelined connection; the rest through ``redis``."""
+    and the decisions, which need it) go through that pipelined connection; the rest
+    through ``redis``."""
 
     def __init__(self, redis: Redis, mux: RedisMux | None = None) -> None:
         self.redis = redis
@@ -239,21 +240,18 @@ class OnlineStore:
         commands = [("SET", decision_key(payment_id),
                      b"done|" + payload_hash.encode() + b"|" + body,
                      "EX", int(IDEMPOTENCY_WINDOW)) for payment_id, payload_hash, body in decisions]
-        if self.mux is not None:
-            replies = await self.mux.execute_many(commands)
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            replies = await pipe.execute(raise_on_error=False)
-        for reply in replies:
+        for reply in await self._scoring_mux().execute_many(commands):
             if isinstance(reply, Exception):
                 raise reply
 
     async def previous_decision(self, payment_id: str) -> bytes | None:
-        if self.mux is not None:
-            return await self.mux.execute("GET", decision_key(payment_id))  # type: ignore[no-any-return]
-        return await self.redis.get(decision_key(payment_id))
+        return await self._scoring_mux().execute("GET", decision_key(payment_id))  # type: ignore[no-any-return]
+
+    def _scoring_mux(self) -> RedisMux:
+        if self.mux is None:
+            raise RuntimeError("the decisions are the scoring path's: build OnlineStore "
+                               "with a RedisMux")
+        return self.mux
 
     async def backfill(
         self,
