@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Installs everything fraudstream needs on a fresh machine; quick when already done.
-#   OS packages: redis-server (and a JDK + Maven if missing, for the Kafka broker)
-#   Python:      this project and its dev extras
+#   OS packages: redis-server, python3-venv (and a JDK + Maven if missing, for Kafka)
+#   Python:      this project and its dev extras, in the project's own virtual
+#                environment ./.venv (a stock Debian/Ubuntu python3 refuses system-wide
+#                pip installs, PEP 668; the venv also keeps the project off the system)
 #   Kafka:       the broker's jars, assembled once with Maven into ~/.cache/fraudstream
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+PYTHON="${PYTHON:-python3}"
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+  need+=(python3-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing OS packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -17,9 +23,15 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-PYTHON="${PYTHON:-python3}"
-echo "setup: installing fraudstream (pip install -e .[dev])"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[dev]"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating the virtual environment .venv"
+  "$PYTHON" -m venv .venv
+fi
+VPY=.venv/bin/python
+echo "setup: installing fraudstream into .venv (pip install -e .[dev])"
+"$VPY" -m pip install -q --disable-pip-version-check --upgrade pip
+"$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]"
 
 echo "setup: Kafka jars"
-"$PYTHON" -c "from ops.services import ensure_kafka_libs; print('  ', ensure_kafka_libs())"
+"$VPY" -c "from ops.services import ensure_kafka_libs; print('  ', ensure_kafka_libs())"
+echo "setup: done; activate with: source .venv/bin/activate"

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-PYTHON="${PYTHON:-python3}"
+# The tests start `fraudstream` subprocesses: the venv's bin goes first on the PATH.
+export PATH="$PWD/.venv/bin:$PATH"
 echo "lint: ruff"
-"$PYTHON" -m ruff check .
-"$PYTHON" -m pytest -q -p no:cacheprovider "$@"
+python -m ruff check .
+python -m pytest -q -p no:cacheprovider "$@"
