@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from model.online_store import OnlineStore
+from model.idempotency import DecisionStore
 from model.schemas import ScoreResponse
 
 log = logging.getLogger(__name__)
 
 
 class DecisionRecorder:
-    def __init__(self, store: OnlineStore, window: float = 0.005, timeout: float = 1.0,
+    def __init__(self, store: DecisionStore, window: float = 0.005, timeout: float = 1.0,
                  max_batch: int = 500) -> None:
         self.store = store
         self.window = window

@@ -13,7 +13,7 @@ from api.model_holder import ModelHolder
 from api.publisher import Publisher
 from model.api_keys import ApiKey
 from model.config import Settings
-from model.online_store import OnlineStore
+from model.online_features import OnlineStore
 from model.policy import Policy, PolicyStore, RuleSet
 
 log = logging.getLogger(__name__)

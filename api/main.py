@@ -24,7 +24,8 @@ from api.routes import admin, router
 from api.spool import Spool
 from model.api_keys import load_keys
 from model.config import Settings, get_settings
-from model.online_store import OnlineStore
+from model.idempotency import DecisionStore
+from model.online_features import OnlineStore
 from model.policy import PolicyStore
 from model.redis_mux import RedisMux
 from model.registry import Registry
@@ -82,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with contextlib.suppress(Exception):
             await policy.refresh()
         store = OnlineStore(redis, mux)
-        decisions = DecisionRecorder(store)
+        decisions = DecisionRecorder(DecisionStore(mux))
         tasks = [
             asyncio.create_task(decisions.run()),
             asyncio.create_task(holder.watch(settings.model_poll_seconds)),

@@ -14,7 +14,7 @@ from fastapi import HTTPException, status
 from api.deps import Services
 from api.metrics import DECISIONS, REPLAYS, SCORE_LATENCY
 from api.publisher import ENQUEUE_TIMEOUT
-from model.online_store import Observation
+from model.online_features import Observation
 from model.schemas import Payment, ScoredPayment, ScoreResponse
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ async def replay(payment_id: str, phash: str, previous: bytes, svc: Services,
             raise conflict(payment_id, "is being scored by an earlier request; retry")
         await asyncio.sleep(0.005)
         async with asyncio.timeout(max(wait_until - time.perf_counter(), 0.001)):
-            latest = await svc.store.previous_decision(payment_id)
+            latest = await svc.decisions.store.previous_decision(payment_id)
         if latest is None:
             raise conflict(payment_id, "earlier request did not finish; retry")
         previous = latest

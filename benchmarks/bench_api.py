@@ -150,7 +150,8 @@ def main(
     from model.api_keys import create_key
     from model.config import Settings
     from model.history import HistoryStore
-    from model.online_store import OnlineStore
+    from model.label_join import JoinState
+    from model.online_features import OnlineStore
     from model.registry import Registry
     from model.schemas import Payment
     from model.scorer import Scorer
@@ -187,7 +188,7 @@ def main(
                 from redis.asyncio import Redis
 
                 r = Redis.from_url(s.redis_url)
-                await backfill_online(HistoryStore(s.history_dir), OnlineStore(r))
+                await backfill_online(HistoryStore(s.history_dir), OnlineStore(r), JoinState(r))
                 await r.aclose()
 
             asyncio.run(warm())

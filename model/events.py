@@ -2,7 +2,7 @@
 serialiser), keyed by payment_id.
 
 Both topics are keyed by payment_id. The stream joins a label to its payment through Redis
-(``model.online_store.JoinState``), so the join does not depend on partitioning.
+(``model.label_join.JoinState``), so the join does not depend on partitioning.
 """
 
 from __future__ import annotations

@@ -1,127 +1,163 @@
 """The one definition of every model feature.
 
-The API computes these online from Redis, the training job offline from the history
-(``model.point_in_time``); both call the functions below with the same inputs, so the
-values are the same by construction, and a test checks it on a replayed sequence.
+A feature is a formula over *window aggregates*: counts and sums of a card's or a
+terminal's earlier payments, and of the fraud labels known about them. The API reads the
+aggregates from Redis (``model.online_features``), training and backtests compute them from
+the history (``model.point_in_time``); both hand them to :func:`compute`, so the formulas
+exist once. Which payments fall in which window is defined here in words and constants;
+Redis and numpy select them independently, and a test replays the same events through both
+and requires equal features.
 
-All windows run on event time: "the last hour" is the hour before the payment's own
-timestamp, so a replay of history faster than real time yields the same features.
-Counts and sums include the payment being scored: a burst on one card sees itself.
+All windows run on event time: "the last day" is the day before the payment's own
+timestamp, so a replay faster than real time yields the same features. A window
+``(t - w, t]`` excludes its lower bound. Card windows hold the card's *earlier* payments;
+the card means include the payment being scored (a burst on one card sees itself).
+
+Label-aware features follow the field's practice (Le Borgne et al., *Reproducible machine
+learning for credit card fraud detection*): the share of fraud among a terminal's payments
+over windows that end ``MATURITY`` before the payment, because the labels of more recent
+payments are mostly not known yet. Counting a fresh window would dilute a compromised
+terminal under payments whose fraud has not been reported. A label counts only once it is
+reported (``reported_at <= t``), and a payment's latest label decides (see
+``model.labels``).
+
+Amounts are summed in integer thousandths (``to_milli``): sums are then exact, so the
+online and offline means agree to the last bit, whatever order the terms came in.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
 import numpy as np
 
 HOUR = 3600.0
 DAY = 86400.0
+MILLI = 1000.0
 
 CARD_WINDOWS: dict[str, float] = {"1h": HOUR, "1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
-TERMINAL_WINDOWS: dict[str, float] = {"1d": DAY, "7d": 7 * DAY, "28d": 28 * DAY}
-RISK_WINDOW = 28 * DAY
+CARD_MEAN_WINDOWS: tuple[str, ...] = ("1d", "7d", "30d")
+# Labels of payments younger than this are mostly unknown when scoring: the terminal's
+# label-aware windows end this long before the payment.
+MATURITY = 7 * DAY
+RISK_WINDOWS: dict[str, float] = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
+# Fraud reported lately on a terminal, whenever its payments were: catches what analysts
+# and fast chargebacks reveal before the matured windows can.
+FRESH_FRAUD_WINDOW = 7 * DAY
+CARD_FRAUD_WINDOW = 30 * DAY
+
 CARD_HORIZON = max(CARD_WINDOWS.values())
-TERMINAL_HORIZON = max(max(TERMINAL_WINDOWS.values()), RISK_WINDOW)
-# With no earlier payment on the card, "time since previous" is this cap, not infinity.
+TERMINAL_HORIZON = MATURITY + max(RISK_WINDOWS.values())
+# With no earlier payment on the card in 30 days, "time since previous" is this cap.
 NO_PREVIOUS_SECS = CARD_HORIZON
 
 FEATURE_NAMES: tuple[str, ...] = (
     "amount",
-    "log_amount",
     "hour_of_day",
     "is_night",
     "is_weekend",
     *(f"card_count_{w}" for w in CARD_WINDOWS),
-    *(f"card_sum_{w}" for w in CARD_WINDOWS),
+    *(f"card_mean_amount_{w}" for w in CARD_MEAN_WINDOWS),
     "card_amount_ratio_30d",
     "card_secs_since_prev",
-    "card_terminals_1d",
-    *(f"terminal_count_{w}" for w in TERMINAL_WINDOWS),
-    "terminal_fraud_28d",
-    "terminal_risk_28d",
+    "card_new_terminal",
+    "card_fraud_known_30d",
+    *(f"terminal_count_{w}" for w in RISK_WINDOWS),
+    *(f"terminal_risk_{w}" for w in RISK_WINDOWS),
+    "terminal_fraud_fresh_7d",
 )
 
+_M = f"{MATURITY / DAY:g}d"
 FEATURE_DESCRIPTIONS: dict[str, str] = {
     "amount": "payment amount",
-    "log_amount": "log(1 + amount)",
     "hour_of_day": "UTC hour of the payment",
     "is_night": "1 if the payment is between 00:00 and 05:59 UTC",
     "is_weekend": "1 on Saturday and Sunday (UTC)",
-    **{f"card_count_{w}": f"payments on the card in the last {w}" for w in CARD_WINDOWS},
-    **{f"card_sum_{w}": f"amount spent on the card in the last {w}" for w in CARD_WINDOWS},
-    "card_amount_ratio_30d": "amount / the card's mean amount over the previous 30d",
+    **{f"card_count_{w}": f"payments on the card in the last {w}, this one included"
+       for w in CARD_WINDOWS},
+    **{f"card_mean_amount_{w}": f"mean amount on the card over the last {w}, this one included"
+       for w in CARD_MEAN_WINDOWS},
+    "card_amount_ratio_30d": "amount / the card's mean amount over the previous 30d (1 if none)",
     "card_secs_since_prev": "seconds since the card's previous payment (capped at 30d)",
-    "card_terminals_1d": "distinct terminals the card was used at in the last 1d",
-    **{f"terminal_count_{w}": f"payments at the terminal in the last {w}"
-       for w in TERMINAL_WINDOWS},
-    "terminal_fraud_28d": "fraud labels reported in the last 28d on the terminal's payments",
-    "terminal_risk_28d": "terminal_fraud_28d / terminal_count_28d",
+    "card_new_terminal": "1 if the card has not paid at this terminal in the previous 30d",
+    "card_fraud_known_30d": "the card's payments whose fraud became known in the last 30d",
+    **{f"terminal_count_{w}": f"payments at the terminal in the {w} ending {_M} ago"
+       for w in RISK_WINDOWS},
+    **{f"terminal_risk_{w}": f"share of those {w} payments known as fraud now"
+       for w in RISK_WINDOWS},
+    "terminal_fraud_fresh_7d": "the terminal's payments whose fraud became known in the last 7d",
 }
 
 
-def time_features(ts: float) -> dict[str, float]:
-    moment = datetime.fromtimestamp(ts, tz=UTC)
-    return {
-        "hour_of_day": float(moment.hour),
-        "is_night": 1.0 if moment.hour < 6 else 0.0,
-        "is_weekend": 1.0 if moment.weekday() >= 5 else 0.0,
+def to_milli(amount: np.ndarray | float) -> np.ndarray:
+    """Amounts as integer thousandths, the unit every amount sum is kept in."""
+    return np.rint(np.asarray(amount, dtype=float) * MILLI).astype(np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregates:
+    """Window aggregates of ``n`` payments, one array element per payment.
+
+    Card side, over the card's earlier payments with timestamps in ``(ts - w, ts]``:
+    ``card_count[w]`` of them, ``card_milli[w]`` the sum of their amounts (``to_milli``);
+    ``card_prev_ts`` the latest of them in 30d (NaN if none); ``card_seen_terminal`` 1 if
+    one of them in 30d was at this payment's terminal; ``card_fraud`` the card's payments
+    whose fraud was known since a time in ``(ts - 30d, ts]``.
+
+    Terminal side, over the terminal's payments with timestamps in
+    ``(ts - MATURITY - w, ts - MATURITY]``: ``terminal_count[w]`` of them,
+    ``terminal_fraud[w]`` of those known as fraud at ``ts``; ``terminal_fresh`` the
+    terminal's payments whose fraud was known since a time in ``(ts - 7d, ts]``.
+    """
+
+    ts: np.ndarray
+    amount: np.ndarray
+    card_count: dict[str, np.ndarray]
+    card_milli: dict[str, np.ndarray]
+    card_prev_ts: np.ndarray
+    card_seen_terminal: np.ndarray
+    card_fraud: np.ndarray
+    terminal_count: dict[str, np.ndarray]
+    terminal_fraud: dict[str, np.ndarray]
+    terminal_fresh: np.ndarray
+
+
+def compute(agg: Aggregates) -> dict[str, np.ndarray]:
+    """Every feature of ``FEATURE_NAMES`` from the aggregates, as float arrays."""
+    ts = np.asarray(agg.ts, dtype=float)
+    amount = np.asarray(agg.amount, dtype=float)
+    own = to_milli(amount)
+    hour = np.floor_divide(np.mod(ts, DAY), HOUR)
+    weekday = np.mod(np.floor_divide(ts, DAY) + 3, 7)  # 1970-01-01 was a Thursday (3)
+    out: dict[str, np.ndarray] = {
+        "amount": amount,
+        "hour_of_day": hour,
+        "is_night": (hour < 6).astype(float),
+        "is_weekend": (weekday >= 5).astype(float),
     }
-
-
-def card_features(
-    ts: float,
-    amount: float,
-    terminal_id: str,
-    prior_ts: np.ndarray,
-    prior_amount: np.ndarray,
-    prior_terminal: Sequence[str],
-) -> dict[str, float]:
-    """Features of one card at ``ts``.
-
-    ``prior_*`` are the card's earlier payments with timestamps in (ts - 30d, ts],
-    sorted by timestamp, not including this payment.
-    """
-    n = len(prior_ts)
-    out: dict[str, float] = {}
-    starts = {w: int(np.searchsorted(prior_ts, ts - span, side="right")) for w, span in
-              CARD_WINDOWS.items()}
-    for w, start in starts.items():
-        out[f"card_count_{w}"] = float(n - start + 1)
-    for w, start in starts.items():
-        out[f"card_sum_{w}"] = float(prior_amount[start:].sum()) + amount
-    start_30d = starts["30d"]
-    prior_30d = n - start_30d
-    mean_30d = float(prior_amount[start_30d:].sum()) / prior_30d if prior_30d else 0.0
-    out["card_amount_ratio_30d"] = amount / mean_30d if mean_30d > 0 else 1.0
-    out["card_secs_since_prev"] = (
-        min(ts - float(prior_ts[-1]), NO_PREVIOUS_SECS) if n else NO_PREVIOUS_SECS
-    )
-    out["card_terminals_1d"] = float(len({*prior_terminal[starts["1d"]:], terminal_id}))
+    for w in CARD_WINDOWS:
+        out[f"card_count_{w}"] = agg.card_count[w] + 1.0
+    for w in CARD_MEAN_WINDOWS:
+        out[f"card_mean_amount_{w}"] = (agg.card_milli[w] + own) / (agg.card_count[w] + 1) / MILLI
+    prior_n, prior_milli = agg.card_count["30d"], agg.card_milli["30d"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = own * prior_n / prior_milli
+    out["card_amount_ratio_30d"] = np.where(prior_milli > 0, ratio, 1.0)
+    since = np.minimum(ts - agg.card_prev_ts, NO_PREVIOUS_SECS)
+    out["card_secs_since_prev"] = np.where(np.isnan(since), NO_PREVIOUS_SECS, since)
+    out["card_new_terminal"] = 1.0 - np.asarray(agg.card_seen_terminal, dtype=float)
+    out["card_fraud_known_30d"] = np.asarray(agg.card_fraud, dtype=float)
+    for w in RISK_WINDOWS:
+        count = np.asarray(agg.terminal_count[w], dtype=float)
+        out[f"terminal_count_{w}"] = count
+        with np.errstate(divide="ignore", invalid="ignore"):
+            risk = agg.terminal_fraud[w] / count
+        out[f"terminal_risk_{w}"] = np.where(count > 0, risk, 0.0)
+    out["terminal_fraud_fresh_7d"] = np.asarray(agg.terminal_fresh, dtype=float)
     return out
 
 
-def terminal_features(
-    ts: float, prior_counts: dict[str, int], fraud_in_risk_window: int
-) -> dict[str, float]:
-    """Features of one terminal at ``ts``.
-
-    ``prior_counts[w]`` counts the terminal's earlier payments in (ts - w, ts], without
-    this one; ``fraud_in_risk_window`` counts its payments whose fraud label was reported
-    in (ts - 28d, ts] -- labels reported after the payment cannot be known when scoring it.
-    """
-    out = {f"terminal_count_{w}": float(prior_counts[w] + 1) for w in TERMINAL_WINDOWS}
-    out["terminal_fraud_28d"] = float(fraud_in_risk_window)
-    out["terminal_risk_28d"] = fraud_in_risk_window / out["terminal_count_28d"]
-    return out
-
-
-def feature_vector(
-    ts: float, amount: float, card: dict[str, float], terminal: dict[str, float]
-) -> dict[str, float]:
-    values = {"amount": amount, "log_amount": math.log1p(amount), **time_features(ts)}
-    values.update(card)
-    values.update(terminal)
-    return {name: values[name] for name in FEATURE_NAMES}
+def matrix(agg: Aggregates) -> np.ndarray:
+    """The features as an ``(n, len(FEATURE_NAMES))`` matrix, in ``FEATURE_NAMES`` order."""
+    values = compute(agg)
+    return np.column_stack([values[name] for name in FEATURE_NAMES])

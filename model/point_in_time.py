@@ -1,8 +1,13 @@
-"""Offline, point-in-time features from raw history, with the online definitions.
+"""Offline, point-in-time window aggregates from raw history, vectorised.
 
-Each payment gets exactly what the online store would have served had the history been
-replayed through it in timestamp order: the card's and terminal's earlier payments, and
-only the fraud labels reported before the payment's own timestamp.
+Each payment gets exactly the aggregates the online store would have served had the
+history gone through it in arrival order: the card's payments that arrived before it, the
+terminal's matured payments, and only the labels reported by the payment's own timestamp.
+The formulas on top are ``model.features.compute``, shared with the API.
+
+Everything is computed with sorts and cumulative sums over the whole history, not a loop
+per payment: a window count is "how many of this key's events lie at or before x", answered
+for all payments at once by one merge of events and queries (``_count_at_or_before``).
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ import numpy as np
 import pandas as pd
 
 from model.features import (
+    CARD_FRAUD_WINDOW,
     CARD_HORIZON,
+    CARD_WINDOWS,
     FEATURE_NAMES,
-    RISK_WINDOW,
-    TERMINAL_WINDOWS,
-    card_features,
-    feature_vector,
-    terminal_features,
+    FRESH_FRAUD_WINDOW,
+    MATURITY,
+    RISK_WINDOWS,
+    Aggregates,
+    matrix,
+    to_milli,
 )
+from model.labels import fraud_spells
 
 PAYMENT_COLUMNS = ("payment_id", "ts", "card_id", "terminal_id", "amount")
 LABEL_COLUMNS = ("payment_id", "is_fraud", "reported_at")
@@ -33,89 +42,152 @@ def compute_features(
 ) -> pd.DataFrame:
     """Feature matrix for ``payments`` (one row each, same index), point in time.
 
-    ``payments`` needs ``PAYMENT_COLUMNS`` (``ts`` in epoch seconds); ``labels`` needs
-    ``LABEL_COLUMNS`` (``reported_at`` in epoch seconds). Payments are taken in timestamp
-    order, ties in their given order, as the online store would have seen them.
+    ``payments`` needs ``PAYMENT_COLUMNS`` (``ts`` in epoch seconds) and is taken in its
+    row order as the order the payments reached the online store (ties in ``ts`` included);
+    ``labels`` needs ``LABEL_COLUMNS`` (``reported_at`` in epoch seconds).
     """
+    agg = compute_aggregates(payments, labels, progress)
+    return pd.DataFrame(matrix(agg), columns=list(FEATURE_NAMES), index=payments.index)
+
+
+def compute_aggregates(
+    payments: pd.DataFrame,
+    labels: pd.DataFrame,
+    progress: Callable[[int], None] | None = None,
+) -> Aggregates:
     missing = [c for c in PAYMENT_COLUMNS if c not in payments.columns]
     missing += [c for c in LABEL_COLUMNS if c not in labels.columns]
     if missing:
         raise ValueError(f"compute_features: missing columns {missing}")
+    n = len(payments)
+    ts = payments["ts"].to_numpy(dtype=float)
+    amount = payments["amount"].to_numpy(dtype=float)
+    card, _ = pd.factorize(payments["card_id"], sort=False)
+    term, _ = pd.factorize(payments["terminal_id"], sort=False)
 
-    order = np.argsort(payments["ts"].to_numpy(dtype=float), kind="stable")
-    pays = payments.iloc[order]
-    ts_all = pays["ts"].to_numpy(dtype=float)
-    amount_all = pays["amount"].to_numpy(dtype=float)
-    card_all = pays["card_id"].to_numpy()
-    term_all = pays["terminal_id"].to_numpy()
-    pid_all = pays["payment_id"].to_numpy()
+    card_count, card_milli, prev_ts, seen = _card_windows(ts, to_milli(amount), card, term)
+    if progress is not None:
+        progress(n // 2)
 
-    card_rows = _positions_by(card_all)
-    term_rows = _positions_by(term_all)
-    card_part = [dict[str, float]()] * len(pays)
-    term_part = [dict[str, float]()] * len(pays)
+    spells = fraud_spells(labels)
+    row_of = pd.Series(np.arange(n), index=payments["payment_id"].to_numpy())
+    spells = spells[spells["payment_id"].isin(row_of.index)]
+    rows = row_of.loc[spells["payment_id"]].to_numpy()
+    known = spells["known_since"].to_numpy(dtype=float)
+    until = spells["until"].fillna(np.inf).to_numpy(dtype=float)
 
-    for rows in card_rows.values():
-        ts = ts_all[rows]
-        amounts = amount_all[rows]
-        terms = term_all[rows]
-        for i, row in enumerate(rows):
-            lo = int(np.searchsorted(ts[:i], ts[i] - CARD_HORIZON, side="right"))
-            card_part[row] = card_features(
-                ts[i], amounts[i], terms[i], ts[lo:i], amounts[lo:i], terms[lo:i]
-            )
-
-    label_events = _fraud_label_events(labels, pid_all, term_all)
-    for terminal, rows in term_rows.items():
-        ts = ts_all[rows]
-        events = label_events.get(terminal, [])
-        fraud_reported: dict[str, float] = {}
-        cursor = 0
-        for i, row in enumerate(rows):
-            t = ts[i]
-            while cursor < len(events) and events[cursor][0] <= t:
-                reported, pid, is_fraud = events[cursor]
-                if is_fraud:
-                    fraud_reported[pid] = reported
-                else:
-                    fraud_reported.pop(pid, None)
-                cursor += 1
-            counts = {
-                w: i - int(np.searchsorted(ts[:i], t - span, side="right"))
-                for w, span in TERMINAL_WINDOWS.items()
-            }
-            fraud = sum(1 for r in fraud_reported.values() if t - RISK_WINDOW < r <= t)
-            term_part[row] = terminal_features(t, counts, fraud)
-        if progress is not None:
-            progress(len(rows))
-
-    matrix = np.empty((len(pays), len(FEATURE_NAMES)), dtype=float)
-    for row in range(len(pays)):
-        vec = feature_vector(ts_all[row], amount_all[row], card_part[row], term_part[row])
-        matrix[row] = list(vec.values())
-    out = pd.DataFrame(matrix, columns=list(FEATURE_NAMES), index=pays.index)
-    return out.loc[payments.index]
+    card_fraud = _active(card[rows], known, np.minimum(until, known + CARD_FRAUD_WINDOW),
+                         card, ts)
+    fresh = _active(term[rows], known, np.minimum(until, known + FRESH_FRAUD_WINDOW), term, ts)
+    terminal_count: dict[str, np.ndarray] = {}
+    terminal_fraud: dict[str, np.ndarray] = {}
+    matured = ts - MATURITY
+    at_matured = _count_at_or_before(term, ts, term, matured)
+    paid = ts[rows]
+    for w, span in RISK_WINDOWS.items():
+        terminal_count[w] = at_matured - _count_at_or_before(term, ts, term, matured - span)
+        # A fraud payment at p counts at t when p lies in (t - M - w, t - M] and the
+        # spell is in force at t: t in [max(known, p + M), min(until, p + M + w)).
+        terminal_fraud[w] = _active(term[rows], np.maximum(known, paid + MATURITY),
+                                    np.minimum(until, paid + MATURITY + span), term, ts)
+    if progress is not None:
+        progress(n - n // 2)
+    return Aggregates(ts=ts, amount=amount, card_count=card_count, card_milli=card_milli,
+                      card_prev_ts=prev_ts, card_seen_terminal=seen, card_fraud=card_fraud,
+                      terminal_count=terminal_count, terminal_fraud=terminal_fraud,
+                      terminal_fresh=fresh)
 
 
-def _positions_by(keys: np.ndarray) -> dict[object, np.ndarray]:
-    """Row positions of each key, in their (timestamp-sorted) order."""
-    codes, uniques = pd.factorize(keys)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    return dict(zip(uniques, np.split(order, bounds), strict=True))
+def _count_at_or_before(
+    event_key: np.ndarray, event_t: np.ndarray, query_key: np.ndarray, query_t: np.ndarray
+) -> np.ndarray:
+    """For each query, the number of events with its key at a time <= the query's time."""
+    n_events = len(event_t)
+    keys = np.concatenate([event_key, query_key])
+    times = np.concatenate([event_t, query_t])
+    # Events sort before queries at an equal time, so "<=" counts them.
+    is_query = np.concatenate([np.zeros(n_events, np.int8), np.ones(len(query_t), np.int8)])
+    order = np.lexsort((is_query, times, keys))
+    events_so_far = np.cumsum(is_query[order] == 0)
+    at = np.flatnonzero(is_query[order] == 1)
+    # Events of smaller keys sort before; take them away.
+    smaller = np.searchsorted(np.sort(event_key), keys[order[at]], side="left")
+    out = np.empty(len(query_t), dtype=np.int64)
+    out[order[at] - n_events] = events_so_far[at] - smaller
+    return out
 
 
-def _fraud_label_events(
-    labels: pd.DataFrame, pid_all: np.ndarray, term_all: np.ndarray
-) -> dict[object, list[tuple[float, str, bool]]]:
-    """Label events per terminal, in reported order; labels of unknown payments dropped."""
-    terminal_of = dict(zip(pid_all, term_all, strict=True))
-    ordered = labels.sort_values("reported_at", kind="stable")
-    events: dict[object, list[tuple[float, str, bool]]] = {}
-    for pid, is_fraud, reported in zip(
-        ordered["payment_id"], ordered["is_fraud"], ordered["reported_at"], strict=True
-    ):
-        terminal = terminal_of.get(pid)
-        if terminal is not None:
-            events.setdefault(terminal, []).append((float(reported), pid, bool(is_fraud)))
-    return events
+def _active(key: np.ndarray, start: np.ndarray, end: np.ndarray,
+            query_key: np.ndarray, query_t: np.ndarray) -> np.ndarray:
+    """For each query, how many intervals ``[start, end)`` of its key contain its time."""
+    keep = start < end
+    key, start, end = key[keep], start[keep], end[keep]
+    return (_count_at_or_before(key, start, query_key, query_t)
+            - _count_at_or_before(key, end, query_key, query_t))
+
+
+def _card_windows(
+    ts: np.ndarray, milli: np.ndarray, card: np.ndarray, term: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Counts and amount sums of each card's earlier arrivals per window, the latest of them
+    within 30 days, and whether one of those was at the same terminal."""
+    n = len(ts)
+    arrival = np.arange(n)
+    order = np.lexsort((arrival, card))  # by card, then arrival
+    c, t, m = card[order], ts[order], milli[order]
+    first = np.r_[True, c[1:] != c[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    cum = np.r_[0, np.cumsum(m)]
+    counts, sums = {}, {}
+    for w, span in CARD_WINDOWS.items():
+        # Earlier arrivals in (t - w, t]: valid where a card's timestamps rise with arrival,
+        # fixed below for the cards that received a payment late.
+        lo = start + _count_at_or_before(c, t, c, t - span)
+        pos = np.arange(n)
+        counts[w] = pos - lo
+        sums[w] = cum[pos] - cum[lo]
+    prev = np.where(first, np.nan, np.r_[np.nan, t[:-1]])
+    prev = np.where(t - prev < CARD_HORIZON, prev, np.nan)
+    # Same card and terminal before, within 30 days?
+    pair = c.astype(np.int64) * (int(term.max(initial=0)) + 1) + term[order]
+    by_pair = np.lexsort((np.arange(n), pair))
+    p_sorted = pair[by_pair]
+    same_before = np.r_[False, p_sorted[1:] == p_sorted[:-1]]
+    t_pair = t[by_pair]
+    last_pair_t = np.where(same_before, np.r_[np.nan, t_pair[:-1]], np.nan)
+    seen_sorted = (t_pair - last_pair_t) < CARD_HORIZON
+    seen = np.empty(n, dtype=bool)
+    seen[by_pair] = seen_sorted
+
+    late = np.r_[False, (t[1:] < t[:-1]) & ~first[1:]]
+    if late.any():
+        _fix_late_cards(np.unique(c[late]), c, t, m, term[order], counts, sums, prev, seen)
+
+    def back(a: np.ndarray) -> np.ndarray:
+        out = np.empty_like(a)
+        out[order] = a
+        return out
+
+    return ({w: back(v) for w, v in counts.items()}, {w: back(v) for w, v in sums.items()},
+            back(prev), back(seen))
+
+
+def _fix_late_cards(
+    late_cards: np.ndarray, c: np.ndarray, t: np.ndarray, m: np.ndarray, term: np.ndarray,
+    counts: dict[str, np.ndarray], sums: dict[str, np.ndarray], prev: np.ndarray,
+    seen: np.ndarray,
+) -> None:
+    """Exact aggregates for cards whose payments arrived out of timestamp order: each sees
+    only what arrived before it. Rare, so a loop per payment of those cards is fine."""
+    for card in late_cards:
+        idx = np.flatnonzero(c == card)
+        for k, i in enumerate(idx):
+            before = idx[:k]
+            tb = t[before]
+            for w, span in CARD_WINDOWS.items():
+                inside = (tb > t[i] - span) & (tb <= t[i])
+                counts[w][i] = int(inside.sum())
+                sums[w][i] = int(m[before][inside].sum())
+            in_30d = (tb > t[i] - CARD_HORIZON) & (tb <= t[i])
+            prev[i] = tb[in_30d].max() if in_30d.any() else np.nan
+            seen[i] = bool((term[before][in_30d] == term[i]).any())

@@ -8,7 +8,7 @@ Precedence, strongest first:
    that; ``approve`` forces approve when no raising rule matched
 4. the model's decision
 
-Lists live in Redis sets (``model.online_store.list_key``) and are looked up in the scoring
+Lists live in Redis sets (``list_key``) and are looked up in the scoring
 round trip itself, so a list change applies to the very next payment on every worker.
 Rules are a small JSON document in Redis with a version number; each API worker reloads
 them when the version changes. Every change is appended to an audit stream.
@@ -25,10 +25,39 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.asyncio import Redis
 
 from model.features import FEATURE_NAMES
-from model.online_store import list_key
 from model.schemas import Decision
 
 ListKind = Literal["allow", "block"]
+LIST_ENTITIES = ("card_id", "terminal_id", "country", "merchant_category", "currency",
+                 "channel")
+# The payment's values of LIST_ENTITIES travel in one argument, joined by this.
+LIST_SEP = "\x1f"
+# A fragment of the scoring round trip's script: ARGV[LIST_ARG] holds the values; the hits
+# come back as 'kind|entity' strings in ``hits``.
+LIST_LOOKUP_LUA = (
+    "local hits = {}\n"
+    "if ARGV[LIST_ARG] ~= '' then\n"
+    "  local entities = {" + ", ".join(f"'{e}'" for e in LIST_ENTITIES) + "}\n"
+    "  local i = 0\n"
+    "  for value in string.gmatch(ARGV[LIST_ARG] .. '" + LIST_SEP + "', '([^" + LIST_SEP
+    + "]*)" + LIST_SEP + "') do\n"
+    "    i = i + 1\n"
+    "    if value ~= '' then\n"
+    "      for _, kind in ipairs({'block', 'allow'}) do\n"
+    "        if redis.call('SISMEMBER', 'fs:list:' .. kind .. ':' .. entities[i], value) == 1 then\n"
+    "          hits[#hits + 1] = kind .. '|' .. entities[i]\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+)
+
+
+def list_key(kind: str, entity: str) -> str:
+    """Redis set of the values of ``entity`` (card_id, country...) on the allow/block list."""
+    return f"fs:list:{kind}:{entity}"
+
 RULES_KEY = "fs:rules"
 AUDIT_KEY = "fs:audit"
 SEVERITY = {"approve": 0, "review": 1, "decline": 2}

@@ -67,7 +67,7 @@ class Payment(BaseModel):
     timestamp: datetime
     card_id: Identifier = Field(description="The card's token. A raw card number is refused.")
     terminal_id: Identifier = Field(description="Terminal or merchant id.")
-    amount: float = Field(gt=0, le=1_000_000)
+    amount: float = Field(ge=0, le=1_000_000)
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     channel: Channel | None = None

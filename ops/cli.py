@@ -242,11 +242,12 @@ def history_import(
 
 @history_app.command("backfill-online")
 def history_backfill_online() -> None:
-    """Load the last 30 days of history into the online feature store (Redis)."""
+    """Load the recent history into the online feature store (Redis)."""
     from redis.asyncio import Redis
 
     from model.history import HistoryStore
-    from model.online_store import OnlineStore
+    from model.label_join import JoinState
+    from model.online_features import OnlineStore
     from training.backfill import backfill_online
 
     s = get_settings()
@@ -255,7 +256,8 @@ def history_backfill_online() -> None:
         password = s.redis_password.get_secret_value() if s.redis_password else None
         redis = Redis.from_url(s.redis_url, password=password)
         try:
-            return await backfill_online(HistoryStore(s.history_dir), OnlineStore(redis))
+            return await backfill_online(HistoryStore(s.history_dir), OnlineStore(redis),
+                                        JoinState(redis))
         finally:
             await redis.aclose()
 

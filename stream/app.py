@@ -1,8 +1,8 @@
 """The faust app: topics and agents.
 
-- ``record_scored``: every scored payment -> the history (once), and the payment's terminal
-  remembered so that its label, days later, can update the terminal's fraud risk.
-- ``apply_labels``: every label -> the history, and the terminal fraud aggregate in Redis.
+- ``record_scored``: every scored payment -> the history (once), and the payment's terminal,
+  card and time remembered so that its label, days later, can update the features.
+- ``apply_labels``: every label -> the history, and the label-aware features in Redis.
 
 Run with ``fraudstream stream`` (a faust worker). Events are processed in batches so the
 history gets one Parquet file per batch rather than one per event.
@@ -24,7 +24,8 @@ from redis.exceptions import RedisError
 from model.config import Settings, get_settings
 from model.events import decode_label, decode_scored, encode
 from model.history import HistoryStore, label_row, scored_row
-from model.online_store import JoinState, OnlineStore, TerminalFraudUpdate
+from model.label_join import JoinState
+from model.online_features import LabelUpdate, OnlineStore, PaymentRef
 from model.schemas import Label, ScoredPayment
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,9 @@ class StreamContext:
         self.join = JoinState(redis)
         self.history = HistoryStore(settings.history_dir)
 
-    async def apply_label(self, label: Label, terminal_id: str) -> None:
-        await self.online.apply_terminal_label(
-            TerminalFraudUpdate(terminal_id, label.payment_id, label.is_fraud,
-                                label.reported_at.timestamp())
+    async def apply_label(self, label: Label, ref: PaymentRef) -> None:
+        await self.online.apply_label(
+            LabelUpdate(label.payment_id, ref, label.is_fraud, label.reported_at.timestamp())
         )
 
 
@@ -111,19 +111,21 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
         fresh = [e for pid, e in events.items() if pid not in done]
         await asyncio.to_thread(ctx.history.append_payments, map(scored_row, fresh))
         await ctx.join.mark_recorded([e.payment.payment_id for e in fresh])
-        waiting = await ctx.join.remember_payments(
-            [(e.payment.payment_id, e.payment.terminal_id) for e in fresh])
-        for event, labels in zip(fresh, waiting, strict=True):
+        refs = [(e.payment.payment_id,
+                 PaymentRef(e.payment.terminal_id, e.payment.card_id, e.payment.ts))
+                for e in fresh]
+        waiting = await ctx.join.remember_payments(refs)
+        for (_, ref), labels in zip(refs, waiting, strict=True):
             for raw in labels:
-                await ctx.apply_label(decode_label(raw), event.payment.terminal_id)
+                await ctx.apply_label(decode_label(raw), ref)
 
     async def apply(labels: list[Label], received: datetime) -> None:
         await asyncio.to_thread(ctx.history.append_labels,
                                 [label_row(lb, received) for lb in labels])
         for label in labels:
-            terminal = await ctx.join.terminal_or_queue(label.payment_id, encode(label))
-            if terminal is not None:
-                await ctx.apply_label(label, terminal)
+            ref = await ctx.join.ref_or_queue(label.payment_id, encode(label))
+            if ref is not None:
+                await ctx.apply_label(label, ref)
 
     @app.agent(scored_topic)
     async def record_scored(stream: faust.StreamT) -> None:

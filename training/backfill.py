@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from model.features import CARD_HORIZON, TERMINAL_HORIZON
 from model.history import HistoryStore
-from model.online_store import OnlineStore
-from training.dataset import latest_fraud_time, load
+from model.label_join import JoinState
+from model.labels import fraud_known_since, fraud_spells
+from model.online_features import OnlineStore, PaymentRef
+from training.dataset import load
 
 
 @dataclass(frozen=True)
@@ -24,19 +24,29 @@ class BackfillResult:
     until: float
 
 
-async def backfill_online(history: HistoryStore, online: OnlineStore) -> BackfillResult:
+async def backfill_online(history: HistoryStore, online: OnlineStore,
+                          join: JoinState | None = None) -> BackfillResult:
+    """The recent payments and the fraud now known on them, as if scored live; with
+    ``join``, also the refs that let labels still to come find their payment."""
     payments, labels = load(history)
     if payments.empty:
         return BackfillResult(0, 0, 0.0, 0.0)
     until = float(payments["ts"].max())
     since = until - max(CARD_HORIZON, TERMINAL_HORIZON)
-    fraud_at = latest_fraud_time(payments, labels)
+    now = float(max(until, labels["reported_at"].max() if len(labels) else until))
+    known = fraud_known_since(payments["payment_id"], fraud_spells(labels), now)
     recent = payments[payments["ts"] > since]
-    fraud = payments.assign(at=fraud_at)
-    fraud = fraud[fraud["at"].notna() & (fraud["at"] > since)]
+    fraud = payments.assign(known=known)
+    fraud = fraud[fraud["known"].notna() & (fraud["ts"] > since)]
     n = await online.backfill(
         zip(recent["payment_id"], recent["ts"].astype(float), recent["card_id"],
             recent["terminal_id"], recent["amount"].astype(float), strict=True),
-        zip(fraud["terminal_id"], fraud["payment_id"], fraud["at"].astype(float), strict=True),
+        zip(fraud["payment_id"], fraud["ts"].astype(float), fraud["card_id"],
+            fraud["terminal_id"], fraud["known"].astype(float), strict=True),
     )
-    return BackfillResult(n, int(np.asarray(len(fraud))), since, until)
+    if join is not None:
+        await join.remember_refs([
+            (pid, PaymentRef(term, card, float(ts))) for pid, term, card, ts in zip(
+                recent["payment_id"], recent["terminal_id"], recent["card_id"], recent["ts"],
+                strict=True)])
+    return BackfillResult(n, len(fraud), since, until)

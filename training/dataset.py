@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from model.history import HistoryStore
+from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
 
 
@@ -16,16 +17,22 @@ from model.point_in_time import compute_features
 class Dataset:
     payments: pd.DataFrame  # payment_id, ts (epoch s), day, card_id, terminal_id, amount
     features: pd.DataFrame  # one row per payment, FEATURE_NAMES columns
-    y: np.ndarray  # 1 if a fraud label was known by the cut-off
-    fraud_reported_at: pd.Series  # per payment: when fraud became known (NaN if never)
+    y: np.ndarray  # 1 if the payment is fraud by the labels known at the cut-off
+    fraud_reported_at: pd.Series  # per payment: since when it is known fraud (NaN if not)
     cutoff: float
+
+    def subset(self, mask: np.ndarray) -> Dataset:
+        return Dataset(self.payments[mask], self.features[mask], self.y[mask],
+                       self.fraud_reported_at[mask], self.cutoff)
 
 
 def load(store: HistoryStore, cutoff: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Payments and labels from the history, with times as epoch seconds."""
+    """Payments, in the order they reached the online store, and labels, with times as
+    epoch seconds. An imported payment arrived at its own timestamp, a scored one when it
+    was scored."""
     payments = store.query(
         "SELECT payment_id, epoch_us(ts) / 1e6 AS ts, card_id, terminal_id, amount "
-        "FROM payments ORDER BY ts, scored_at NULLS LAST, payment_id"
+        "FROM payments ORDER BY coalesce(scored_at, ts), ts, payment_id"
     )
     labels = store.query(
         "SELECT payment_id, is_fraud, epoch_us(reported_at) / 1e6 AS reported_at "
@@ -37,11 +44,21 @@ def load(store: HistoryStore, cutoff: float | None = None) -> tuple[pd.DataFrame
     return payments.reset_index(drop=True), labels.reset_index(drop=True)
 
 
-def latest_fraud_time(payments: pd.DataFrame, labels: pd.DataFrame) -> pd.Series:
-    """When each payment's latest label said fraud (NaN: no label, or the latest says not)."""
-    latest = labels.sort_values("reported_at", kind="stable").groupby("payment_id").tail(1)
-    fraud = latest[latest["is_fraud"].astype(bool)].set_index("payment_id")["reported_at"]
-    return payments["payment_id"].map(fraud)
+def newest_event(payments: pd.DataFrame, labels: pd.DataFrame) -> float:
+    """The latest thing the history knows of: a payment or a label report."""
+    newest = float(payments["ts"].max()) if len(payments) else 0.0
+    return max(newest, float(labels["reported_at"].max()) if len(labels) else 0.0)
+
+
+def assemble(payments: pd.DataFrame, labels: pd.DataFrame, cutoff: float,
+             progress: Callable[[int], None] | None = None) -> Dataset:
+    """Features and labels of ``payments`` as known at ``cutoff``."""
+    features = compute_features(payments, labels, progress=progress)
+    known = fraud_known_since(payments["payment_id"], fraud_spells(labels), cutoff)
+    payments = payments.assign(
+        day=pd.to_datetime(payments["ts"], unit="s", utc=True).dt.floor("D")
+    )
+    return Dataset(payments, features, known.notna().to_numpy(dtype=int), known, cutoff)
 
 
 def build(
@@ -52,12 +69,5 @@ def build(
     payments, labels = load(store, cutoff)
     if payments.empty:
         raise ValueError(f"the history at {store.root} holds no payments; import or record some")
-    if cutoff is None:
-        cutoff = float(max(payments["ts"].max(), labels["reported_at"].max()
-                           if len(labels) else 0.0))
-    features = compute_features(payments, labels, progress=progress)
-    fraud_at = latest_fraud_time(payments, labels)
-    payments = payments.assign(
-        day=pd.to_datetime(payments["ts"], unit="s", utc=True).dt.floor("D")
-    )
-    return Dataset(payments, features, fraud_at.notna().to_numpy(dtype=int), fraud_at, cutoff)
+    return assemble(payments, labels, newest_event(payments, labels) if cutoff is None
+                    else cutoff, progress)
