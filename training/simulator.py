@@ -1,32 +1,173 @@
-"""Realistic payment traffic with labelled fraud patterns and delayed labels.
+"""Realistic payment traffic with labelled fraud families and delayed labels.
 
-A population of cards (each with its own spending level, pace and usual terminals) pays at
-terminals through the day. On top, four fraud patterns:
+The simulator is a test bed for fraud models: each fraud family below is only visible to a
+particular kind of feature, and the legitimate traffic is built to produce the same
+signals now and then, so that no single feature separates fraud from legit and a model
+benchmark can tell feature families apart. It follows the simulator of the Machine
+Learning for Credit Card Fraud Detection handbook (Le Borgne et al.): customers with a home
+location, spend level and pace who pay at terminals near home, plus fraud scenarios that
+are found by amount, by terminal label history or by a change in a customer's spending.
 
-- ``card_testing``: a stolen card is probed with a burst of tiny online payments at many
-  terminals within minutes, then cashed out with one large one;
-- ``compromised_terminal``: every payment at a skimmed terminal for two weeks is fraud;
-- ``account_takeover``: for two weeks about a third of a card's payments are 3-8x its usual;
-- ``unusual_hours``: night-time online payments abroad.
+Legitimate population
+    Countries hold cities; cards (customers) live in a city and mostly pay at a few of
+    their nearest physical terminals (the handbook's terminals within a radius) and at a
+    few online merchants, with a favourite among each. Cards differ in spend level, pace,
+    online share and hour habits (about 8% are night owls). Payments follow weekday and
+    hour-of-day seasonality in the card's local time. The noise that overlaps the fraud
+    signals: trips (new terminals in another city or country, local hours of another time
+    zone, higher amounts, a faster pace), big-ticket purchases, airline and hotel MCCs with
+    large amounts, bursts of purchases (a shopping afternoon, in-app micro-payments at one
+    online merchant), monthly subscriptions billed at night, new online merchants,
+    merchants abroad, and 0-amount card verifications (always legitimate). No legitimate
+    payment reaches ``hard_limit``; a few land just below it.
 
-Each fraud payment gets a label reported after a source-dependent delay: chargebacks after
-days to weeks, analyst verdicts and customer reports sooner.
+Fraud families (``PATTERNS``; each is tagged in ``fraud_pattern``, switched on by being in
+``SimulationConfig.patterns`` and a rate above 0):
+
+``compromised_terminal``
+    Waves: a terminal, sometimes several terminals of one city and channel at once (a
+    merchant chain or a regional breach), is compromised for 7-35 days and most of its
+    payments in that period are fraud. Amounts, cards and times are unchanged: only the
+    terminal's label history (frauds reported at the terminal in the recent past) reveals
+    it, and only once labels have arrived, which is why the label delays matter.
+``card_testing``
+    A stolen card number is probed with a burst of tiny online payments (0.50-3.00) at
+    several online merchants within minutes, then cashed out with one to three large
+    online payments. Caught by card velocity (count per hour, distinct terminals) together
+    with amount; in-app micro-payment bursts and transit taps are the legit look-alikes.
+``stolen_card``
+    A physical card is used for 1-4 days in another city or country: new terminals, 2.5x
+    the usual amounts and ATM withdrawals, several payments a day. The owner, who no
+    longer has the card, makes no payment meanwhile. Caught by a change against the
+    card's own history (new terminal or country, amount ratio, pace); legit trips look
+    alike, only milder.
+``account_takeover``
+    The handbook's compromised customer: for 10-18 days, added online payments make about
+    a third of the card's payments, each 3-8x its usual amount, in a third of the cases at
+    merchants abroad. Caught by the amount relative to the card's own history; big-ticket
+    and airline purchases are the legit look-alikes.
+``hard_limit``
+    The handbook's scenario 1: every payment at or above ``hard_limit`` is fraud (one to
+    three per episode, mostly just above the limit, at big-ticket merchants). Rare; the
+    raw amount alone catches it, which makes it a sanity check for any model.
+``unusual_hours``
+    A card's details are used online in the card's own night (0:30-5:30 local time), often
+    at a merchant abroad, at 1.5-4x its usual amount. Caught by the hour against the card's
+    habit; night owls, subscription billing at night and travellers in other time zones
+    are the legit look-alikes.
+
+Amounts of the other families are kept below ``hard_limit``, so that "amount >= limit" is
+exactly the ``hard_limit`` family.
+
+Labels: each fraud payment is labelled after a delay that depends on its source:
+chargebacks 1-60 days after the payment (log-normal, most within 5-20 days), analyst
+verdicts within hours to days, customer reports within a few days. The mix of sources
+depends on the family (a lost card is reported by its owner, a probe is found by an
+analyst, a skimmed card comes back as a chargeback). ``legit_verdict_rate`` adds analyst
+"legitimate" verdicts on some legit payments (mostly on the look-alikes, as an analyst
+only sees what was alerted). ``label_delay_days`` instead labels every payment, fraud or
+legit, exactly that many days after it (as public benchmarks do), legit ones with source
+``analyst``.
+
+Everything is vectorised with numpy (no loop per payment), deterministic by seed, and each
+part (population, legit traffic, each family, labels) draws from its own random stream, so
+that switching a family off leaves the rest of the traffic as it was (payment ids aside,
+which are numbered in time order).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
-from model.features import DAY, HOUR
+# Own constants rather than model.features': the simulator must not move with the features.
+MINUTE = 60.0
+HOUR = 3_600.0
+DAY = 86_400.0
 
-PATTERNS = ("card_testing", "compromised_terminal", "account_takeover", "unusual_hours")
-COUNTRIES = ("FR", "DE", "ES", "IT", "NL", "BE")
-MCCS = ("5411", "5812", "5999", "4111", "5732", "5311", "7011", "5541")
+PATTERNS = ("compromised_terminal", "card_testing", "stolen_card", "account_takeover",
+            "hard_limit", "unusual_hours")
+LEGIT = 0
+_CODE = {name: i + 1 for i, name in enumerate(PATTERNS)}
+LABEL_SOURCES = ("chargeback", "analyst", "customer_report")
+
+# Share of (chargeback, analyst, customer_report) labels per family.
+_SOURCE_MIX = {
+    "compromised_terminal": (0.75, 0.15, 0.10),
+    "card_testing": (0.35, 0.50, 0.15),
+    "stolen_card": (0.35, 0.15, 0.50),
+    "account_takeover": (0.55, 0.15, 0.30),
+    "hard_limit": (0.30, 0.60, 0.10),
+    "unusual_hours": (0.60, 0.20, 0.20),
+}
+
+# code, x and y (km), UTC offset (h), share of cards, weight as a destination abroad for
+# travellers, weight as a fraud destination. Cards come from the first six only.
+_COUNTRIES = (
+    ("FR", 0, 0, 1, 0.40, 1.0, 0.3),
+    ("DE", 550, 350, 1, 0.20, 1.0, 0.3),
+    ("ES", -450, -700, 1, 0.12, 1.5, 0.4),
+    ("IT", 700, -600, 1, 0.12, 1.5, 0.4),
+    ("NL", 250, 650, 1, 0.10, 0.6, 0.5),
+    ("BE", 150, 450, 1, 0.06, 0.4, 0.3),
+    ("GB", -350, 700, 0, 0.0, 1.2, 1.0),
+    ("PT", -900, -750, 0, 0.0, 1.0, 0.3),
+    ("CH", 350, -150, 1, 0.0, 0.6, 0.2),
+    ("AT", 900, 100, 1, 0.0, 0.5, 0.2),
+    ("US", -6500, 800, -5, 0.0, 0.8, 2.0),
+    ("TR", 2300, -900, 3, 0.0, 0.5, 0.8),
+    ("MA", -1000, -1800, 0, 0.0, 0.5, 0.6),
+    ("TH", 8500, -2500, 7, 0.0, 0.4, 0.6),
+    ("AE", 4000, -2300, 4, 0.0, 0.3, 0.5),
+    ("BR", -7500, -6500, -3, 0.0, 0.2, 1.5),
+    ("NG", 400, -4500, 1, 0.0, 0.1, 1.5),
+    ("RU", 2800, 1600, 3, 0.0, 0.1, 1.5),
+)
+
+# MCC, share among the channel's terminals, amount scale (x the card's spend level) and
+# spread (sigma of the log-normal). Airlines, hotels, jewellers and electronics are where
+# large legit amounts come from, so a large amount alone is not fraud.
+_PHYSICAL_MCCS = (
+    ("5411", 0.26, 1.0, 0.6), ("5812", 0.14, 1.0, 0.5), ("5814", 0.08, 0.4, 0.4),
+    ("5541", 0.08, 1.8, 0.35), ("4111", 0.06, 0.12, 0.4), ("5311", 0.07, 1.8, 0.7),
+    ("5999", 0.10, 1.2, 0.8), ("5732", 0.04, 4.0, 0.9), ("5944", 0.02, 5.0, 0.9),
+    ("7011", 0.05, 5.0, 0.6), ("5912", 0.10, 0.7, 0.6),
+)
+_ECOM_MCCS = (
+    ("5999", 0.28, 1.5, 0.8), ("5816", 0.20, 0.25, 0.7), ("4511", 0.06, 9.0, 0.6),
+    ("7011", 0.06, 5.0, 0.6), ("5732", 0.08, 4.0, 0.9), ("5691", 0.15, 2.0, 0.6),
+    ("4899", 0.10, 0.4, 0.3), ("5411", 0.07, 2.5, 0.5),
+)
+_ATM_MCC = ("6011", 1.0, 3.0, 0.5)
+_BIG_TICKET_MCCS = ("5732", "5944", "4511", "7011")
+_SUBSCRIPTION_MCCS = ("4899", "5816")
+_VERIFICATION_MCCS = ("5541", "7011")  # fuel and hotel pre-authorisations at 0
+
+# Hour-of-day weights in local time, 0h..23h.
+_HOURS = np.array([
+    # card present: lunch and after-work peaks
+    [0.3, 0.15, 0.1, 0.1, 0.1, 0.2, 0.6, 1.5, 2.5, 3.0, 3.5, 4.5,
+     6.0, 5.5, 4.0, 3.8, 4.2, 5.5, 6.0, 5.0, 3.5, 2.2, 1.3, 0.7],
+    # online: flatter, evening peak, some night
+    [1.2, 0.8, 0.5, 0.3, 0.3, 0.3, 0.6, 1.2, 2.0, 2.8, 3.2, 3.5,
+     3.8, 3.6, 3.4, 3.4, 3.6, 4.0, 4.5, 5.2, 5.8, 5.5, 4.2, 2.5],
+    # night owls and night workers
+    [4.0, 4.5, 4.0, 3.0, 2.0, 1.0, 0.5, 0.5, 0.6, 0.8, 1.0, 1.5,
+     2.0, 2.0, 2.0, 2.0, 2.2, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.0],
+])
+_POS_HOURS, _ECOM_HOURS, _NIGHT_HOURS = 0, 1, 2
+_WEEKDAY = np.array([0.92, 0.95, 0.98, 1.0, 1.12, 1.18, 0.85])  # Monday..Sunday
+
+# Kinds of legit payment, kept for the analyst verdicts (analysts see the look-alikes).
+_NORMAL, _TRIP, _BIG, _BURST, _NIGHT, _VERIFY, _SUBSCRIPTION = range(7)
+
+_CARD_CHUNK = 256  # cards simulated together: bounds the working memory
+_LOCAL_TERMINALS = 12  # nearest physical terminals a card may use
+_ECOM_MERCHANTS = 8
 
 
 @dataclass(frozen=True)
@@ -37,127 +178,759 @@ class SimulationConfig:
     start: datetime = datetime(2026, 9, 1, tzinfo=UTC)
     seed: int = 7
     id_prefix: str = ""  # payment ids are f"{id_prefix or 'sim' + seed}_{n}"
-    # Per day: chance that a given card starts a card-testing or takeover episode, and
-    # number of terminals compromised / night-time fraud attacks started.
-    card_testing_rate: float = 0.0008
-    takeover_rate: float = 0.0010
-    compromised_terminals_per_day: float = 0.15
-    unusual_hours_per_day: float = 2.0
+    patterns: tuple[str, ...] = PATTERNS  # the fraud families simulated
+    # Per card and day: chance that the card starts an episode of the family (one at most
+    # per card and family; at least one per family switched on, so short runs have each).
+    card_testing_rate: float = 0.0003
+    stolen_card_rate: float = 0.00035
+    takeover_rate: float = 0.00035
+    hard_limit_rate: float = 0.0004
+    unusual_hours_rate: float = 0.0007
+    # Per terminal and day: chance that a compromise wave starts there. Per terminal, so
+    # the fraud share stays the same however many payments each terminal gets.
+    compromised_terminal_rate: float = 0.00012
+    compromised_terminals_per_day: float | None = None  # if set: waves per day instead
+    hard_limit: float = 3000.0  # amounts at or above are fraud (``hard_limit``)
+    payments_per_card_day: float = 1.7  # mean legit pace, before trips, bursts, etc.
+    verification_share: float = 0.006  # legit payments that are 0-amount verifications
+    label_delay_days: float | None = None  # if set: every payment labelled this much later
+    legit_verdict_rate: float = 0.0  # share of legit payments given an analyst verdict
 
     def __post_init__(self) -> None:
         if self.days < 1 or self.cards < 1 or self.terminals < 2:
             raise ValueError("simulation needs days >= 1, cards >= 1 and terminals >= 2")
+        unknown = set(self.patterns) - set(PATTERNS)
+        if unknown:
+            raise ValueError(f"unknown fraud patterns {sorted(unknown)}; known: {PATTERNS}")
+        rates = {k: v for k, v in vars(self).items() if k.endswith(("_rate", "_per_day"))}
+        if any(v is not None and v < 0 for v in rates.values()):
+            raise ValueError(f"rates must be >= 0: {rates}")
+        if self.hard_limit <= 0 or self.payments_per_card_day <= 0:
+            raise ValueError("hard_limit and payments_per_card_day must be > 0")
+        if not 0 <= self.verification_share < 0.5:
+            raise ValueError("verification_share must be in [0, 0.5)")
+        if self.label_delay_days is not None and self.label_delay_days < 0:
+            raise ValueError("label_delay_days must be >= 0")
+
+
+# ---- the world: countries, cities, terminals, cards -------------------------------------
+@dataclass
+class _World:
+    t0: float
+    span: float
+    limit: float
+    country_code: np.ndarray  # per country
+    country_tz: np.ndarray
+    country_fraud_w: np.ndarray
+    city_country: np.ndarray  # per city
+    city_terms: _Groups  # physical terminals of each city
+    city_ok: np.ndarray  # the city has physical terminals
+    term_channel: np.ndarray  # per terminal
+    term_mcc: np.ndarray
+    term_country: np.ndarray
+    term_city: np.ndarray
+    term_scale: np.ndarray
+    term_sigma: np.ndarray
+    ecom: np.ndarray  # ecom terminal ids
+    ecom_cum: np.ndarray  # cumulative popularity over ``ecom``
+    card_city: np.ndarray  # per card
+    card_country: np.ndarray
+    card_mean: np.ndarray
+    card_pace: np.ndarray
+    card_ecom_share: np.ndarray
+    card_night_owl: np.ndarray
+    card_trips_per_year: np.ndarray
+    local: np.ndarray  # cards x K nearest physical terminals
+    local_cum: np.ndarray  # cards x K, cumulative choice weights, offset by row
+    shops: np.ndarray  # cards x K' online merchants
+    shops_cum: np.ndarray
+    day_cum: np.ndarray  # cumulative weight of each simulated day
+
+    def popular_ecom(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return self.ecom[np.minimum(np.searchsorted(self.ecom_cum, rng.random(n)),
+                                    len(self.ecom) - 1)]
+
+    def at_local_hour(self, ts: np.ndarray, hour: np.ndarray, tz: np.ndarray) -> np.ndarray:
+        """The same local day as ``ts``, at local ``hour``, in UTC seconds."""
+        day = np.floor((ts - self.t0 + tz * HOUR) / DAY)
+        return self.t0 + day * DAY + (hour - tz) * HOUR
+
+
+@dataclass
+class _Groups:
+    """Members grouped by a key, for drawing a random member of a given group."""
+
+    order: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+
+    @classmethod
+    def of(cls, keys: np.ndarray, n_groups: int) -> _Groups:
+        order = np.argsort(keys, kind="stable")
+        count = np.bincount(keys, minlength=n_groups)
+        return cls(order, np.concatenate([[0], np.cumsum(count)[:-1]]), count)
+
+    def draw(self, rng: np.random.Generator, groups: np.ndarray) -> np.ndarray:
+        """A random member of each group (every group asked for must have one)."""
+        pos = self.start[groups] + (rng.random(len(groups)) * self.count[groups]).astype(int)
+        return self.order[pos]
+
+
+def _cum_rows(weights: np.ndarray) -> np.ndarray:
+    """Row-wise cumulative weights, normalised, plus the row number: one searchsorted on the
+    flattened array then draws a column per row (see ``_draw_rows``)."""
+    cum = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+    cum[:, -1] = 1.0
+    return cum + np.arange(len(weights))[:, None]
+
+
+def _draw_rows(rng: np.random.Generator, cum: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    # side="right" never lands on a zero-weight column nor on the previous row's end.
+    k = cum.shape[1]
+    flat = np.searchsorted(cum.ravel(), rows + rng.random(len(rows)), side="right")
+    return np.minimum(flat - rows * k, k - 1)
+
+
+def _hours(rng: np.random.Generator, profile: np.ndarray) -> np.ndarray:
+    """Local hour (float) drawn from the given ``_HOURS`` profile per row."""
+    return _draw_rows(rng, _HOURS_CUM, profile) + rng.random(len(profile))
+
+
+_HOURS_CUM = _cum_rows(_HOURS)
+
+
+def _build_world(cfg: SimulationConfig) -> _World:
+    rng = np.random.default_rng([cfg.seed, 0])
+    codes = np.array([c[0] for c in _COUNTRIES])
+    cxy = np.array([(c[1], c[2]) for c in _COUNTRIES], dtype=float)
+    tz = np.array([c[3] for c in _COUNTRIES], dtype=float)
+    card_w = np.array([c[4] for c in _COUNTRIES])
+    travel_w = np.array([c[5] for c in _COUNTRIES])
+    fraud_w = np.array([c[6] for c in _COUNTRIES])
+    home = card_w > 0
+
+    n_ecom = max(1, round(0.25 * cfg.terminals))
+    n_atm = round(0.05 * cfg.terminals) if cfg.terminals >= 20 else 0
+    n_pos = cfg.terminals - n_ecom - n_atm
+    # Few terminals: few cities, so that cards still share terminals with their neighbours.
+    per_country = np.where(home, np.clip(n_pos // 150, 1, 6), np.clip(n_pos // 400, 1, 3))
+    city_country = np.repeat(np.arange(len(codes)), per_country)
+    rank = np.concatenate([np.arange(k) for k in per_country])
+    city_xy = cxy[city_country] + rng.normal(0, 150, (len(city_country), 2))
+    city_xy[rank == 0] = cxy[city_country[rank == 0]]  # the capital at the centre
+    city_w = 1.0 / (rank + 1)  # Zipf: a big city and smaller ones
+
+    def city_in(countries: np.ndarray) -> np.ndarray:
+        # A city of each given country, by size.
+        out = np.empty(len(countries), dtype=np.int64)
+        for c in np.unique(countries):
+            where = np.flatnonzero(countries == c)
+            cand = np.flatnonzero(city_country == c)
+            out[where] = rng.choice(cand, size=len(where), p=city_w[cand] / city_w[cand].sum())
+        return out
+
+    channel = np.array(["pos"] * n_pos + ["atm"] * n_atm + ["ecom"] * n_ecom, dtype=object)
+    channel = channel[rng.permutation(cfg.terminals)]
+    physical = channel != "ecom"
+    abroad_share = np.where(physical, 0.12, 0.30)  # tourist spots; foreign web shops
+    abroad = rng.random(cfg.terminals) < abroad_share
+    t_country = np.where(
+        abroad,
+        rng.choice(len(codes), cfg.terminals, p=travel_w * ~home / (travel_w * ~home).sum()),
+        rng.choice(len(codes), cfg.terminals, p=card_w / card_w.sum()),
+    )
+    t_city = city_in(t_country)
+    t_xy = city_xy[t_city] + rng.normal(0, 5, (cfg.terminals, 2))
+
+    t_mcc = np.empty(cfg.terminals, dtype=object)
+    t_scale = np.empty(cfg.terminals)
+    t_sigma = np.empty(cfg.terminals)
+    for chan, table in (("pos", _PHYSICAL_MCCS), ("ecom", _ECOM_MCCS), ("atm", (_ATM_MCC,))):
+        where = np.flatnonzero(channel == chan)
+        share = np.array([m[1] for m in table])
+        pick = rng.choice(len(table), size=len(where), p=share / share.sum())
+        t_mcc[where] = np.array([m[0] for m in table], dtype=object)[pick]
+        t_scale[where] = np.array([m[2] for m in table])[pick]
+        t_sigma[where] = np.array([m[3] for m in table])[pick]
+
+    ecom = np.flatnonzero(~physical)
+    popularity = 1.0 / (rng.permutation(len(ecom)) + 1.0) ** 0.9
+    ecom_p = popularity / popularity.sum()
+    ecom_cum = np.cumsum(ecom_p)
+    ecom_cum[-1] = 1.0
+
+    n = cfg.cards
+    c_country = rng.choice(len(codes), n, p=card_w / card_w.sum())
+    c_city = city_in(c_country)
+    c_xy = city_xy[c_city] + rng.normal(0, 5, (n, 2))
+    card_mean = rng.lognormal(np.log(25.0), 0.6, n)
+    card_pace = rng.gamma(1.8, cfg.payments_per_card_day / 1.8, n)
+    ecom_share = rng.beta(2.0, 5.0, n)
+    night_owl = rng.random(n) < 0.08
+    trips = np.where(rng.random(n) < 0.5, rng.gamma(2.0, 2.0, n), 0.0)
+
+    # The handbook's "terminals within a radius", as the K nearest so that sparse worlds
+    # still give every card somewhere to pay; a few usual ones get most of the payments.
+    phys_ids = np.flatnonzero(physical)
+    k = min(_LOCAL_TERMINALS, len(phys_ids))
+    local = np.empty((n, k), dtype=np.int64)
+    for lo in range(0, n, 512):
+        # Across a border counts as 300 km further: people shop in their own country
+        # unless it has too few terminals (a tiny world).
+        d2 = ((c_xy[lo:lo + 512, 0, None] - t_xy[None, phys_ids, 0]) ** 2
+              + (c_xy[lo:lo + 512, 1, None] - t_xy[None, phys_ids, 1]) ** 2
+              + 9e4 * (c_country[lo:lo + 512, None] != t_country[None, phys_ids]))
+        near = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(phys_ids) else \
+            np.broadcast_to(np.arange(k), d2.shape).copy()
+        near = np.take_along_axis(near, np.argsort(
+            np.take_along_axis(d2, near, axis=1), axis=1), axis=1)
+        local[lo:lo + 512] = phys_ids[near]
+    usual = 2 + rng.binomial(6, 0.4, n)
+    rank_w = (np.arange(k) + 1.0)[None, :] ** -1.2 * rng.lognormal(0, 0.5, (n, k))
+    local_w = np.where(np.arange(k)[None, :] < usual[:, None], rank_w, 0.01 * rank_w)
+
+    ke = min(_ECOM_MERCHANTS, len(ecom))
+    shops = ecom[np.minimum(np.searchsorted(ecom_cum, rng.random((n, ke))), len(ecom) - 1)]
+    # Most of a card's web shops are domestic; the rest are the big shops of anywhere.
+    for c in np.flatnonzero(home):
+        mine = np.flatnonzero(c_country == c)
+        domestic = np.flatnonzero(t_country[ecom] == c)
+        if len(domestic) == 0:
+            continue
+        p = ecom_p[domestic] / ecom_p[domestic].sum()
+        local_pick = ecom[rng.choice(domestic, size=(len(mine), ke), p=p)]
+        keep = rng.random((len(mine), ke)) < 0.7
+        shops[mine] = np.where(keep, local_pick, shops[mine])
+    fav = 1 + rng.binomial(5, 0.4, n)
+    rank_e = (np.arange(ke) + 1.0)[None, :] ** -1.2
+    shops_w = np.where(np.arange(ke)[None, :] < fav[:, None], rank_e, 0.02 * rank_e)
+
+    day = np.arange(cfg.days)
+    weekday = (cfg.start.weekday() + day) % 7
+    dom = np.array([(cfg.start + pd.Timedelta(days=int(d))).day for d in day])
+    day_w = _WEEKDAY[weekday] * np.where(dom >= 25, 1.08, 1.0)  # payday at month end
+    day_cum = np.cumsum(day_w / day_w.sum())
+    day_cum[-1] = 1.0
+
+    city_terms = _Groups.of(np.where(physical, t_city, len(city_country)), len(city_country) + 1)
+    return _World(
+        t0=cfg.start.timestamp(), span=cfg.days * DAY, limit=cfg.hard_limit,
+        country_code=codes, country_tz=tz, country_fraud_w=fraud_w,
+        city_country=city_country, city_terms=city_terms,
+        city_ok=city_terms.count[:-1] > 0,
+        term_channel=channel, term_mcc=t_mcc, term_country=t_country, term_city=t_city,
+        term_scale=t_scale, term_sigma=t_sigma, ecom=ecom, ecom_cum=ecom_cum,
+        card_city=c_city, card_country=c_country, card_mean=card_mean, card_pace=card_pace,
+        card_ecom_share=ecom_share, card_night_owl=night_owl, card_trips_per_year=trips,
+        local=local, local_cum=_cum_rows(local_w), shops=shops, shops_cum=_cum_rows(shops_w),
+        day_cum=day_cum,
+    )
+
+
+def _pick_cities(rng: np.random.Generator, world: _World, home_city: np.ndarray,
+                 domestic: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """A destination city with physical terminals per row: another city of the home country
+    where ``domestic``, else a city abroad (countries weighted by ``weight``)."""
+    out = np.empty(len(home_city), dtype=np.int64)
+    ok = np.flatnonzero(world.city_ok)
+    for h in np.unique(home_city):
+        same = world.city_country[ok] == world.city_country[h]
+        for dom in (True, False):
+            rows = np.flatnonzero((home_city == h) & (domestic == dom))
+            if not len(rows):
+                continue
+            cand = ok[(same & (ok != h)) if dom else ~same]
+            if not len(cand):  # a tiny world: anywhere else, or anywhere at all
+                cand = ok[ok != h] if (ok != h).any() else ok
+            w = (weight[world.city_country[cand]] + 1e-3) * world.city_terms.count[cand]
+            out[rows] = rng.choice(cand, size=len(rows), p=w / w.sum())
+    return out
+
+
+def _foreign_ecom(rng: np.random.Generator, world: _World, card: np.ndarray) -> np.ndarray:
+    """An online merchant outside the card's country per row, weighted towards the
+    countries fraud comes from (falls back to any merchant)."""
+    out = world.popular_ecom(rng, len(card))
+    for c in np.unique(world.card_country[card]):
+        rows = np.flatnonzero(world.card_country[card] == c)
+        cand = world.ecom[world.term_country[world.ecom] != c]
+        if len(cand):
+            w = world.country_fraud_w[world.term_country[cand]]
+            out[rows] = rng.choice(cand, size=len(rows), p=w / w.sum())
+    return out
+
+
+# ---- rows -------------------------------------------------------------------------------
+@dataclass
+class _Rows:
+    ts: np.ndarray  # UTC seconds (float)
+    card: np.ndarray
+    term: np.ndarray
+    amount: np.ndarray
+    pattern: np.ndarray  # 0 legit, else _CODE of the family
+    kind: np.ndarray  # legit kind (for analyst verdicts)
+
+    @classmethod
+    def make(cls, ts: np.ndarray, card: np.ndarray, term: np.ndarray, amount: np.ndarray,
+             pattern: int, kind: int | np.ndarray = _NORMAL) -> _Rows:
+        n = len(ts)
+        return cls(ts.astype(float), card.astype(np.int64), term.astype(np.int64),
+                   amount.astype(float), np.full(n, pattern, dtype=np.int8),
+                   np.broadcast_to(np.asarray(kind, dtype=np.int8), (n,)).copy())
+
+    @classmethod
+    def concat(cls, parts: Sequence[_Rows]) -> _Rows:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("ts", "card", "term", "amount", "pattern", "kind")))
+
+    def take(self, keep: np.ndarray) -> _Rows:
+        return _Rows(self.ts[keep], self.card[keep], self.term[keep], self.amount[keep],
+                     self.pattern[keep], self.kind[keep])
+
+
+def _amounts(rng: np.random.Generator, world: _World, card: np.ndarray,
+             term: np.ndarray) -> np.ndarray:
+    """What a card usually pays at this kind of merchant."""
+    return (world.card_mean[card] * world.term_scale[term]
+            * np.exp(rng.normal(0.0, world.term_sigma[term])))
+
+
+def _finish_amounts(rng: np.random.Generator, world: _World, term: np.ndarray,
+                    amount: np.ndarray) -> np.ndarray:
+    """Cents; cash in notes; nothing at or above the hard limit (only ``hard_limit`` fraud
+    goes there), the largest pushed just below it."""
+    atm = world.term_channel[term] == "atm"
+    amount = np.where(atm, np.clip(np.round(amount / 20) * 20, 20, 1000), amount)
+    over = amount >= world.limit * 0.999
+    amount[over] = world.limit * rng.uniform(0.85, 0.999, int(over.sum()))
+    return np.round(np.maximum(amount, 0.3), 2)
+
+
+def _legit_chunk(cfg: SimulationConfig, world: _World, lo: int, hi: int) -> _Rows:
+    rng = np.random.default_rng([cfg.seed, 1, lo])
+    cards = np.arange(lo, hi)
+    card = np.repeat(cards, rng.poisson(world.card_pace[cards] * cfg.days))
+    n = len(card)
+    day = np.minimum(np.searchsorted(world.day_cum, rng.random(n)), cfg.days - 1)
+    online = rng.random(n) < world.card_ecom_share[card]
+    night = world.card_night_owl[card] & (rng.random(n) < 0.6)
+    profile = np.where(night, _NIGHT_HOURS, np.where(online, _ECOM_HOURS, _POS_HOURS))
+    tz = world.country_tz[world.card_country[card]]
+    ts = world.t0 + day * DAY + (_hours(rng, profile) - tz) * HOUR
+    kind = np.where(night, _NIGHT, _NORMAL).astype(np.int8)
+
+    term = world.local[card, _draw_rows(rng, world.local_cum, card)]
+    wander = ~online & (rng.random(n) < 0.04) & (world.city_terms.count[world.card_city[card]] > 0)
+    term[wander] = world.city_terms.draw(rng, world.card_city[card[wander]])
+    shop = world.shops[card[online], _draw_rows(rng, world.shops_cum, card[online])]
+    new_shop = rng.random(len(shop)) < 0.12
+    shop[new_shop] = world.popular_ecom(rng, int(new_shop.sum()))
+    term[online] = shop
+    base = _Rows.make(ts, card, term, _amounts(rng, world, card, term), LEGIT, kind)
+    parts = [base]
+
+    # Trips: card-present payments move to another city or country and its local hours;
+    # extra ones on top (hotels, restaurants), all a bit dearer.
+    n_trips = rng.poisson(world.card_trips_per_year[cards] * cfg.days / 365)
+    if n_trips.sum():
+        t_card = np.repeat(cards, n_trips)
+        t_start = world.t0 + rng.uniform(-3 * DAY, world.span, len(t_card))
+        t_len = rng.uniform(2, 10, len(t_card)) * DAY
+        dest = _pick_cities(rng, world, world.card_city[t_card],
+                            rng.random(len(t_card)) < 0.4, _travel_weight())
+        slot = _ranks(n_trips)
+        width = int(n_trips.max())
+        st = np.full((hi - lo, width), np.inf)
+        en = np.full((hi - lo, width), -np.inf)
+        st[t_card - lo, slot] = t_start
+        en[t_card - lo, slot] = t_start + t_len
+        trip_of = np.full((hi - lo, width), -1)
+        trip_of[t_card - lo, slot] = np.arange(len(t_card))
+        inside = (ts[:, None] >= st[card - lo]) & (ts[:, None] < en[card - lo])
+        moved = np.flatnonzero(inside.any(axis=1) & ~online)
+        which = trip_of[card[moved] - lo, inside[moved].argmax(axis=1)]
+        d_tz = world.country_tz[world.city_country[dest[which]]]
+        base.ts[moved] += (tz[moved] - d_tz) * HOUR
+        base.term[moved] = world.city_terms.draw(rng, dest[which])
+        base.amount[moved] = (_amounts(rng, world, card[moved], base.term[moved])
+                              * rng.lognormal(np.log(1.3), 0.3, len(moved)))
+        base.kind[moved] = _TRIP
+        extra = rng.poisson(0.6 * world.card_pace[t_card] * t_len / DAY)
+        e_trip = np.repeat(np.arange(len(t_card)), extra)
+        e_card = t_card[e_trip]
+        e_tz = world.country_tz[world.city_country[dest[e_trip]]]
+        e_ts = world.at_local_hour(t_start[e_trip] + rng.random(len(e_trip)) * t_len[e_trip],
+                                   _hours(rng, np.full(len(e_trip), _POS_HOURS)), e_tz)
+        e_term = world.city_terms.draw(rng, dest[e_trip])
+        e_amount = (_amounts(rng, world, e_card, e_term)
+                    * rng.lognormal(np.log(1.3), 0.3, len(e_trip)))
+        parts.append(_Rows.make(e_ts, e_card, e_term, e_amount, LEGIT, _TRIP))
+
+    # Bursts: a shopping afternoon at several local shops, or in-app purchases in a row at
+    # one online merchant: what card velocity alone would take for card testing.
+    anchor = np.flatnonzero((base.kind == _NORMAL) & (rng.random(n) < 0.025))
+    size = 1 + rng.poisson(2.0, len(anchor))
+    b_anchor = np.repeat(anchor, size)
+    b_card = card[b_anchor]
+    b_online = online[b_anchor]
+    gaps = rng.exponential(np.where(b_online, 2 * MINUTE, 12 * MINUTE))
+    b_ts = base.ts[b_anchor] + _group_cumsum(gaps, size)
+    b_term = world.local[b_card, _draw_rows(rng, world.local_cum, b_card)]
+    b_term[b_online] = base.term[b_anchor[b_online]]
+    parts.append(_Rows.make(b_ts, b_card, b_term, _amounts(rng, world, b_card, b_term),
+                            LEGIT, _BURST))
+
+    # Subscriptions: the same small amount, monthly, billed at night (UTC) by the merchant.
+    subs = (rng.random(hi - lo) < 0.35) * (1 + rng.poisson(0.5, hi - lo))
+    s_card = np.repeat(cards, subs)
+    candidates = world.ecom[np.isin(world.term_mcc[world.ecom], _SUBSCRIPTION_MCCS)]
+    if len(candidates) == 0:
+        candidates = world.ecom
+    s_term = rng.choice(candidates, len(s_card))
+    s_amount = rng.choice([4.99, 7.99, 9.99, 12.99, 14.99, 19.99], len(s_card))
+    phase = rng.uniform(0, 30.4, len(s_card))
+    months = np.ceil((cfg.days - phase) / 30.4).astype(int)
+    s_rep = np.repeat(np.arange(len(s_card)), months)
+    s_k = _ranks(months)
+    s_ts = (world.t0 + np.floor(phase[s_rep] + 30.4 * s_k) * DAY
+            + rng.uniform(1, 6, len(s_rep)) * HOUR)
+    parts.append(_Rows.make(s_ts, s_card[s_rep], s_term[s_rep], s_amount[s_rep], LEGIT,
+                            _SUBSCRIPTION))
+
+    rows = _Rows.concat(parts)
+    m = len(rows.ts)
+    # Big tickets: furniture, a phone, a holiday booked; several times the usual amount.
+    big = (rows.kind == _NORMAL) & (rng.random(m) < 0.004)
+    rows.amount[big] *= rng.lognormal(np.log(5.0), 0.5, int(big.sum()))
+    rows.kind[big] = _BIG
+    priced = rows.kind != _SUBSCRIPTION  # subscriptions keep their list price
+    rows.amount[priced] = _finish_amounts(rng, world, rows.term[priced], rows.amount[priced])
+    # Card verifications at 0: saving a card online, fuel and hotel pre-authorisations.
+    can_verify = (rows.kind == _NORMAL) & ((world.term_channel[rows.term] == "ecom")
+                                           | np.isin(world.term_mcc[rows.term],
+                                                     _VERIFICATION_MCCS))
+    share = cfg.verification_share * m / max(int(can_verify.sum()), 1)
+    verify = can_verify & (rng.random(m) < share)
+    rows.amount[verify] = 0.0
+    rows.kind[verify] = _VERIFY
+    return rows
+
+
+def _travel_weight() -> np.ndarray:
+    return np.array([c[5] for c in _COUNTRIES], dtype=float)
+
+
+def _firsts(sizes: np.ndarray) -> np.ndarray:
+    """Index of the first row of each group of ``sizes`` consecutive rows."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    return np.cumsum(sizes) - sizes
+
+
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """0, 1, ..., size-1 for each group of consecutive rows."""
+    return np.arange(int(np.sum(sizes))) - np.repeat(_firsts(sizes), sizes)
+
+
+def _group_cumsum(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Cumulative sum restarting at each group of consecutive ``sizes`` rows."""
+    total = np.cumsum(values)
+    before = np.concatenate([[0.0], total])[_firsts(sizes)]
+    return total - np.repeat(before, sizes)
+
+
+# ---- fraud families -----------------------------------------------------------------------
+def _episode_cards(cfg: SimulationConfig) -> dict[str, np.ndarray]:
+    """Cards hit by each card-level family, disjoint while there are cards enough, and
+    drawn so that switching one family off changes nobody else's cards."""
+    perm = np.random.default_rng([cfg.seed, 2]).permutation(cfg.cards)
+    rates = {"card_testing": cfg.card_testing_rate, "stolen_card": cfg.stolen_card_rate,
+             "account_takeover": cfg.takeover_rate, "hard_limit": cfg.hard_limit_rate,
+             "unusual_hours": cfg.unusual_hours_rate}
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, rate in rates.items():
+        rng = np.random.default_rng([cfg.seed, 10, _CODE[name]])
+        n = int(rng.binomial(cfg.cards, min(1.0, rate * cfg.days))) if rate > 0 else 0
+        if rate > 0:
+            n = max(n, 1)
+        out[name] = perm[(offset + np.arange(n)) % cfg.cards] if name in cfg.patterns else \
+            np.zeros(0, dtype=np.int64)
+        offset += n
+    return out
+
+
+def _family_rng(cfg: SimulationConfig, name: str) -> np.random.Generator:
+    return np.random.default_rng([cfg.seed, 11, _CODE[name]])
+
+
+def _episode_starts(rng: np.random.Generator, world: _World, n: int,
+                    room: float = HOUR) -> np.ndarray:
+    return world.t0 + rng.uniform(0, max(world.span - room, HOUR), n)
+
+
+def _cap(rng: np.random.Generator, world: _World, amount: np.ndarray) -> np.ndarray:
+    over = amount >= world.limit * 0.999
+    amount = amount.copy()
+    amount[over] = world.limit * rng.uniform(0.9, 0.999, int(over.sum()))
+    return np.round(amount, 2)
+
+
+def _card_testing(cfg: SimulationConfig, world: _World, cards: np.ndarray) -> _Rows:
+    rng = _family_rng(cfg, "card_testing")
+    e = len(cards)
+    start = _episode_starts(rng, world, e)
+    window = rng.uniform(2, 25, e) * MINUTE
+    # Fraudsters reuse the few merchants that do not check much (weak 3-D Secure, etc.).
+    weak = rng.choice(world.ecom, size=max(1, len(world.ecom) // 10), replace=False)
+    probes = 4 + rng.poisson(6, e)
+    p_ep = np.repeat(np.arange(e), probes)
+    p_ts = start[p_ep] + rng.random(len(p_ep)) * window[p_ep]
+    p_ts[_firsts(probes)] = start  # the first probe at start
+    p_term = np.where(rng.random(len(p_ep)) < 0.75, rng.choice(weak, len(p_ep)),
+                      world.popular_ecom(rng, len(p_ep)))
+    p_amount = np.where(rng.random(len(p_ep)) < 0.3, 1.0,
+                        np.round(rng.uniform(0.5, 3.0, len(p_ep)), 2))
+    cash = 1 + rng.binomial(2, 0.35, e)
+    c_ep = np.repeat(np.arange(e), cash)
+    c_ts = start[c_ep] + window[c_ep] + rng.uniform(5 * MINUTE, 6 * HOUR, len(c_ep))
+    dear = world.ecom[np.isin(world.term_mcc[world.ecom], ("5732", "5944", "5999", "4511"))]
+    c_term = rng.choice(dear if len(dear) else world.ecom, len(c_ep))
+    c_amount = _cap(rng, world, rng.uniform(150, 1200, len(c_ep)))
+    code = _CODE["card_testing"]
+    return _Rows.concat([_Rows.make(p_ts, cards[p_ep], p_term, p_amount, code),
+                         _Rows.make(c_ts, cards[c_ep], c_term, c_amount, code)])
+
+
+def _stolen_card(cfg: SimulationConfig, world: _World,
+                 cards: np.ndarray) -> tuple[_Rows, np.ndarray, np.ndarray]:
+    """The fraud rows, and per episode the window in which the owner pays nothing."""
+    rng = _family_rng(cfg, "stolen_card")
+    e = len(cards)
+    start = _episode_starts(rng, world, e)
+    dur = rng.uniform(1, 4, e) * DAY
+    pace = rng.uniform(2.5, 6.0, e)
+    dest = _pick_cities(rng, world, world.card_city[cards], rng.random(e) < 0.55,
+                        world.country_fraud_w)
+    k = 2 + rng.poisson(pace * dur / DAY)
+    ep = np.repeat(np.arange(e), k)
+    d_tz = world.country_tz[world.city_country[dest[ep]]]
+    ts = world.at_local_hour(start[ep] + rng.random(len(ep)) * dur[ep],
+                             _hours(rng, np.full(len(ep), _POS_HOURS)), d_tz)
+    ts = np.where(ts < start[ep], ts + DAY, ts)
+    ts[_firsts(k)] = start
+    term = world.city_terms.draw(rng, dest[ep])
+    amount = _amounts(rng, world, cards[ep], term) * rng.lognormal(np.log(2.5), 0.5, len(ep))
+    atm = world.term_channel[term] == "atm"
+    amount[atm] = np.round(rng.uniform(100, 500, int(atm.sum())), -1)
+    rows = _Rows.make(ts, cards[ep], term, _cap(rng, world, amount), _CODE["stolen_card"])
+    # The owner notices half a day to a day after the last fraud and blocks the card.
+    last = np.maximum.reduceat(ts, _firsts(k))
+    return rows, start, last + rng.uniform(0.5, 1.0, e) * DAY
+
+
+def _account_takeover(cfg: SimulationConfig, world: _World, cards: np.ndarray) -> _Rows:
+    rng = _family_rng(cfg, "account_takeover")
+    e = len(cards)
+    start = _episode_starts(rng, world, e)
+    length = rng.uniform(10, 18, e) * DAY
+    # Half the owner's pace on top: a third of the card's payments in the window.
+    k = 1 + rng.poisson(0.5 * world.card_pace[cards] * length / DAY)
+    ep = np.repeat(np.arange(e), k)
+    card = cards[ep]
+    abroad = (rng.random(e) < 0.35)[ep]
+    tz = world.country_tz[world.card_country[card]] + np.where(
+        abroad, rng.integers(-7, 8, e)[ep], 0)
+    ts = world.at_local_hour(start[ep] + rng.random(len(ep)) * length[ep],
+                             _hours(rng, np.full(len(ep), _ECOM_HOURS)), tz)
+    ts[_firsts(k)] = start
+    term = np.where(abroad, _foreign_ecom(rng, world, card), world.popular_ecom(rng, len(ep)))
+    amount = world.card_mean[card] * rng.uniform(3, 8, len(ep))
+    return _Rows.make(ts, card, term, _cap(rng, world, amount), _CODE["account_takeover"])
+
+
+def _hard_limit(cfg: SimulationConfig, world: _World, cards: np.ndarray) -> _Rows:
+    rng = _family_rng(cfg, "hard_limit")
+    e = len(cards)
+    start = _episode_starts(rng, world, e, room=4 * HOUR)
+    k = 1 + rng.binomial(2, 0.3, e)
+    ep = np.repeat(np.arange(e), k)
+    ts = start[ep] + rng.uniform(0, 3 * HOUR, len(ep))
+    ts[_firsts(k)] = start
+    dear = np.flatnonzero(np.isin(world.term_mcc, _BIG_TICKET_MCCS))
+    term = rng.choice(dear if len(dear) else np.arange(len(world.term_mcc)), len(ep))
+    amount = np.round(world.limit * (1 + rng.exponential(0.3, len(ep))), 2)
+    return _Rows.make(ts, cards[ep], term, np.maximum(amount, world.limit),
+                      _CODE["hard_limit"])
+
+
+def _unusual_hours(cfg: SimulationConfig, world: _World, cards: np.ndarray) -> _Rows:
+    rng = _family_rng(cfg, "unusual_hours")
+    e = len(cards)
+    day = rng.integers(0, cfg.days, e)
+    tz = world.country_tz[world.card_country[cards]]
+    start = world.t0 + day * DAY + (rng.uniform(0.5, 5.0, e) - tz) * HOUR
+    start = np.maximum(start, world.t0)
+    k = 1 + rng.poisson(1.2, e)
+    ep = np.repeat(np.arange(e), k)
+    ts = start[ep] + rng.uniform(0, 30 * MINUTE, len(ep))
+    ts[_firsts(k)] = start
+    card = cards[ep]
+    term = np.where(rng.random(len(ep)) < 0.65, _foreign_ecom(rng, world, card),
+                    world.popular_ecom(rng, len(ep)))
+    amount = world.card_mean[card] * rng.uniform(1.5, 4.0, len(ep))
+    return _Rows.make(ts, card, term, _cap(rng, world, amount), _CODE["unusual_hours"])
+
+
+def _compromise_terminals(cfg: SimulationConfig, world: _World, legit: _Rows) -> None:
+    """Waves: turn most legit payments at the wave's terminals during the wave into fraud."""
+    rng = _family_rng(cfg, "compromised_terminal")
+    n_terms = len(world.term_mcc)
+    per_day = (cfg.compromised_terminals_per_day
+               if cfg.compromised_terminals_per_day is not None
+               else cfg.compromised_terminal_rate * n_terms)
+    if per_day <= 0:
+        return
+    waves = max(1, int(rng.poisson(per_day * cfg.days)))
+    # The biggest web shops are not where breaches go unnoticed for weeks.
+    by_popularity = world.ecom[np.argsort(np.diff(world.ecom_cum, prepend=0.0))]
+    big_shops = by_popularity[len(by_popularity) - len(by_popularity) // 10:]
+    eligible = np.setdiff1d(np.arange(n_terms), big_shops)
+    seed_term = rng.choice(eligible, waves)
+    start = world.t0 + rng.uniform(-3 * DAY, max(world.span - 3 * DAY, world.span / 2), waves)
+    length = rng.integers(7, 36, waves) * DAY
+    frac = rng.uniform(0.55, 0.95, waves)
+    several = rng.random(waves) < 0.3
+    extra = 1 + rng.binomial(3, 0.5, waves)
+
+    order = np.argsort(legit.term, kind="stable")
+    bounds = np.searchsorted(legit.term[order], np.arange(n_terms + 1))
+    code = _CODE["compromised_terminal"]
+    for w in range(waves):
+        hit = [int(seed_term[w])]
+        if several[w]:
+            t = seed_term[w]
+            same = np.flatnonzero((world.term_city == world.term_city[t])
+                                  & (world.term_channel == world.term_channel[t]))
+            same = same[same != t]
+            hit += rng.choice(same, min(len(same), int(extra[w])), replace=False).tolist()
+        for t in hit:
+            rows = order[bounds[t]:bounds[t + 1]]
+            at = rows[(legit.ts[rows] >= start[w]) & (legit.ts[rows] < start[w] + length[w])
+                      & (legit.pattern[rows] == LEGIT) & (legit.amount[rows] > 0)]
+            legit.pattern[at[rng.random(len(at)) < frac[w]]] = code
+
+
+# ---- labels and output --------------------------------------------------------------------
+def _label_delays(rng: np.random.Generator, source: np.ndarray) -> np.ndarray:
+    """Seconds from payment to label, by source."""
+    n = len(source)
+    chargeback = rng.lognormal(np.log(11.0), 0.6, n)
+    bad = (chargeback < 1) | (chargeback > 60)
+    chargeback[bad] = rng.uniform(1, 60, int(bad.sum()))
+    analyst = np.clip(rng.lognormal(np.log(1.0), 0.8, n), 1 / 24, 10)
+    customer = np.clip(rng.lognormal(np.log(2.0), 0.7, n), 2 / 24, 20)
+    return np.choose(source, [chargeback, analyst, customer]) * DAY
 
 
 def simulate(
     config: SimulationConfig, progress: Callable[[int], None] | None = None
 ) -> pd.DataFrame:
     """One row per payment, in timestamp order, in the history-import format."""
-    rng = np.random.default_rng(config.seed)
-    t0 = config.start.timestamp()
-    span = config.days * DAY
+    world = _build_world(config)
+    chunks = []
+    for lo in range(0, config.cards, _CARD_CHUNK):
+        hi = min(lo + _CARD_CHUNK, config.cards)
+        chunks.append(_legit_chunk(config, world, lo, hi))
+        if progress is not None:
+            progress(hi - lo)
+    legit = _Rows.concat(chunks)
+    del chunks
 
-    card_mean = rng.lognormal(mean=3.3, sigma=0.7, size=config.cards)  # ~27 EUR median
-    card_rate = rng.gamma(shape=2.0, scale=0.6, size=config.cards)  # payments per day
-    card_country = rng.choice(COUNTRIES, size=config.cards, p=[0.5, 0.15, 0.1, 0.1, 0.1, 0.05])
-    term_mcc = rng.choice(MCCS, size=config.terminals)
-    term_channel = np.where(rng.random(config.terminals) < 0.3, "ecom", "pos")
+    hit = _episode_cards(config)
+    parts = []
+    if len(hit["stolen_card"]):
+        stolen, gone_from, gone_to = _stolen_card(config, world, hit["stolen_card"])
+        lo = np.full(config.cards, np.inf)
+        up = np.full(config.cards, -np.inf)
+        lo[hit["stolen_card"]] = gone_from
+        up[hit["stolen_card"]] = gone_to
+        # Merchant-initiated subscriptions still go through; the owner pays nothing.
+        gone = (legit.ts >= lo[legit.card]) & (legit.ts < up[legit.card])
+        legit = legit.take(~gone | (legit.kind == _SUBSCRIPTION))
+        parts.append(stolen)
+    if "compromised_terminal" in config.patterns:
+        _compromise_terminals(config, world, legit)
+    for name, make in (("card_testing", _card_testing), ("account_takeover", _account_takeover),
+                       ("hard_limit", _hard_limit), ("unusual_hours", _unusual_hours)):
+        if len(hit[name]):
+            parts.append(make(config, world, hit[name]))
+    rows = _Rows.concat([legit, *parts])
+    del legit, parts
 
-    cols: dict[str, list] = {k: [] for k in ("ts", "card", "terminal", "amount", "country",
-                                              "pattern")}
-
-    def add(ts: np.ndarray, card: int, terminals: np.ndarray, amounts: np.ndarray,
-            country: np.ndarray | str, pattern: str | None) -> None:
-        n = len(ts)
-        cols["ts"].append(ts)
-        cols["card"].append(np.full(n, card))
-        cols["terminal"].append(terminals)
-        cols["amount"].append(np.round(amounts, 2))
-        cols["country"].append(np.broadcast_to(np.asarray(country), (n,)).copy())
-        cols["pattern"].append(np.full(n, pattern or "", dtype=object))
-
-    for card in range(config.cards):
-        n = rng.poisson(card_rate[card] * config.days)
-        days = rng.integers(0, config.days, size=n)
-        hours = rng.normal(14.0, 3.5, size=n).clip(6.0, 23.9)
-        ts = t0 + days * DAY + hours * HOUR + rng.uniform(0, 60, size=n)
-        usual = rng.choice(config.terminals, size=rng.integers(2, 6))
-        terminals = rng.choice(usual, size=n)
-        # Now and then a new terminal, as people travel or shop online.
-        wander = rng.random(n) < 0.1
-        terminals[wander] = rng.integers(0, config.terminals, size=int(wander.sum()))
-        amounts = rng.lognormal(np.log(card_mean[card]), 0.5, size=n).clip(0.5, 5000)
-        add(ts, card, terminals, amounts, card_country[card], None)
-
-        if rng.random() < config.card_testing_rate * config.days:
-            start = t0 + rng.uniform(0, span - DAY)
-            k = int(rng.integers(5, 16))
-            probe_ts = start + np.sort(rng.uniform(0, 20 * 60, size=k))
-            add(probe_ts, card, rng.integers(0, config.terminals, size=k),
-                rng.uniform(0.5, 4.0, size=k), "NL", "card_testing")
-            add(np.array([probe_ts[-1] + rng.uniform(60, 3600)]), card,
-                rng.integers(0, config.terminals, size=1),
-                np.array([rng.uniform(300, 1500)]), "NL", "card_testing")
-        if rng.random() < config.takeover_rate * config.days:
-            start = t0 + rng.uniform(0, span - DAY)
-            k = int(rng.poisson(card_rate[card] * 14 / 3)) + 1
-            ato_ts = start + rng.uniform(0, 14 * DAY, size=k)
-            add(ato_ts, card, rng.choice(usual, size=k),
-                card_mean[card] * rng.uniform(3, 8, size=k), card_country[card],
-                "account_takeover")
-        if progress is not None and card % 100 == 99:
-            progress(100)
-
-    for _ in range(rng.poisson(config.unusual_hours_per_day * config.days)):
-        card = int(rng.integers(0, config.cards))
-        day = int(rng.integers(0, config.days))
-        ts = t0 + day * DAY + rng.uniform(1, 5) * HOUR
-        add(np.array([ts]), card, rng.integers(0, config.terminals, size=1),
-            np.array([card_mean[card] * rng.uniform(1.5, 4)]),
-            rng.choice(["US", "BR", "NG", "RU"]), "unusual_hours")
-
-    frame = pd.DataFrame({k: np.concatenate(v) for k, v in cols.items()})
-    frame = frame[frame["ts"] < t0 + span]
     # Millisecond timestamps: exact through JSON, Parquet and float seconds alike.
-    frame["ts"] = np.round(frame["ts"], 3)
+    ts_ms = np.round(rows.ts * 1000).astype(np.int64)
+    t0_ms = round(world.t0 * 1000)
+    inside = (ts_ms >= t0_ms) & (ts_ms < t0_ms + config.days * 86_400_000)
+    rows = rows.take(inside)
+    ts_ms = ts_ms[inside]
+    order = np.argsort(ts_ms, kind="stable")
+    rows = rows.take(order)
+    ts_ms = ts_ms[order]
+    n = len(ts_ms)
 
-    # Skimmed terminals: every payment there during the window turns fraudulent.
-    for _ in range(rng.poisson(config.compromised_terminals_per_day * config.days)):
-        terminal = int(rng.integers(0, config.terminals))
-        start = t0 + rng.uniform(0, span)
-        hit = (frame["terminal"] == terminal) & frame["ts"].between(start, start + 14 * DAY)
-        hit &= frame["pattern"] == ""
-        frame.loc[hit, "pattern"] = "compromised_terminal"
+    rng = np.random.default_rng([config.seed, 3])
+    is_fraud = rows.pattern != LEGIT
+    source = np.full(n, 1, dtype=np.int64)  # analyst
+    for name, mix in _SOURCE_MIX.items():
+        mine = np.flatnonzero(rows.pattern == _CODE[name])
+        source[mine] = rng.choice(3, len(mine), p=mix)
+    if config.label_delay_days is not None:
+        labelled = np.ones(n, dtype=bool)
+        delay_ms = np.full(n, round(config.label_delay_days * 86_400_000), dtype=np.int64)
+    else:
+        labelled = is_fraud.copy()
+        if config.legit_verdict_rate > 0:
+            # Analysts clear what was alerted: mostly the legit look-alikes of fraud.
+            weight = np.where(np.isin(rows.kind, (_NORMAL, _SUBSCRIPTION, _VERIFY)), 1.0, 8.0)
+            p = config.legit_verdict_rate * weight / weight[~is_fraud].mean()
+            labelled |= ~is_fraud & (rng.random(n) < p)
+        delay_ms = np.round(_label_delays(rng, source) * 1000).astype(np.int64)
 
-    frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
-    is_fraud = frame["pattern"] != ""
-    n = len(frame)
-    source = rng.choice(["chargeback", "analyst", "customer_report"], size=n, p=[0.7, 0.2, 0.1])
-    delay_days = np.where(
-        source == "chargeback",
-        rng.lognormal(np.log(10), 0.5, size=n).clip(2, 60),
-        rng.uniform(0.5, 4, size=n),
-    )
-    ts_utc = pd.to_datetime(np.round(frame["ts"] * 1000).astype("int64"), unit="ms", utc=True)
-    if progress is not None:
-        progress(config.cards % 100)
+    # String columns are taken from small tables of distinct values: converting millions
+    # of Python strings to pandas' string dtype would cost seconds and hundreds of MB.
+    def column(table: Sequence[str | None], codes: np.ndarray) -> pd.Series:
+        return pd.Series(list(table)).take(codes).reset_index(drop=True)
+
+    n_cards = int(rows.card.max()) + 1 if n else 0
+    n_terms = len(world.term_mcc)
     return pd.DataFrame(
         {
-            "payment_id": [f"{config.id_prefix or f'sim{config.seed}'}_{i:07d}" for i in range(n)],
-            "timestamp": ts_utc,
-            "card_id": [f"card_{c:05d}" for c in frame["card"]],
-            "terminal_id": [f"term_{t:04d}" for t in frame["terminal"]],
-            "amount": frame["amount"].to_numpy(),
-            "currency": "EUR",
-            "country": frame["country"].to_numpy(),
-            "channel": np.where(frame["pattern"].isin(["card_testing", "unusual_hours"]),
-                                "ecom", term_channel[frame["terminal"].to_numpy()]),
-            "merchant_category": term_mcc[frame["terminal"].to_numpy()],
-            "is_fraud": is_fraud.to_numpy(),
-            "label_reported_at": (
-                ts_utc + pd.to_timedelta(np.round(delay_days * DAY), unit="s")
-            ).where(is_fraud),
-            "label_source": np.where(is_fraud, source, None),
-            "fraud_pattern": frame["pattern"].where(is_fraud, None).to_numpy(),
+            "payment_id": _payment_ids(config.id_prefix or f"sim{config.seed}", n),
+            "timestamp": pd.Series(pd.to_datetime(ts_ms, unit="ms", utc=True)),
+            "card_id": column([f"card_{i:05d}" for i in range(n_cards)], rows.card),
+            "terminal_id": column([f"term_{i:04d}" for i in range(n_terms)], rows.term),
+            "amount": rows.amount,
+            "currency": column(["EUR"], np.zeros(n, dtype=np.int64)),
+            "country": column(world.country_code.tolist(), world.term_country[rows.term]),
+            "channel": column(world.term_channel.tolist(), rows.term),
+            "merchant_category": column(world.term_mcc.tolist(), rows.term),
+            "is_fraud": is_fraud,
+            "label_reported_at": pd.Series(
+                pd.to_datetime(ts_ms + delay_ms, unit="ms", utc=True)).where(labelled),
+            "label_source": column([*LABEL_SOURCES, None], np.where(labelled, source, 3)),
+            "fraud_pattern": column([None, *PATTERNS], rows.pattern.astype(np.int64)),
         }
     )
+
+
+def _payment_ids(prefix: str, n: int) -> pd.Series:
+    """f"{prefix}_{i:07d}" for i in range(n), built in Arrow when pandas stores strings there."""
+    dtype = pd.Series(["x"]).dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        digits = pc.utf8_lpad(pc.cast(pa.array(np.arange(n)), pa.string()), 7, "0")
+        return pd.Series(pd.array(pc.binary_join_element_wise(f"{prefix}_", digits, ""),
+                                  dtype=dtype))
+    return pd.Series([f"{prefix}_{i:07d}" for i in range(n)])
