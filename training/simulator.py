@@ -800,7 +800,9 @@ def _compromise_terminals(cfg: SimulationConfig, world: _World, legit: _Rows) ->
     length = rng.integers(7, 36, waves) * DAY
     frac = rng.uniform(0.55, 0.95, waves)
     several = rng.random(waves) < 0.3
-    extra = 1 + rng.binomial(3, 0.5, waves)
+    # At most 1% of all terminals at once: in a small world, one breach is not a quarter
+    # of the month's fraud.
+    extra = np.minimum(1 + rng.binomial(3, 0.5, waves), max(1, n_terms // 100))
 
     order = np.argsort(legit.term, kind="stable")
     bounds = np.searchsorted(legit.term[order], np.arange(n_terms + 1))
