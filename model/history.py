@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,6 +67,55 @@ LABEL_SCHEMA = pa.schema(
 
 def _day(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def _day_numbers(column: pa.ChunkedArray) -> np.ndarray:
+    """UTC day of each timestamp as numpy days since the epoch (for grouping a batch)."""
+    micros = column.cast(_TS).cast(pa.int64()).to_numpy()
+    return (micros // 86_400_000_000).astype("datetime64[D]")
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: missing ones null, others cast."""
+    arrays = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names
+        else pa.nulls(table.num_rows, type=f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _part_paths(directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+    return directory / f".{name}.tmp", directory / name
+
+
+def _fsync_rename(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+class _PartWriter:
+    """One part file written in pieces under a temporary name, renamed when finished."""
+
+    def __init__(self, directory: Path, schema: pa.Schema) -> None:
+        self.tmp, self.final = _part_paths(directory)
+        self._writer = pq.ParquetWriter(self.tmp, schema)
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+
+    def finish(self) -> None:
+        self._writer.close()
+        _fsync_rename(self.tmp, self.final)
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 class HistoryStore:
@@ -126,15 +176,63 @@ class HistoryStore:
             self._write_table(base / f"day={day}", pa.Table.from_arrays(arrays, schema=schema))
         return len(frame)
 
+    def append_payment_batches(
+        self, batches: Iterable[pa.RecordBatch], progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Bulk append from a stream of batches (PAYMENT_SCHEMA columns, any subset).
+
+        Memory stays at one batch whatever the stream's length. Sorted by ``ts``, each day
+        gets one part file; unsorted input is written correctly, in more parts.
+        """
+        return self._append_batches(self.payments_dir, PAYMENT_SCHEMA, batches, "ts", progress)
+
+    def append_label_batches(
+        self, batches: Iterable[pa.RecordBatch], progress: Callable[[int], None] | None = None
+    ) -> int:
+        return self._append_batches(
+            self.labels_dir, LABEL_SCHEMA, batches, "reported_at", progress
+        )
+
+    def _append_batches(
+        self,
+        base: Path,
+        schema: pa.Schema,
+        batches: Iterable[pa.RecordBatch],
+        day_of: str,
+        progress: Callable[[int], None] | None,
+    ) -> int:
+        open_days: dict[str, _PartWriter] = {}
+        written = 0
+        try:
+            for batch in batches:
+                table = _conform(pa.Table.from_batches([batch]), schema)
+                days = _day_numbers(table.column(day_of))
+                present = {str(d): d for d in np.unique(days).astype("datetime64[D]")}
+                # A day absent from this batch is finished (renamed into place) at once, so
+                # sorted input keeps one file open and unsorted input a bounded number.
+                for day in [d for d in open_days if d not in present]:
+                    open_days.pop(day).finish()
+                for day, number in present.items():
+                    part = table if len(present) == 1 else table.filter(days == number)
+                    if day not in open_days:
+                        open_days[day] = _PartWriter(base / f"day={day}", schema)
+                    open_days[day].write(part)
+                written += table.num_rows
+                if progress is not None:
+                    progress(table.num_rows)
+            while open_days:
+                open_days.popitem()[1].finish()
+        except BaseException:
+            for writer in open_days.values():
+                writer.abort()
+            raise
+        return written
+
     @staticmethod
     def _write_table(directory: Path, table: pa.Table) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = directory / f".{name}.tmp"
+        tmp, final = _part_paths(directory)
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / name)
+        _fsync_rename(tmp, final)
 
     # ---- reading -------------------------------------------------------------------
     def connect(self) -> duckdb.DuckDBPyConnection:
