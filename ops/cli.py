@@ -217,9 +217,15 @@ def history_import(
     = [],  # noqa: B006 -- typer reads the default, never mutates it
     label_delay_days: float = typer.Option(14.0, help="label delay when the file gives none"),
 ) -> None:
-    """Import past payments with their fraud labels into the history."""
+    """Import past payments with their fraud labels into the history.
+
+    The whole file is checked first (a bad file changes nothing); payments already in the
+    history are skipped, so importing the same file again adds nothing."""
+    from rich.progress import TaskID, TaskProgressColumn
+
     from model.history import HistoryStore
     from training.importer import ImportError_, import_history
+    from training.importer import Progress as Step
 
     renames: dict[str, str] = {}
     for item in mapping:
@@ -228,14 +234,31 @@ def history_import(
             raise fail(f"--map {item!r}: write SOURCE=TARGET, e.g. --map tx_id=payment_id")
         renames[source] = target
     s = get_settings()
+    # Transient: once done, the bars give way to the result (or to the one-line error).
+    # Off when stderr is no terminal: there it would only leave an empty line.
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                   TextColumn("{task.completed:,.0f} rows"), TimeElapsedColumn(),
+                   console=err, transient=True, disable=not err.is_terminal)
+    tasks: dict[str, TaskID] = {}
+
+    def show(step: Step) -> None:
+        if step.step not in tasks:
+            tasks[step.step] = bar.add_task(step.step, total=step.total)
+        bar.update(tasks[step.step], completed=step.rows, total=step.total)
+
     try:
-        with console.status(f"importing {file}…"):
-            result = import_history(HistoryStore(s.history_dir), file, renames, label_delay_days)
+        with bar:
+            result = import_history(HistoryStore(s.history_dir), file, renames,
+                                    label_delay_days, progress=show)
     except ImportError_ as exc:
         raise fail(f"{file}: {exc}; nothing was imported") from exc
-    console.print(f"imported {result.payments:,} payments ({result.first:%Y-%m-%d} to "
-                  f"{result.last:%Y-%m-%d}) and {result.labels:,} labels "
+    span = (f" ({result.first:%Y-%m-%d} to {result.last:%Y-%m-%d})"
+            if result.first is not None and result.last is not None else "")
+    console.print(f"imported {result.payments:,} payments{span} and {result.labels:,} labels "
                   f"({result.fraud:,} fraud) into {s.history_dir}")
+    if result.skipped_payments or result.skipped_labels:
+        console.print(f"skipped {result.skipped_payments:,} payments and "
+                      f"{result.skipped_labels:,} labels already in the history")
     if result.future_labels:
         console.print(f"left out {result.future_labels:,} labels reported after now")
 

@@ -1,3 +1,5 @@
+import gzip
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -43,20 +45,46 @@ def test_labels_reported_after_now_are_left_out(tmp_path):
     assert list(store.query("SELECT payment_id FROM labels")["payment_id"]) == ["p1"]
 
 
-def test_reimport_does_not_duplicate_in_the_views(tmp_path):
+def test_reimport_adds_nothing_and_says_what_it_skipped(tmp_path):
     store = HistoryStore(tmp_path / "hist")
     mapping = {"tx": "payment_id", "ts": "timestamp", "card": "card_id"}
     path = write(tmp_path, GOOD)
     import_history(store, path, mapping)
-    import_history(store, path, mapping)
-    assert len(store.query("SELECT * FROM payments_raw")) == 6
-    assert len(store.query("SELECT * FROM payments")) == 3
-    assert len(store.query("SELECT * FROM labels")) == 2
+    again = import_history(store, path, mapping)
+    assert (again.payments, again.labels) == (0, 0)
+    assert (again.skipped_payments, again.skipped_labels) == (3, 2)
+    assert len(store.query("SELECT * FROM payments_raw")) == 3
+    assert len(store.query("SELECT * FROM labels_raw")) == 2
+    # A later file: one new payment, and a new verdict on a payment already imported.
+    later = write(tmp_path, GOOD.replace("p3,2026-10-02T09:30:00Z,c2,t1,5.0,true,,",
+                                         "p3,2026-10-02T09:30:00Z,c2,t1,5.0,true,,\n"
+                                         "p4,2026-10-03T09:30:00Z,c2,t1,7.0,0,,")
+                  .replace("p1,2026-10-01T10:00:00Z,c1,t1,12.5,0,,",
+                           "p1,2026-10-01T10:00:00Z,c1,t1,12.5,1,2026-10-20T00:00:00Z,analyst"),
+                  "later.csv")
+    result = import_history(store, later, mapping)
+    assert (result.payments, result.skipped_payments) == (1, 3)
+    assert (result.labels, result.skipped_labels) == (1, 2)
+    assert sorted(store.query("SELECT payment_id FROM payments_raw")["payment_id"]) == [
+        "p1", "p2", "p3", "p4"]
+    labels = store.query("SELECT payment_id, source FROM labels ORDER BY 1, 2")
+    assert labels.values.tolist() == [["p1", "analyst"], ["p2", "chargeback"], ["p3", "import"]]
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("payment_id,timestamp,card_id,amount\np1,2026-10-01,c1,3\n", "terminal_id"),
     ("payment_id,timestamp,card_id,terminal_id,amount\np1,2026-10-01,c1,t1,-3\n", "amount"),
+    ("payment_id,timestamp,card_id,terminal_id,amount\np1,2026-10-01,c1,t1,1e400\n", "amount"),
+    ("payment_id,timestamp,card_id,terminal_id,amount\np1,2026-10-01,c1,t1,\n", "empty value"),
+    ("payment_id,timestamp,card_id,terminal_id,amount,channel\np1,2026-10-01,c,t,3,web\n",
+     "channel"),
+    ("payment_id,timestamp,card_id,terminal_id,amount,is_fraud,label_reported_at\n"
+     "p1,2026-10-02,c,t,3,1,2026-10-01\n", "before the payment"),
+    ("payment_id,timestamp,card_id,terminal_id,amount,is_fraud,label_source\n"
+     "p1,2026-10-01,c,t,3,1,rumour\n", "label_source"),
+    ("payment_id,timestamp,card_id,terminal_id,amount\np1,2026-10-01,c,t,3,4\n", "malformed"),
+    ("tx,payment_id,timestamp,card_id,terminal_id,amount\nx,p1,2026-10-01,c,t,3\n",
+     "more than once"),
     ("payment_id,timestamp,card_id,terminal_id,amount\np1,yesterday,c1,t1,3\n", "timestamp"),
     ("payment_id,timestamp,card_id,terminal_id,amount\np1,2026-10-01,4111111111111111,t1,3\n",
      "PAN"),
@@ -68,7 +96,7 @@ def test_reimport_does_not_duplicate_in_the_views(tmp_path):
 def test_bad_files_are_refused_naming_the_problem_and_write_nothing(tmp_path, text, message):
     store = HistoryStore(tmp_path / "hist")
     with pytest.raises(ImportError_, match=message):
-        import_history(store, write(tmp_path, text))
+        import_history(store, write(tmp_path, text), {"tx": "payment_id"})
     assert not (tmp_path / "hist").exists()
 
 
@@ -90,3 +118,160 @@ def test_cli_import_reports_errors_and_counts(tmp_path, monkeypatch):
     result = runner.invoke(app, ["history", "import", str(good), "--map", "tx"])
     assert result.exit_code == 2 and "SOURCE=TARGET" in result.output
     get_settings.cache_clear()
+
+
+HEAD = "payment_id,timestamp,card_id,terminal_id,amount,is_fraud,label_reported_at\n"
+
+
+def rows(n, start="2026-10-01", **override):
+    """``n`` valid data lines, one payment an hour; ``override`` {row number: line}."""
+    t0 = pd.Timestamp(start, tz="UTC")
+    lines = [f"p{i},{(t0 + pd.Timedelta(hours=i)).isoformat()},c{i % 3},t{i % 2},{i + 1}.5,,"
+             for i in range(1, n + 1)]
+    for row, line in override.items():
+        lines[int(row.removeprefix("r")) - 1] = line
+    return HEAD + "\n".join(lines) + "\n"
+
+
+def test_zero_amounts_are_card_verifications_and_are_kept(tmp_path):
+    store = HistoryStore(tmp_path / "hist")
+    text = HEAD + "p1,2026-10-01T10:00:00Z,c1,t1,0,,\np2,2026-10-01T11:00:00Z,c1,t1,0.00,,\n"
+    result = import_history(store, write(tmp_path, text))
+    assert result.payments == 2
+    assert store.query("SELECT amount FROM payments")["amount"].tolist() == [0.0, 0.0]
+
+
+def test_negative_amounts_are_refused_naming_every_row_count_and_the_first_rows(tmp_path):
+    text = rows(12, r3="p3,2026-10-01T03:00:00Z,c,t,-1,,", r7="p7,2026-10-01T07:00:00Z,c,t,-0.5,,",
+                r11="p11,2026-10-01T11:00:00Z,c,t,ten,,")
+    with pytest.raises(ImportError_) as err:
+        import_history(HistoryStore(tmp_path / "hist"), write(tmp_path, text), chunk_rows=4)
+    assert str(err.value) == ("column 'amount': negative or not a number in 3 row(s), "
+                              "e.g. data row 3, 7, 11")
+    assert not (tmp_path / "hist").exists()
+
+
+def test_a_bad_row_in_a_late_chunk_writes_nothing(tmp_path):
+    text = rows(20, r19="p19,not-a-time,c1,t1,3,,")
+    store = HistoryStore(tmp_path / "hist")
+    seen = []
+    with pytest.raises(ImportError_, match=r"'timestamp': unreadable timestamp in 1 row\(s\), "
+                                           r"e\.g\. data row 19$"):
+        import_history(store, write(tmp_path, text), chunk_rows=3, progress=seen.append)
+    assert [p.rows for p in seen if p.step == "checking"][-1] == 20  # all chunks were read
+    assert not any(p.step == "writing" for p in seen)
+    assert not (tmp_path / "hist").exists()
+
+
+def test_duplicate_ids_in_different_chunks_are_refused(tmp_path):
+    text = rows(9, r8="p2,2026-10-01T08:00:00Z,c1,t1,3,,")
+    with pytest.raises(ImportError_, match=r"duplicate ids in 1 row\(s\), e\.g\. data row 8$"):
+        import_history(HistoryStore(tmp_path / "hist"), write(tmp_path, text), chunk_rows=2)
+    assert not (tmp_path / "hist").exists()
+
+
+def test_card_numbers_are_refused_and_never_echoed(tmp_path, monkeypatch):
+    pan = "4111 1111 1111 1111"
+    text = rows(6, r5=f"p5,2026-10-01T05:00:00Z,{pan},t1,3,,")
+    with pytest.raises(ImportError_, match=r"PAN\) in 1 row\(s\), e\.g\. data row 5;") as err:
+        import_history(HistoryStore(tmp_path / "hist"), write(tmp_path, text), chunk_rows=2)
+    assert "1111" not in str(err.value)
+    # A PAN in a row with a wrong number of fields is not quoted either.
+    malformed = rows(3, r2=f"p2,2026-10-01T02:00:00Z,{pan},t1,3,,,extra")
+    with pytest.raises(ImportError_, match="malformed CSV") as err:
+        import_history(HistoryStore(tmp_path / "hist"), write(tmp_path, malformed, "m.csv"))
+    assert "1111" not in str(err.value) and "line 3" in str(err.value)
+    # Not through the command either; an ordinary numeric token is no PAN.
+    monkeypatch.setenv("FRAUDSTREAM_HOME", str(tmp_path / "home"))
+    from model.config import get_settings
+
+    get_settings.cache_clear()
+    out = CliRunner().invoke(app, ["history", "import", str(tmp_path / "h.csv")])
+    get_settings.cache_clear()
+    assert out.exit_code == 2 and "PAN" in out.output and "1111" not in out.output
+    assert not (tmp_path / "home" / "history").exists()
+    token = rows(2, r1="p1,2026-10-01T01:00:00Z,4111111111111112,t1,3,,")
+    result = import_history(HistoryStore(tmp_path / "h2"), write(tmp_path, token, "t.csv"))
+    assert result.payments == 2
+
+
+def test_progress_reaches_the_row_count_in_both_steps(tmp_path):
+    text = rows(7, r2="p2,2026-10-01T02:00:00Z,c1,t1,3,1,2026-10-05T00:00:00Z")
+    seen = []
+    result = import_history(HistoryStore(tmp_path / "hist"), write(tmp_path, text),
+                            chunk_rows=3, progress=seen.append)
+    checking = [(p.rows, p.total) for p in seen if p.step == "checking"]
+    assert checking[0] == (3, 7) and checking[-1] == (7, 7)
+    assert [r for r, _ in checking] == sorted(r for r, _ in checking)
+    writing = [(p.rows, p.total) for p in seen if p.step == "writing"]
+    assert writing[0] == (0, 8) and writing[-1] == (8, 8)  # 7 payments and 1 label
+    assert (result.payments, result.labels) == (7, 1)
+
+
+def test_large_files_write_one_file_per_day_and_labels_by_reported_day(tmp_path):
+    store = HistoryStore(tmp_path / "hist")
+    text = rows(60, r30="p30,2026-10-02T06:00:00Z,c1,t1,3,1,2026-10-09T08:00:00Z",
+                r50="p50,2026-10-03T02:00:00Z,c1,t1,3,true,")
+    result = import_history(store, write(tmp_path, text), label_delay_days=2, chunk_rows=7)
+    assert (result.payments, result.labels, result.fraud) == (60, 2, 2)
+    days = sorted(d.name for d in store.payments_dir.iterdir())
+    assert days == ["day=2026-10-01", "day=2026-10-02", "day=2026-10-03"]
+    assert all(len(list((store.payments_dir / d).glob("*.parquet"))) == 1 for d in days)
+    assert not list(store.root.rglob(".*.tmp"))  # every file renamed into place
+    assert sorted(d.name for d in store.labels_dir.iterdir()) == ["day=2026-10-05",
+                                                                 "day=2026-10-09"]
+    per_day = store.query("SELECT day, count(*) AS n FROM read_parquet("
+                          f"'{store.payments_dir}/day=*/*.parquet', hive_partitioning = true) "
+                          "GROUP BY day ORDER BY day")
+    assert per_day["n"].tolist() == [23, 24, 13]
+    assert result.first == pd.Timestamp("2026-10-01T01:00:00Z")
+    assert result.last == pd.Timestamp("2026-10-03T12:00:00Z")
+
+
+def test_parquet_with_typed_columns_epoch_times_and_float_labels(tmp_path):
+    # pandas writes an is_fraud of 1/0 with gaps as floats: 1.0 is fraud (the importer
+    # once read it as "not fraud").
+    frame = pd.DataFrame({
+        "payment_id": ["a", "b", "c"],
+        "timestamp": [1790000000, 1790003600, 1790007200],
+        "card_id": ["c1", "c1", "c2"], "terminal_id": ["t1", "t2", "t1"],
+        "amount": [0.0, 12.0, 3.5],
+        "is_fraud": [1.0, None, 0.0],
+        "label_reported_at": pd.to_datetime(["2026-09-30", None, "2026-09-29"], utc=True),
+    })
+    path = tmp_path / "h.parquet"
+    frame.to_parquet(path)
+    store = HistoryStore(tmp_path / "hist")
+    result = import_history(store, path, chunk_rows=2)
+    assert (result.payments, result.labels, result.fraud) == (3, 2, 1)
+    labels = store.query("SELECT payment_id, is_fraud FROM labels ORDER BY 1")
+    assert labels.values.tolist() == [["a", True], ["c", False]]
+    ts = store.query("SELECT ts FROM payments ORDER BY payment_id")["ts"]
+    assert ts.iloc[0] == pd.Timestamp(1790000000, unit="s", tz="UTC")
+
+
+def test_gzipped_csv_and_a_header_only_file(tmp_path):
+    path = tmp_path / "h.csv.gz"
+    path.write_bytes(gzip.compress(rows(5).encode()))
+    seen = []
+    result = import_history(HistoryStore(tmp_path / "hist"), path, chunk_rows=2,
+                            progress=seen.append)
+    assert result.payments == 5 and seen[-1].rows == seen[-1].total == 5
+    empty = import_history(HistoryStore(tmp_path / "h2"), write(tmp_path, HEAD, "e.csv"))
+    assert (empty.payments, empty.first) == (0, None)
+
+
+def test_cli_shows_what_a_reimport_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAUDSTREAM_HOME", str(tmp_path / "home"))
+    from model.config import get_settings
+
+    get_settings.cache_clear()
+    runner = CliRunner()
+    path = write(tmp_path, rows(4))
+    first = runner.invoke(app, ["history", "import", str(path)])
+    again = runner.invoke(app, ["history", "import", str(path)])
+    get_settings.cache_clear()
+    assert first.exit_code == 0 and "imported 4 payments (2026-10-01 to 2026-10-01)" in first.output
+    assert again.exit_code == 0, again.output
+    assert "imported 0 payments and 0 labels" in again.output
+    assert "skipped 4 payments and 0 labels already in the history" in again.output
