@@ -101,6 +101,18 @@ def test_keys_never_reach_the_logs(bare_client, api_keys, caplog):
     assert key not in caplog.text and key[:-2] not in caplog.text
 
 
+# ---- amounts -------------------------------------------------------------------------
+def test_a_zero_amount_card_verification_is_scored_and_recorded(api_client, stream_worker):
+    check = payment(amount=0)
+    resp = api_client.post("/v1/payments/score", json=check)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["score"] is not None and not resp.json()["degraded"]
+    row = eventually(lambda: history_row(stream_worker, check["payment_id"]), 60)
+    assert row["amount"] == 0.0
+    assert api_client.post("/v1/payments/score",
+                           json=payment(amount=-0.01)).status_code == 422
+
+
 # ---- card data -----------------------------------------------------------------------
 def test_a_pan_is_refused_and_reaches_no_log_topic_or_history(api_client, stream_worker,
                                                              caplog):
