@@ -1,32 +1,59 @@
-"""``fraudstream train``: retrain from the history, evaluate on a later period, promote if better.
+"""``fraudstream train``: evaluate honestly, compare with baselines and the current model,
+refit the winner on everything matured, promote only on a significant gain.
 
-The split is by time, never at random::
+The split is by time, never at random, and each side only knows what it would have known::
 
-    |---- train ----|-- gap (label delay) --|---- test ----|  <- cut-off
-                                                   (last payment known)
+    |------ train ------|-- maturity --|---- test ----|-- maturity --|  <- cut-off
+                        ^ labels known here            ^ test labels known here (matured)
 
-Only labels reported by the cut-off are used. The gap keeps the test period's fraud out
-of the training features and mirrors the delay with which labels arrive in production.
+- **Maturity**: labels arrive days to weeks after a payment. A test window that ends at
+  the newest payment would count its unreported fraud as legitimate (and a live system,
+  where that window has no labels yet, could never compare models). So the test window
+  ends one maturity period before the cut-off, and the training payments end one maturity
+  period before the test starts, labelled with what was known then. The maturity defaults
+  to the 90th percentile of the label delays observed in the history.
+- **Baselines, always**: a logistic regression and a random forest on the same features
+  and payments, beside the candidate and the current model. The field's textbook numbers
+  are a floor; a candidate under them says so.
+- **The gate**: the candidate replaces the current model only if its average precision on
+  the same matured test window is higher with a paired bootstrap interval above zero.
+- **Champion refit**: the promoted artifact is the candidate's configuration refitted on
+  every payment matured by the cut-off. Its thresholds are set on the held-back test
+  window's out-of-sample scores: by alert budget (review and decline rates), or by cost
+  (the review threshold that maximises fraud amount caught minus the cost of reviews).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import sklearn
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from model.features import DAY, FEATURE_NAMES
 from model.history import HistoryStore
-from model.registry import Registry
-from training.dataset import Dataset, build
-from training.evaluate import evaluate
+from model.labels import fraud_known_since, fraud_spells
+from model.point_in_time import compute_features
+from model.registry import ModelVersion, Registry
+from training.dataset import load, newest_event
+from training.evaluate import EvalConfig, TestSet, card_replicates, evaluate, paired_gain
 
 PRIMARY_METRIC = "average_precision"
+CANDIDATE = "candidate"
+BASELINES = ("logistic_regression", "random_forest")
+CURRENT = "current"
+# Random forest baseline: trees on at most this many payments each, so that it stays a
+# baseline in cost too.
+RF_MAX_SAMPLES = 200_000
 
 
 class TrainingError(ValueError):
@@ -36,17 +63,34 @@ class TrainingError(ValueError):
 @dataclass(frozen=True)
 class TrainConfig:
     test_days: float = 7.0
-    gap_days: float = 7.0
-    train_days: float | None = None  # None: everything before the gap
+    maturity_days: float | None = None  # None: the observed label delays' 90th percentile
+    train_days: float | None = None  # None: every matured payment
     cutoff: float | None = None  # epoch seconds; None: the newest event in the history
-    review_rate: float = 0.03  # share of payments sent to review (thresholds are set on it)
+    thresholds_by: Literal["budget", "cost"] = "budget"
+    review_rate: float = 0.03  # share of payments sent to review ("budget")
     decline_rate: float = 0.005
-    alert_rate: float = 0.01
+    review_cost: float = 5.0  # what one review costs, in the payments' currency ("cost")
+    alert_rate: float = 0.01  # the alert budget the recall and amount metrics use
+    k: int = 100
+    bootstrap: int = 200
+    baselines: bool = True
     force: bool = False
-    max_iter: int = 200
+    # Legitimate payments are sampled down to at most this many training rows (every fraud
+    # kept, the sampled weighted back up): fits stay within the time budget on big books,
+    # and with fraud under 1% the dropped rows add little.
+    max_train_rows: int = 400_000
+    # the candidate: gradient-boosted trees
+    max_iter: int = 300
     learning_rate: float = 0.08
-    max_depth: int = 8
+    max_leaf_nodes: int = 31
+    max_depth: int = 8  # the compiled scorer walks trees level by level: depth sets its cost
+    min_samples_leaf: int = 40
+    l2_regularization: float = 1.0
     seed: int = 0
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(k=self.k, alert_rate=self.alert_rate, bootstrap=self.bootstrap,
+                          seed=self.seed)
 
 
 @dataclass
@@ -54,52 +98,127 @@ class TrainResult:
     version: str
     promoted: bool
     decision: str
-    metrics: dict[str, float]
-    previous_version: str | None = None
-    previous_metrics: dict[str, float] | None = None
+    metrics: dict[str, float]  # the candidate's, on the matured test window
+    comparison: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> metrics
+    gains: dict[str, dict[str, float]] = field(default_factory=dict)  # candidate vs model
+    warnings: list[str] = field(default_factory=list)
     window: dict[str, Any] = field(default_factory=dict)
+    previous_version: str | None = None
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
-def time_split(ds: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    ts = ds.payments["ts"].to_numpy()
-    end = float(ts.max())
-    test_start = end - cfg.test_days * DAY
-    train_end = test_start - cfg.gap_days * DAY
-    train_start = float(ts.min()) if cfg.train_days is None else train_end - cfg.train_days * DAY
-    train = (ts >= train_start) & (ts < train_end)
-    test = ts >= test_start
-    window = {
-        "train_start": _iso(train_start), "train_end": _iso(train_end),
-        "test_start": _iso(test_start), "test_end": _iso(end), "cutoff": _iso(ds.cutoff),
-        "gap_days": cfg.gap_days, "train_payments": int(train.sum()),
-        "train_fraud": int(ds.y[train].sum()), "test_payments": int(test.sum()),
-        "test_fraud": int(ds.y[test].sum()),
-    }
-    if train.sum() == 0:
-        span = (end - float(ts.min())) / DAY
-        raise TrainingError(
-            f"no payments left to train on: the history spans {span:.1f} days, but test "
-            f"({cfg.test_days}d) + gap ({cfg.gap_days}d) take the last "
-            f"{cfg.test_days + cfg.gap_days}d; import more history or shorten them"
-        )
-    if len(np.unique(ds.y[train])) < 2:
-        raise TrainingError("the training period needs both fraud and legitimate payments "
-                            f"(it has {window['train_fraud']} fraud of {window['train_payments']})")
-    return train, test, window
+def observed_maturity_days(payments: pd.DataFrame, labels: pd.DataFrame) -> float:
+    """The 90th percentile of fraud label delays (whole days, at least one); 7 days when
+    the history has no fraud label yet."""
+    spells = fraud_spells(labels)
+    if spells.empty:
+        return 7.0
+    ts = spells["payment_id"].map(payments.set_index("payment_id")["ts"])
+    delays = (spells["known_since"] - ts).dropna().to_numpy()
+    if len(delays) == 0:
+        return 7.0
+    return float(max(1, math.ceil(np.quantile(delays, 0.9) / DAY - 1e-9)))
 
 
-def fit(X: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> HistGradientBoostingClassifier:
-    model = HistGradientBoostingClassifier(
-        max_iter=cfg.max_iter, learning_rate=cfg.learning_rate, max_leaf_nodes=31,
-        # The compiled scorer walks all trees level by level: the deepest tree sets its cost.
-        max_depth=cfg.max_depth,
-        l2_regularization=1.0, early_stopping=False, random_state=cfg.seed,
+def candidate_model(cfg: TrainConfig) -> HistGradientBoostingClassifier:
+    return HistGradientBoostingClassifier(
+        max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
+        max_leaf_nodes=cfg.max_leaf_nodes, max_depth=cfg.max_depth,
+        min_samples_leaf=cfg.min_samples_leaf, l2_regularization=cfg.l2_regularization,
+        early_stopping=False, random_state=cfg.seed,
     )
-    return model.fit(X, y)
+
+
+def baseline_model(name: str, n_train: int, cfg: TrainConfig) -> Any:
+    if name == "logistic_regression":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    if name == "random_forest":
+        return RandomForestClassifier(
+            n_estimators=100, max_depth=20, min_samples_leaf=5, n_jobs=-1,
+            max_samples=min(1.0, RF_MAX_SAMPLES / max(n_train, 1)), random_state=cfg.seed)
+    raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    test: np.ndarray
+    refit: np.ndarray
+    window: dict[str, Any]
+    train_known_at: float  # labels the training rows are labelled with: reported by then
+
+
+def time_split(payments: pd.DataFrame, cutoff: float, maturity_days: float,
+               cfg: TrainConfig) -> Split:
+    ts = payments["ts"].to_numpy()
+    maturity = maturity_days * DAY
+    test_end = cutoff - maturity
+    test_start = test_end - cfg.test_days * DAY
+    train_end = test_start - maturity
+    first = float(ts.min())
+    train_start = first if cfg.train_days is None else train_end - cfg.train_days * DAY
+    refit_start = first if cfg.train_days is None else test_end - cfg.train_days * DAY
+    split = Split(
+        train=(ts >= train_start) & (ts < train_end),
+        test=(ts >= test_start) & (ts < test_end),
+        refit=(ts >= refit_start) & (ts < test_end),
+        window={
+            "cutoff": _iso(cutoff), "maturity_days": maturity_days,
+            "train_start": _iso(train_start), "train_end": _iso(train_end),
+            "test_start": _iso(test_start), "test_end": _iso(test_end),
+            "refit_start": _iso(refit_start), "refit_end": _iso(test_end),
+        },
+        train_known_at=test_start,
+    )
+    span = (float(ts.max()) - first) / DAY
+    need = f"test ({cfg.test_days:g}d) and two maturity periods ({maturity_days:g}d each)"
+    if not split.test.any():
+        raise TrainingError(f"no payments in the matured test window {split.window['test_start']}"
+                            f" .. {split.window['test_end']}: the history spans {span:.1f} "
+                            f"days; {need} must fit; import more history or pass "
+                            "--maturity-days / --test-days")
+    if not split.train.any():
+        raise TrainingError(f"no payments left to train on: the history spans {span:.1f} days "
+                            f"and {need} take the last {cfg.test_days + 2 * maturity_days:g}d; "
+                            "import more history or pass --maturity-days / --test-days")
+    return split
+
+
+def sample_rows(rows: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows (indices) and their weights: all fraud, legit sampled down."""
+    idx = np.flatnonzero(rows)
+    fraud = idx[y[idx] == 1]
+    legit = idx[y[idx] == 0]
+    keep = max(cfg.max_train_rows - len(fraud), 1)
+    if len(legit) <= keep:
+        return idx, np.ones(len(idx))
+    rng = np.random.default_rng(cfg.seed)
+    legit = np.sort(rng.choice(legit, size=keep, replace=False))
+    chosen = np.sort(np.r_[fraud, legit])
+    weight = np.where(y[chosen] == 1, 1.0, (len(idx) - len(fraud)) / keep)
+    return chosen, weight
+
+
+def _scores(model: Any, X: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict_proba(X)[:, 1], dtype=float)
+
+
+def choose_thresholds(scores: np.ndarray, y: np.ndarray, amount: np.ndarray,
+                      cfg: TrainConfig) -> dict[str, float]:
+    """Review and decline thresholds on held-back, out-of-sample scores."""
+    decline = float(np.quantile(scores, 1 - cfg.decline_rate))
+    if cfg.thresholds_by == "budget":
+        review = float(np.quantile(scores, 1 - cfg.review_rate))
+    else:
+        order = np.argsort(-scores, kind="stable")
+        value = np.cumsum((y * amount)[order]) - cfg.review_cost * np.arange(1, len(y) + 1)
+        best = int(np.argmax(value))
+        review = float(scores[order][best]) if value[best] > 0 else decline
+    review = min(review, decline)
+    return {"review": review, "decline": decline}
 
 
 def train(
@@ -110,63 +229,128 @@ def train(
         if progress is not None:
             progress(what, advance)
 
-    step("features")
-    ds = build(store, cfg.cutoff, progress=lambda n: step("features", n))
-    train_mask, test_mask, window = time_split(ds, cfg)
-    names = list(FEATURE_NAMES)
-    X = ds.features[names].to_numpy()
+    step("loading history")
+    payments, labels = load(store, cfg.cutoff)
+    if payments.empty:
+        raise TrainingError(f"the history at {store.root} holds no payments; import or record "
+                            "some")
+    cutoff = cfg.cutoff if cfg.cutoff is not None else newest_event(payments, labels)
+    maturity = (cfg.maturity_days if cfg.maturity_days is not None
+                else observed_maturity_days(payments, labels))
+    split = time_split(payments, cutoff, maturity, cfg)
 
-    step("fit")
-    model = fit(X[train_mask], ds.y[train_mask], cfg)
-    test_pay = ds.payments[test_mask]
-    test_y = ds.y[test_mask]
-    test_fraud_at = ds.fraud_reported_at[test_mask]
+    step("features")
+    features = compute_features(payments, labels, progress=lambda n: step("features", n))
+    X = features[list(FEATURE_NAMES)].to_numpy()
+    spells = fraud_spells(labels)
+    y_then = fraud_known_since(payments["payment_id"], spells,
+                               split.train_known_at).notna().to_numpy(dtype=int)
+    known_now = fraud_known_since(payments["payment_id"], spells, cutoff)
+    y_now = known_now.notna().to_numpy(dtype=int)
+
+    window = dict(split.window)
+    window.update(train_payments=int(split.train.sum()), train_fraud=int(y_then[split.train].sum()),
+                  test_payments=int(split.test.sum()), test_fraud=int(y_now[split.test].sum()),
+                  refit_payments=int(split.refit.sum()),
+                  refit_fraud=int(y_now[split.refit].sum()))
+    if len(np.unique(y_then[split.train])) < 2:
+        raise TrainingError("the training window needs both fraud and legitimate payments "
+                            f"(it has {window['train_fraud']} fraud of "
+                            f"{window['train_payments']})")
+    if window["test_fraud"] == 0:
+        raise TrainingError(f"no fraud is known in the matured test window "
+                            f"{window['test_start'][:10]} .. {window['test_end'][:10]}: "
+                            "models cannot be compared; wait for labels or widen --test-days")
+
+    test_pay = payments[split.test].assign(
+        day=lambda d: pd.to_datetime(d["ts"], unit="s", utc=True).dt.floor("D"))
+    test = TestSet(test_pay, y_now[split.test], known_now[split.test].to_numpy(dtype=float))
+    ecfg = cfg.eval_config()
+    replicates = card_replicates(test, ecfg)
+    rows, weight = sample_rows(split.train, y_then, cfg)
+    X_train, y_train, X_test = X[rows], y_then[rows], X[split.test]
+    window["train_rows_fitted"] = len(rows)
+
+    step("fit candidate")
+    candidate = candidate_model(cfg).fit(X_train, y_train, sample_weight=weight)
+    scores = {CANDIDATE: _scores(candidate, X_test)}
+    if cfg.baselines:
+        for name in BASELINES:
+            step(f"fit baseline: {name}")
+            model = baseline_model(name, len(y_train), cfg)
+            fit_args = {f"{model.steps[-1][0]}__sample_weight" if hasattr(model, "steps")
+                        else "sample_weight": weight}
+            scores[name] = _scores(model.fit(X_train, y_train, **fit_args), X_test)
+    previous = registry.current()
+    warnings: list[str] = []
+    if previous is not None:
+        prev_scores = _score_previous(previous, features, split.test,
+                                      split.window["test_start"], warnings)
+        if prev_scores is not None:
+            scores[CURRENT] = prev_scores
 
     step("evaluate")
-    scores = model.predict_proba(X[test_mask])[:, 1]
-    metrics = evaluate(test_pay, scores, test_y, test_fraud_at, cfg.alert_rate)
-    review = float(np.quantile(scores, 1 - cfg.review_rate))
-    decline = float(max(np.quantile(scores, 1 - cfg.decline_rate), review))
-
-    previous = registry.current()
-    previous_metrics = None
-    if previous is not None:
-        prev_names = previous.feature_names
-        unknown = set(prev_names) - set(names)
-        if not unknown:
-            prev_scores = previous.load_estimator().predict_proba(
-                ds.features[prev_names].to_numpy()[test_mask])[:, 1]
-            previous_metrics = evaluate(test_pay, prev_scores, test_y, test_fraud_at,
-                                        cfg.alert_rate)
-
-    mv = registry.register(
-        model,
-        {
-            "features": names,
-            "thresholds": {"review": review, "decline": decline},
-            "metrics": metrics,
-            "training": window,
-            "config": asdict(cfg),
-            "estimator": type(model).__name__,
-            "sklearn_version": sklearn.__version__,
-            "primary_metric": PRIMARY_METRIC,
-            "compared_with": {"version": previous.version, "metrics": previous_metrics}
-            if previous is not None else None,
-        },
-    )
+    comparison = {name: evaluate(test, s, ecfg, replicates) for name, s in scores.items()}
+    gains = {name: paired_gain(test, scores[CANDIDATE], s, replicates, PRIMARY_METRIC)
+             for name, s in scores.items() if name != CANDIDATE}
+    for name in BASELINES:
+        if name in gains and gains[name]["gain"] < 0:
+            sig = "significantly " if gains[name]["high"] < 0 else ""
+            warnings.append(f"the candidate {sig}loses to the {name.replace('_', ' ')} "
+                            f"baseline on {PRIMARY_METRIC} ({gains[name]['gain']:+.4f})")
 
     if previous is None:
         promoted, why = True, "no current model"
     elif cfg.force:
         promoted, why = True, "forced"
-    elif previous_metrics is None:
-        promoted, why = False, (f"current {previous.version} uses features no longer defined; "
-                                "use --force to replace it")
+    elif CURRENT not in scores:
+        promoted, why = True, (f"the current model {previous.version} needs features this "
+                               "version no longer computes: it cannot be served")
     else:
-        new, old = metrics[PRIMARY_METRIC], previous_metrics[PRIMARY_METRIC]
-        promoted = bool(new > old)
-        why = f"{PRIMARY_METRIC} {new:.4f} {'>' if promoted else '<='} current {old:.4f}"
+        g = gains[CURRENT]
+        promoted = bool(g["significant"])
+        why = (f"{PRIMARY_METRIC} gain over {previous.version}: {g['gain']:+.4f} "
+               f"(95% CI {g['low']:+.4f} .. {g['high']:+.4f}): "
+               + ("significant" if promoted else "not significant, not promoted"))
+
+    step("refit on all matured payments")
+    rows, weight = sample_rows(split.refit, y_now, cfg)
+    window["refit_rows_fitted"] = len(rows)
+    final = candidate_model(cfg).fit(X[rows], y_now[rows], sample_weight=weight)
+    thresholds = choose_thresholds(scores[CANDIDATE], test.y,
+                                   test_pay["amount"].to_numpy(dtype=float), cfg)
+
+    mv = registry.register(final, {
+        "features": list(FEATURE_NAMES),
+        "thresholds": thresholds,
+        "metrics": comparison[CANDIDATE],
+        "comparison": comparison,
+        "gains": gains,
+        "warnings": warnings,
+        "training": window,
+        "config": asdict(cfg),
+        "estimator": type(final).__name__,
+        "sklearn_version": sklearn.__version__,
+        "primary_metric": PRIMARY_METRIC,
+        "decision": why,
+        "compared_with": previous.version if previous is not None else None,
+    })
     if promoted:
         registry.promote(mv.version)
-    return TrainResult(mv.version, promoted, why, metrics,
-                       previous.version if previous else None, previous_metrics, window)
+    return TrainResult(mv.version, promoted, why, comparison[CANDIDATE], comparison, gains,
+                       warnings, window, previous.version if previous else None)
+
+
+def _score_previous(previous: ModelVersion, features: pd.DataFrame, rows: np.ndarray,
+                    test_start: str, warnings: list[str]) -> np.ndarray | None:
+    missing = set(previous.feature_names) - set(features.columns)
+    if missing:
+        warnings.append(f"the current model {previous.version} uses features no longer "
+                        f"computed ({', '.join(sorted(missing))}); not compared")
+        return None
+    trained_to = previous.metadata.get("training", {}).get("refit_end")
+    if trained_to is not None and trained_to > test_start:
+        warnings.append(f"the current model {previous.version} was fitted on payments up to "
+                        f"{trained_to[:10]}: where that overlaps the test window, it has seen "
+                        "those labels, and the comparison favours it")
+    return _scores(previous.load_estimator(), features[previous.feature_names].to_numpy()[rows])
