@@ -12,8 +12,7 @@ from api.auth import require
 from api.deps import Services, get_services
 from api.edge import score_request
 from api.scoring import not_in_future, score_one
-from model.policy import LIST_ENTITIES
-from model.policy import ListKind, RuleSet
+from model.policy import LIST_ENTITIES, ListKind, RuleSet
 from model.schemas import Label, Payment, ScoreResponse
 
 router = APIRouter()

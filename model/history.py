@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.features import FEATURE_NAMES
+from model.labels import fraud_spells_sql, latest_label_sql
 from model.schemas import Label, ScoredPayment
 
 FEATURE_PREFIX = "f_"
@@ -240,6 +241,8 @@ class HistoryStore:
 
         - ``payments``: one row per payment_id (repeats from redelivery dropped)
         - ``labels``: every distinct label event
+        - ``label_state``: each labelled payment's deciding label (``model.labels``)
+        - ``fraud_spells``: when each payment was known as fraud (``model.labels``)
         - ``payments_raw`` / ``labels_raw``: the files as written
         """
         con = duckdb.connect()
@@ -267,6 +270,8 @@ class HistoryStore:
             "min(received_at) AS received_at FROM labels_raw "
             "GROUP BY payment_id, is_fraud, source, reported_at"
         )
+        con.execute(f"CREATE VIEW label_state AS {latest_label_sql('labels')}")
+        con.execute(f"CREATE VIEW fraud_spells AS {fraud_spells_sql('labels')}")
         return con
 
     def query(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:

@@ -63,7 +63,7 @@ def stream() -> None:
 def up(
     demo_payments: int = typer.Option(400, help="simulated payments sent once it is up (0: none)"),
     demo_rate: float = typer.Option(40.0, help="payments per second of the demo traffic"),
-    history_days: int = typer.Option(45, help="days of simulated history if no model exists"),
+    history_days: int = typer.Option(90, help="days of simulated history if no model exists"),
 ) -> None:
     """Start Kafka, Redis, the stream worker and the API; train a first model if none."""
     from model.registry import Registry
@@ -91,8 +91,9 @@ def up(
                  cards=2000, terminals=200, seed=7, to_api=None, rate=50.0, count=0,
                  api_key=None)
         history_import(path, mapping=[], label_delay_days=14.0)
-        train(force=True, test_days=7.0, gap_days=7.0, train_days=None, cutoff=None,
-              review_rate=0.03, decline_rate=0.005)
+        train(force=True, test_days=7.0, maturity_days=None, train_days=None, cutoff=None,
+              thresholds_by="budget", review_rate=0.03, decline_rate=0.005, review_cost=5.0,
+              k=100, baselines=True)
         history_backfill_online()
     with console.status("starting the stream worker…"):
         services.start_stream(s)
@@ -295,15 +296,15 @@ def history_backfill_online() -> None:
 
 @history_app.command("stats")
 def history_stats() -> None:
-    """Payments, fraud labels and decisions per day."""
+    """Payments, fraud (by each payment's latest label) and decisions per day."""
     from model.history import HistoryStore
 
     df = HistoryStore(get_settings().history_dir).query(
         "SELECT strftime(p.ts, '%Y-%m-%d') AS day, count(*) AS payments, "
         "count(*) FILTER (WHERE p.source = 'api') AS scored, "
-        "count(l.payment_id) AS fraud_labelled, "
+        "count(l.payment_id) AS fraud_now, "
         "count(*) FILTER (WHERE p.decision = 'decline') AS declined "
-        "FROM payments p LEFT JOIN (SELECT DISTINCT payment_id FROM labels WHERE is_fraud) l "
+        "FROM payments p LEFT JOIN (SELECT payment_id FROM label_state WHERE is_fraud) l "
         "USING (payment_id) GROUP BY day ORDER BY day"
     )
     table = Table(*df.columns, title="history")
@@ -312,28 +313,60 @@ def history_stats() -> None:
     console.print(table)
 
 
+METRIC_COLUMNS = (("auc_roc", "AUC"), ("average_precision", "AP"),
+                  ("card_precision_at_k", "card P@k/day"), ("recall_at_budget", "recall@budget"),
+                  ("fraud_amount_per_alert", "fraud amount/alert"))
+
+
+def metrics_table(title: str, comparison: dict[str, dict[str, float]]) -> Table:
+    """Models side by side, each metric with its 95% interval."""
+    table = Table("model", *(label for _, label in METRIC_COLUMNS), title=title)
+    for name, m in comparison.items():
+        cells = []
+        for key, _ in METRIC_COLUMNS:
+            value = m.get(key, float("nan"))
+            low, high = m.get(f"{key}_low"), m.get(f"{key}_high")
+            ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+            cells.append(f"{value:.3f}{ci}" if abs(value) < 10 else f"{value:,.1f}{ci}")
+        table.add_row(name.replace("_", " "), *cells)
+    return table
+
+
 @app.command()
 def train(
-    force: bool = typer.Option(False, "--force", help="promote even if not better"),
-    test_days: float = typer.Option(7.0, min=0.5),
-    gap_days: float = typer.Option(7.0, min=0.0, help="label-delay gap between train and test"),
-    train_days: float | None = typer.Option(None, min=1.0, help="default: all before the gap"),
+    force: bool = typer.Option(False, "--force", help="promote even without a significant gain"),
+    test_days: float = typer.Option(7.0, min=0.5, help="length of the matured test window"),
+    maturity_days: float | None = typer.Option(
+        None, min=0.0, help="how long labels take to mature (default: the 90th percentile "
+                            "of the label delays in the history)"),
+    train_days: float | None = typer.Option(None, min=1.0,
+                                            help="default: every matured payment"),
     cutoff: Annotated[datetime | None, typer.Option(help="use only labels reported by then")]
     = None,
+    thresholds_by: str = typer.Option("budget", help="budget (review/decline rates) or cost"),
     review_rate: float = typer.Option(0.03, min=0.0, max=1.0),
     decline_rate: float = typer.Option(0.005, min=0.0, max=1.0),
+    review_cost: float = typer.Option(5.0, min=0.0,
+                                      help="cost of one review, with --thresholds-by cost"),
+    k: int = typer.Option(100, min=1, help="cards investigators check per day"),
+    baselines: bool = typer.Option(True, help="also fit the logistic regression and random "
+                                              "forest baselines"),
 ) -> None:
-    """Retrain from the history; promote the new model if it beats the current one."""
+    """Retrain from the history; promote the new model only on a significant gain."""
     from model.history import HistoryStore
     from model.registry import Registry
     from training.train import TrainConfig, TrainingError
     from training.train import train as run_training
 
+    if thresholds_by not in ("budget", "cost"):
+        raise fail(f"--thresholds-by {thresholds_by!r}: use budget or cost")
     s = get_settings()
     cfg = TrainConfig(
-        test_days=test_days, gap_days=gap_days, train_days=train_days, force=force,
+        test_days=test_days, maturity_days=maturity_days, train_days=train_days, force=force,
         cutoff=cutoff.replace(tzinfo=cutoff.tzinfo or UTC).timestamp() if cutoff else None,
-        review_rate=review_rate, decline_rate=decline_rate,
+        thresholds_by=thresholds_by,  # type: ignore[arg-type]
+        review_rate=review_rate, decline_rate=decline_rate, review_cost=review_cost, k=k,
+        baselines=baselines,
     )
     with _progress() as bar:
         tasks: dict[str, int] = {}
@@ -355,16 +388,16 @@ def train(
             bar.update(t, completed=bar.tasks[t].total or 1, total=bar.tasks[t].total or 1)
 
     w = result.window
-    console.print(f"train {w['train_start'][:10]} → {w['train_end'][:10]} "
-                  f"({w['train_payments']:,} payments, {w['train_fraud']:,} fraud); "
-                  f"gap {w['gap_days']:g}d; test {w['test_start'][:10]} → {w['test_end'][:10]} "
-                  f"({w['test_payments']:,} payments, {w['test_fraud']:,} fraud)")
-    table = Table("metric (test period)", result.version,
-                  *( [result.previous_version] if result.previous_metrics else []))
-    for key, value in result.metrics.items():
-        prev = [f"{result.previous_metrics[key]:.4f}"] if result.previous_metrics else []
-        table.add_row(key, f"{value:.4f}", *prev)
-    console.print(table)
+    console.print(
+        f"labels mature in {w['maturity_days']:g}d; evaluated: train {w['train_start'][:10]} → "
+        f"{w['train_end'][:10]} ({w['train_payments']:,} payments, {w['train_fraud']:,} fraud), "
+        f"test {w['test_start'][:10]} → {w['test_end'][:10]} ({w['test_payments']:,} payments, "
+        f"{w['test_fraud']:,} fraud); promoted artifact refitted on {w['refit_start'][:10]} → "
+        f"{w['refit_end'][:10]} ({w['refit_payments']:,} payments)")
+    console.print(metrics_table(f"matured test window (k = {cfg.k}, alert budget "
+                                f"{cfg.alert_rate:.0%}, 95% intervals)", result.comparison))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     verdict = "[green]promoted[/]" if result.promoted else "[yellow]not promoted[/]"
     console.print(f"{result.version}: {verdict} ({result.decision})")
 
@@ -417,14 +450,15 @@ def model_list() -> None:
 
     registry = Registry(get_settings().models_dir)
     current = registry.current_version()
-    table = Table("version", "current", "AUC", "AP", "card P@100", "trained on")
+    table = Table("version", "current", "AUC", "AP", "card P@k", "test window", "fitted on")
     for mv in registry.versions():
         m, w = mv.metadata.get("metrics", {}), mv.metadata.get("training", {})
         table.add_row(mv.version, "●" if mv.version == current else "",
                       f"{m.get('auc_roc', float('nan')):.4f}",
                       f"{m.get('average_precision', float('nan')):.4f}",
-                      f"{m.get('card_precision_at_100', float('nan')):.4f}",
-                      f"{w.get('train_start', '')[:10]} → {w.get('train_end', '')[:10]}")
+                      f"{m.get('card_precision_at_k', float('nan')):.4f}",
+                      f"{w.get('test_start', '')[:10]} → {w.get('test_end', '')[:10]}",
+                      f"{w.get('refit_start', '')[:10]} → {w.get('refit_end', '')[:10]}")
     console.print(table)
 
 

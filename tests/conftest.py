@@ -159,6 +159,7 @@ def trained(stack: Settings, small_history: Path) -> str:
 
     import_history(HistoryStore(stack.history_dir), small_history)
     result = train(HistoryStore(stack.history_dir), Registry(stack.models_dir),
-                   TrainConfig(test_days=7, gap_days=5, max_iter=60))
+                   TrainConfig(test_days=7, maturity_days=5, max_iter=60,
+                               baselines=False))
     assert result.promoted
     return result.version

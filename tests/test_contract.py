@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import serve_app
+from model.online_features import card_key
 from tests.conftest import eventually, history_row, payment, uid
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,8 @@ def test_a_retry_gets_the_first_answer_and_counts_once(api_client, stream_worker
     assert api_client.post("/v1/payments/score", json=nxt).status_code == 200
     row = eventually(lambda: history_row(stream_worker, nxt["payment_id"]), 60)
     assert row["f_card_count_1h"] == 2.0  # the retry did not count
-    assert row["f_terminal_count_1d"] == 1.0
+    assert row["f_card_count_1d"] == 2.0
+    assert row["f_card_mean_amount_1d"] == 25.0
 
 
 def test_same_payment_id_with_another_payload_is_409_and_changes_nothing(api_client,
@@ -38,7 +40,7 @@ def test_same_payment_id_with_another_payload_is_409_and_changes_nothing(api_cli
     resp = api_client.post("/v1/payments/score", json=other)
     assert resp.status_code == 409
     assert first["payment_id"] in resp.json()["detail"]
-    assert not redis_db.exists(f"fs:card:{other['card_id']}")
+    assert not redis_db.exists(card_key(other["card_id"]))
 
 
 # ---- authentication ------------------------------------------------------------------
@@ -54,7 +56,7 @@ def test_missing_or_wrong_key_is_401_and_changes_nothing(bare_client, redis_db):
     wrong = bare_client.post("/v1/payments/score", json=body,
                              headers={"X-API-Key": "fsk_not-a-key"})
     assert wrong.status_code == 401 and wrong.json()["detail"] == "unknown API key"
-    assert not redis_db.exists(f"fs:card:{body['card_id']}")
+    assert not redis_db.exists(card_key(body["card_id"]))
     assert bare_client.get("/healthz").status_code == 200  # health needs no key
 
 
@@ -88,7 +90,7 @@ def test_signing_keys_need_a_fresh_valid_signature(bare_client, api_keys, redis_
     for name, extra in cases.items():
         resp = bare_client.post("/v1/payments/score", content=body, headers=base | extra)
         assert resp.status_code == 401, name
-    assert not redis_db.exists(f"fs:card:{json.loads(body)['card_id']}")
+    assert not redis_db.exists(card_key(json.loads(body)["card_id"]))
     ok = bare_client.post("/v1/payments/score", content=body,
                           headers=base | {"X-Signature": signed(secret, body)})
     assert ok.status_code == 200, ok.text

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app, serve_app
+from model.online_features import card_key
 from tests.conftest import payment, uid
 
 pytestmark = pytest.mark.integration
@@ -61,4 +62,4 @@ def test_an_oversized_body_is_413_and_changes_nothing(api_client, redis_db):
     resp = api_client.post("/v1/payments/score", content=json.dumps(body),
                            headers={"content-type": "application/json"})
     assert resp.status_code == 413 and "larger than" in resp.json()["detail"]
-    assert not redis_db.exists(f"fs:card:{body['card_id']}")
+    assert not redis_db.exists(card_key(body["card_id"]))

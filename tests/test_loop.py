@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 
 from model.events import encode, key_of
 from model.history import HistoryStore
-from model.online_store import terminal_fraud_key
+from model.online_features import card_key, terminal_fraud_known_key
 from model.registry import Registry
 from model.schemas import Label, Payment, ScoredPayment
 from tests.conftest import eventually, history_row, payment, uid
@@ -44,7 +44,7 @@ def test_scored_payment_is_recorded_with_its_feature_vector(api_client, stream_w
     assert row["decision"] == second.json()["decision"]
     # the exact vector used: the card's second payment, 5 minutes after its first
     assert row["f_card_count_1h"] == 2.0
-    assert row["f_card_sum_1h"] == 100.0
+    assert row["f_card_mean_amount_1d"] == 50.0
     assert row["f_card_secs_since_prev"] == 300.0
     assert row["f_amount"] == 75.0
     assert raw_count(stream_worker, body["payment_id"]) == 1
@@ -62,7 +62,7 @@ def test_bad_payload_gets_422_naming_the_field_and_changes_nothing(
     assert resp.status_code == 422
     assert any(err["loc"][-1] == field for err in resp.json()["detail"])
     assert redis_db.dbsize() == keys_before
-    assert not redis_db.exists(f"fs:card:{bad['card_id']}")
+    assert not redis_db.exists(card_key(bad["card_id"]))
     # A valid payment sent after it is recorded; the bad one never is.
     good = payment()
     assert api_client.post("/v1/payments/score", json=good).status_code == 200
@@ -78,27 +78,31 @@ def test_missing_field_is_named(api_client):
     assert resp.json()["detail"][0]["loc"] == ["body", "terminal_id"]
 
 
-def test_label_joins_its_payment_and_raises_terminal_risk_for_later_payments(
+def test_label_joins_its_payment_and_raises_terminal_and_card_risk_for_later_payments(
         api_client, stream_worker, redis_db):
-    terminal = uid("term")
-    a = payment(terminal_id=terminal, ts="2026-11-20T08:00:00Z")
+    terminal, card = uid("term"), uid("card")
+    a = payment(terminal_id=terminal, card_id=card, ts="2026-11-01T08:00:00Z")
     assert api_client.post("/v1/payments/score", json=a).status_code == 200
     label = {"payment_id": a["payment_id"], "is_fraud": True, "source": "chargeback",
-             "reported_at": "2026-11-20T09:00:00Z"}
+             "reported_at": "2026-11-01T09:00:00Z"}
     resp = api_client.post("/v1/labels", json=label)
     assert resp.status_code == 202, resp.text
-    eventually(lambda: redis_db.zscore(terminal_fraud_key(terminal), a["payment_id"]), 60)
+    eventually(lambda: redis_db.zscore(terminal_fraud_known_key(terminal), a["payment_id"]), 60)
 
     # Scored before the label was reported: must not see it (event time).
-    early = payment(terminal_id=terminal, ts="2026-11-20T08:30:00Z")
-    later = payment(terminal_id=terminal, ts="2026-11-20T10:00:00Z")
-    for p in (early, later):
+    early = payment(terminal_id=terminal, card_id=card, ts="2026-11-01T08:30:00Z")
+    soon = payment(terminal_id=terminal, card_id=card, ts="2026-11-01T10:00:00Z")
+    # A week and 4 hours on, payment a is in the matured 1-day window (8 to 7 days ago),
+    # and its fraud is no longer "reported in the last 7 days".
+    matured = payment(terminal_id=terminal, card_id=card, ts="2026-11-08T12:00:00Z")
+    for p in (early, soon, matured):
         assert api_client.post("/v1/payments/score", json=p).status_code == 200
-    row_early = eventually(lambda: history_row(stream_worker, early["payment_id"]), 60)
-    row_later = eventually(lambda: history_row(stream_worker, later["payment_id"]), 60)
-    assert row_early["f_terminal_fraud_28d"] == 0.0
-    assert row_later["f_terminal_fraud_28d"] == 1.0
-    assert row_later["f_terminal_risk_28d"] == pytest.approx(1 / 3)
+    rows = [eventually(lambda p=p: history_row(stream_worker, p["payment_id"]), 60)
+            for p in (early, soon, matured)]
+    assert [r["f_terminal_fraud_fresh_7d"] for r in rows] == [0.0, 1.0, 0.0]
+    assert [r["f_card_fraud_known_30d"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["f_terminal_risk_1d"] for r in rows] == [0.0, 0.0, 1.0]
+    assert rows[2]["f_terminal_count_1d"] == 1.0
 
     labels = HistoryStore(stream_worker.history_dir).query(
         "SELECT * FROM labels WHERE payment_id = ?", [a["payment_id"]])
@@ -113,9 +117,9 @@ def test_label_arriving_before_its_payment_is_applied_when_the_payment_comes(
              "reported_at": "2026-11-21T09:00:00Z"}
     assert api_client.post("/v1/labels", json=label).status_code == 202
     eventually(lambda: redis_db.exists(f"fs:pending:{p['payment_id']}"), 60)
-    assert not redis_db.exists(terminal_fraud_key(terminal))
+    assert not redis_db.exists(terminal_fraud_known_key(terminal))
     assert api_client.post("/v1/payments/score", json=p).status_code == 200
-    eventually(lambda: redis_db.zscore(terminal_fraud_key(terminal), p["payment_id"]), 60)
+    eventually(lambda: redis_db.zscore(terminal_fraud_known_key(terminal), p["payment_id"]), 60)
 
 
 def test_bad_label_gets_422(api_client):
@@ -203,7 +207,8 @@ def test_retraining_promotes_a_model_the_running_api_then_uses(api_client, strea
     registry = Registry(stream_worker.models_dir)
     assert api_client.get("/healthz").json()["model_version"] == trained
     result = train(HistoryStore(stream_worker.history_dir), registry,
-                   TrainConfig(test_days=7, gap_days=5, max_iter=40, force=True))
+                   TrainConfig(test_days=7, maturity_days=5, max_iter=40, force=True,
+                               baselines=False))
     assert result.promoted and result.version != trained
     eventually(lambda: api_client.get("/healthz").json()["model_version"] == result.version, 30)
     scored = api_client.post("/v1/payments/score", json=payment()).json()
@@ -242,7 +247,7 @@ def test_timestamps_in_the_future_are_refused(api_client, redis_db):
     assert resp.status_code == 422
     assert resp.json()["detail"][0]["loc"] == ["body", "timestamp"]
     assert "future" in resp.json()["detail"][0]["msg"]
-    assert not redis_db.exists(f"fs:card:{far['card_id']}")
+    assert not redis_db.exists(card_key(far["card_id"]))
     label = {"payment_id": "p", "is_fraud": True, "source": "analyst",
              "reported_at": "2099-01-01T00:00:00Z"}
     resp = api_client.post("/v1/labels", json=label)

@@ -1,90 +1,198 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from model.history import HistoryStore
 from model.registry import Registry
-from training.evaluate import card_precision_at_k, recall_at_alert_rate
+from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate, paired_gain
 from training.importer import import_history
-from training.simulator import PATTERNS, SimulationConfig, simulate
-from training.train import TrainConfig, TrainingError, train
+from training.simulator import SimulationConfig, simulate
+from training.train import (
+    BASELINES,
+    TrainConfig,
+    TrainingError,
+    choose_thresholds,
+    observed_maturity_days,
+    train,
+)
+
+DAY = pd.Timestamp("2026-10-02", tz="UTC")
 
 
-def test_simulator_is_reproducible_and_labels_come_after_payments():
-    cfg = SimulationConfig(days=10, cards=150, terminals=30, seed=11, card_testing_rate=0.01,
-                           takeover_rate=0.01, compromised_terminals_per_day=0.3)
-    a, b = simulate(cfg), simulate(cfg)
-    pd.testing.assert_frame_equal(a, b)
-    assert a["timestamp"].is_monotonic_increasing
-    fraud = a[a["is_fraud"]]
-    assert set(fraud["fraud_pattern"]) == set(PATTERNS)
-    assert (fraud["label_reported_at"] > fraud["timestamp"]).all()
-    assert a.loc[~a["is_fraud"], "label_reported_at"].isna().all()
-    assert 0.002 < a["is_fraud"].mean() < 0.2
+def eval_set(n: int = 3000, seed: int = 0, days: int = 3) -> EvalSet:
+    rng = np.random.default_rng(seed)
+    cards = rng.integers(0, 400, n)
+    payments = pd.DataFrame({
+        "card_id": [f"c{c}" for c in cards],
+        "day": [DAY + pd.Timedelta(days=int(d)) for d in rng.integers(0, days, n)],
+        "amount": rng.uniform(1, 200, n).round(2),
+    })
+    y = (rng.random(n) < 0.05).astype(int)
+    return EvalSet(payments, y, np.full(n, np.nan))
 
 
-def test_recall_at_alert_rate():
-    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.05, 0.01, 0.3, 0.2, 0.6, 0.4])
-    y = np.array([1, 0, 1, 0, 1, 0, 0, 0, 0, 0])
-    assert recall_at_alert_rate(scores, y, 0.2) == pytest.approx(1 / 3)
-    assert recall_at_alert_rate(scores, y, 0.3) == pytest.approx(2 / 3)
+def test_auc_and_ap_equal_scikit_learn_ties_included():
+    test = eval_set()
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.random(len(test)) + test.y * 0.5, 1)  # coarse: many ties
+    m = evaluate(test, scores, EvalConfig(bootstrap=0))
+    assert m["auc_roc"] == pytest.approx(roc_auc_score(test.y, scores), abs=1e-12)
+    assert m["average_precision"] == pytest.approx(average_precision_score(test.y, scores),
+                                                   abs=1e-12)
+
+
+def test_bootstrap_intervals_surround_the_estimate_and_shrink_with_data():
+    small, big = eval_set(1500, seed=2), eval_set(30000, seed=2)
+    widths = []
+    for test in (small, big):
+        scores = np.random.default_rng(3).random(len(test)) + test.y * 0.8
+        cfg = EvalConfig(bootstrap=100)
+        m = evaluate(test, scores, cfg, card_replicates(test, cfg))
+        assert m["average_precision_low"] < m["average_precision"] < m["average_precision_high"]
+        assert m["auc_roc_low"] < m["auc_roc"] < m["auc_roc_high"]
+        widths.append(m["average_precision_high"] - m["average_precision_low"])
+    assert widths[1] < widths[0] / 2
+
+
+def test_recall_and_fraud_amount_at_the_alert_budget():
+    test = eval_set(1000)
+    y = np.zeros(1000, dtype=int)
+    y[:20] = 1
+    test = EvalSet(test.payments.assign(amount=100.0), y, test.known_since)
+    scores = np.linspace(1, 0, 1000)  # the first 10 rows (1% budget) are all fraud
+    m = evaluate(test, scores, EvalConfig(alert_rate=0.01, bootstrap=0))
+    assert m["recall_at_budget"] == 0.5
+    assert m["fraud_amount_per_alert"] == 100.0
 
 
 def test_card_precision_leaves_out_cards_already_known_compromised():
-    day = pd.Timestamp("2026-10-02", tz="UTC")
-    payments = pd.DataFrame({"card_id": ["a", "b", "c"], "day": [day] * 3})
+    payments = pd.DataFrame({"card_id": ["a", "b", "c"], "day": [DAY] * 3, "amount": 1.0})
     y = np.array([1, 1, 0])
     scores = np.array([0.9, 0.8, 0.1])
-    # card a's fraud was reported the day before: blocked, not a detection
-    reported = pd.Series([day.timestamp() - 3600, np.nan, np.nan])
-    assert card_precision_at_k(payments, scores, y, reported, k=1) == 1.0  # b is top
-    assert card_precision_at_k(payments, scores, y, reported, k=2) == 0.5  # b, c
-    never = pd.Series([np.nan] * 3)
-    assert card_precision_at_k(payments, scores, y, never, k=3) == pytest.approx(2 / 3)
+    # card a's fraud became known the day before: blocked, not a detection
+    known = np.array([DAY.timestamp() - 3600, np.nan, np.nan])
+    one = EvalConfig(k=1, bootstrap=0)
+    assert evaluate(EvalSet(payments, y, known), scores, one)["card_precision_at_k"] == 1.0
+    two = EvalConfig(k=2, bootstrap=0)
+    assert evaluate(EvalSet(payments, y, known), scores, two)["card_precision_at_k"] == 0.5
+    never = np.full(3, np.nan)
+    three = EvalConfig(k=3, bootstrap=0)
+    assert evaluate(EvalSet(payments, y, never), scores, three)["card_precision_at_k"] == \
+        pytest.approx(2 / 3)
 
 
-def test_train_promotes_first_then_only_a_better_model(tmp_path, small_history):
+def test_paired_gain_is_significant_only_for_a_real_gain():
+    test = eval_set(20000, seed=4)
+    rng = np.random.default_rng(5)
+    good = rng.random(len(test)) + test.y * 1.0
+    worse = good + rng.normal(0, 0.6, len(test))
+    reps = card_replicates(test, EvalConfig(bootstrap=100))
+    assert paired_gain(test, good, worse, reps)["significant"] == 1.0
+    same = paired_gain(test, good, good + 1e-12 * rng.random(len(test)), reps)
+    assert same["significant"] == 0.0 and same["low"] <= 0 <= same["high"]
+
+
+def test_thresholds_by_budget_and_by_cost():
+    rng = np.random.default_rng(6)
+    y = (rng.random(10000) < 0.02).astype(int)
+    scores = rng.random(10000) * 0.5 + y * 0.5
+    amount = np.full(10000, 50.0)
+    budget = choose_thresholds(scores, y, amount, TrainConfig(review_rate=0.03,
+                                                              decline_rate=0.005))
+    assert (scores >= budget["review"]).mean() == pytest.approx(0.03, abs=0.001)
+    assert budget["review"] <= budget["decline"]
+    # Reviews cost 10; a caught fraud saves 50: review down to where fraud thins out.
+    cost = choose_thresholds(scores, y, amount, TrainConfig(thresholds_by="cost",
+                                                            review_cost=10.0))
+    assert 0.45 < cost["review"] < 0.55
+    dear = choose_thresholds(scores, y, amount, TrainConfig(thresholds_by="cost",
+                                                            review_cost=60.0))
+    assert dear["review"] == dear["decline"]  # no review is worth its cost
+
+
+def test_maturity_is_read_from_the_label_delays():
+    frame = simulate(SimulationConfig(days=20, cards=200, terminals=40, seed=4,
+                                      label_delay_days=9.0))
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    payments = frame.assign(ts=(frame["timestamp"] - epoch).dt.total_seconds())
+    labels = pd.DataFrame({"payment_id": frame["payment_id"], "is_fraud": frame["is_fraud"],
+                           "reported_at": (frame["label_reported_at"] - epoch)
+                           .dt.total_seconds()}).dropna()
+    assert observed_maturity_days(payments, labels) == 9.0
+
+
+def test_train_evaluates_on_a_matured_window_with_baselines(tmp_path, small_history):
     store = HistoryStore(tmp_path / "hist")
     import_history(store, small_history)
     registry = Registry(tmp_path / "reg")
-    first = train(store, registry, TrainConfig(test_days=7, gap_days=5, max_iter=60))
+    first = train(store, registry, TrainConfig(test_days=7, maturity_days=5, max_iter=60,
+                                               bootstrap=50))
     assert first.promoted and registry.current_version() == first.version
     assert first.metrics["auc_roc"] > 0.8  # the simulated patterns are learnable
+    assert set(first.comparison) == {"candidate", *BASELINES}
     w = first.window
-    assert w["train_end"] < w["test_start"]  # the gap: no overlap between periods
+    stamp = pd.Timestamp
+    # the test window ends a maturity period before the newest label, or with the payments
+    assert stamp(w["cutoff"]) - stamp(w["test_end"]) >= pd.Timedelta(days=5)
+    assert stamp(w["test_start"]) - stamp(w["train_end"]) == pd.Timedelta(days=5)
+    assert w["refit_end"] == w["test_end"] and w["refit_payments"] > w["train_payments"]
     meta = registry.get(first.version).metadata
-    assert set(meta) >= {"features", "thresholds", "metrics", "training", "sha256"}
+    assert set(meta) >= {"features", "thresholds", "metrics", "comparison", "training",
+                         "sha256"}
     assert 0 < meta["thresholds"]["review"] <= meta["thresholds"]["decline"] <= 1
+    m = first.metrics
+    assert m["average_precision_low"] <= m["average_precision"] <= m["average_precision_high"]
 
     # A deliberately weak model (2 trees, tiny steps) must not replace the current one.
-    weak = train(store, registry, TrainConfig(test_days=7, gap_days=5, max_iter=2,
-                                              learning_rate=0.01))
-    assert not weak.promoted
-    assert weak.previous_metrics is not None
+    weak = train(store, registry, TrainConfig(test_days=7, maturity_days=5, max_iter=2,
+                                              learning_rate=0.01, bootstrap=50))
+    assert not weak.promoted and "current" in weak.comparison
+    assert weak.gains["current"]["gain"] < 0
+    assert any("baseline" in warning for warning in weak.warnings)
     assert registry.current_version() == first.version
-    forced = train(store, registry, TrainConfig(test_days=7, gap_days=5, max_iter=2,
-                                                learning_rate=0.01, force=True))
+    forced = train(store, registry, TrainConfig(test_days=7, maturity_days=5, max_iter=2,
+                                                learning_rate=0.01, force=True, baselines=False,
+                                                bootstrap=20))
     assert forced.promoted and registry.current_version() == forced.version
 
 
-def test_train_uses_only_labels_known_by_the_cutoff(tmp_path, small_history):
+def test_test_labels_are_those_known_at_the_cutoff(tmp_path, small_history):
     store = HistoryStore(tmp_path / "hist")
     import_history(store, small_history)
     frame = pd.read_parquet(small_history)
-    last = frame["timestamp"].max()
-    cfg = TrainConfig(test_days=7, gap_days=5, max_iter=20, cutoff=last.timestamp())
+    cutoff = frame["timestamp"].max() - pd.Timedelta(days=2)
+    cfg = TrainConfig(test_days=7, maturity_days=4, max_iter=20, cutoff=cutoff.timestamp(),
+                      baselines=False, bootstrap=20)
     result = train(store, Registry(tmp_path / "reg"), cfg)
-    test_start = pd.Timestamp(result.window["test_start"])
-    in_test = frame[(frame["timestamp"] >= test_start) & frame["is_fraud"]]
-    known_by_cutoff = in_test[in_test["label_reported_at"] <= last]
-    assert 0 < len(known_by_cutoff) < len(in_test)  # the newest fraud is not known yet
-    assert result.window["test_fraud"] == len(known_by_cutoff)
+    start, end = pd.Timestamp(result.window["test_start"]), pd.Timestamp(
+        result.window["test_end"])
+    in_test = frame[(frame["timestamp"] >= start) & (frame["timestamp"] < end)
+                    & frame["is_fraud"]]
+    known = in_test[in_test["label_reported_at"] <= cutoff]
+    assert 0 < len(known) < len(in_test)  # some fraud of the window is reported later
+    assert result.window["test_fraud"] == len(known)
+
+
+def test_train_refuses_a_window_with_no_matured_fraud(tmp_path, small_history):
+    """A live installation whose newest labels have not arrived: a clear message, not NaN."""
+    frame = pd.read_parquet(small_history)
+    # Labels stop arriving 12 days before the end of the history.
+    late = frame["label_reported_at"] > frame["timestamp"].max() - pd.Timedelta(days=12)
+    frame.loc[late, ["is_fraud", "label_reported_at", "label_source"]] = [False, pd.NaT, None]
+    path = tmp_path / "h.parquet"
+    frame.to_parquet(path)
+    store = HistoryStore(tmp_path / "hist")
+    import_history(store, path)
+    with pytest.raises(TrainingError, match="no fraud is known in the matured test window"):
+        train(store, Registry(tmp_path / "reg"), TrainConfig(test_days=3, maturity_days=2,
+                                                             baselines=False))
 
 
 def test_train_explains_a_history_too_short(tmp_path, small_history):
     store = HistoryStore(tmp_path / "hist")
     import_history(store, small_history)
     with pytest.raises(TrainingError, match="no payments left to train on"):
-        train(store, Registry(tmp_path / "reg"), TrainConfig(test_days=20, gap_days=15))
-    with pytest.raises(ValueError, match="holds no payments"):
+        train(store, Registry(tmp_path / "reg"), TrainConfig(test_days=25, maturity_days=6))
+    with pytest.raises(TrainingError, match="holds no payments"):
         train(HistoryStore(tmp_path / "empty"), Registry(tmp_path / "reg"), TrainConfig())

@@ -33,7 +33,7 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class TestSet:
+class EvalSet:
     """Test payments (``card_id``, ``day``, ``amount``), their labels as matured, and since
     when each was known as fraud (NaN if never)."""
 
@@ -66,7 +66,7 @@ def _auc_ap(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return auc, ap
 
 
-def _card_precision_per_day(test: TestSet, scores: np.ndarray, k: int) -> pd.Series:
+def _card_precision_per_day(test: EvalSet, scores: np.ndarray, k: int) -> pd.Series:
     p = test.payments
     day_start = p["day"].map(lambda d: pd.Timestamp(d).timestamp()).to_numpy()
     frame = pd.DataFrame({"card": p["card_id"].to_numpy(), "day": p["day"].to_numpy(),
@@ -82,7 +82,7 @@ def _card_precision_per_day(test: TestSet, scores: np.ndarray, k: int) -> pd.Ser
     return top.groupby("day", sort=True)["y"].mean()
 
 
-def evaluate(test: TestSet, scores: np.ndarray, cfg: EvalConfig = EvalConfig(),
+def evaluate(test: EvalSet, scores: np.ndarray, cfg: EvalConfig = EvalConfig(),
              replicates: np.ndarray | None = None) -> dict[str, float]:
     """Every metric, with ``_low``/``_high`` 95% bounds where a bootstrap applies."""
     if len(test) == 0:
@@ -132,14 +132,14 @@ def _block_metrics(weights: np.ndarray, scores: np.ndarray, y: np.ndarray,
     return auc, ap, recall, per_alert
 
 
-def card_replicates(test: TestSet, cfg: EvalConfig = EvalConfig()) -> np.ndarray:
+def card_replicates(test: EvalSet, cfg: EvalConfig = EvalConfig()) -> np.ndarray:
     """Bootstrap weights, ``(cfg.bootstrap, len(test))``: each card drawn Poisson(1) times."""
     codes, uniques = pd.factorize(test.payments["card_id"])
     rng = np.random.default_rng(cfg.seed)
     return rng.poisson(1.0, size=(cfg.bootstrap, len(uniques)))[:, codes].astype(float)
 
 
-def paired_gain(test: TestSet, candidate: np.ndarray, other: np.ndarray,
+def paired_gain(test: EvalSet, candidate: np.ndarray, other: np.ndarray,
                 replicates: np.ndarray, metric: str = "average_precision") -> dict[str, float]:
     """The candidate's gain over ``other`` on ``metric`` (AUC or AP), with a paired 95%
     interval: significant when the interval is above zero."""

@@ -45,7 +45,7 @@ from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
 from model.registry import ModelVersion, Registry
 from training.dataset import load, newest_event
-from training.evaluate import EvalConfig, TestSet, card_replicates, evaluate, paired_gain
+from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate, paired_gain
 
 PRIMARY_METRIC = "average_precision"
 CANDIDATE = "candidate"
@@ -155,7 +155,9 @@ def time_split(payments: pd.DataFrame, cutoff: float, maturity_days: float,
                cfg: TrainConfig) -> Split:
     ts = payments["ts"].to_numpy()
     maturity = maturity_days * DAY
-    test_end = cutoff - maturity
+    # An imported history's labels run on past its last payment: the window then ends
+    # with the payments.
+    test_end = min(cutoff - maturity, float(np.nextafter(ts.max(), np.inf)))
     test_start = test_end - cfg.test_days * DAY
     train_end = test_start - maturity
     first = float(ts.min())
@@ -264,7 +266,7 @@ def train(
 
     test_pay = payments[split.test].assign(
         day=lambda d: pd.to_datetime(d["ts"], unit="s", utc=True).dt.floor("D"))
-    test = TestSet(test_pay, y_now[split.test], known_now[split.test].to_numpy(dtype=float))
+    test = EvalSet(test_pay, y_now[split.test], known_now[split.test].to_numpy(dtype=float))
     ecfg = cfg.eval_config()
     replicates = card_replicates(test, ecfg)
     rows, weight = sample_rows(split.train, y_then, cfg)
