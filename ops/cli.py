@@ -228,12 +228,7 @@ def history_import(
     from training.importer import ImportError_, import_history
     from training.importer import Progress as Step
 
-    renames: dict[str, str] = {}
-    for item in mapping:
-        source, sep, target = item.partition("=")
-        if not sep or not source or not target:
-            raise fail(f"--map {item!r}: write SOURCE=TARGET, e.g. --map tx_id=payment_id")
-        renames[source] = target
+    renames = _renames(mapping)
     s = get_settings()
     # Transient: once done, the bars give way to the result (or to the one-line error).
     # Off when stderr is no terminal: there it would only leave an empty line.
@@ -400,6 +395,78 @@ def train(
         console.print(f"[yellow]warning:[/] {warning}")
     verdict = "[green]promoted[/]" if result.promoted else "[yellow]not promoted[/]"
     console.print(f"{result.version}: {verdict} ({result.decision})")
+
+
+def _renames(mapping: list[str]) -> dict[str, str]:
+    renames: dict[str, str] = {}
+    for item in mapping:
+        source, sep, target = item.partition("=")
+        if not sep or not source or not target:
+            raise fail(f"--map {item!r}: write SOURCE=TARGET, e.g. --map tx_id=payment_id")
+        renames[source] = target
+    return renames
+
+
+def _utc(value: datetime | None) -> float | None:
+    return value.replace(tzinfo=value.tzinfo or UTC).timestamp() if value else None
+
+
+@app.command()
+def backtest(
+    start: Annotated[datetime | None, typer.Option("--from", help="first day (UTC)")] = None,
+    end: Annotated[datetime | None, typer.Option("--to", help="end, exclusive (UTC)")] = None,
+    file: Annotated[Path | None, typer.Option(help="score this file's payments instead "
+                                                   "(CSV or Parquet, as history import)")]
+    = None,
+    mapping: Annotated[list[str], typer.Option("--map", help="with --file: SOURCE=TARGET")]
+    = [],  # noqa: B006 -- typer reads the default, never mutates it
+    label_delay_days: float = typer.Option(14.0, help="with --file: label delay when the "
+                                                      "file gives none"),
+    model: Annotated[list[str], typer.Option("--model", help="a registered version; repeat "
+                                                             "to compare (default: current)")]
+    = [],  # noqa: B006
+    k: int = typer.Option(100, min=1, help="cards investigators check per day"),
+    out: Annotated[Path | None, typer.Option(help="report directory (default: "
+                                                  "$FRAUDSTREAM_HOME/backtests/<time>)")]
+    = None,
+) -> None:
+    """Score a past period, point in time, as the live system would have; report and plot."""
+    from model.history import HistoryStore
+    from model.registry import Registry, RegistryError
+    from training.backtest import BacktestConfig, BacktestError
+    from training.backtest import backtest as run_backtest
+    from training.importer import ImportError_
+
+    if file is not None and (start or end):
+        raise fail("give --file or --from/--to, not both")
+    s = get_settings()
+    cfg = BacktestConfig(start=_utc(start), end=_utc(end), file=file,
+                         mapping=_renames(mapping), label_delay_days=label_delay_days,
+                         versions=tuple(model), k=k)
+    out = out or s.home / "backtests" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(step: str, advance: int | None) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=None)
+            if advance:
+                bar.advance(tasks[step], advance)
+
+        try:
+            report = run_backtest(HistoryStore(s.history_dir), Registry(s.models_dir), cfg,
+                                  out, progress)
+        except (BacktestError, RegistryError) as exc:
+            raise fail(str(exc)) from exc
+        except ImportError_ as exc:
+            raise fail(f"{file}: {exc}") from exc
+        for t in tasks.values():
+            bar.update(t, completed=bar.tasks[t].total or 1, total=bar.tasks[t].total or 1)
+    p = report.period
+    console.print(f"backtest of {p['payments']:,} payments ({p['fraud']:,} fraud), "
+                  f"{p['first'][:10]} → {p['last'][:10]}, from {p['source']}")
+    console.print(metrics_table(f"k = {k}, alert budget 1%, 95% intervals", report.metrics))
+    console.print(f"report, decisions and plot in {out}")
 
 
 @keys_app.command("create")

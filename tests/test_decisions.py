@@ -7,7 +7,7 @@ import pytest
 from redis.asyncio import Redis
 
 from api.decisions import DecisionRecorder
-from model.online_store import OnlineStore, decision_key
+from model.idempotency import DecisionStore, decision_key
 from model.redis_mux import RedisMux
 from model.schemas import ScoreResponse
 from tests.conftest import uid
@@ -30,7 +30,7 @@ def test_a_batch_cut_off_by_shutdown_is_kept_for_the_final_flush(stack, redis_db
     async def go():
         redis = Redis.from_url(stack.redis_url)
         stuck = RedisMux(f"redis://127.0.0.1:{port}/0", password="x", connect_timeout=5)
-        recorder = DecisionRecorder(OnlineStore(redis, stuck), window=0.001)
+        recorder = DecisionRecorder(DecisionStore(stuck), window=0.001)
         runner = asyncio.create_task(recorder.run())
         for pid in ids:
             recorder.add(pid, "hash", answer(pid))
@@ -41,7 +41,7 @@ def test_a_batch_cut_off_by_shutdown_is_kept_for_the_final_flush(stack, redis_db
         await stuck.close()
         # The final flush (here on a working connection) still has the whole batch.
         live = RedisMux(stack.redis_url)
-        recorder.store = OnlineStore(redis, live)
+        recorder.store = DecisionStore(live)
         await recorder.flush()
         await live.close()
         await redis.aclose()

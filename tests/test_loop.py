@@ -4,6 +4,7 @@ label, retrain, hot-reload."""
 import asyncio
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -17,6 +18,10 @@ from tests.conftest import eventually, history_row, payment, uid
 from training.train import TrainConfig, train
 
 pytestmark = pytest.mark.integration
+
+
+# The simulated history of the fixtures ends on 2026-10-01; its test window ends there.
+SMALL_HISTORY_LABELS_MATURE = datetime(2026, 10, 6, tzinfo=UTC).timestamp()
 
 
 def raw_count(settings, payment_id):
@@ -92,8 +97,8 @@ def test_label_joins_its_payment_and_raises_terminal_and_card_risk_for_later_pay
     # Scored before the label was reported: must not see it (event time).
     early = payment(terminal_id=terminal, card_id=card, ts="2026-11-01T08:30:00Z")
     soon = payment(terminal_id=terminal, card_id=card, ts="2026-11-01T10:00:00Z")
-    # A week and 4 hours on, payment a is in the matured 1-day window (8 to 7 days ago),
-    # and its fraud is no longer "reported in the last 7 days".
+    # A week and 4 hours on, the first three are in the matured 1-day window (8 to 7 days
+    # ago), one of them fraud; and its fraud is no longer "reported in the last 7 days".
     matured = payment(terminal_id=terminal, card_id=card, ts="2026-11-08T12:00:00Z")
     for p in (early, soon, matured):
         assert api_client.post("/v1/payments/score", json=p).status_code == 200
@@ -101,8 +106,8 @@ def test_label_joins_its_payment_and_raises_terminal_and_card_risk_for_later_pay
             for p in (early, soon, matured)]
     assert [r["f_terminal_fraud_fresh_7d"] for r in rows] == [0.0, 1.0, 0.0]
     assert [r["f_card_fraud_known_30d"] for r in rows] == [0.0, 1.0, 1.0]
-    assert [r["f_terminal_risk_1d"] for r in rows] == [0.0, 0.0, 1.0]
-    assert rows[2]["f_terminal_count_1d"] == 1.0
+    assert [r["f_terminal_risk_1d"] for r in rows] == [0.0, 0.0, pytest.approx(1 / 3)]
+    assert rows[2]["f_terminal_count_1d"] == 3.0
 
     labels = HistoryStore(stream_worker.history_dir).query(
         "SELECT * FROM labels WHERE payment_id = ?", [a["payment_id"]])
@@ -208,7 +213,7 @@ def test_retraining_promotes_a_model_the_running_api_then_uses(api_client, strea
     assert api_client.get("/healthz").json()["model_version"] == trained
     result = train(HistoryStore(stream_worker.history_dir), registry,
                    TrainConfig(test_days=7, maturity_days=5, max_iter=40, force=True,
-                               baselines=False))
+                               baselines=False, cutoff=SMALL_HISTORY_LABELS_MATURE))
     assert result.promoted and result.version != trained
     eventually(lambda: api_client.get("/healthz").json()["model_version"] == result.version, 30)
     scored = api_client.post("/v1/payments/score", json=payment()).json()
