@@ -315,14 +315,20 @@ METRIC_COLUMNS = (("auc_roc", "AUC"), ("average_precision", "AP"),
 
 def metrics_table(title: str, comparison: dict[str, dict[str, float]]) -> Table:
     """Models side by side, each metric with its 95% interval."""
+    if not console.is_terminal:  # a log or a pipe: no reason to squeeze the intervals
+        console.width = max(console.width, 150)
     table = Table("model", *(label for _, label in METRIC_COLUMNS), title=title)
     for name, m in comparison.items():
         cells = []
         for key, _ in METRIC_COLUMNS:
             value = m.get(key, float("nan"))
             low, high = m.get(f"{key}_low"), m.get(f"{key}_high")
-            ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
-            cells.append(f"{value:.3f}{ci}" if abs(value) < 10 else f"{value:,.1f}{ci}")
+            if abs(value) >= 10:  # an amount
+                ci = f" [{low:,.0f}, {high:,.0f}]" if low is not None and high is not None else ""
+                cells.append(f"{value:,.1f}{ci}")
+            else:
+                ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+                cells.append(f"{value:.3f}{ci}")
         table.add_row(name.replace("_", " "), *cells)
     return table
 
@@ -467,6 +473,79 @@ def backtest(
                   f"{p['first'][:10]} → {p['last'][:10]}, from {p['source']}")
     console.print(metrics_table(f"k = {k}, alert budget 1%, 95% intervals", report.metrics))
     console.print(f"report, decisions and plot in {out}")
+
+
+@app.command()
+def replay(
+    file: Path = typer.Argument(..., help="payments (and labels) not yet in the history"),
+    mapping: Annotated[list[str], typer.Option("--map", help="rename a column: SOURCE=TARGET")]
+    = [],  # noqa: B006 -- typer reads the default, never mutates it
+    label_delay_days: float = typer.Option(14.0, help="label delay when the file gives none"),
+    rate: float = typer.Option(400.0, min=0.001, help="payments per second"),
+    exact: bool = typer.Option(True, help="pause until labels due are in the features "
+                                          "before sending later payments"),
+    api_key: str | None = typer.Option(None, envvar="FRAUDSTREAM_CLIENT_API_KEY",
+                                       help="X-API-Key (scopes score, labels)"),
+) -> None:
+    """Send a file through the live API, labels as reported, and compare every decision
+    with the backtest of the same payments."""
+    from redis.asyncio import Redis
+
+    from model.history import HistoryStore
+    from model.registry import Registry
+    from training.backtest import BacktestConfig, BacktestError, load_file
+    from training.backtest import backtest as run_backtest
+    from training.importer import ImportError_
+    from training.replay import ReplayError, compare, traffic_frame
+    from training.replay import replay as run_replay
+
+    s = get_settings()
+    registry = Registry(s.models_dir)
+    version = registry.current_version()
+    if version is None:
+        raise fail("no current model: train or promote one first")
+    renames = _renames(mapping)
+    try:
+        payments, labels = load_file(file, renames, label_delay_days)
+        with console.status("backtest of the same payments…"):
+            bt = run_backtest(HistoryStore(s.history_dir), registry, BacktestConfig(
+                file=file, mapping=renames, label_delay_days=label_delay_days,
+                versions=(version,), bootstrap=0))
+    except (BacktestError, ImportError_) as exc:
+        raise fail(f"{file}: {exc}") from exc
+    frame = traffic_frame(payments, labels)
+    password = s.redis_password.get_secret_value() if s.redis_password else None
+
+    async def go() -> object:
+        redis = Redis.from_url(s.redis_url, password=password) if exact else None
+        try:
+            with _progress() as bar:
+                task = bar.add_task(f"replaying to {s.api_url} at {rate:g}/s", total=len(frame))
+                return await run_replay(s.api_url, api_key or _demo_key(s), frame, rate, redis,
+                                        progress=lambda n: bar.advance(task, n))
+        finally:
+            if redis is not None:
+                await redis.aclose()
+
+    try:
+        report = asyncio.run(go())
+        agreement = compare(report, bt.decisions, version)  # type: ignore[arg-type]
+    except ReplayError as exc:
+        raise fail(str(exc)) from exc
+    table = Table("payments", "answered", "same decision", "different", "max |score diff|",
+                  "p50 ms", "p99 ms", title=f"replay vs backtest, model {version}")
+    table.add_row(f"{agreement.payments:,}", f"{agreement.answered:,}",
+                  f"{agreement.same_decision:,}", f"{agreement.different_decision:,}",
+                  f"{agreement.max_score_difference:.2e}",
+                  f"{report.percentile(50):.2f}", f"{report.percentile(99):.2f}")  # type: ignore[attr-defined]
+    console.print(table)
+    if agreement.different_decision:
+        out = s.home / "replays" / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-differences.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        agreement.differences.to_csv(out, index=False)
+        console.print(f"the differing payments are in {out}")
+    if report.errors:  # type: ignore[attr-defined]
+        raise fail(f"requests failed: {dict(report.errors)}")  # type: ignore[attr-defined]
 
 
 @keys_app.command("create")

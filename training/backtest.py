@@ -72,12 +72,7 @@ def _period(cfg: BacktestConfig, store: HistoryStore,
     payments, labels = load(store)
     if cfg.file is not None:
         progress("checking the file", None)
-        with tempfile.TemporaryDirectory(prefix="fraudstream-backtest-") as scratch:
-            brought = HistoryStore(Path(scratch))
-            import_history(brought, cfg.file, cfg.mapping, cfg.label_delay_days)
-            file_payments, file_labels = load(brought)
-        if file_payments.empty:
-            raise BacktestError(f"{cfg.file}: no payments")
+        file_payments, file_labels = load_file(cfg.file, cfg.mapping, cfg.label_delay_days)
         first = float(file_payments["ts"].min())
         context = payments[(payments["ts"] >= first - CONTEXT)
                            & ~payments["payment_id"].isin(file_payments["payment_id"])]
@@ -97,6 +92,20 @@ def _period(cfg: BacktestConfig, store: HistoryStore,
     if not in_period.any():
         raise BacktestError("no payments in the period asked for")
     return combined, labels, in_period
+
+
+def load_file(path: Path, mapping: dict[str, str] | None = None,
+              label_delay_days: float = 14.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A brought file's payments and labels, checked exactly as ``history import`` checks."""
+    with tempfile.TemporaryDirectory(prefix="fraudstream-file-") as scratch:
+        brought = HistoryStore(Path(scratch))
+        import_history(brought, path, mapping or {}, label_delay_days)
+        payments, labels = load(brought)
+        extra = brought.query("SELECT payment_id, currency, country, channel, "
+                              "merchant_category FROM payments")
+    if payments.empty:
+        raise BacktestError(f"{path}: no payments")
+    return payments.merge(extra, on="payment_id", how="left"), labels
 
 
 def _versions(registry: Registry, cfg: BacktestConfig) -> list[ModelVersion]:

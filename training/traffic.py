@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -25,6 +25,7 @@ class TrafficReport:
     decisions: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
+    answers: dict[str, dict[str, object]] = field(default_factory=dict)  # with keep_answers
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -61,8 +62,18 @@ async def send_traffic(
     concurrency: int = 32,
     headers: dict[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
+    keep_answers: bool = False,
+    settle: Callable[[list[pd.Series]], Awaitable[None]] | None = None,
+    card_order: bool = False,
 ) -> TrafficReport:
-    """Open loop: payment i is due at start + i/rate whatever the previous answers took."""
+    """Open loop: payment i is due at start + i/rate whatever the previous answers took.
+
+    With ``settle``, the labels that fall due are posted and then awaited (accepted, and
+    ``settle`` returns once they are in the features) before any later payment is sent:
+    the clock pauses meanwhile, so no payment races the labels reported before it. With
+    ``card_order``, a payment waits for the answer to its card's previous one, so that each
+    card's payments reach the store in timestamp order despite the concurrency.
+    """
     if rate <= 0:
         raise ValueError("rate must be > 0 payments per second")
     report = TrafficReport()
@@ -73,7 +84,12 @@ async def send_traffic(
 
     async with httpx.AsyncClient(base_url=api_url, timeout=10.0, headers=headers) as client:
 
-        async def post(path: str, body: dict[str, object], is_payment: bool) -> None:
+        last_of_card: dict[str, asyncio.Task[None]] = {}
+
+        async def post(path: str, body: dict[str, object], is_payment: bool,
+                       after: asyncio.Task[None] | None = None) -> None:
+            if after is not None:
+                await after
             async with limit:
                 started = time.perf_counter()
                 try:
@@ -86,7 +102,10 @@ async def send_traffic(
                     return
                 if is_payment:
                     report.latencies_ms.append((time.perf_counter() - started) * 1000)
-                    report.decisions[resp.json()["decision"]] += 1
+                    answer = resp.json()
+                    report.decisions[answer["decision"]] += 1
+                    if keep_answers:
+                        report.answers[str(body["payment_id"])] = answer
 
         tasks: list[asyncio.Task[None]] = []
         t0 = time.perf_counter()
@@ -94,14 +113,26 @@ async def send_traffic(
             delay = t0 + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            due: list[pd.Series] = []
             while next_label < len(label_rows) and \
                     label_rows[next_label].label_reported_at <= row.timestamp:
-                lrow = pd.Series(label_rows[next_label]._asdict())
-                tasks.append(asyncio.create_task(post("/v1/labels", label_body(lrow), False)))
-                report.labels_sent += 1
+                due.append(pd.Series(label_rows[next_label]._asdict()))
                 next_label += 1
+            posted = [asyncio.create_task(post("/v1/labels", label_body(lrow), False))
+                      for lrow in due]
+            tasks.extend(posted)
+            report.labels_sent += len(due)
+            if due and settle is not None:
+                paused = time.perf_counter()
+                await asyncio.gather(*tasks)  # earlier payments recorded, labels accepted
+                await settle(due)
+                t0 += time.perf_counter() - paused
             body = payment_body(pd.Series(row._asdict()))
-            tasks.append(asyncio.create_task(post("/v1/payments/score", body, True)))
+            after = last_of_card.get(row.card_id) if card_order else None
+            task = asyncio.create_task(post("/v1/payments/score", body, True, after))
+            tasks.append(task)
+            if card_order:
+                last_of_card[row.card_id] = task
             report.sent += 1
             if progress is not None:
                 progress(1)

@@ -39,7 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from model.features import DAY, FEATURE_NAMES
+from model.features import DAY, FEATURE_NAMES, TERMINAL_HORIZON
 from model.history import HistoryStore
 from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
@@ -64,7 +64,8 @@ class TrainingError(ValueError):
 class TrainConfig:
     test_days: float = 7.0
     maturity_days: float | None = None  # None: the observed label delays' 90th percentile
-    train_days: float | None = None  # None: every matured payment
+    train_days: float | None = None  # None: every matured payment after the warm-up
+    warm_up_days: float | None = None  # None: the longest feature window (37 days)
     cutoff: float | None = None  # epoch seconds; None: the newest event in the history
     thresholds_by: Literal["budget", "cost"] = "budget"
     review_rate: float = 0.03  # share of payments sent to review ("budget")
@@ -160,9 +161,18 @@ def time_split(payments: pd.DataFrame, cutoff: float, maturity_days: float,
     test_end = min(cutoff - maturity, float(np.nextafter(ts.max(), np.inf)))
     test_start = test_end - cfg.test_days * DAY
     train_end = test_start - maturity
+    # The history's first weeks have truncated windows (a card seems new, a terminal has
+    # no matured labels yet): features unlike any a live payment gets. Left out of fitting
+    # while enough history remains after them.
     first = float(ts.min())
-    train_start = first if cfg.train_days is None else train_end - cfg.train_days * DAY
-    refit_start = first if cfg.train_days is None else test_end - cfg.train_days * DAY
+    warmed = first + (TERMINAL_HORIZON if cfg.warm_up_days is None
+                      else cfg.warm_up_days * DAY)
+    if warmed >= train_end - DAY:
+        warmed = first
+    train_start = warmed if cfg.train_days is None else max(train_end - cfg.train_days * DAY,
+                                                            warmed)
+    refit_start = warmed if cfg.train_days is None else max(test_end - cfg.train_days * DAY,
+                                                            warmed)
     split = Split(
         train=(ts >= train_start) & (ts < train_end),
         test=(ts >= test_start) & (ts < test_end),

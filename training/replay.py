@@ -1,0 +1,124 @@
+"""``fraudstream replay``: send a file's payments through the live API, with their labels
+posted as they would have been reported, and count how many answers differ from the
+backtest of the same payments.
+
+This is the check that the one definition of every feature holds end to end: the API's
+features come from Redis, the backtest's from the history, and the same model must give
+the same decision. The file's payments must not be in the history yet, and the online
+store must hold the history before them (``fraudstream history backfill-online``).
+
+With ``exact`` (the default) the clock stops whenever labels fall due: they are posted,
+and no later payment is sent before Redis shows them. Without it, labels race the payments
+scored right after them, as they would in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from redis.asyncio import Redis
+
+from model.online_features import terminal_fraud_known_key
+from training.traffic import TrafficReport, send_traffic
+
+SETTLE_TIMEOUT = 30.0
+
+
+class ReplayError(RuntimeError):
+    pass
+
+
+def traffic_frame(payments: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """The payments (epoch ``ts``) with their latest fraud label, as the traffic sender
+    takes them, in timestamp order."""
+    fraud = labels[labels["is_fraud"].astype(bool)].sort_values("reported_at")
+    fraud = fraud.groupby("payment_id").head(1).set_index("payment_id")["reported_at"]
+    reported = payments["payment_id"].map(fraud)
+    frame = pd.DataFrame({
+        "payment_id": payments["payment_id"],
+        "timestamp": _exact_time(payments["ts"]),
+        "card_id": payments["card_id"],
+        "terminal_id": payments["terminal_id"],
+        "amount": payments["amount"],
+        "currency": payments.get("currency", "EUR"),
+        "is_fraud": reported.notna(),
+        "label_reported_at": _exact_time(reported),
+        "label_source": np.where(reported.notna(), "chargeback", None),
+    })
+    for optional in ("country", "channel", "merchant_category"):
+        if optional in payments.columns:
+            frame[optional] = payments[optional]
+    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def _exact_time(epoch: pd.Series) -> pd.Series:
+    # The history keeps microseconds; float seconds -> nanoseconds would land a hair off.
+    micros = (epoch * 1e6).round().astype("Int64")
+    return pd.to_datetime(micros, unit="us", utc=True)
+
+
+def settle_in(redis: Redis) -> Callable[[list[pd.Series]], asyncio.Future[None]]:
+    """Waits until every fraud label given is in the terminal features in Redis."""
+
+    async def settle(labels: list[pd.Series]) -> None:
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        waiting = [(terminal_fraud_known_key(lb["terminal_id"]), lb["payment_id"])
+                   for lb in labels if lb["is_fraud"]]
+        while waiting:
+            pipe = redis.pipeline(transaction=False)
+            for key, pid in waiting:
+                pipe.zscore(key, pid)
+            found = await pipe.execute()
+            waiting = [w for w, score in zip(waiting, found, strict=True) if score is None]
+            if waiting and time.monotonic() > deadline:
+                raise ReplayError(f"{len(waiting)} labels did not reach the features within "
+                                  f"{SETTLE_TIMEOUT:g}s: is the stream worker running?")
+            if waiting:
+                await asyncio.sleep(0.02)
+
+    return settle  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    payments: int
+    answered: int
+    same_decision: int
+    different_decision: int
+    max_score_difference: float
+    differences: pd.DataFrame  # payment_id, decision (api), decision (backtest), scores
+
+
+def compare(report: TrafficReport, decisions: pd.DataFrame, version: str) -> Agreement:
+    """The live answers against the backtest's decisions of model ``version``."""
+    live = pd.DataFrame([
+        {"payment_id": pid, "api_decision": a["decision"], "api_score": a["score"],
+         "api_model": a["model_version"]}
+        for pid, a in report.answers.items()])
+    if live.empty:
+        raise ReplayError("the API answered no payment")
+    joined = decisions[["payment_id", f"score:{version}", f"decision:{version}"]].rename(
+        columns={f"score:{version}": "backtest_score",
+                 f"decision:{version}": "backtest_decision"}).merge(live, on="payment_id")
+    other_model = joined["api_model"] != version
+    if other_model.any():
+        raise ReplayError(f"{int(other_model.sum())} answers came from another model than "
+                          f"{version}: was a model promoted during the replay?")
+    differ = joined["api_decision"] != joined["backtest_decision"]
+    gap = (joined["api_score"].astype(float) - joined["backtest_score"]).abs()
+    return Agreement(len(decisions), len(joined), int((~differ).sum()), int(differ.sum()),
+                     float(gap.max()) if len(gap) else float("nan"), joined[differ])
+
+
+async def replay(api_url: str, api_key: str | None, frame: pd.DataFrame, rate: float,
+                 redis: Redis | None, progress: Callable[[int], None] | None = None
+                 ) -> TrafficReport:
+    return await send_traffic(
+        api_url, frame, rate, headers={"X-API-Key": api_key} if api_key else None,
+        progress=progress, keep_answers=True,
+        settle=settle_in(redis) if redis is not None else None, card_order=redis is not None)
