@@ -80,7 +80,8 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
             reasons.append({"code": "degraded_no_model", "detail": "no model is loaded"})
         score, decision, degraded = None, svc.settings.degraded_decision, True
     policy = svc.policy.policy
-    decision, policy_reasons = policy.apply(decision, features, obs.list_hits)
+    decision, policy_reasons = policy.apply(decision, features, obs.list_hits,
+                                            svc.settings.known_fraud_card_action)
     reasons = policy_reasons + reasons
 
     elapsed = time.perf_counter() - started

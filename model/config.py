@@ -59,6 +59,9 @@ class Settings(BaseSettings):
 
     # Answer when no model is loaded yet or a dependency fails; "review" is the safe default.
     degraded_decision: Literal["approve", "review"] = "review"
+    # A card with a fraud confirmed in the last 30 days: at least this decision ("none":
+    # the model and the rules decide, the confirmed fraud being one of the model's features).
+    known_fraud_card_action: Literal["none", "review", "decline"] = "none"
 
     stream_id: str = "fraudstream"
     stream_web_port: int = 6066

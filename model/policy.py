@@ -28,6 +28,7 @@ from model.features import FEATURE_NAMES
 from model.schemas import Decision
 
 ListKind = Literal["allow", "block"]
+KNOWN_FRAUD_FEATURE = "card_fraud_known_30d"
 LIST_ENTITIES = ("card_id", "terminal_id", "country", "merchant_category", "currency",
                  "channel")
 # The payment's values of LIST_ENTITIES travel in one argument, joined by this.
@@ -122,6 +123,7 @@ class Policy:
         decision: Decision,
         features: dict[str, float] | None,
         list_hits: tuple[tuple[str, str, str], ...],
+        known_fraud_card_action: Literal["none", "review", "decline"] = "none",
     ) -> tuple[Decision, list[dict[str, Any]]]:
         blocked = [h for h in list_hits if h[0] == "block"]
         if blocked:
@@ -131,15 +133,22 @@ class Policy:
             return "approve", [_list_reason(h) for h in allowed]
         if not features:
             return decision, []
+        reasons: list[dict[str, Any]] = []
+        if known_fraud_card_action != "none" and features.get(KNOWN_FRAUD_FEATURE, 0.0) > 0:
+            reasons.append({"code": "card_fraud_known",
+                            "detail": f"a fraud on this card was confirmed in the last 30 days "
+                                      f"({known_fraud_card_action} by configuration)"})
+            if SEVERITY[known_fraud_card_action] > SEVERITY[decision]:
+                decision = known_fraud_card_action
         matched = [r for r in self.rules.rules if all(c.holds(features) for c in r.when)]
-        reasons = [{"code": f"rule_{r.id}", "detail": f"rule {r.id} ({r.action}): "
-                    f"{r.description or _describe(r)}"} for r in matched]
+        reasons += [{"code": f"rule_{r.id}", "detail": f"rule {r.id} ({r.action}): "
+                     f"{r.description or _describe(r)}"} for r in matched]
         raising = [r for r in matched if r.action != "approve"]
         if raising:
             worst = max((r.action for r in raising), key=SEVERITY.__getitem__)
             if SEVERITY[worst] > SEVERITY[decision]:
                 decision = worst
-        elif matched:
+        elif matched and not (reasons and reasons[0]["code"] == "card_fraud_known"):
             decision = "approve"
         return decision, reasons
 

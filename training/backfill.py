@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.features import CARD_HORIZON, TERMINAL_HORIZON
+from model.features import (
+    CARD_FRAUD_WINDOW,
+    CARD_HORIZON,
+    FRESH_FRAUD_WINDOW,
+    TERMINAL_HORIZON,
+)
 from model.history import HistoryStore
-from model.label_join import JoinState
+from model.label_join import JOIN_HORIZON, JoinState
 from model.labels import fraud_known_since, fraud_spells
 from model.online_features import OnlineStore, PaymentRef
 from training.dataset import load
@@ -37,7 +42,10 @@ async def backfill_online(history: HistoryStore, online: OnlineStore,
     known = fraud_known_since(payments["payment_id"], fraud_spells(labels), now)
     recent = payments[payments["ts"] > since]
     fraud = payments.assign(known=known)
-    fraud = fraud[fraud["known"].notna() & (fraud["ts"] > since)]
+    # A payment older than every window still counts in the card's and the terminal's
+    # "fraud known lately" while its fraud is recent news (a chargeback after 40 days).
+    lately = until - max(CARD_FRAUD_WINDOW, FRESH_FRAUD_WINDOW)
+    fraud = fraud[fraud["known"].notna() & ((fraud["ts"] > since) | (fraud["known"] > lately))]
     n = await online.backfill(
         zip(recent["payment_id"], recent["ts"].astype(float), recent["card_id"],
             recent["terminal_id"], recent["amount"].astype(float), strict=True),
@@ -45,8 +53,10 @@ async def backfill_online(history: HistoryStore, online: OnlineStore,
             fraud["terminal_id"], fraud["known"].astype(float), strict=True),
     )
     if join is not None:
+        # Labels still to come, for payments as old as the stream keeps joining them.
+        joinable = payments[payments["ts"] > until - JOIN_HORIZON]
         await join.remember_refs([
             (pid, PaymentRef(term, card, float(ts))) for pid, term, card, ts in zip(
-                recent["payment_id"], recent["terminal_id"], recent["card_id"], recent["ts"],
-                strict=True)])
+                joinable["payment_id"], joinable["terminal_id"], joinable["card_id"],
+                joinable["ts"], strict=True)])
     return BackfillResult(n, len(fraud), since, until)
