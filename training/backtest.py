@@ -74,7 +74,7 @@ def _period(cfg: BacktestConfig, store: HistoryStore,
         progress("checking the file", None)
         file_payments, file_labels = load_file(cfg.file, cfg.mapping, cfg.label_delay_days)
         first = float(file_payments["ts"].min())
-        context = payments[(payments["ts"] >= first - CONTEXT)
+        context = payments[_context(payments, labels, first)
                            & ~payments["payment_id"].isin(file_payments["payment_id"])]
         context = context[context["ts"] < float(file_payments["ts"].max())]
         combined = pd.concat([context, file_payments.sort_values("ts", kind="stable")],
@@ -86,12 +86,20 @@ def _period(cfg: BacktestConfig, store: HistoryStore,
         raise BacktestError(f"the history at {store.root} holds no payments")
     start = cfg.start if cfg.start is not None else float(payments["ts"].min())
     end = cfg.end if cfg.end is not None else float(np.nextafter(payments["ts"].max(), np.inf))
-    keep = (payments["ts"] >= start - CONTEXT) & (payments["ts"] < end)
+    keep = _context(payments, labels, start) & (payments["ts"] < end)
     combined = payments[keep].reset_index(drop=True)
     in_period = ((combined["ts"] >= start) & (combined["ts"] < end)).to_numpy()
     if not in_period.any():
         raise BacktestError("no payments in the period asked for")
     return combined, labels, in_period
+
+
+def _context(payments: pd.DataFrame, labels: pd.DataFrame, start: float) -> pd.Series:
+    """The payments the period's features can see: those within the longest window, and
+    older ones whose labels came lately (a card's fraud known in the last 30 days may be
+    on a payment of 40 days ago)."""
+    recent_labels = labels.loc[labels["reported_at"] >= start - CONTEXT, "payment_id"]
+    return (payments["ts"] >= start - CONTEXT) | payments["payment_id"].isin(recent_labels)
 
 
 def load_file(path: Path, mapping: dict[str, str] | None = None,
