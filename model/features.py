@@ -28,6 +28,7 @@ online and offline means agree to the last bit, whatever order the terms came in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,9 +95,38 @@ def to_milli(amount: np.ndarray | float) -> np.ndarray:
     return np.rint(np.asarray(amount, dtype=float) * MILLI).astype(np.int64)
 
 
+# The formulas below run on numpy arrays offline and on plain Python numbers online (one
+# payment: numpy's per-call overhead would cost ten times the arithmetic). Both follow
+# IEEE double arithmetic, so the same inputs give the same bits; these four are the only
+# operations that need telling apart.
+def _where(cond: Any, a: Any, b: Any) -> Any:
+    if isinstance(cond, np.ndarray):
+        return np.where(cond, a, b)
+    return a if cond else b
+
+
+def _safe(denominator: Any) -> Any:
+    """A denominator that is never 0 (its results are discarded by ``_where`` anyway)."""
+    if isinstance(denominator, np.ndarray):
+        return np.where(denominator == 0, 1, denominator)
+    return denominator or 1
+
+
+def _minimum(a: Any, b: float) -> Any:
+    return np.minimum(a, b) if isinstance(a, np.ndarray) else min(a, b)
+
+
+def _isnan(a: Any) -> Any:
+    return np.isnan(a) if isinstance(a, np.ndarray) else a != a
+
+
+Number = Any  # an array (offline) or a plain number (online)
+
+
 @dataclass(frozen=True, slots=True)
 class Aggregates:
-    """Window aggregates of ``n`` payments, one array element per payment.
+    """Window aggregates of payments: arrays (offline, one element per payment) or plain
+    numbers (online, one payment).
 
     Card side, over the card's earlier payments with timestamps in ``(ts - w, ts]``:
     ``card_count[w]`` of them, ``card_milli[w]`` the sum of their amounts (``to_milli``);
@@ -110,54 +140,51 @@ class Aggregates:
     terminal's payments whose fraud was known since a time in ``(ts - 7d, ts]``.
     """
 
-    ts: np.ndarray
-    amount: np.ndarray
-    card_count: dict[str, np.ndarray]
-    card_milli: dict[str, np.ndarray]
-    card_prev_ts: np.ndarray
-    card_seen_terminal: np.ndarray
-    card_fraud: np.ndarray
-    terminal_count: dict[str, np.ndarray]
-    terminal_fraud: dict[str, np.ndarray]
-    terminal_fresh: np.ndarray
+    ts: Number
+    amount: Number
+    card_count: dict[str, Number]
+    card_milli: dict[str, Number]
+    card_prev_ts: Number
+    card_seen_terminal: Number
+    card_fraud: Number
+    terminal_count: dict[str, Number]
+    terminal_fraud: dict[str, Number]
+    terminal_fresh: Number
 
 
-def compute(agg: Aggregates) -> dict[str, np.ndarray]:
-    """Every feature of ``FEATURE_NAMES`` from the aggregates, as float arrays."""
-    ts = np.asarray(agg.ts, dtype=float)
-    amount = np.asarray(agg.amount, dtype=float)
-    own = to_milli(amount)
-    hour = np.floor_divide(np.mod(ts, DAY), HOUR)
-    weekday = np.mod(np.floor_divide(ts, DAY) + 3, 7)  # 1970-01-01 was a Thursday (3)
-    out: dict[str, np.ndarray] = {
-        "amount": amount,
+def compute(agg: Aggregates) -> dict[str, Number]:
+    """Every feature of ``FEATURE_NAMES`` from the aggregates."""
+    ts, amount = agg.ts, agg.amount
+    own = to_milli(amount) if isinstance(amount, np.ndarray) else round(amount * MILLI)
+    hour = (ts % DAY) // HOUR
+    weekday = (ts // DAY + 3) % 7  # 1970-01-01 was a Thursday (3)
+    out: dict[str, Number] = {
+        "amount": amount * 1.0,
         "hour_of_day": hour,
-        "is_night": (hour < 6).astype(float),
-        "is_weekend": (weekday >= 5).astype(float),
+        "is_night": (hour < 6) * 1.0,
+        "is_weekend": (weekday >= 5) * 1.0,
     }
     for w in CARD_WINDOWS:
         out[f"card_count_{w}"] = agg.card_count[w] + 1.0
     for w in CARD_MEAN_WINDOWS:
         out[f"card_mean_amount_{w}"] = (agg.card_milli[w] + own) / (agg.card_count[w] + 1) / MILLI
     prior_n, prior_milli = agg.card_count["30d"], agg.card_milli["30d"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = own * prior_n / prior_milli
-    out["card_amount_ratio_30d"] = np.where(prior_milli > 0, ratio, 1.0)
-    since = np.minimum(ts - agg.card_prev_ts, NO_PREVIOUS_SECS)
-    out["card_secs_since_prev"] = np.where(np.isnan(since), NO_PREVIOUS_SECS, since)
-    out["card_new_terminal"] = 1.0 - np.asarray(agg.card_seen_terminal, dtype=float)
-    out["card_fraud_known_30d"] = np.asarray(agg.card_fraud, dtype=float)
+    out["card_amount_ratio_30d"] = _where(prior_milli > 0,
+                                          own * prior_n / _safe(prior_milli), 1.0)
+    since = _minimum(ts - agg.card_prev_ts, NO_PREVIOUS_SECS)
+    out["card_secs_since_prev"] = _where(_isnan(since), NO_PREVIOUS_SECS, since)
+    out["card_new_terminal"] = 1.0 - agg.card_seen_terminal
+    out["card_fraud_known_30d"] = agg.card_fraud * 1.0
     for w in RISK_WINDOWS:
-        count = np.asarray(agg.terminal_count[w], dtype=float)
+        count = agg.terminal_count[w] * 1.0
         out[f"terminal_count_{w}"] = count
-        with np.errstate(divide="ignore", invalid="ignore"):
-            risk = agg.terminal_fraud[w] / count
-        out[f"terminal_risk_{w}"] = np.where(count > 0, risk, 0.0)
-    out["terminal_fraud_fresh_7d"] = np.asarray(agg.terminal_fresh, dtype=float)
+        out[f"terminal_risk_{w}"] = _where(count > 0, agg.terminal_fraud[w] / _safe(count), 0.0)
+    out["terminal_fraud_fresh_7d"] = agg.terminal_fresh * 1.0
     return out
 
 
 def matrix(agg: Aggregates) -> np.ndarray:
     """The features as an ``(n, len(FEATURE_NAMES))`` matrix, in ``FEATURE_NAMES`` order."""
     values = compute(agg)
-    return np.column_stack([values[name] for name in FEATURE_NAMES])
+    return np.column_stack([np.broadcast_to(np.asarray(values[name], dtype=float),
+                                            np.shape(agg.ts)) for name in FEATURE_NAMES])

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
 from redis.asyncio import Redis
 
 from model.features import (
@@ -219,10 +218,6 @@ def _hit(raw: bytes, payment: Payment) -> tuple[str, str, str]:
     return kind, entity, str(getattr(payment, entity))
 
 
-def _one(values: list[int]) -> dict[str, np.ndarray]:
-    return {w: np.array([v], dtype=np.int64) for w, v in zip(CARD_WINDOWS, values, strict=True)}
-
-
 class OnlineStore:
     """The online features in Redis. With a ``mux``, ``observe`` goes through that
     pipelined connection (the scoring path); everything else through ``redis``."""
@@ -264,22 +259,20 @@ class OnlineStore:
             return Observation(previous=res[1])
         _, counts, sums, prev, seen, cfraud, tcounts, tfraud, fresh, hits = res
         agg = Aggregates(
-            ts=np.array([ts]),
-            amount=np.array([payment.amount]),
-            card_count=_one(counts),
-            card_milli=_one(sums),
-            card_prev_ts=np.array([float(prev) if prev else np.nan]),
-            card_seen_terminal=np.array([seen]),
-            card_fraud=np.array([cfraud]),
-            terminal_count={w: np.array([v]) for w, v in zip(RISK_WINDOWS, tcounts,
-                                                             strict=True)},
-            terminal_fraud={w: np.array([v]) for w, v in zip(RISK_WINDOWS, tfraud,
-                                                             strict=True)},
-            terminal_fresh=np.array([fresh]),
+            ts=ts,
+            amount=payment.amount,
+            card_count=dict(zip(CARD_WINDOWS, counts, strict=True)),
+            card_milli=dict(zip(CARD_WINDOWS, sums, strict=True)),
+            card_prev_ts=float(prev) if prev else float("nan"),
+            card_seen_terminal=seen,
+            card_fraud=cfraud,
+            terminal_count=dict(zip(RISK_WINDOWS, tcounts, strict=True)),
+            terminal_fraud=dict(zip(RISK_WINDOWS, tfraud, strict=True)),
+            terminal_fresh=fresh,
         )
         values_by_name = compute(agg)
         return Observation(
-            features={name: float(values_by_name[name][0]) for name in FEATURE_NAMES},
+            features={name: float(values_by_name[name]) for name in FEATURE_NAMES},
             list_hits=tuple(_hit(h, payment) for h in hits),
         )
 
