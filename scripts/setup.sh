@@ -5,6 +5,7 @@
 #                environment ./.venv (a stock Debian/Ubuntu python3 refuses system-wide
 #                pip installs, PEP 668; the venv also keeps the project off the system)
 #   Kafka:       the broker's jars, assembled once with Maven into ~/.cache/fraudstream
+#   --bench:     also the benchmarks' load generator (vegeta, built with Go)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,4 +35,12 @@ echo "setup: installing fraudstream into .venv (pip install -e .[dev])"
 
 echo "setup: Kafka jars"
 "$VPY" -c "from ops.services import ensure_kafka_libs; print('  ', ensure_kafka_libs())"
+if [ "${1:-}" = "--bench" ]; then
+  # The latency benchmark's load generator (vegeta) and its empty-endpoint floor need Go.
+  command -v go >/dev/null || { echo "setup: --bench needs Go (apt-get install golang)"; exit 1; }
+  if [ ! -x .venv/bin/vegeta ]; then
+    echo "setup: building vegeta into .venv/bin"
+    GOBIN="$PWD/.venv/bin" go install github.com/tsenart/vegeta/v12@v12.13.0
+  fi
+fi
 echo "setup: done; activate with: source .venv/bin/activate"
