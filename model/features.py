@@ -47,6 +47,10 @@ RISK_WINDOWS: dict[str, float] = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
 FRESH_FRAUD_WINDOW = 7 * DAY
 CARD_FRAUD_WINDOW = 30 * DAY
 
+# What is new for a card: the attribute of the payment -> the feature saying so.
+NOVELTY: dict[str, str] = {"terminal": "card_new_terminal", "country": "card_new_country",
+                           "mcc": "card_new_mcc"}
+
 CARD_HORIZON = max(CARD_WINDOWS.values())
 TERMINAL_HORIZON = MATURITY + max(RISK_WINDOWS.values())
 # With no earlier payment on the card in 30 days, "time since previous" is this cap.
@@ -62,6 +66,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "card_amount_ratio_30d",
     "card_secs_since_prev",
     "card_new_terminal",
+    "card_new_country",
+    "card_new_mcc",
     "card_fraud_known_30d",
     *(f"terminal_count_{w}" for w in RISK_WINDOWS),
     *(f"terminal_risk_{w}" for w in RISK_WINDOWS),
@@ -81,6 +87,10 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
     "card_amount_ratio_30d": "amount / the card's mean amount over the previous 30d (1 if none)",
     "card_secs_since_prev": "seconds since the card's previous payment (capped at 30d)",
     "card_new_terminal": "1 if the card has not paid at this terminal in the previous 30d",
+    "card_new_country": "1 if the card has not paid in this country in the previous 30d "
+                        "(0 when the payment gives no country)",
+    "card_new_mcc": "1 if the card has not paid in this merchant category in the previous "
+                    "30d (0 when the payment gives none)",
     "card_fraud_known_30d": "the card's payments whose fraud became known in the last 30d",
     **{f"terminal_count_{w}": f"payments at the terminal in the {w} ending {_M} ago"
        for w in RISK_WINDOWS},
@@ -130,9 +140,10 @@ class Aggregates:
 
     Card side, over the card's earlier payments with timestamps in ``(ts - w, ts]``:
     ``card_count[w]`` of them, ``card_milli[w]`` the sum of their amounts (``to_milli``);
-    ``card_prev_ts`` the latest of them in 30d (NaN if none); ``card_seen_terminal`` 1 if
-    one of them in 30d was at this payment's terminal; ``card_fraud`` the card's payments
-    whose fraud was known since a time in ``(ts - 30d, ts]``.
+    ``card_prev_ts`` the latest of them in 30d (NaN if none); ``card_seen[attr]`` 1 if one
+    of them in 30d had this payment's terminal, country or MCC (``NOVELTY``; 1 as well when
+    the payment does not give it); ``card_fraud`` the card's payments whose fraud was known
+    since a time in ``(ts - 30d, ts]``.
 
     Terminal side, over the terminal's payments with timestamps in
     ``(ts - MATURITY - w, ts - MATURITY]``: ``terminal_count[w]`` of them,
@@ -145,7 +156,7 @@ class Aggregates:
     card_count: dict[str, Number]
     card_milli: dict[str, Number]
     card_prev_ts: Number
-    card_seen_terminal: Number
+    card_seen: dict[str, Number]
     card_fraud: Number
     terminal_count: dict[str, Number]
     terminal_fraud: dict[str, Number]
@@ -173,7 +184,8 @@ def compute(agg: Aggregates) -> dict[str, Number]:
                                           own * prior_n / _safe(prior_milli), 1.0)
     since = _minimum(ts - agg.card_prev_ts, NO_PREVIOUS_SECS)
     out["card_secs_since_prev"] = _where(_isnan(since), NO_PREVIOUS_SECS, since)
-    out["card_new_terminal"] = 1.0 - agg.card_seen_terminal
+    for attr, name in NOVELTY.items():
+        out[name] = 1.0 - agg.card_seen[attr]
     out["card_fraud_known_30d"] = agg.card_fraud * 1.0
     for w in RISK_WINDOWS:
         count = agg.terminal_count[w] * 1.0

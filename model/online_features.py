@@ -3,8 +3,9 @@ labels and back-fills change it.
 
 Keys (each expires after the longest window it serves, plus slack for late events):
 
-- ``fs2:card:{card_id}``  sorted set: ``{payment_id}|{amount in thousandths}|{terminal_id}``
-                          per payment, scored by event timestamp (written when scored)
+- ``fs2:card:{card_id}``  sorted set: ``{payment_id}|{amount in thousandths}|{terminal_id}|
+                          {country}|{merchant_category}`` per payment, scored by event
+                          timestamp (written when scored)
 - ``fs2:term:{terminal}`` sorted set: payment ids by event timestamp (written when scored)
 - ``fs2:tfk:{terminal}``  sorted set: the terminal's payments now known as fraud, scored by
                           the time their fraud became known (see ``model.labels``)
@@ -33,6 +34,7 @@ from model.features import (
     FEATURE_NAMES,
     FRESH_FRAUD_WINDOW,
     MATURITY,
+    NOVELTY,
     RISK_WINDOWS,
     TERMINAL_HORIZON,
     Aggregates,
@@ -72,8 +74,9 @@ def card_fraud_known_key(card_id: str) -> str:
     return f"{PREFIX}:cfk:{card_id}"
 
 
-def card_member(payment_id: str, amount: float, terminal_id: str) -> str:
-    return f"{payment_id}|{int(to_milli(amount))}|{terminal_id}"
+def card_member(payment_id: str, amount: float, terminal_id: str, country: str | None,
+                mcc: str | None) -> str:
+    return f"{payment_id}|{int(to_milli(amount))}|{terminal_id}|{country or ''}|{mcc or ''}"
 
 
 def _lua_list(values: Iterable[float]) -> str:
@@ -100,18 +103,23 @@ local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. exact(ts - CARD_HORIZON
                         'WITHSCORES')
 local counts, sums = {{}}, {{}}
 for i = 1, #CARD_SPANS do counts[i] = 0; sums[i] = 0 end
-local prev, seen = nil, 0
+local prev, seen_t, seen_c, seen_m = nil, 0, 0, 0
+if ARGV[7] == '' then seen_c = 1 end  -- not given: not new
+if ARGV[8] == '' then seen_m = 1 end
 for j = 1, #rows, 2 do
   local member = rows[j]
   if string.sub(member, 1, #own) ~= own then  -- an earlier attempt of this same payment
     local t = tonumber(rows[j + 1])
-    local _, _, milli, terminal = string.find(member, '^.-|(-?%d+)|(.*)$')
+    local _, _, milli, terminal, country, mcc = string.find(
+      member, '^.-|(-?%d+)|([^|]*)|([^|]*)|([^|]*)$')
     milli = tonumber(milli)
     for i, span in ipairs(CARD_SPANS) do
       if t > ts - span then counts[i] = counts[i] + 1; sums[i] = sums[i] + milli end
     end
     if prev == nil or t > prev then prev = t end
-    if terminal == ARGV[5] then seen = 1 end
+    if terminal == ARGV[5] then seen_t = 1 end
+    if country == ARGV[7] then seen_c = 1 end
+    if mcc == ARGV[8] then seen_m = 1 end
   end
 end
 -- the terminal: its matured windows, and the fraud known in them now
@@ -146,7 +154,7 @@ redis.call('EXPIRE', KEYS[2], {TERMINAL_TTL})
     + """
 local prev_s = false
 if prev ~= nil then prev_s = exact(prev) end
-return {1, counts, sums, prev_s, seen, cfraud, tcounts, tfraud, fresh, hits}
+return {1, counts, sums, prev_s, {seen_t, seen_c, seen_m}, cfraud, tcounts, tfraud, fresh, hits}
 """
 )
 
@@ -248,9 +256,11 @@ class OnlineStore:
                 terminal_fraud_known_key(payment.terminal_id),
                 terminal_fraud_paid_key(payment.terminal_id),
                 card_fraud_known_key(payment.card_id), decision_key(pid)]
-        args = [payload_hash, repr(ts), pid, card_member(pid, payment.amount,
-                                                         payment.terminal_id),
-                payment.terminal_id, values]
+        args = [payload_hash, repr(ts), pid,
+                card_member(pid, payment.amount, payment.terminal_id, payment.country,
+                            payment.merchant_category),
+                payment.terminal_id, values, payment.country or "",
+                payment.merchant_category or ""]
         if self.mux is not None:
             res = await self.mux.evalsha(self._observe_src, keys, args)
         else:
@@ -264,7 +274,7 @@ class OnlineStore:
             card_count=dict(zip(CARD_WINDOWS, counts, strict=True)),
             card_milli=dict(zip(CARD_WINDOWS, sums, strict=True)),
             card_prev_ts=float(prev) if prev else float("nan"),
-            card_seen_terminal=seen,
+            card_seen=dict(zip(NOVELTY, seen, strict=True)),
             card_fraud=cfraud,
             terminal_count=dict(zip(RISK_WINDOWS, tcounts, strict=True)),
             terminal_fraud=dict(zip(RISK_WINDOWS, tfraud, strict=True)),
@@ -295,20 +305,21 @@ class OnlineStore:
 
     async def backfill(
         self,
-        payments: Iterable[tuple[str, float, str, str, float]],
+        payments: Iterable[tuple[str, float, str, str, float, str | None, str | None]],
         fraud: Iterable[tuple[str, float, str, str, float]],
         chunk: int = 5000,
     ) -> int:
         """Load recorded history into the store, as if it had been scored live.
 
-        ``payments``: (payment_id, ts, card_id, terminal_id, amount) of the recent past;
+        ``payments``: (payment_id, ts, card_id, terminal_id, amount, country,
+        merchant_category) of the recent past;
         ``fraud``: (payment_id, ts, card_id, terminal_id, known_since) of the payments
         fraud now. Idempotent: members are keyed by payment_id.
         """
         count = 0
         pipe = self.redis.pipeline(transaction=False)
-        for pid, ts, card, terminal, amount in payments:
-            pipe.zadd(card_key(card), {card_member(pid, amount, terminal): ts})
+        for pid, ts, card, terminal, amount, country, mcc in payments:
+            pipe.zadd(card_key(card), {card_member(pid, amount, terminal, country, mcc): ts})
             pipe.expire(card_key(card), CARD_TTL)
             pipe.zadd(terminal_key(terminal), {pid: ts})
             pipe.expire(terminal_key(terminal), TERMINAL_TTL)

@@ -32,7 +32,8 @@ from model.features import (
 )
 from model.labels import fraud_spells
 
-PAYMENT_COLUMNS = ("payment_id", "ts", "card_id", "terminal_id", "amount")
+PAYMENT_COLUMNS = ("payment_id", "ts", "card_id", "terminal_id", "amount")  # + optional
+# country and merchant_category
 LABEL_COLUMNS = ("payment_id", "is_fraud", "reported_at")
 
 
@@ -66,7 +67,9 @@ def compute_aggregates(
     card, _ = pd.factorize(payments["card_id"], sort=False)
     term, _ = pd.factorize(payments["terminal_id"], sort=False)
 
-    card_count, card_milli, prev_ts, seen = _card_windows(ts, to_milli(amount), card, term)
+    attrs = {"terminal": term, **{name: _codes(payments, column)
+                                  for name, column in NOVELTY_COLUMNS.items()}}
+    card_count, card_milli, prev_ts, seen = _card_windows(ts, to_milli(amount), card, attrs)
     if progress is not None:
         progress(n // 2)
 
@@ -95,7 +98,7 @@ def compute_aggregates(
     if progress is not None:
         progress(n - n // 2)
     return Aggregates(ts=ts, amount=amount, card_count=card_count, card_milli=card_milli,
-                      card_prev_ts=prev_ts, card_seen_terminal=seen, card_fraud=card_fraud,
+                      card_prev_ts=prev_ts, card_seen=seen, card_fraud=card_fraud,
                       terminal_count=terminal_count, terminal_fraud=terminal_fraud,
                       terminal_fresh=fresh)
 
@@ -130,6 +133,18 @@ def _search(a: np.ndarray, v: np.ndarray, side: Literal["left", "right"]) -> np.
     return out
 
 
+# Optional payment fields whose novelty for the card is a feature (see model.features).
+NOVELTY_COLUMNS = {"country": "country", "mcc": "merchant_category"}
+
+
+def _codes(payments: pd.DataFrame, column: str) -> np.ndarray:
+    """Integer codes of an optional column; -1 where not given (or no such column)."""
+    if column not in payments.columns:
+        return np.full(len(payments), -1, dtype=np.int64)
+    codes, _ = pd.factorize(payments[column], use_na_sentinel=True)
+    return codes.astype(np.int64)
+
+
 def _count_at_or_before(
     event_key: np.ndarray, event_t: np.ndarray, query_key: np.ndarray, query_t: np.ndarray
 ) -> np.ndarray:
@@ -147,10 +162,11 @@ def _active(key: np.ndarray, start: np.ndarray, end: np.ndarray,
 
 
 def _card_windows(
-    ts: np.ndarray, milli: np.ndarray, card: np.ndarray, term: np.ndarray
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    ts: np.ndarray, milli: np.ndarray, card: np.ndarray, attrs: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     """Counts and amount sums of each card's earlier arrivals per window, the latest of them
-    within 30 days, and whether one of those was at the same terminal."""
+    within 30 days, and, per attribute (terminal, country...), whether one of those had this
+    payment's value (``attrs`` codes; -1, a value not given, counts as seen)."""
     n = len(ts)
     arrival = np.arange(n)
     order = np.lexsort((arrival, card))  # by card, then arrival
@@ -169,20 +185,12 @@ def _card_windows(
         sums[w] = cum[pos] - cum[lo]
     prev = np.where(first, np.nan, np.r_[np.nan, t[:-1]])
     prev = np.where(t - prev < CARD_HORIZON, prev, np.nan)
-    # Same card and terminal before, within 30 days?
-    pair = c.astype(np.int64) * (int(term.max(initial=0)) + 1) + term[order]
-    by_pair = np.lexsort((np.arange(n), pair))
-    p_sorted = pair[by_pair]
-    same_before = np.r_[False, p_sorted[1:] == p_sorted[:-1]]
-    t_pair = t[by_pair]
-    last_pair_t = np.where(same_before, np.r_[np.nan, t_pair[:-1]], np.nan)
-    seen_sorted = (t_pair - last_pair_t) < CARD_HORIZON
-    seen = np.empty(n, dtype=bool)
-    seen[by_pair] = seen_sorted
+    values = {name: codes[order] for name, codes in attrs.items()}
+    seen = {name: _seen_before(c, t, v) for name, v in values.items()}
 
     late = np.r_[False, (t[1:] < t[:-1]) & ~first[1:]]
     if late.any():
-        _fix_late_cards(np.unique(c[late]), c, t, m, term[order], counts, sums, prev, seen)
+        _fix_late_cards(np.unique(c[late]), c, t, m, values, counts, sums, prev, seen)
 
     def back(a: np.ndarray) -> np.ndarray:
         out = np.empty_like(a)
@@ -190,13 +198,28 @@ def _card_windows(
         return out
 
     return ({w: back(v) for w, v in counts.items()}, {w: back(v) for w, v in sums.items()},
-            back(prev), back(seen))
+            back(prev), {name: back(v) for name, v in seen.items()})
+
+
+def _seen_before(c: np.ndarray, t: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Same card and value among the earlier arrivals within 30 days? (Rows in card, then
+    arrival order.)"""
+    n = len(t)
+    pair = c.astype(np.int64) * (int(value.max(initial=0)) + 2) + value + 1
+    by_pair = np.lexsort((np.arange(n), pair))
+    p_sorted = pair[by_pair]
+    same_before = np.r_[False, p_sorted[1:] == p_sorted[:-1]]
+    t_pair = t[by_pair]
+    last_pair_t = np.where(same_before, np.r_[np.nan, t_pair[:-1]], np.nan)
+    seen = np.empty(n, dtype=bool)
+    seen[by_pair] = (t_pair - last_pair_t) < CARD_HORIZON
+    return seen | (value < 0)
 
 
 def _fix_late_cards(
-    late_cards: np.ndarray, c: np.ndarray, t: np.ndarray, m: np.ndarray, term: np.ndarray,
-    counts: dict[str, np.ndarray], sums: dict[str, np.ndarray], prev: np.ndarray,
-    seen: np.ndarray,
+    late_cards: np.ndarray, c: np.ndarray, t: np.ndarray, m: np.ndarray,
+    values: dict[str, np.ndarray], counts: dict[str, np.ndarray], sums: dict[str, np.ndarray],
+    prev: np.ndarray, seen: dict[str, np.ndarray],
 ) -> None:
     """Exact aggregates for cards whose payments arrived out of timestamp order: each sees
     only what arrived before it. Rare, so a loop per payment of those cards is fine."""
@@ -211,4 +234,5 @@ def _fix_late_cards(
                 sums[w][i] = int(m[before][inside].sum())
             in_30d = (tb > t[i] - CARD_HORIZON) & (tb <= t[i])
             prev[i] = tb[in_30d].max() if in_30d.any() else np.nan
-            seen[i] = bool((term[before][in_30d] == term[i]).any())
+            for name, v in values.items():
+                seen[name][i] = v[i] < 0 or bool((v[before][in_30d] == v[i]).any())

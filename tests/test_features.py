@@ -58,6 +58,9 @@ def reference(payments: pd.DataFrame, labels) -> pd.DataFrame:
             row[f"cm_{w}"] = int(sum(to_milli(q.amount) for q in inside))
         row["prev"] = max((q.ts for q in earlier), default=np.nan)
         row["seen"] = any(q.terminal_id == p.terminal_id for q in earlier)
+        row["seen_country"] = pd.isna(p.country) or any(q.country == p.country for q in earlier)
+        row["seen_mcc"] = pd.isna(p.merchant_category) or any(
+            q.merchant_category == p.merchant_category for q in earlier)
         card_pids = {q.payment_id for q in recs if q.card_id == p.card_id}
         since = [spell_state(labels, pid, t) for pid in card_pids]
         row["cfraud"] = sum(1 for s in since if s is not None and s > t - CARD_FRAUD_WINDOW)
@@ -83,6 +86,9 @@ def random_history(seed: int, n: int = 250, late: bool = True):
         "card_id": rng.choice([f"c{i}" for i in range(12)], n),
         "terminal_id": rng.choice([f"t{i}" for i in range(6)], n),
         "amount": rng.choice([0.0, 1.005, 19.99, 250.0, 3.3], n),
+        "country": rng.choice(np.array(["FR", "DE", None], dtype=object), n),
+        "merchant_category": rng.choice(np.array(["5411", "5812", "7011", None], dtype=object),
+                                        n),
     })
     if late:  # a few payments reach the store after later ones (arrival order = row order)
         order = np.arange(n)
@@ -116,7 +122,10 @@ def test_vectorised_aggregates_equal_the_definitions(seed):
         np.testing.assert_array_equal(agg.card_count[w], ref[f"cc_{w}"])
         np.testing.assert_array_equal(agg.card_milli[w], ref[f"cm_{w}"])
     np.testing.assert_array_equal(agg.card_prev_ts, ref["prev"])
-    np.testing.assert_array_equal(agg.card_seen_terminal, ref["seen"])
+    np.testing.assert_array_equal(agg.card_seen["terminal"], ref["seen"])
+    np.testing.assert_array_equal(agg.card_seen["country"], ref["seen_country"])
+    np.testing.assert_array_equal(agg.card_seen["mcc"], ref["seen_mcc"])
+    assert not ref["seen_country"].all() and not ref["seen_mcc"].all()
     np.testing.assert_array_equal(agg.card_fraud, ref["cfraud"])
     for w in RISK_WINDOWS:
         np.testing.assert_array_equal(agg.terminal_count[w], ref[f"tc_{w}"])
@@ -148,7 +157,8 @@ def one(**kw):
         ts=np.array([T]), amount=np.array([10.0]),
         card_count={w: np.array([0]) for w in CARD_WINDOWS},
         card_milli={w: np.array([0]) for w in CARD_WINDOWS},
-        card_prev_ts=np.array([np.nan]), card_seen_terminal=np.array([0]),
+        card_prev_ts=np.array([np.nan]),
+        card_seen={a: np.array([0]) for a in ("terminal", "country", "mcc")},
         card_fraud=np.array([0]),
         terminal_count={w: np.array([0]) for w in RISK_WINDOWS},
         terminal_fraud={w: np.array([0]) for w in RISK_WINDOWS},
@@ -171,14 +181,15 @@ def test_first_payment_of_a_card_counts_itself_and_is_neutral():
 def test_means_ratio_and_risk_from_aggregates():
     f = one(card_count={w: np.array([3]) for w in CARD_WINDOWS},
             card_milli={w: np.array([30_000]) for w in CARD_WINDOWS},
-            card_prev_ts=np.array([T - HOUR]), card_seen_terminal=np.array([1]),
+            card_prev_ts=np.array([T - HOUR]),
+            card_seen={a: np.array([1]) for a in ("terminal", "country", "mcc")},
             amount=np.array([50.0]),
             terminal_count={w: np.array([8]) for w in RISK_WINDOWS},
             terminal_fraud={w: np.array([2]) for w in RISK_WINDOWS})
     assert f["card_mean_amount_7d"] == pytest.approx(80.0 / 4)
     assert f["card_amount_ratio_30d"] == pytest.approx(5.0)
     assert f["card_secs_since_prev"] == HOUR
-    assert f["card_new_terminal"] == 0.0
+    assert f["card_new_terminal"] == f["card_new_country"] == f["card_new_mcc"] == 0.0
     assert f["terminal_risk_30d"] == 0.25
     assert f["terminal_count_1d"] == 8.0
 

@@ -74,7 +74,10 @@ async def replay_online(redis_url: str, traffic: pd.DataFrame, labels: pd.DataFr
                                                 bool(lb.is_fraud), lb.reported_at))
             nxt += 1
         payment = Payment(payment_id=p.payment_id, timestamp=p.timestamp, card_id=p.card_id,
-                          terminal_id=p.terminal_id, amount=p.amount, currency="EUR")
+                          terminal_id=p.terminal_id, amount=p.amount, currency="EUR",
+                          country=p.country if isinstance(p.country, str) else None,
+                          merchant_category=p.merchant_category
+                          if isinstance(p.merchant_category, str) else None)
         obs = await store.observe(payment, payload_hash="h" if use_mux else "",
                                   check_lists=use_mux)
         assert obs.features is not None
@@ -105,3 +108,5 @@ def test_online_features_equal_offline_features(stack, seed, late, use_mux):
     assert offline["card_fraud_known_30d"].max() > 0
     assert offline["terminal_fraud_fresh_7d"].max() > 0
     assert offline["card_count_1h"].max() > 3
+    assert 0 < offline["card_new_country"].mean() < 0.5
+    assert 0 < offline["card_new_mcc"].mean() < 0.5

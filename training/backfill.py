@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
+
 from model.features import (
     CARD_FRAUD_WINDOW,
     CARD_HORIZON,
@@ -29,6 +31,10 @@ class BackfillResult:
     until: float
 
 
+def _text(column: pd.Series) -> list[str | None]:
+    return [v if isinstance(v, str) else None for v in column]
+
+
 async def backfill_online(history: HistoryStore, online: OnlineStore,
                           join: JoinState | None = None) -> BackfillResult:
     """The recent payments and the fraud now known on them, as if scored live; with
@@ -48,7 +54,8 @@ async def backfill_online(history: HistoryStore, online: OnlineStore,
     fraud = fraud[fraud["known"].notna() & ((fraud["ts"] > since) | (fraud["known"] > lately))]
     n = await online.backfill(
         zip(recent["payment_id"], recent["ts"].astype(float), recent["card_id"],
-            recent["terminal_id"], recent["amount"].astype(float), strict=True),
+            recent["terminal_id"], recent["amount"].astype(float),
+            _text(recent["country"]), _text(recent["merchant_category"]), strict=True),
         zip(fraud["payment_id"], fraud["ts"].astype(float), fraud["card_id"],
             fraud["terminal_id"], fraud["known"].astype(float), strict=True),
     )

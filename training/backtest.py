@@ -109,8 +109,7 @@ def load_file(path: Path, mapping: dict[str, str] | None = None,
         brought = HistoryStore(Path(scratch))
         import_history(brought, path, mapping or {}, label_delay_days)
         payments, labels = load(brought)
-        extra = brought.query("SELECT payment_id, currency, country, channel, "
-                              "merchant_category FROM payments")
+        extra = brought.query("SELECT payment_id, currency, channel FROM payments")
     if payments.empty:
         raise BacktestError(f"{path}: no payments")
     return payments.merge(extra, on="payment_id", how="left"), labels

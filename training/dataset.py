@@ -31,8 +31,8 @@ def load(store: HistoryStore, cutoff: float | None = None) -> tuple[pd.DataFrame
     epoch seconds. An imported payment arrived at its own timestamp, a scored one when it
     was scored."""
     payments = store.query(
-        "SELECT payment_id, epoch_us(ts) / 1e6 AS ts, card_id, terminal_id, amount "
-        "FROM payments ORDER BY coalesce(scored_at, ts), ts, payment_id"
+        "SELECT payment_id, epoch_us(ts) / 1e6 AS ts, card_id, terminal_id, amount, country, "
+        "merchant_category FROM payments ORDER BY coalesce(scored_at, ts), ts, payment_id"
     )
     labels = store.query(
         "SELECT payment_id, is_fraud, epoch_us(reported_at) / 1e6 AS reported_at "
