@@ -162,8 +162,8 @@ def write(results: pd.DataFrame, args: argparse.Namespace, elapsed: float) -> No
     lines = [
         "# Model quality",
         "",
-        "`python benchmarks/model_quality.py` "
-        + ("--quick " if args.quick else "") + f"--seeds {args.seeds}; "
+        "`python benchmarks/model_quality.py "
+        + ("--quick " if args.quick else "") + f"--seeds {args.seeds}`; "
         f"{datetime.now(UTC):%Y-%m-%d}, {platform.machine()} with "
         f"{__import__('os').cpu_count()} cores, {elapsed / 60:.0f} min in all.",
         "",
@@ -191,8 +191,9 @@ def write(results: pd.DataFrame, args: argparse.Namespace, elapsed: float) -> No
                 cells.append(f"{row[key]:.3f} [{low:.3f}, {high:.3f}]")
             lines.append(f"| {LABELS[model]} | " + " | ".join(cells)
                          + f" | {row['fit_seconds']:.0f} |")
+        seeds = sorted(int(x) for x in runs["seed"].unique())
         lines += ["", f"{int(info['payments']):,} payments per run, fraud "
-                      f"{info['fraud_rate']:.2%}; seeds {sorted(runs['seed'].unique())}.", ""]
+                      f"{info['fraud_rate']:.2%}; seeds {seeds}.", ""]
     lines += ["![AP and card precision by model and scenario](model-quality.png)", ""]
     (DOCS / "model-quality.md").write_text("\n".join(lines))
 
