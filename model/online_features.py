@@ -286,12 +286,6 @@ class OnlineStore:
             list_hits=tuple(_hit(h, payment) for h in hits),
         )
 
-    async def observe_and_compute(self, payment: Payment) -> dict[str, float]:
-        """The features alone (no idempotency record, no list look-ups)."""
-        obs = await self.observe(payment)
-        assert obs.features is not None
-        return obs.features
-
     async def apply_label(self, update: LabelUpdate) -> None:
         """Record (or, for a "not fraud" verdict, withdraw) a fraud label on the payment's
         terminal and card. Keyed by payment_id, so a redelivered label changes nothing."""

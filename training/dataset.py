@@ -21,10 +21,6 @@ class Dataset:
     fraud_reported_at: pd.Series  # per payment: since when it is known fraud (NaN if not)
     cutoff: float
 
-    def subset(self, mask: np.ndarray) -> Dataset:
-        return Dataset(self.payments[mask], self.features[mask], self.y[mask],
-                       self.fraud_reported_at[mask], self.cutoff)
-
 
 def load(store: HistoryStore, cutoff: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Payments, in the order they reached the online store, and labels, with times as
