@@ -88,8 +88,8 @@ def up(
         # its fraud (reported days later, but before now) flow in during the demo.
         simulate(out=path, days=history_days,
                  start=today - timedelta(days=history_days + DEMO_DAYS),
-                 cards=2000, terminals=200, seed=7, to_api=None, rate=50.0, count=0,
-                 api_key=None)
+                 cards=2000, terminals=200, seed=7, id_prefix="", to_api=None, rate=50.0,
+                 count=0, api_key=None)
         history_import(path, mapping=[], label_delay_days=14.0)
         train(force=True, test_days=7.0, maturity_days=None, train_days=None, cutoff=None,
               thresholds_by="budget", review_rate=0.03, decline_rate=0.005, review_cost=5.0,
@@ -104,7 +104,10 @@ def up(
     console.print(f"  [green]✓[/] API on {s.api_url}  (OpenAPI: {s.api_url}/docs)")
     if demo_payments:
         simulate(out=None, days=DEMO_DAYS, start=today - timedelta(days=DEMO_DAYS), cards=2000,
-                 terminals=200, seed=8, to_api=s.api_url, rate=demo_rate, count=demo_payments,
+                 # The history's cards and terminals (same seed), a week on: features as
+                 # the model knows them. Ids of their own, so nothing collides.
+                 terminals=200, seed=7, id_prefix=f"demo{today:%Y%m%d}", to_api=s.api_url,
+                 rate=demo_rate, count=demo_payments,
                  api_key=demo_key)
     status()
 
@@ -158,7 +161,8 @@ def simulate(
     start: Annotated[datetime | None, typer.Option(help="first simulated day (UTC)")] = None,
     cards: int = typer.Option(2000, min=1),
     terminals: int = typer.Option(200, min=2),
-    seed: int = typer.Option(7),
+    seed: int = typer.Option(7, help="the same seed simulates the same cards and terminals"),
+    id_prefix: str = typer.Option("", help="payment ids start with this (default sim<seed>)"),
     rate: float = typer.Option(50.0, min=0.001, help="payments per second with --to-api"),
     count: int = typer.Option(0, min=0, help="with --to-api: send N payments spread evenly"),
     api_key: str | None = typer.Option(None, envvar="FRAUDSTREAM_CLIENT_API_KEY",
@@ -173,7 +177,8 @@ def simulate(
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         raise fail(f"--out {out}: use a .parquet or .csv file name")
     first = (start or datetime(2026, 9, 1)).replace(tzinfo=UTC)
-    cfg = SimulationConfig(days=days, cards=cards, terminals=terminals, start=first, seed=seed)
+    cfg = SimulationConfig(days=days, cards=cards, terminals=terminals, start=first, seed=seed,
+                           id_prefix=id_prefix)
     with _progress() as bar:
         task = bar.add_task(f"simulating {cards} cards x {days} days", total=cards)
         traffic = run_simulation(cfg, progress=lambda n: bar.advance(task, n))
