@@ -100,9 +100,12 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
 }
 
 
-def to_milli(amount: np.ndarray | float) -> np.ndarray:
-    """Amounts as integer thousandths, the unit every amount sum is kept in."""
-    return np.rint(np.asarray(amount, dtype=float) * MILLI).astype(np.int64)
+def to_milli(amount: Any) -> Any:
+    """Amounts as integer thousandths, the unit every amount sum is kept in: an array of
+    int64 offline, a plain int online (both round half to even)."""
+    if isinstance(amount, np.ndarray):
+        return np.rint(amount.astype(float) * MILLI).astype(np.int64)
+    return round(float(amount) * MILLI)
 
 
 # The formulas below run on numpy arrays offline and on plain Python numbers online (one
@@ -166,7 +169,7 @@ class Aggregates:
 def compute(agg: Aggregates) -> dict[str, Number]:
     """Every feature of ``FEATURE_NAMES`` from the aggregates."""
     ts, amount = agg.ts, agg.amount
-    own = to_milli(amount) if isinstance(amount, np.ndarray) else round(amount * MILLI)
+    own = to_milli(amount)
     hour = (ts % DAY) // HOUR
     weekday = (ts // DAY + 3) % 7  # 1970-01-01 was a Thursday (3)
     out: dict[str, Number] = {

@@ -76,7 +76,7 @@ def card_fraud_known_key(card_id: str) -> str:
 
 def card_member(payment_id: str, amount: float, terminal_id: str, country: str | None,
                 mcc: str | None) -> str:
-    return f"{payment_id}|{int(to_milli(amount))}|{terminal_id}|{country or ''}|{mcc or ''}"
+    return f"{payment_id}|{to_milli(amount)}|{terminal_id}|{country or ''}|{mcc or ''}"
 
 
 def _lua_list(values: Iterable[float]) -> str:
