@@ -45,6 +45,7 @@ from training.train import (
     TrainConfig,
     baseline_model,
     candidate_model,
+    fit_weighted,
     observed_maturity_days,
     sample_rows,
     time_split,
@@ -138,10 +139,8 @@ def run(scenario: Scenario, seed: int, bootstrap: int) -> dict[str, dict[str, fl
             model = candidate_model(train_cfg).fit(features[rows], y_then[rows],
                                                    sample_weight=weight)
         else:
-            model = baseline_model(name, len(rows), train_cfg)
-            key = f"{model.steps[-1][0]}__sample_weight" if hasattr(model, "steps") \
-                else "sample_weight"
-            model.fit(features[rows], y_then[rows], **{key: weight})
+            model = fit_weighted(baseline_model(name, len(rows), train_cfg), features[rows],
+                                 y_then[rows], weight)
         scores = model.predict_proba(features[split.test])[:, 1]
         out[name] = evaluate(test, scores, ecfg, reps) | {
             "fit_seconds": time.perf_counter() - started,

@@ -220,6 +220,12 @@ def sample_rows(rows: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[np.n
     return chosen, weight
 
 
+def fit_weighted(model: Any, X: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Any:
+    """``model.fit`` with sample weights, for a pipeline too (its last step takes them)."""
+    key = f"{model.steps[-1][0]}__sample_weight" if hasattr(model, "steps") else "sample_weight"
+    return model.fit(X, y, **{key: weight})
+
+
 def _scores(model: Any, X: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict_proba(X)[:, 1], dtype=float)
 
@@ -295,10 +301,9 @@ def train(
     if cfg.baselines:
         for name in BASELINES:
             step(f"fit baseline: {name}")
-            model = baseline_model(name, len(y_train), cfg)
-            fit_args = {f"{model.steps[-1][0]}__sample_weight" if hasattr(model, "steps")
-                        else "sample_weight": weight}
-            scores[name] = _scores(model.fit(X_train, y_train, **fit_args), X_test)
+            model = fit_weighted(baseline_model(name, len(y_train), cfg), X_train, y_train,
+                                 weight)
+            scores[name] = _scores(model, X_test)
     previous = registry.current()
     warnings: list[str] = []
     if previous is not None:
