@@ -22,11 +22,15 @@ reported (``reported_at <= t``), and a payment's latest label decides (see
 ``model.labels``).
 
 Amounts are summed in integer thousandths (``to_milli``): sums are then exact, so the
-online and offline means agree to the last bit, whatever order the terms came in.
+online and offline means agree to the last bit, whatever order the terms came in. The
+z-score's sums of squares are kept in integer tenths (``to_tenths``) for the same reason:
+exact while a card's 30-day sum of squared tenths stays under 2**53 (900 payments of a
+million each).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +68,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"card_count_{w}" for w in CARD_WINDOWS),
     *(f"card_mean_amount_{w}" for w in CARD_MEAN_WINDOWS),
     "card_amount_ratio_30d",
+    "card_amount_z_30d",
     "card_secs_since_prev",
     "card_new_terminal",
     "card_new_country",
@@ -85,6 +90,8 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
     **{f"card_mean_amount_{w}": f"mean amount on the card over the last {w}, this one included"
        for w in CARD_MEAN_WINDOWS},
     "card_amount_ratio_30d": "amount / the card's mean amount over the previous 30d (1 if none)",
+    "card_amount_z_30d": "(amount - the card's mean over the previous 30d) / their standard "
+                         "deviation (0 with fewer than two distinct amounts)",
     "card_secs_since_prev": "seconds since the card's previous payment (capped at 30d)",
     "card_new_terminal": "1 if the card has not paid at this terminal in the previous 30d",
     "card_new_country": "1 if the card has not paid in this country in the previous 30d "
@@ -106,6 +113,11 @@ def to_milli(amount: Any) -> Any:
     if isinstance(amount, np.ndarray):
         return np.rint(amount.astype(float) * MILLI).astype(np.int64)
     return round(float(amount) * MILLI)
+
+
+def to_tenths(milli: Any) -> Any:
+    """Thousandths to integer tenths, rounding half up (the unit of the z-score's sums)."""
+    return (milli + 50) // 100
 
 
 # The formulas below run on numpy arrays offline and on plain Python numbers online (one
@@ -133,6 +145,10 @@ def _isnan(a: Any) -> Any:
     return np.isnan(a) if isinstance(a, np.ndarray) else a != a
 
 
+def _sqrt(a: Any) -> Any:
+    return np.sqrt(a) if isinstance(a, np.ndarray) else math.sqrt(a)
+
+
 Number = Any  # an array (offline) or a plain number (online)
 
 
@@ -143,10 +159,11 @@ class Aggregates:
 
     Card side, over the card's earlier payments with timestamps in ``(ts - w, ts]``:
     ``card_count[w]`` of them, ``card_milli[w]`` the sum of their amounts (``to_milli``);
-    ``card_prev_ts`` the latest of them in 30d (NaN if none); ``card_seen[attr]`` 1 if one
-    of them in 30d had this payment's terminal, country or MCC (``NOVELTY``; 1 as well when
-    the payment does not give it); ``card_fraud`` the card's payments whose fraud was known
-    since a time in ``(ts - 30d, ts]``.
+    ``card_tenths`` and ``card_tenths_sq`` the sums of their amounts in 30d and of their
+    squares, in ``to_tenths``; ``card_prev_ts`` the latest of them in 30d (NaN if none);
+    ``card_seen[attr]`` 1 if one of them in 30d had this payment's terminal, country or MCC
+    (``NOVELTY``; 1 as well when the payment does not give it); ``card_fraud`` the card's
+    payments whose fraud was known since a time in ``(ts - 30d, ts]``.
 
     Terminal side, over the terminal's payments with timestamps in
     ``(ts - MATURITY - w, ts - MATURITY]``: ``terminal_count[w]`` of them,
@@ -158,6 +175,8 @@ class Aggregates:
     amount: Number
     card_count: dict[str, Number]
     card_milli: dict[str, Number]
+    card_tenths: Number
+    card_tenths_sq: Number
     card_prev_ts: Number
     card_seen: dict[str, Number]
     card_fraud: Number
@@ -185,6 +204,12 @@ def compute(agg: Aggregates) -> dict[str, Number]:
     prior_n, prior_milli = agg.card_count["30d"], agg.card_milli["30d"]
     out["card_amount_ratio_30d"] = _where(prior_milli > 0,
                                           own * prior_n / _safe(prior_milli), 1.0)
+    # (x - mean) / std over n earlier amounts, as (n x - S1) / sqrt(n S2 - S1^2): exact
+    # integers under the root, so "all amounts equal" is exactly 0 on both sides.
+    spread = prior_n * 1.0 * agg.card_tenths_sq - agg.card_tenths * 1.0 * agg.card_tenths
+    deviation = prior_n * 1.0 * to_tenths(own) - agg.card_tenths
+    out["card_amount_z_30d"] = _where(
+        spread > 0, deviation / _sqrt(_where(spread > 0, spread, 1.0)), 0.0)
     since = _minimum(ts - agg.card_prev_ts, NO_PREVIOUS_SECS)
     out["card_secs_since_prev"] = _where(_isnan(since), NO_PREVIOUS_SECS, since)
     for attr, name in NOVELTY.items():

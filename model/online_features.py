@@ -104,6 +104,7 @@ local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. exact(ts - CARD_HORIZON
 local counts, sums = {{}}, {{}}
 for i = 1, #CARD_SPANS do counts[i] = 0; sums[i] = 0 end
 local prev, seen_t, seen_c, seen_m = nil, 0, 0, 0
+local tenths, tenths_sq = 0, 0
 if ARGV[7] == '' then seen_c = 1 end  -- not given: not new
 if ARGV[8] == '' then seen_m = 1 end
 for j = 1, #rows, 2 do
@@ -115,6 +116,10 @@ for j = 1, #rows, 2 do
     milli = tonumber(milli)
     for i, span in ipairs(CARD_SPANS) do
       if t > ts - span then counts[i] = counts[i] + 1; sums[i] = sums[i] + milli end
+    end
+    if t > ts - CARD_HORIZON then  -- to_tenths: integers, so the sums are exact
+      local u = math.floor((milli + 50) / 100)
+      tenths = tenths + u; tenths_sq = tenths_sq + u * u
     end
     if prev == nil or t > prev then prev = t end
     if terminal == ARGV[5] then seen_t = 1 end
@@ -154,7 +159,8 @@ redis.call('EXPIRE', KEYS[2], {TERMINAL_TTL})
     + """
 local prev_s = false
 if prev ~= nil then prev_s = exact(prev) end
-return {1, counts, sums, prev_s, {seen_t, seen_c, seen_m}, cfraud, tcounts, tfraud, fresh, hits}
+return {1, counts, sums, prev_s, {seen_t, seen_c, seen_m}, cfraud, tcounts, tfraud, fresh, hits,
+        {tenths, tenths_sq}}
 """
 )
 
@@ -267,12 +273,14 @@ class OnlineStore:
             res = await self._observe(keys=keys, args=args)
         if res[0] == 0:
             return Observation(previous=res[1])
-        _, counts, sums, prev, seen, cfraud, tcounts, tfraud, fresh, hits = res
+        _, counts, sums, prev, seen, cfraud, tcounts, tfraud, fresh, hits, tenths = res
         agg = Aggregates(
             ts=ts,
             amount=payment.amount,
             card_count=dict(zip(CARD_WINDOWS, counts, strict=True)),
             card_milli=dict(zip(CARD_WINDOWS, sums, strict=True)),
+            card_tenths=tenths[0],
+            card_tenths_sq=tenths[1],
             card_prev_ts=float(prev) if prev else float("nan"),
             card_seen=dict(zip(NOVELTY, seen, strict=True)),
             card_fraud=cfraud,

@@ -29,6 +29,7 @@ from model.features import (
     Aggregates,
     matrix,
     to_milli,
+    to_tenths,
 )
 from model.labels import fraud_spells
 
@@ -69,7 +70,8 @@ def compute_aggregates(
 
     attrs = {"terminal": term, **{name: _codes(payments, column)
                                   for name, column in NOVELTY_COLUMNS.items()}}
-    card_count, card_milli, prev_ts, seen = _card_windows(ts, to_milli(amount), card, attrs)
+    card_count, card_milli, tenths, prev_ts, seen = _card_windows(ts, to_milli(amount), card,
+                                                                  attrs)
     if progress is not None:
         progress(n // 2)
 
@@ -98,7 +100,8 @@ def compute_aggregates(
     if progress is not None:
         progress(n - n // 2)
     return Aggregates(ts=ts, amount=amount, card_count=card_count, card_milli=card_milli,
-                      card_prev_ts=prev_ts, card_seen=seen, card_fraud=card_fraud,
+                      card_tenths=tenths[0], card_tenths_sq=tenths[1], card_prev_ts=prev_ts,
+                      card_seen=seen, card_fraud=card_fraud,
                       terminal_count=terminal_count, terminal_fraud=terminal_fraud,
                       terminal_fresh=fresh)
 
@@ -163,9 +166,11 @@ def _active(key: np.ndarray, start: np.ndarray, end: np.ndarray,
 
 def _card_windows(
     ts: np.ndarray, milli: np.ndarray, card: np.ndarray, attrs: dict[str, np.ndarray]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
-    """Counts and amount sums of each card's earlier arrivals per window, the latest of them
-    within 30 days, and, per attribute (terminal, country...), whether one of those had this
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[np.ndarray, np.ndarray],
+           np.ndarray, dict[str, np.ndarray]]:
+    """Counts and amount sums of each card's earlier arrivals per window, the sums of their
+    amounts and squared amounts in tenths over 30 days, the latest of them within 30 days,
+    and, per attribute (terminal, country...), whether one of those had this
     payment's value (``attrs`` codes; -1, a value not given, counts as seen)."""
     n = len(ts)
     arrival = np.arange(n)
@@ -173,16 +178,21 @@ def _card_windows(
     c, t, m = card[order], ts[order], milli[order]
     first = np.r_[True, c[1:] != c[:-1]]
     start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    cum = np.r_[0, np.cumsum(m)]
-    counts, sums = {}, {}
+    u = to_tenths(m)
+    # Running sums over every card at once may wrap around int64; a difference of two of
+    # them is still exact while the window's own sum fits.
+    cum, cum_u, cum_u2 = (np.r_[0, np.cumsum(x)] for x in (m, u, u * u))
+    counts, sums, lows = {}, {}, {}
     card_payments = _Events(c, t)
+    pos = np.arange(n)
     for w, span in CARD_WINDOWS.items():
         # Earlier arrivals in (t - w, t]: valid where a card's timestamps rise with arrival,
         # fixed below for the cards that received a payment late.
-        lo = start + card_payments.at_or_before(c, t - span)
-        pos = np.arange(n)
+        lo = lows[span] = start + card_payments.at_or_before(c, t - span)
         counts[w] = pos - lo
         sums[w] = cum[pos] - cum[lo]
+    lo = lows[CARD_HORIZON]
+    tenths = (cum_u[pos] - cum_u[lo], cum_u2[pos] - cum_u2[lo])
     prev = np.where(first, np.nan, np.r_[np.nan, t[:-1]])
     prev = np.where(t - prev < CARD_HORIZON, prev, np.nan)
     values = {name: codes[order] for name, codes in attrs.items()}
@@ -190,7 +200,7 @@ def _card_windows(
 
     late = np.r_[False, (t[1:] < t[:-1]) & ~first[1:]]
     if late.any():
-        _fix_late_cards(np.unique(c[late]), c, t, m, values, counts, sums, prev, seen)
+        _fix_late_cards(np.unique(c[late]), c, t, m, values, counts, sums, tenths, prev, seen)
 
     def back(a: np.ndarray) -> np.ndarray:
         out = np.empty_like(a)
@@ -198,7 +208,8 @@ def _card_windows(
         return out
 
     return ({w: back(v) for w, v in counts.items()}, {w: back(v) for w, v in sums.items()},
-            back(prev), {name: back(v) for name, v in seen.items()})
+            (back(tenths[0]), back(tenths[1])), back(prev),
+            {name: back(v) for name, v in seen.items()})
 
 
 def _seen_before(c: np.ndarray, t: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -219,7 +230,7 @@ def _seen_before(c: np.ndarray, t: np.ndarray, value: np.ndarray) -> np.ndarray:
 def _fix_late_cards(
     late_cards: np.ndarray, c: np.ndarray, t: np.ndarray, m: np.ndarray,
     values: dict[str, np.ndarray], counts: dict[str, np.ndarray], sums: dict[str, np.ndarray],
-    prev: np.ndarray, seen: dict[str, np.ndarray],
+    tenths: tuple[np.ndarray, np.ndarray], prev: np.ndarray, seen: dict[str, np.ndarray],
 ) -> None:
     """Exact aggregates for cards whose payments arrived out of timestamp order: each sees
     only what arrived before it. Rare, so a loop per payment of those cards is fine."""
@@ -233,6 +244,8 @@ def _fix_late_cards(
                 counts[w][i] = int(inside.sum())
                 sums[w][i] = int(m[before][inside].sum())
             in_30d = (tb > t[i] - CARD_HORIZON) & (tb <= t[i])
+            u = to_tenths(m[before][in_30d])
+            tenths[0][i], tenths[1][i] = int(u.sum()), int((u * u).sum())
             prev[i] = tb[in_30d].max() if in_30d.any() else np.nan
             for name, v in values.items():
                 seen[name][i] = v[i] < 0 or bool((v[before][in_30d] == v[i]).any())

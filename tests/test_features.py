@@ -56,6 +56,8 @@ def reference(payments: pd.DataFrame, labels) -> pd.DataFrame:
             inside = [q for q in earlier if q.ts > t - span]
             row[f"cc_{w}"] = len(inside)
             row[f"cm_{w}"] = int(sum(to_milli(q.amount) for q in inside))
+        tenths = [(to_milli(q.amount) + 50) // 100 for q in earlier]
+        row["ct"], row["ct2"] = sum(tenths), sum(u * u for u in tenths)
         row["prev"] = max((q.ts for q in earlier), default=np.nan)
         row["seen"] = any(q.terminal_id == p.terminal_id for q in earlier)
         row["seen_country"] = pd.isna(p.country) or any(q.country == p.country for q in earlier)
@@ -121,6 +123,8 @@ def test_vectorised_aggregates_equal_the_definitions(seed):
     for w in CARD_WINDOWS:
         np.testing.assert_array_equal(agg.card_count[w], ref[f"cc_{w}"])
         np.testing.assert_array_equal(agg.card_milli[w], ref[f"cm_{w}"])
+    np.testing.assert_array_equal(agg.card_tenths, ref["ct"])
+    np.testing.assert_array_equal(agg.card_tenths_sq, ref["ct2"])
     np.testing.assert_array_equal(agg.card_prev_ts, ref["prev"])
     np.testing.assert_array_equal(agg.card_seen["terminal"], ref["seen"])
     np.testing.assert_array_equal(agg.card_seen["country"], ref["seen_country"])
@@ -157,6 +161,7 @@ def one(**kw):
         ts=np.array([T]), amount=np.array([10.0]),
         card_count={w: np.array([0]) for w in CARD_WINDOWS},
         card_milli={w: np.array([0]) for w in CARD_WINDOWS},
+        card_tenths=np.array([0]), card_tenths_sq=np.array([0]),
         card_prev_ts=np.array([np.nan]),
         card_seen={a: np.array([0]) for a in ("terminal", "country", "mcc")},
         card_fraud=np.array([0]),
@@ -192,6 +197,19 @@ def test_means_ratio_and_risk_from_aggregates():
     assert f["card_new_terminal"] == f["card_new_country"] == f["card_new_mcc"] == 0.0
     assert f["terminal_risk_30d"] == 0.25
     assert f["terminal_count_1d"] == 8.0
+
+
+def test_amount_z_score_against_the_cards_30_days():
+    earlier = np.array([10.0, 20.0, 30.0])
+    u = (to_milli(earlier) + 50) // 100
+    z = one(amount=np.array([50.0]), card_count={w: np.array([3]) for w in CARD_WINDOWS},
+            card_tenths=np.array([u.sum()]), card_tenths_sq=np.array([(u * u).sum()]))
+    assert z["card_amount_z_30d"] == pytest.approx((50 - earlier.mean()) / earlier.std())
+    # a card that always pays the same amount has no spread: neutral, not a division by 0
+    same = one(amount=np.array([19.99]), card_count={w: np.array([2]) for w in CARD_WINDOWS},
+               card_tenths=np.array([400]), card_tenths_sq=np.array([80_000]))
+    assert same["card_amount_z_30d"] == 0.0
+    assert one()["card_amount_z_30d"] == 0.0  # no earlier payment
 
 
 def test_zero_amount_payments_are_features_too():
