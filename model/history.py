@@ -86,9 +86,14 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _part_paths(directory: Path) -> tuple[Path, Path]:
+def new_part_name() -> str:
+    """A part file name no other writer will use (time first: parts list in write order)."""
+    return f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def _part_paths(directory: Path, name: str | None = None) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+    name = name or new_part_name()
     return directory / f".{name}.tmp", directory / name
 
 
@@ -132,14 +137,25 @@ class HistoryStore:
         return self.root / "labels"
 
     # ---- writing -------------------------------------------------------------------
-    def append_payments(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        return self._append(self.payments_dir, PAYMENT_SCHEMA, rows, "ts")
+    # With a ``part`` name, each day's rows go to ``day=.../<part>``, so that whoever
+    # promised the rows to that part can tell afterwards whether they were written
+    # (``holds_payment``, ``holds_label``): the stream's exactly-once records.
+    def append_payments(self, rows: Iterable[Mapping[str, Any]], part: str | None = None) -> int:
+        return self._append(self.payments_dir, PAYMENT_SCHEMA, rows, "ts", part)
 
-    def append_labels(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        return self._append(self.labels_dir, LABEL_SCHEMA, rows, "reported_at")
+    def append_labels(self, rows: Iterable[Mapping[str, Any]], part: str | None = None) -> int:
+        return self._append(self.labels_dir, LABEL_SCHEMA, rows, "reported_at", part)
+
+    def holds_payment(self, row: Mapping[str, Any], part: str) -> bool:
+        """Is ``row`` (a payment row) in the history, given the part it was promised to?"""
+        return (self.payments_dir / f"day={_day(row['ts'])}" / part).exists()
+
+    def holds_label(self, row: Mapping[str, Any], part: str) -> bool:
+        return (self.labels_dir / f"day={_day(row['reported_at'])}" / part).exists()
 
     def _append(
-        self, base: Path, schema: pa.Schema, rows: Iterable[Mapping[str, Any]], day_of: str
+        self, base: Path, schema: pa.Schema, rows: Iterable[Mapping[str, Any]], day_of: str,
+        part: str | None = None,
     ) -> int:
         by_day: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for row in rows:
@@ -150,7 +166,7 @@ class HistoryStore:
             table = pa.Table.from_pydict(
                 {name: [r.get(name) for r in day_rows] for name in schema.names}, schema=schema
             )
-            self._write_table(base / f"day={day}", table)
+            self._write_table(base / f"day={day}", table, part)
             written += len(day_rows)
         return written
 
@@ -230,8 +246,8 @@ class HistoryStore:
         return written
 
     @staticmethod
-    def _write_table(directory: Path, table: pa.Table) -> None:
-        tmp, final = _part_paths(directory)
+    def _write_table(directory: Path, table: pa.Table, part: str | None = None) -> None:
+        tmp, final = _part_paths(directory, part)
         pq.write_table(table, tmp)
         _fsync_rename(tmp, final)
 

@@ -7,7 +7,12 @@ agents). Both sides run as Lua scripts, atomic in Redis, so a label is either jo
 or queued and then picked up by the payment: never both, never neither.
 
 Keys: ``fs:pay:{payment_id}`` the payment's ref; ``fs:pending:{payment_id}`` labels waiting
-for it; ``fs:hist:{payment_id}`` set once the history holds the payment.
+for it; ``fs:hist:{payment_id}`` the history part file promised to hold the payment.
+
+Waiting labels leave their queue only after they were applied (``forget_waiting``), so a
+crash in between applies them again, which changes nothing (applying is idempotent), rather
+than losing them. Once a payment's ref is set no label queues for it any more, so dropping
+the queue after applying what it held cannot drop a newcomer.
 """
 
 from __future__ import annotations
@@ -21,9 +26,7 @@ JOIN_HORIZON = 180 * DAY
 
 _REMEMBER_PAYMENT = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-local pending = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[2])
-return pending
+return redis.call('LRANGE', KEYS[2], 0, -1)
 """
 
 _JOIN_OR_QUEUE = """
@@ -59,8 +62,8 @@ class JoinState:
     async def remember_payments(
         self, payments: list[tuple[str, PaymentRef]]
     ) -> list[list[bytes]]:
-        """Record each (payment_id, ref); returns, per payment, the labels that were
-        waiting for it. One round trip for the whole batch."""
+        """Record each (payment_id, ref); returns, per payment, the labels waiting for it
+        (still queued until ``forget_waiting``). One round trip for the whole batch."""
         if not payments:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -86,14 +89,24 @@ class JoinState:
                 await pipe.execute()
         await pipe.execute()
 
-    async def already_recorded(self, payment_ids: list[str]) -> set[str]:
-        if not payment_ids:
-            return set()
-        flags = await self.redis.mget([recorded_key(p) for p in payment_ids])
-        return {p for p, f in zip(payment_ids, flags, strict=True) if f is not None}
+    async def forget_waiting(self, payment_ids: list[str]) -> None:
+        """Drop the queues of labels that waited for these payments, once applied."""
+        if payment_ids:
+            await self.redis.delete(*(pending_key(p) for p in payment_ids))
 
-    async def mark_recorded(self, payment_ids: list[str]) -> None:
+    async def promised_parts(self, payment_ids: list[str]) -> dict[str, str]:
+        """The history part each payment was promised to, for those that have one."""
+        if not payment_ids:
+            return {}
+        parts = await self.redis.mget([recorded_key(p) for p in payment_ids])
+        return {p: part.decode() for p, part in zip(payment_ids, parts, strict=True)
+                if part is not None}
+
+    async def promise(self, payment_ids: list[str], part: str) -> None:
+        """Promise these payments to the part file about to be written: if it is on disk
+        afterwards they are recorded, if it is not (a crash before its rename) they are
+        not, and the next attempt writes them again."""
         pipe = self.redis.pipeline(transaction=False)
         for pid in payment_ids:
-            pipe.set(recorded_key(pid), 1, ex=int(JOIN_HORIZON))
+            pipe.set(recorded_key(pid), part, ex=int(JOIN_HORIZON))
         await pipe.execute()

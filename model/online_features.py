@@ -51,6 +51,8 @@ from model.schemas import Payment
 SLACK = 2 * DAY
 CARD_TTL = int(max(CARD_HORIZON, CARD_FRAUD_WINDOW) + SLACK)
 TERMINAL_TTL = int(TERMINAL_HORIZON + SLACK)
+# A payment's labels are kept while more may come (chargebacks up to ~120 days).
+LABELS_TTL = int(180 * DAY)
 PREFIX = "fs2"  # bumped with the layout: a store of another layout is not misread
 
 
@@ -72,6 +74,10 @@ def terminal_fraud_paid_key(terminal_id: str) -> str:
 
 def card_fraud_known_key(card_id: str) -> str:
     return f"{PREFIX}:cfk:{card_id}"
+
+
+def labels_key(payment_id: str) -> str:
+    return f"{PREFIX}:lbl:{payment_id}"
 
 
 def card_member(payment_id: str, amount: float, terminal_id: str, country: str | None,
@@ -164,26 +170,45 @@ return {1, counts, sums, prev_s, {seen_t, seen_c, seen_m}, cfraud, tcounts, tfra
 """
 )
 
-# Labels change three sets together; NX keeps the time a fraud spell started when the
-# same fraud is reported again (see model.labels).
+# A payment's labels are kept (``labels_key``) and its fraud spell worked out from all of
+# them each time one is added, by the rule of ``model.labels``: the latest label decides,
+# fraud wins a tie, repeated fraud keeps the spell's start. Applying a label is then
+# idempotent and independent of arrival order: a redelivered label, or a chargeback that
+# reaches the stream after the analyst's later "not fraud", ends in the state the history
+# says. A payment back-filled as fraud has no labels kept; its spell's start seeds them.
 _APPLY_LABEL = f"""
-local known, paid = ARGV[3], ARGV[4]
-if ARGV[2] == '1' then
-  redis.call('ZADD', KEYS[1], 'NX', known, ARGV[1])
-  redis.call('ZADD', KEYS[2], 'NX', paid, ARGV[1])
-  redis.call('ZADD', KEYS[3], 'NX', known, ARGV[1])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
+local pid, paid = ARGV[1], ARGV[4]
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  local start = redis.call('ZSCORE', KEYS[1], pid)
+  if start then
+    start = string.format('%.17g', tonumber(start))  -- as Python's format(x, '.17g')
+    redis.call('ZADD', KEYS[4], start, start .. '|1')
+  end
 end
-local now = tonumber(known)
+-- members 'reported_at|0 or 1': at equal times '|0' sorts first, so fraud is applied last
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[3] .. '|' .. ARGV[2])
+local start = false
+for _, member in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  local at, fraud = string.match(member, '^(.*)|([01])$')
+  if fraud == '0' then start = false elseif not start then start = at end
+end
+if start then
+  redis.call('ZADD', KEYS[1], start, pid)
+  redis.call('ZADD', KEYS[2], paid, pid)
+  redis.call('ZADD', KEYS[3], start, pid)
+else
+  redis.call('ZREM', KEYS[1], pid)
+  redis.call('ZREM', KEYS[2], pid)
+  redis.call('ZREM', KEYS[3], pid)
+end
+local now = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.17g', now - {TERMINAL_TTL}))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.17g', now - {TERMINAL_TTL}))
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. string.format('%.17g', now - {CARD_TTL}))
 redis.call('EXPIRE', KEYS[1], {TERMINAL_TTL})
 redis.call('EXPIRE', KEYS[2], {TERMINAL_TTL})
 redis.call('EXPIRE', KEYS[3], {CARD_TTL})
+redis.call('EXPIRE', KEYS[4], {LABELS_TTL})
 return 1
 """
 
@@ -295,14 +320,16 @@ class OnlineStore:
         )
 
     async def apply_label(self, update: LabelUpdate) -> None:
-        """Record (or, for a "not fraud" verdict, withdraw) a fraud label on the payment's
-        terminal and card. Keyed by payment_id, so a redelivered label changes nothing."""
+        """Add a label (fraud, or a "not fraud" verdict) to the payment's, and update its
+        terminal's and card's fraud accordingly. Idempotent, and the order labels arrive in
+        does not matter (see ``_APPLY_LABEL``)."""
         ref = update.payment
         await self._apply_label(
             keys=[terminal_fraud_known_key(ref.terminal_id),
-                  terminal_fraud_paid_key(ref.terminal_id), card_fraud_known_key(ref.card_id)],
+                  terminal_fraud_paid_key(ref.terminal_id), card_fraud_known_key(ref.card_id),
+                  labels_key(update.payment_id)],
             args=[update.payment_id, "1" if update.is_fraud else "0",
-                  repr(float(update.reported_at)), repr(float(ref.ts))],
+                  format(float(update.reported_at), ".17g"), repr(float(ref.ts))],
         )
 
     async def backfill(

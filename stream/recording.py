@@ -1,0 +1,100 @@
+"""What the stream does with a batch of scored payments or labels: the history, the label
+join and the label-aware features.
+
+A batch is retried until it went through, and redelivered after a crash, so every step is
+safe to repeat from wherever it stopped:
+
+1. rows the history does not hold yet are *promised* to a new part file (in Redis), then
+   the file is written. A promise whose file is on disk means "recorded", one whose file
+   is not means a crash came between the two, and the rows are written again. The raw
+   history holds each payment and each label once.
+2. a payment's ref is set and the labels waiting for it are read, applied, and only then
+   dropped from their queue. Applying a label is idempotent and does not depend on the
+   order labels arrive in (``model.online_features``), so applying one twice, or a
+   chargeback after the analyst's later verdict, ends in the state the history says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from model.config import Settings
+from model.events import decode_label, encode
+from model.history import HistoryStore, label_row, new_part_name, scored_row
+from model.label_join import JoinState
+from model.online_features import LabelUpdate, OnlineStore, PaymentRef
+from model.schemas import Label, ScoredPayment
+
+# What stream workers of the first layout wrote as the promise of a recorded payment.
+_RECORDED_V1 = "1"
+
+
+def label_record_id(label: Label) -> str:
+    """A label's identity in the history ('|' never occurs in a payment_id)."""
+    text = f"{label.payment_id}|{label.is_fraud}|{label.source}|{label.reported_at.isoformat()}"
+    return "lbl|" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+class Recorder:
+    """The stores the agents write to, built once per worker, and what a batch does."""
+
+    def __init__(self, settings: Settings) -> None:
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        self.redis = Redis.from_url(settings.redis_url, password=password)
+        self.online = OnlineStore(self.redis)
+        self.join = JoinState(self.redis)
+        self.history = HistoryStore(settings.history_dir)
+
+    async def record(self, events: Mapping[str, ScoredPayment]) -> int:
+        """Scored payments by payment_id: into the history once, their refs remembered, the
+        labels that waited for them applied. Returns the rows written to the history."""
+        rows = {pid: scored_row(e) for pid, e in events.items()}
+        written = await self._write_once(rows, self.history.holds_payment,
+                                         self.history.append_payments)
+        refs = [(pid, PaymentRef(e.payment.terminal_id, e.payment.card_id, e.payment.ts))
+                for pid, e in events.items()]
+        waiting = await self.join.remember_payments(refs)
+        for (_, ref), labels in zip(refs, waiting, strict=True):
+            for raw in labels:
+                await self._apply(decode_label(raw), ref)
+        await self.join.forget_waiting(
+            [pid for (pid, _), labels in zip(refs, waiting, strict=True) if labels])
+        return written
+
+    async def apply(self, labels: list[Label], received: datetime) -> int:
+        """Labels: into the history once, and applied to the features now or, when their
+        payment has not reached the stream yet, queued for it. Returns the rows written."""
+        rows = {label_record_id(lb): label_row(lb, received) for lb in labels}
+        written = await self._write_once(rows, self.history.holds_label,
+                                         self.history.append_labels)
+        for label in labels:
+            ref = await self.join.ref_or_queue(label.payment_id, encode(label))
+            if ref is not None:
+                await self._apply(label, ref)
+        return written
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def _apply(self, label: Label, ref: PaymentRef) -> None:
+        await self.online.apply_label(
+            LabelUpdate(label.payment_id, ref, label.is_fraud, label.reported_at.timestamp())
+        )
+
+    async def _write_once(self, rows: dict[str, dict[str, Any]],
+                          holds: Callable[[Mapping[str, Any], str], bool],
+                          append: Callable[..., int]) -> int:
+        promised = await self.join.promised_parts(list(rows))
+        fresh = [rid for rid, row in rows.items() if rid not in promised
+                 or (promised[rid] != _RECORDED_V1 and not holds(row, promised[rid]))]
+        if fresh:
+            part = new_part_name()
+            await self.join.promise(fresh, part)
+            await asyncio.to_thread(append, [rows[rid] for rid in fresh], part)
+        return len(fresh)

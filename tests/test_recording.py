@@ -1,0 +1,192 @@
+"""The stream's batch steps, crashed at each point and retried: the raw history holds every
+payment and label once, and every label counts once in the features (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from model.config import Settings
+from model.history import HistoryStore
+from model.label_join import pending_key
+from model.labels import fraud_spells
+from model.online_features import card_fraud_known_key, terminal_fraud_known_key
+from model.schemas import Label, Payment, ScoredPayment
+from stream.recording import Recorder
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 11, 19, 10, 0, tzinfo=UTC)
+
+
+class InjectedCrash(RedisConnectionError):
+    """What the stream's retry loop sees when Redis or the disk fails mid-batch."""
+
+
+def scored(run: str, i: int) -> ScoredPayment:
+    p = Payment(payment_id=f"{run}_{i:03d}", timestamp=T0 + timedelta(minutes=i),
+                card_id=f"{run}_card{i % 3}", terminal_id=f"{run}_term{i % 2}",
+                amount=10.0 + i, currency="EUR")
+    return ScoredPayment(payment=p, features={"amount": p.amount}, score=0.01,
+                         decision="approve", model_version="vtest", scored_at=T0)
+
+
+def label(pid: str, fraud: bool, days: float, source: str = "chargeback") -> Label:
+    return Label(payment_id=pid, is_fraud=fraud, source=source,
+                 reported_at=T0 + timedelta(days=days))
+
+
+def fail_once(obj: Any, name: str, after: bool = False, on_call: int = 1) -> None:
+    """Make ``obj.name`` raise on its ``on_call``-th call, before or after doing its work."""
+    real, calls = getattr(obj, name), {"n": 0}
+
+    def should_fail() -> bool:
+        calls["n"] += 1
+        return calls["n"] == on_call
+
+    if asyncio.iscoroutinefunction(real):
+        async def wrapper(*args: Any, **kw: Any) -> Any:
+            fail = should_fail()
+            if fail and not after:
+                raise InjectedCrash(name)
+            out = await real(*args, **kw)
+            if fail:
+                raise InjectedCrash(name)
+            return out
+    else:
+        def wrapper(*args: Any, **kw: Any) -> Any:  # type: ignore[misc]
+            fail = should_fail()
+            if fail and not after:
+                raise OSError(name)
+            out = real(*args, **kw)
+            if fail:
+                raise OSError(name)
+            return out
+    setattr(obj, name, wrapper)
+
+
+async def until_done(step: Any, *args: Any) -> int:
+    """The worker's retry loop, minus the back-off: returns how many attempts it took."""
+    for attempt in range(1, 5):
+        try:
+            await step(*args)
+            return attempt
+        except (RedisConnectionError, OSError):
+            continue
+    raise AssertionError("the batch never went through")
+
+
+def raw_count(store: HistoryStore, table: str, run: str) -> int:
+    return int(store.query(f"SELECT count(*) AS n FROM {table} WHERE payment_id LIKE ?",
+                           [f"{run}_%"])["n"][0])
+
+
+@pytest.fixture()
+def recorder_settings(stack: Settings, tmp_path: Path) -> Settings:
+    return stack.model_copy(update={"history_dir": tmp_path / "history"})
+
+
+# Where a batch of scored payments can stop: (method owner, method, fail after its work?)
+CRASH_POINTS = {
+    "promised, file not written": ("history", "append_payments", False),
+    "file written, nothing after": ("history", "append_payments", True),
+    "refs not remembered": ("join", "remember_payments", False),
+    "one waiting label applied": ("online", "apply_label", False),
+    "labels applied, queues kept": ("join", "forget_waiting", False),
+}
+
+
+@pytest.mark.parametrize("point", list(CRASH_POINTS))
+def test_scored_batch_crashed_anywhere_then_retried_records_once_and_applies_labels_once(
+        recorder_settings: Settings, point: str) -> None:
+    run = f"rec{uuid.uuid4().hex[:6]}"
+    events = {e.payment.payment_id: e for e in (scored(run, i) for i in range(12))}
+    # Chargebacks that reached the stream before their payments: they wait in the join.
+    early = [label(f"{run}_{i:03d}", True, 3) for i in (0, 1, 4)]
+
+    async def go() -> tuple[int, int]:
+        rec = Recorder(recorder_settings)
+        try:
+            assert await rec.apply(early, T0) == 3
+            owner, name, after = CRASH_POINTS[point]
+            fail_once(getattr(rec, owner), name, after=after,
+                      on_call=2 if name == "apply_label" else 1)
+            attempts = await until_done(rec.record, events)
+            terms = [await rec.redis.zcard(terminal_fraud_known_key(f"{run}_term{t}"))
+                     for t in range(2)]
+            cards = [await rec.redis.zcard(card_fraud_known_key(f"{run}_card{c}"))
+                     for c in range(3)]
+            waiting = [await rec.redis.exists(pending_key(lb.payment_id)) for lb in early]
+            assert (terms, cards, waiting) == ([2, 1], [1, 2, 0], [0, 0, 0]), point
+            return attempts, await until_done(rec.record, events)  # a redelivery
+        finally:
+            await rec.close()
+
+    attempts, _ = asyncio.run(go())
+    assert attempts == 2  # the crash happened, and the retry went through
+    store = HistoryStore(recorder_settings.history_dir)
+    assert raw_count(store, "payments_raw", run) == len(events)
+    assert raw_count(store, "labels_raw", run) == len(early)
+
+
+def test_label_batch_crashed_after_writing_is_recorded_once(recorder_settings: Settings) -> None:
+    run = f"lab{uuid.uuid4().hex[:6]}"
+    labels = [label(f"{run}_{i:03d}", True, 2) for i in range(5)]
+
+    async def go() -> int:
+        rec = Recorder(recorder_settings)
+        try:
+            fail_once(rec.history, "append_labels", after=True)
+            attempts = await until_done(rec.apply, labels, T0)
+            await until_done(rec.apply, labels, T0 + timedelta(seconds=5))  # redelivered
+            return attempts
+        finally:
+            await rec.close()
+
+    assert asyncio.run(go()) == 2
+    assert raw_count(HistoryStore(recorder_settings.history_dir), "labels_raw", run) == 5
+
+
+@pytest.mark.parametrize("arrival", ["in order", "reversed"])
+def test_label_state_is_the_historys_whatever_order_labels_arrive_in(
+        recorder_settings: Settings, arrival: str) -> None:
+    """A chargeback, a repeat of it, the analyst's "not fraud", and fraud again: the
+    features' state after each prefix of reports equals the history's rule, in either
+    arrival order, redeliveries included."""
+    run = f"ord{uuid.uuid4().hex[:6]}"
+    ev = scored(run, 0)
+    pid, term = ev.payment.payment_id, ev.payment.terminal_id
+    reports = [label(pid, True, 2), label(pid, True, 3, "analyst"),
+               label(pid, False, 5, "analyst"), label(pid, True, 9, "analyst")]
+
+    async def go() -> list[float | None]:
+        rec = Recorder(recorder_settings)
+        try:
+            await rec.record({pid: ev})
+            seen = []
+            for k in range(1, len(reports) + 1):
+                batch = reports[:k] if arrival == "in order" else reports[:k][::-1]
+                await rec.apply(batch, T0)  # earlier ones again: redelivered
+                seen.append(await rec.redis.zscore(terminal_fraud_known_key(term), pid))
+            return seen
+        finally:
+            await rec.close()
+
+    seen = asyncio.run(go())
+    expected = []
+    for k in range(1, len(reports) + 1):
+        frame = pd.DataFrame(
+            {"payment_id": pid, "is_fraud": [r.is_fraud for r in reports[:k]],
+             "reported_at": [r.reported_at.timestamp() for r in reports[:k]]})
+        spells = fraud_spells(frame)
+        live = spells[spells["until"].isna()]
+        expected.append(float(live["known_since"].iloc[0]) if len(live) else None)
+    assert seen == expected
+    assert expected == [(T0 + timedelta(days=2)).timestamp()] * 2 + [
+        None, (T0 + timedelta(days=9)).timestamp()]  # not vacuous: start kept, withdrawn
