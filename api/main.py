@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(Exception):
                 await producer.stop()
             publisher.spool.seal()
+            publisher.label_spool.seal()
             await redis.aclose()
             await mux.close()
 

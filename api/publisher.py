@@ -1,6 +1,11 @@
 """Publishes events to Kafka. Scored payments go out without making the caller wait, and
 are never lost: each is in the write-ahead spool until Kafka acknowledges it, and what
-Kafka did not take is sent again once it is back (see ``api.spool``)."""
+Kafka did not take is sent again once it is back (see ``api.spool``).
+
+Labels are accepted only once durable: acknowledged by Kafka or, while Kafka fails, synced
+to disk in a spool of their own, sent once Kafka is back. A label reaching Kafka twice (a
+send that timed out but went through, then the spool's copy) is recorded once by the
+stream, and applying it is idempotent."""
 
 from __future__ import annotations
 
@@ -18,18 +23,22 @@ log = logging.getLogger(__name__)
 # How long handing an event to the producer may take before it is left to the spool (the
 # producer blocks when its buffer is full or it has no metadata, i.e. Kafka is failing).
 ENQUEUE_TIMEOUT = 0.05
+# How long a label waits for Kafka's acknowledgement before it is spooled instead.
+LABEL_SEND_TIMEOUT = 2.0
 
 
 class Publisher:
     def __init__(self, producer: AIOKafkaProducer, spool: Spool, scored_topic: str,
-                 labels_topic: str) -> None:
+                 labels_topic: str, label_spool: Spool | None = None) -> None:
         self.producer = producer
         self.spool = spool
+        self.label_spool = label_spool or Spool(spool.directory / "labels")
         self.scored_topic = scored_topic
         self.labels_topic = labels_topic
-        # False after a delivery failure, until the spool drains: meanwhile new events
+        # False after a delivery failure, until the spools drain: meanwhile new events
         # only go to the spool, behind the ones already there.
         self.kafka_ok = True
+        self.labels_ok = True
         self.started = False
 
     async def start(self) -> None:
@@ -55,9 +64,26 @@ class Publisher:
             return
         fut.add_done_callback(lambda f: self._delivered(f, seg))
 
-    async def publish_label(self, label: Label) -> None:
-        """Labels are acknowledged to the caller only once Kafka has them."""
-        await self.producer.send_and_wait(self.labels_topic, encode(label), key=key_of(label))
+    async def publish_label(self, label: Label) -> bool:
+        """Returns once the label is durable: True if Kafka has it, False if it is in the
+        label spool (synced to disk), to be sent when Kafka is back."""
+        key, value = key_of(label), encode(label)
+        seg = self.label_spool.append(key, value)
+        if self.labels_ok:
+            try:
+                async with asyncio.timeout(LABEL_SEND_TIMEOUT):
+                    await self.producer.send_and_wait(self.labels_topic, value, key=key)
+                self.label_spool.ack(seg)
+                return True
+            except Exception as exc:
+                log.error("Kafka did not take a label (%s); spooling labels until it is back",
+                          type(exc).__name__)
+                self.labels_ok = False
+        PUBLISH_FAILURES.inc()
+        SPOOLED.inc()
+        self.label_spool.fail(seg)
+        await asyncio.to_thread(self.label_spool.sync)
+        return False
 
     def _delivered(self, fut: asyncio.Future, seg: Segment) -> None:  # type: ignore[type-arg]
         if fut.cancelled() or fut.exception() is not None:
@@ -75,18 +101,23 @@ class Publisher:
         self.spool.fail(seg)
 
     async def drain(self) -> int:
-        """Send every undelivered spool segment, oldest first; returns events sent."""
+        """Send every undelivered segment of both spools, oldest first; returns events
+        sent."""
         if not self.kafka_ok:
             self.spool.seal()
+        if not self.labels_ok:
+            self.label_spool.seal()
         if not self.started:  # Kafka was down when the API started
             await self.start()
         sent = 0
-        for segment in self.spool.undelivered():
-            entries = list(self.spool.read(segment))
-            futures = [await self.producer.send(self.scored_topic, v, key=k) for k, v in entries]
-            await asyncio.gather(*futures)  # raises if Kafka still fails: segment kept
-            self.spool.delete(segment)
-            sent += len(entries)
+        for spool, topic in ((self.spool, self.scored_topic),
+                             (self.label_spool, self.labels_topic)):
+            for segment in spool.undelivered():
+                entries = list(spool.read(segment))
+                futures = [await self.producer.send(topic, v, key=k) for k, v in entries]
+                await asyncio.gather(*futures)  # raises if Kafka still fails: segment kept
+                spool.delete(segment)
+                sent += len(entries)
         return sent
 
     async def keep_synced(self, every: float = 0.05) -> None:
@@ -98,7 +129,8 @@ class Publisher:
     async def keep_draining(self, every: float = 1.0) -> None:
         while True:
             await asyncio.sleep(every)
-            if self.kafka_ok and not self.spool.undelivered():
+            if self.kafka_ok and self.labels_ok and not self.spool.undelivered() \
+                    and not self.label_spool.undelivered():
                 continue
             try:
                 sent = await asyncio.wait_for(self.drain(), timeout=30)
@@ -106,5 +138,5 @@ class Publisher:
                 log.warning("spool not drained yet: %s", type(exc).__name__)
                 continue
             if sent:
-                log.info("spool drained: %d scored payments sent to Kafka", sent)
-            self.kafka_ok = True
+                log.info("spools drained: %d events sent to Kafka", sent)
+            self.kafka_ok = self.labels_ok = True

@@ -97,6 +97,9 @@ async def score_batch(batch: PaymentBatch, svc: ServicesDep,
 class LabelAccepted(BaseModel):
     payment_id: str
     accepted: bool = True
+    queued: bool = Field(default=False, description=(
+        "true: Kafka was unavailable; the label is kept on the API's disk and forwarded "
+        "as soon as Kafka is back"))
 
 
 @router.post("/v1/labels", status_code=status.HTTP_202_ACCEPTED, response_model=LabelAccepted,
@@ -104,17 +107,20 @@ class LabelAccepted(BaseModel):
 async def post_label(label: Label, svc: ServicesDep) -> LabelAccepted:
     """Report a fraud verdict (chargeback, analyst, customer report) on a past payment.
 
-    Answers 202 once the label is durably in Kafka; the stream processor applies it.
+    Answers 202 once the label is durable: in Kafka, or, while Kafka is unavailable, on
+    the API's disk (`queued: true`), forwarded as soon as Kafka is back. The stream
+    processor applies it; sending the same label again changes nothing.
     """
     not_in_future(label.reported_at.timestamp(), "reported_at", svc)
     try:
-        await svc.publisher.publish_label(label)
-    except Exception as exc:
+        in_kafka = await svc.publisher.publish_label(label)
+    except OSError as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"label not accepted, Kafka unavailable ({type(exc).__name__}); retry",
+            detail=f"label not accepted: Kafka unavailable and the spool failed "
+                   f"({type(exc).__name__}); retry",
         ) from exc
-    return LabelAccepted(payment_id=label.payment_id)
+    return LabelAccepted(payment_id=label.payment_id, queued=not in_kafka)
 
 
 # ---- administration ------------------------------------------------------------------
@@ -202,7 +208,8 @@ async def healthz(svc: ServicesDep) -> dict[str, Any]:
     scorer = svc.models.scorer
     return {"status": "ok", "model_version": scorer.version if scorer else None,
             "rules_version": svc.policy.policy.version,
-            "kafka": "ok" if svc.publisher.kafka_ok else "spooling"}
+            "kafka": "ok" if svc.publisher.kafka_ok and svc.publisher.labels_ok
+            else "spooling"}
 
 
 @router.get("/metrics", tags=["operations"])

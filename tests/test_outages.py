@@ -89,6 +89,13 @@ def test_kafka_stopped_and_restarted_loses_nothing_and_duplicates_nothing(
         eventually(lambda: api_client.get("/healthz").json()["kafka"] == "spooling", 30)
         spool = api_client.app.state.services.publisher.spool
         assert spool.pending_events() >= 1
+        # Labels too are accepted, durably: kept on the API's disk until Kafka is back.
+        labelled = sent[:5]
+        for pid in labelled:
+            resp = api_client.post("/v1/labels", json={
+                "payment_id": pid, "is_fraud": True, "source": "chargeback",
+                "reported_at": "2026-11-21T10:00:00Z"})
+            assert resp.status_code == 202 and resp.json()["queued"] is True, resp.text
     finally:
         services.start_kafka(stream_worker)
     eventually(lambda: api_client.get("/healthz").json()["kafka"] == "ok", 60)
@@ -100,7 +107,16 @@ def test_kafka_stopped_and_restarted_loses_nothing_and_duplicates_nothing(
 
     eventually(lambda: len(recorded()) == len(sent), 120)
     assert recorded()["n"].max() == 1  # nothing twice
-    assert api_client.app.state.services.publisher.spool.undelivered() == []
+    publisher = api_client.app.state.services.publisher
+    assert publisher.spool.undelivered() == [] and publisher.label_spool.undelivered() == []
+
+    def labels_recorded():
+        return store.query("SELECT payment_id, count(*) AS n FROM labels_raw "
+                           "WHERE payment_id IN (SELECT unnest(?)) GROUP BY payment_id",
+                           [labelled])
+
+    eventually(lambda: len(labels_recorded()) == len(labelled), 60)
+    assert labels_recorded()["n"].max() == 1
 
 
 def test_stream_worker_rides_out_a_redis_outage(stream_worker):
