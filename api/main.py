@@ -31,6 +31,8 @@ from model.redis_mux import RedisMux
 from model.registry import Registry
 
 log = logging.getLogger(__name__)
+# How long start-up waits for Kafka before serving without it (spooling).
+KAFKA_START_TIMEOUT = 3.0
 
 
 class ConfigurationError(RuntimeError):
@@ -71,10 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         publisher = Publisher(producer, Spool(settings.spool_dir), settings.topic_scored,
                               settings.topic_labels)
         try:
-            await publisher.start()
-        except Exception as exc:  # Kafka down at start: score anyway, into the spool
+            # Kafka down, or still starting (it may accept connections and then keep
+            # metadata requests waiting): score anyway, into the spool, and let the drain
+            # loop connect once Kafka answers.
+            await asyncio.wait_for(publisher.start(), timeout=KAFKA_START_TIMEOUT)
+        except Exception as exc:
             log.error("Kafka unavailable at start (%s); spooling", type(exc).__name__)
-            publisher.kafka_ok = False
+            publisher.kafka_ok = publisher.labels_ok = False
         # Segments left by an earlier run (a crash, a Kafka outage) are sent by the drain
         # loop within a second; the stream records each payment once.
         holder = ModelHolder(Registry(settings.models_dir))

@@ -40,9 +40,12 @@ class Publisher:
         self.kafka_ok = True
         self.labels_ok = True
         self.started = False
+        self._producer_started = False
 
     async def start(self) -> None:
-        await self.producer.start()
+        if not self._producer_started:
+            await self.producer.start()
+            self._producer_started = True
         # Fetch the topic's metadata now, not on the first payment's clock.
         await self.producer.partitions_for(self.scored_topic)
         self.started = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -52,8 +53,19 @@ def api(workers: int = typer.Option(1, min=1, help="uvicorn worker processes")) 
 
 @app.command()
 def stream() -> None:
-    """Run the stream worker (faust) in the foreground."""
+    """Run the stream worker (faust) in the foreground; waits for Kafka first."""
+    from ops import services
     from stream.app import app as faust_app
+
+    # faust exits when it cannot bootstrap: a worker (re)started while Kafka is down or
+    # still starting must wait for it, not die.
+    s = get_settings()
+    waited = 0.0
+    while not services.kafka_answers(s):
+        if waited % 10 < 1:
+            console.print(f"waiting for Kafka at {s.kafka_bootstrap} ({waited:.0f} s)")
+        time.sleep(1.0)
+        waited += 1.0
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", "info"]
     faust_app.main()

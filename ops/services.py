@@ -259,12 +259,12 @@ def wait_kafka_ready(settings: Settings, timeout: float, proc: Proc | None = Non
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # refused connections are expected while it starts
     try:
-        wait_until(lambda: _kafka_answers(settings), "Kafka", timeout, proc)
+        wait_until(lambda: kafka_answers(settings), "Kafka", timeout, proc)
     finally:
         quiet.setLevel(level)
 
 
-def _kafka_answers(settings: Settings) -> bool:
+def kafka_answers(settings: Settings) -> bool:
     try:
         asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=10))
         return True

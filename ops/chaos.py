@@ -1,0 +1,518 @@
+"""Chaos: payments and labels at a fixed rate while parts of the stack are killed, hung and
+restarted, then an audit from the raw stores.
+
+The load is open loop (payment ``i`` is due at ``start + i / rate`` whatever the earlier
+answers took) and behaves like a gateway: an attempt that fails or times out is sent again
+with the same ``payment_id`` and body. One payment in ``label_every`` gets a fraud label a
+moment after its answer, retried until accepted.
+
+Faults are ``kill`` (SIGKILL, then restarted as ``fraudstream up`` would) or ``hang``
+(SIGSTOP, then SIGCONT) of the API, the stream worker, Kafka or Redis, one part or several
+at once, on a schedule or drawn from a seed.
+
+The audit reads the raw Parquet files and Redis, not the de-duplicating views:
+
+- every answered payment is in the raw history exactly once, with the decision answered;
+- every accepted label is in the raw history once, and in the terminal's and the card's
+  fraud aggregates (a set per entity: once, and nothing there that was not labelled);
+- the features served equal the point-in-time features recomputed from the history: those
+  that do not depend on labels exactly (payments answered degraded, without Redis, are not
+  in the online windows, so not in the recomputed ones either); the two that count fresh
+  labels may lag (a label counts online once the stream applied it, offline from its
+  ``reported_at``), never lead;
+- answers against the deadline, and per fault: requests, answered, degraded, errors, lost,
+  doubled, late and the time to recover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from model.config import Settings
+from model.features import FEATURE_NAMES
+from model.history import FEATURE_PREFIX, HistoryStore
+from model.online_features import card_fraud_known_key, terminal_fraud_known_key
+from model.point_in_time import compute_features
+from ops import services
+
+TARGETS = ("api", "stream", "redis", "kafka")
+# Restarted in this order: what the others need first.
+_START_ORDER = ("redis", "kafka", "stream", "api")
+# Features that count labels reported lately: online they see a label once applied.
+LABEL_FRESH = ("card_fraud_known_30d", "terminal_fraud_fresh_7d")
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float  # seconds after the load starts
+    kind: Literal["kill", "hang"]
+    targets: tuple[str, ...]
+    down: float  # seconds dead before the restart, or hung before SIGCONT
+
+    def __post_init__(self) -> None:
+        unknown = set(self.targets) - set(TARGETS)
+        if unknown or not self.targets:
+            raise ValueError(f"fault targets must be among {TARGETS}, got {self.targets}")
+        if self.kind not in ("kill", "hang") or self.at < 0 or self.down < 0:
+            raise ValueError(f"bad fault {self}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} {'+'.join(self.targets)}"
+
+
+def default_schedule(duration: float) -> list[Fault]:
+    """Each part killed once and hung once, then two at once, spread over ``duration``."""
+    faults = [("kill", ("stream",)), ("hang", ("api",)), ("kill", ("redis",)),
+              ("kill", ("api",)), ("hang", ("redis",)), ("kill", ("kafka",)),
+              ("hang", ("stream",)), ("kill", ("api", "stream"))]
+    step = duration / (len(faults) + 1)
+    return [Fault(at=step * (i + 0.5), kind=kind, targets=targets,  # type: ignore[arg-type]
+                  down=min(4.0, step / 3))
+            for i, (kind, targets) in enumerate(faults)]
+
+
+def seeded_schedule(seed: int, duration: float, count: int) -> list[Fault]:
+    """``count`` faults drawn from ``seed``: kind, one or two targets, time and length."""
+    rng = random.Random(seed)
+    step = duration / (count + 1)
+    out = []
+    for i in range(count):
+        targets = tuple(sorted(rng.sample(TARGETS, 2 if rng.random() < 0.3 else 1)))
+        out.append(Fault(at=step * i + rng.uniform(0.2, 0.5) * step,
+                         kind=rng.choice(("kill", "hang")),  # type: ignore[arg-type]
+                         targets=targets, down=round(rng.uniform(1.0, min(5.0, step / 3)), 1)))
+    return out
+
+
+@dataclass
+class PaymentLog:
+    payment_id: str
+    card_id: str
+    terminal_id: str
+    due: float  # seconds after the start
+    sent: float | None = None  # first attempt actually sent (client lag = sent - due)
+    answered: float | None = None
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+    decision: str | None = None
+    degraded: bool = False
+    replay: bool = False
+    server_ms: float | None = None  # the answer's own latency_ms
+    attempt_ms: float | None = None  # the answered attempt, as the client saw it
+
+
+@dataclass
+class LabelLog:
+    payment_id: str
+    terminal_id: str
+    card_id: str
+    reported_at: str
+    accepted: float | None = None
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FaultLog:
+    fault: Fault
+    start: float
+    end: float | None = None  # restarted (kill) or continued (hang)
+    error: str | None = None
+
+
+@dataclass
+class ChaosConfig:
+    duration: float = 60.0
+    rate: float = 100.0
+    label_every: int = 10
+    cards: int = 400
+    terminals: int = 60
+    attempt_timeout: float = 2.0  # the gateway's own time-out per attempt
+    give_up_after: float = 30.0  # a gateway stops retrying a payment this long after it
+    deadline_ms: int = 250
+    slack_ms: float = 50.0
+    seed: int = 1
+
+
+@dataclass
+class ChaosRun:
+    config: ChaosConfig
+    run_id: str
+    payments: list[PaymentLog]
+    labels: list[LabelLog]
+    faults: list[FaultLog]
+    t0_epoch: float
+
+
+# ---- the load -----------------------------------------------------------------------------
+class _Load:
+    def __init__(self, settings: Settings, cfg: ChaosConfig, headers: dict[str, str]) -> None:
+        self.settings, self.cfg = settings, cfg
+        self.rng = random.Random(cfg.seed)
+        self.run_id = f"chaos{uuid.uuid4().hex[:6]}"
+        self.payments: list[PaymentLog] = []
+        self.labels: list[LabelLog] = []
+        self.client = httpx.AsyncClient(
+            base_url=settings.api_url, headers=headers, timeout=cfg.attempt_timeout,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self.t0 = 0.0
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    async def _post(self, path: str, body: dict[str, Any], log: PaymentLog | LabelLog,
+                    ok: Callable[[httpx.Response], bool]) -> httpx.Response | None:
+        """Attempts until one is ``ok`` or the gateway gives up; back-off 0.1 s .. 2 s."""
+        start, pause = self.now(), 0.1
+        while self.now() - start < self.cfg.give_up_after:
+            log.attempts += 1
+            began = time.perf_counter()
+            if isinstance(log, PaymentLog) and log.sent is None:
+                log.sent = self.now()
+            try:
+                resp = await self.client.post(path, json=body)
+                if ok(resp):
+                    if isinstance(log, PaymentLog):
+                        log.attempt_ms = (time.perf_counter() - began) * 1000
+                    return resp
+                log.errors.append(f"HTTP {resp.status_code}")
+            except httpx.HTTPError as exc:
+                log.errors.append(type(exc).__name__)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        return None
+
+    async def _payment(self, log: PaymentLog, body: dict[str, Any]) -> None:
+        resp = await self._post("/v1/payments/score", body, log,
+                                lambda r: r.status_code == 200)
+        if resp is None:
+            return
+        log.answered = self.now()
+        answer = resp.json()
+        log.decision, log.degraded = answer["decision"], bool(answer.get("degraded"))
+        log.replay, log.server_ms = bool(answer.get("replay")), float(answer["latency_ms"])
+        if int(log.payment_id.rsplit("_", 1)[1]) % self.cfg.label_every == 0:
+            await asyncio.sleep(0.5)
+            await self._label(log)
+
+    async def _label(self, paid: PaymentLog) -> None:
+        reported = datetime.now(UTC).isoformat()
+        log = LabelLog(paid.payment_id, paid.terminal_id, paid.card_id, reported)
+        self.labels.append(log)
+        body = {"payment_id": paid.payment_id, "is_fraud": True, "source": "chargeback",
+                "reported_at": reported}
+        if await self._post("/v1/labels", body, log, lambda r: r.status_code == 202):
+            log.accepted = self.now()
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        tasks = []
+        self.t0 = time.perf_counter()
+        for i in range(int(cfg.duration * cfg.rate)):
+            due = i / cfg.rate
+            delay = due - self.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            card = f"{self.run_id}_c{self.rng.randrange(cfg.cards)}"
+            terminal = f"{self.run_id}_t{self.rng.randrange(cfg.terminals)}"
+            log = PaymentLog(f"{self.run_id}_{i:06d}", card, terminal, due)
+            self.payments.append(log)
+            body = {"payment_id": log.payment_id, "timestamp": datetime.now(UTC).isoformat(),
+                    "card_id": card, "terminal_id": terminal,
+                    "amount": round(self.rng.lognormvariate(3.5, 1.0), 2), "currency": "EUR",
+                    "country": self.rng.choice(("FR", "DE", "ES")), "channel": "ecom"}
+            tasks.append(asyncio.create_task(self._payment(log, body)))
+        await asyncio.gather(*tasks)
+        await self.client.aclose()
+
+
+# ---- the faults ---------------------------------------------------------------------------
+def _proc(settings: Settings, target: str) -> services.Proc:
+    return {"api": services.api_proc, "stream": services.stream_proc,
+            "redis": services.redis_proc, "kafka": services.kafka_proc}[target](settings)
+
+
+def _start(settings: Settings, target: str) -> None:
+    {"api": services.start_api, "stream": services.start_stream,
+     "redis": services.start_redis, "kafka": services.start_kafka}[target](settings)
+
+
+def _signal_all(settings: Settings, targets: tuple[str, ...], sig: int) -> None:
+    for target in targets:
+        pid = _proc(settings, target).pid()
+        if pid is not None:
+            os.kill(pid, sig)
+
+
+async def _inject(settings: Settings, fault: Fault, clock: Callable[[], float],
+                  logs: list[FaultLog]) -> None:
+    await asyncio.sleep(max(0.0, fault.at - clock()))
+    log = FaultLog(fault, start=clock())
+    logs.append(log)
+    try:
+        if fault.kind == "hang":
+            _signal_all(settings, fault.targets, signal.SIGSTOP)
+            await asyncio.sleep(fault.down)
+            _signal_all(settings, fault.targets, signal.SIGCONT)
+        else:
+            _signal_all(settings, fault.targets, signal.SIGKILL)
+            await asyncio.sleep(fault.down)
+            # Each part restarted on its own, as a supervisor would: the API does not wait
+            # for the stream worker's rebalance, the worker waits for Kafka by itself.
+            await asyncio.gather(*(asyncio.to_thread(_start, settings, target)
+                                   for target in _START_ORDER if target in fault.targets))
+    except Exception as exc:  # the audit reports it; the run goes on
+        log.error = f"{type(exc).__name__}: {exc}"
+    log.end = clock()
+
+
+Progress = Callable[[float, int, int, list[FaultLog]], None]
+
+
+async def _report(load: _Load, faults: list[FaultLog], progress: Progress) -> None:
+    while True:
+        await asyncio.sleep(5.0)
+        answered = sum(p.answered is not None for p in load.payments)
+        progress(load.now(), answered, len(load.payments), faults)
+
+
+async def _run(settings: Settings, cfg: ChaosConfig, schedule: list[Fault],
+               headers: dict[str, str], progress: Progress | None) -> ChaosRun:
+    load = _Load(settings, cfg, headers)
+    faults: list[FaultLog] = []
+    t0_epoch = time.time()
+    running = asyncio.create_task(load.run())
+    await asyncio.sleep(0)  # the load's clock starts first
+    injected = [asyncio.create_task(_inject(settings, f, load.now, faults)) for f in schedule]
+    reporter = asyncio.create_task(_report(load, faults, progress)) if progress else None
+    await asyncio.gather(running, *injected)
+    if reporter is not None:
+        reporter.cancel()
+    return ChaosRun(cfg, load.run_id, load.payments, load.labels,
+                    sorted(faults, key=lambda f: f.start), t0_epoch)
+
+
+def run_chaos(settings: Settings, cfg: ChaosConfig, schedule: list[Fault],
+              headers: dict[str, str], progress: Progress | None = None) -> ChaosRun:
+    """Run the load and the faults (the stack must be up), then make sure every part runs
+    again. Call ``audit`` afterwards. ``progress(elapsed_s, answered, sent, faults)`` is
+    called every 5 s."""
+    run = asyncio.run(_run(settings, cfg, schedule, headers, progress))
+    for target in _START_ORDER:  # a fault whose restart failed: try once more
+        _signal_all(settings, (target,), signal.SIGCONT)
+        _start(settings, target)
+    return run
+
+
+# ---- the audit ----------------------------------------------------------------------------
+def wait_recorded(settings: Settings, run: ChaosRun, timeout: float = 180.0,
+                  progress: Callable[[int, int], None] | None = None) -> bool:
+    """Wait until the history holds every answered payment and accepted label of the run."""
+    store = HistoryStore(settings.history_dir)
+    want_p = sum(p.answered is not None for p in run.payments)
+    want_l = sum(lb.accepted is not None for lb in run.labels)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got_p, got_l = _counts(store, run.run_id)
+        if progress is not None:
+            progress(got_p + got_l, want_p + want_l)
+        if got_p >= want_p and got_l >= want_l:
+            return True
+        time.sleep(1.0)
+    return False
+
+
+def _counts(store: HistoryStore, run_id: str) -> tuple[int, int]:
+    like = [f"{run_id}_%"]
+    try:
+        p = store.query("SELECT count(DISTINCT payment_id) AS n FROM payments_raw "
+                        "WHERE payment_id LIKE ?", like)["n"][0]
+        lb = store.query("SELECT count(DISTINCT payment_id) AS n FROM labels_raw "
+                         "WHERE payment_id LIKE ?", like)["n"][0]
+    except Exception:  # no file of that kind yet
+        return 0, 0
+    return int(p), int(lb)
+
+
+def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
+    """Everything the module docstring promises, as plain data (and ``per_fault`` rows)."""
+    cfg = run.config
+    store = HistoryStore(settings.history_dir)
+    like = [f"{run.run_id}_%"]
+    raw = store.query(
+        "SELECT payment_id, count(*) AS n, min(decision) AS decision, "
+        "max(decision) AS decision_max, bool_or(degraded) AS degraded, "
+        "epoch_us(min(scored_at)) / 1e6 AS scored_at FROM payments_raw "
+        "WHERE payment_id LIKE ? GROUP BY payment_id", like).set_index("payment_id")
+    label_raw = store.query("SELECT payment_id, count(*) AS n FROM labels_raw "
+                            "WHERE payment_id LIKE ? GROUP BY payment_id",
+                            like).set_index("payment_id")["n"]
+    pay = pd.DataFrame([asdict(p) for p in run.payments]).set_index("payment_id")
+    pay["answered_ok"] = pay["answered"].notna()
+    pay["rows"] = raw["n"].reindex(pay.index).fillna(0).astype(int)
+    pay["lost"] = pay["answered_ok"] & (pay["rows"] == 0)
+    pay["doubled"] = pay["rows"] > 1
+    recorded = raw.reindex(pay.index)
+    pay["decision_differs"] = pay["answered_ok"] & (pay["rows"] > 0) & (
+        (recorded["decision"] != pay["decision"]) | (recorded["decision_max"] != pay["decision"]))
+    pay["total_ms"] = (pay["answered"] - pay["due"]) * 1000
+    pay["late"] = pay["answered_ok"] & (pay["total_ms"] > cfg.deadline_ms + cfg.slack_ms)
+    pay["errors_n"] = pay["errors"].map(len)
+
+    labels = pd.DataFrame([asdict(lb) for lb in run.labels])
+    accepted = labels[labels["accepted"].notna()] if len(labels) else labels
+    label_rows = label_raw.reindex(accepted["payment_id"]).fillna(0).astype(int) \
+        if len(accepted) else pd.Series(dtype=int)
+    in_features = _labels_in_features(settings, accepted)
+
+    parity = _feature_parity(store, run.run_id)
+    answered = pay[pay["answered_ok"]]
+    totals = {
+        "requests": len(pay), "answered": int(pay["answered_ok"].sum()),
+        "unanswered": int((~pay["answered_ok"]).sum()),
+        "degraded": int(answered["degraded"].sum()), "replays": int(answered["replay"].sum()),
+        "retried": int((pay["attempts"] > 1).sum()), "lost": int(pay["lost"].sum()),
+        "doubled": int(pay["doubled"].sum()),
+        "decision_differs": int(pay["decision_differs"].sum()),
+        "late": int(pay["late"].sum()),
+        "client_p50_ms": _q(answered["total_ms"], 50),
+        "client_p99_ms": _q(answered["total_ms"], 99),
+        "client_max_ms": float(answered["total_ms"].max()) if len(answered) else float("nan"),
+        "answered_attempt_p99_ms": _q(answered["attempt_ms"], 99),
+        "server_p99_ms": _q(answered["server_ms"], 99),
+        "server_max_ms": float(answered["server_ms"].max()) if len(answered) else float("nan"),
+        "client_lag_p99_ms": _q((pay["sent"] - pay["due"]) * 1000, 99),
+        "labels": len(labels), "labels_accepted": len(accepted),
+        "labels_lost": int((label_rows == 0).sum()), "labels_doubled": int((label_rows > 1).sum()),
+        "labels_missing_in_features": in_features["missing"],
+        "labels_unexpected_in_features": in_features["unexpected"],
+        **parity,
+    }
+    return {"run_id": run.run_id, "totals": totals,
+            "per_fault": _per_fault(pay, run),
+            "timeline": _timeline(pay, run), "faults": [
+                {"fault": f.fault.name, "start": f.start, "end": f.end, "error": f.error}
+                for f in run.faults]}
+
+
+def _q(values: pd.Series, q: float) -> float:
+    values = values.dropna()
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def _labels_in_features(settings: Settings, accepted: pd.DataFrame) -> dict[str, int]:
+    """Each accepted fraud label in its terminal's and card's fraud sets, and nothing else
+    of the run's there."""
+    client = services.redis_client(settings)
+    try:
+        missing = unexpected = 0
+        for key_of, column in ((terminal_fraud_known_key, "terminal_id"),
+                               (card_fraud_known_key, "card_id")):
+            if not len(accepted):
+                continue
+            for entity, group in accepted.groupby(column):
+                members = {m.decode() for m in client.zrange(key_of(entity), 0, -1)}
+                labelled = set(group["payment_id"])
+                missing += len(labelled - members)
+                unexpected += len(members - labelled)
+        return {"missing": missing, "unexpected": unexpected}
+    finally:
+        client.close()
+
+
+def _feature_parity(store: HistoryStore, run_id: str) -> dict[str, Any]:
+    """Served features against the point-in-time recomputation from the raw history."""
+    cols = ", ".join(f"{FEATURE_PREFIX}{f}" for f in FEATURE_NAMES)
+    payments = store.query(
+        "SELECT payment_id, epoch_us(ts) / 1e6 AS ts, card_id, terminal_id, amount, country, "
+        f"merchant_category, degraded, {cols} FROM payments WHERE payment_id LIKE ? "
+        "ORDER BY coalesce(scored_at, ts), ts, payment_id", [f"{run_id}_%"])
+    labels = store.query("SELECT payment_id, is_fraud, epoch_us(reported_at) / 1e6 AS "
+                         "reported_at FROM labels WHERE payment_id LIKE ?", [f"{run_id}_%"])
+    if payments.empty:
+        return {"parity_checked": 0}
+    served = payments[[FEATURE_PREFIX + f for f in FEATURE_NAMES]].set_axis(
+        list(FEATURE_NAMES), axis=1)
+    # A payment answered degraded may or may not have reached the online windows (Redis
+    # down: not; Redis hung past the deadline: perhaps later), so its card's later
+    # payments cannot be held to exact equality. (The terminal's windows end 7 days ago:
+    # the run's own payments are not in them.) Labels count whatever their payment's answer.
+    degraded = payments["degraded"].fillna(False).astype(bool)
+    after = degraded.groupby(payments["card_id"]).cumsum().astype(bool) & ~degraded
+    offline = compute_features(payments, labels)
+    check = (~degraded & ~after & served.notna().all(axis=1)).to_numpy()
+    on, windows = served[check], offline[check]
+    with_labels = offline[~degraded.to_numpy() & served.notna().all(axis=1).to_numpy()]
+    on_all = served.loc[with_labels.index]
+    exact = [f for f in FEATURE_NAMES if f not in LABEL_FRESH]
+    fresh = list(LABEL_FRESH)
+    return {"parity_checked": int(check.sum()),
+            "parity_skipped_degraded": int(degraded.sum()),
+            "parity_skipped_after_degraded": int(after.sum()),
+            "parity_exact_differs": int((on[exact] != windows[exact]).any(axis=1).sum()),
+            "parity_differing_features": sorted(
+                f for f in exact if (on[f] != windows[f]).any()),
+            "parity_label_fresh_lagging": int(
+                (on_all[fresh] < with_labels[fresh]).any(axis=1).sum()),
+            "parity_label_fresh_leading": int(
+                (on_all[fresh] > with_labels[fresh]).any(axis=1).sum())}
+
+
+def _per_fault(pay: pd.DataFrame, run: ChaosRun) -> list[dict[str, Any]]:
+    """Per fault, the payments due from its start until the next fault's (or the end),
+    and the time from its start until answers were on time again: the start of the
+    first 2-second slice after the fault ended in which every payment due was answered,
+    undegraded, within the deadline + slack."""
+    cfg = run.config
+    starts = [f.start for f in run.faults] + [cfg.duration]
+    rows = []
+    phases = [("steady", None, 0.0, starts[0])]
+    phases += [(f.fault.name, f, f.start, starts[i + 1]) for i, f in enumerate(run.faults)]
+    for name, fault, lo, hi in phases:
+        win = pay[(pay["due"] >= lo) & (pay["due"] < hi)]
+        recovered = float("nan")
+        if fault is not None:
+            # from the end of the fault on, whatever the next faults do
+            end = fault.end or fault.start
+            later = pay[pay["due"] >= end]
+            on_time = ~later["late"] & later["answered_ok"] & ~later["degraded"]
+            ok = on_time.groupby((later["due"] - end) // 2.0).all()
+            recovered = float(end - lo + ok[ok].index.min() * 2.0) if ok.any() \
+                else float("inf")
+        rows.append({
+            "phase": name, "from_s": round(lo, 1),
+            "fault_s": round((fault.end or fault.start) - lo, 1) if fault else float("nan"),
+            "requests": len(win), "answered": int(win["answered_ok"].sum()),
+            "degraded": int(win["degraded"].sum()), "failed_attempts": int(win["errors_n"].sum()),
+            "lost": int(win["lost"].sum()), "doubled": int(win["doubled"].sum()),
+            "late": int(win["late"].sum()),
+            "p99_ms": _q(win.loc[win["answered_ok"], "total_ms"], 99),
+            "recovered_s": recovered, "error": fault.error if fault else None,
+        })
+    return rows
+
+
+def _timeline(pay: pd.DataFrame, run: ChaosRun) -> pd.DataFrame:
+    """Per second of the run (by due time): answered, degraded, unanswered, p99 ms."""
+    sec = pay["due"].floordiv(1.0).astype(int)
+    g = pay.groupby(sec)
+    return pd.DataFrame({
+        "answered": g["answered_ok"].sum(), "degraded": g["degraded"].sum(),
+        "unanswered": g["answered_ok"].apply(lambda s: int((~s).sum())),
+        "p99_ms": g["total_ms"].apply(lambda s: _q(s, 99)),
+        "max_ms": g["total_ms"].max(),
+    })
