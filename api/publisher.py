@@ -79,8 +79,9 @@ class Publisher:
                 self.label_spool.ack(seg)
                 return True
             except Exception as exc:
-                log.error("Kafka did not take a label (%s); spooling labels until it is back",
-                          type(exc).__name__)
+                if self.labels_ok:  # once per outage, not once per label in flight
+                    log.error("Kafka did not take a label (%s); spooling labels until it "
+                              "is back", type(exc).__name__)
                 self.labels_ok = False
         PUBLISH_FAILURES.inc()
         SPOOLED.inc()
@@ -106,10 +107,9 @@ class Publisher:
     async def drain(self) -> int:
         """Send every undelivered segment of both spools, oldest first; returns events
         sent."""
-        if not self.kafka_ok:
-            self.spool.seal()
-        if not self.labels_ok:
-            self.label_spool.seal()
+        for spool in (self.spool, self.label_spool):
+            if spool.holds_failed:
+                spool.seal()
         if not self.started:  # Kafka was down when the API started
             await self.start()
         sent = 0
@@ -132,8 +132,9 @@ class Publisher:
     async def keep_draining(self, every: float = 1.0) -> None:
         while True:
             await asyncio.sleep(every)
-            if self.kafka_ok and self.labels_ok and not self.spool.undelivered() \
-                    and not self.label_spool.undelivered():
+            if self.kafka_ok and self.labels_ok and not any(
+                    spool.holds_failed or spool.undelivered()
+                    for spool in (self.spool, self.label_spool)):
                 continue
             try:
                 sent = await asyncio.wait_for(self.drain(), timeout=30)

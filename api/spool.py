@@ -81,6 +81,12 @@ class Spool:
             self._forget_if_done(seg)
 
     @property
+    def holds_failed(self) -> bool:
+        """The segment being written has an event Kafka did not take: seal it so that the
+        drain sends it (else it would wait until the segment fills up)."""
+        return self._current is not None and self._current.failed
+
+    @property
     def needs_sync(self) -> bool:
         return self._current is not None and self._current.dirty
 

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 import numpy as np
 import pandas as pd
 
@@ -130,8 +130,9 @@ class LabelLog:
 class FaultLog:
     fault: Fault
     start: float
-    end: float | None = None  # restarted (kill) or continued (hang)
+    end: float | None = None  # every target restarted and ready (kill), or continued (hang)
     error: str | None = None
+    ready: dict[str, float] = field(default_factory=dict)  # per target, for kills
 
 
 @dataclass
@@ -166,17 +167,19 @@ class _Load:
         self.run_id = f"chaos{uuid.uuid4().hex[:6]}"
         self.payments: list[PaymentLog] = []
         self.labels: list[LabelLog] = []
-        self.client = httpx.AsyncClient(
-            base_url=settings.api_url, headers=headers, timeout=cfg.attempt_timeout,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self.headers = headers
+        self.client: aiohttp.ClientSession | None = None
         self.t0 = 0.0
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    async def _post(self, path: str, body: dict[str, Any], log: PaymentLog | LabelLog,
-                    ok: Callable[[httpx.Response], bool]) -> httpx.Response | None:
-        """Attempts until one is ``ok`` or the gateway gives up; back-off 0.1 s .. 2 s."""
+    async def _post(self, path: str, body: dict[str, Any],
+                    log: PaymentLog | LabelLog, ok: int) -> dict[str, Any] | None:
+        """Attempts until one answers ``ok`` or the gateway gives up; back-off 0.1 s .. 2 s.
+        (aiohttp: with hundreds of requests waiting on a hung API, httpx's pool spends
+        quadratic CPU and the load generator itself falls behind.)"""
+        assert self.client is not None
         start, pause = self.now(), 0.1
         while self.now() - start < self.cfg.give_up_after:
             log.attempts += 1
@@ -184,25 +187,25 @@ class _Load:
             if isinstance(log, PaymentLog) and log.sent is None:
                 log.sent = self.now()
             try:
-                resp = await self.client.post(path, json=body)
-                if ok(resp):
-                    if isinstance(log, PaymentLog):
-                        log.attempt_ms = (time.perf_counter() - began) * 1000
-                    return resp
-                log.errors.append(f"HTTP {resp.status_code}")
-            except httpx.HTTPError as exc:
+                async with self.client.post(path, json=body) as resp:
+                    if resp.status == ok:
+                        answer: dict[str, Any] = await resp.json()
+                        if isinstance(log, PaymentLog):
+                            log.attempt_ms = (time.perf_counter() - began) * 1000
+                        return answer
+                    await resp.read()
+                    log.errors.append(f"HTTP {resp.status}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 log.errors.append(type(exc).__name__)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
         return None
 
     async def _payment(self, log: PaymentLog, body: dict[str, Any]) -> None:
-        resp = await self._post("/v1/payments/score", body, log,
-                                lambda r: r.status_code == 200)
-        if resp is None:
+        answer = await self._post("/v1/payments/score", body, log, 200)
+        if answer is None:
             return
         log.answered = self.now()
-        answer = resp.json()
         log.decision, log.degraded = answer["decision"], bool(answer.get("degraded"))
         log.replay, log.server_ms = bool(answer.get("replay")), float(answer["latency_ms"])
         if int(log.payment_id.rsplit("_", 1)[1]) % self.cfg.label_every == 0:
@@ -215,12 +218,16 @@ class _Load:
         self.labels.append(log)
         body = {"payment_id": paid.payment_id, "is_fraud": True, "source": "chargeback",
                 "reported_at": reported}
-        if await self._post("/v1/labels", body, log, lambda r: r.status_code == 202):
+        if await self._post("/v1/labels", body, log, 202) is not None:
             log.accepted = self.now()
 
     async def run(self) -> None:
         cfg = self.cfg
         tasks = []
+        self.client = aiohttp.ClientSession(
+            base_url=self.settings.api_url, headers=self.headers,
+            timeout=aiohttp.ClientTimeout(total=cfg.attempt_timeout),
+            connector=aiohttp.TCPConnector(limit=512))
         self.t0 = time.perf_counter()
         for i in range(int(cfg.duration * cfg.rate)):
             due = i / cfg.rate
@@ -237,7 +244,7 @@ class _Load:
                     "country": self.rng.choice(("FR", "DE", "ES")), "channel": "ecom"}
             tasks.append(asyncio.create_task(self._payment(log, body)))
         await asyncio.gather(*tasks)
-        await self.client.aclose()
+        await self.client.close()
 
 
 # ---- the faults ---------------------------------------------------------------------------
@@ -273,8 +280,11 @@ async def _inject(settings: Settings, fault: Fault, clock: Callable[[], float],
             await asyncio.sleep(fault.down)
             # Each part restarted on its own, as a supervisor would: the API does not wait
             # for the stream worker's rebalance, the worker waits for Kafka by itself.
-            await asyncio.gather(*(asyncio.to_thread(_start, settings, target)
-                                   for target in _START_ORDER if target in fault.targets))
+            async def restart(target: str) -> None:
+                await asyncio.to_thread(_start, settings, target)
+                log.ready[target] = clock() - log.start
+
+            await asyncio.gather(*(restart(t) for t in _START_ORDER if t in fault.targets))
     except Exception as exc:  # the audit reports it; the run goes on
         log.error = f"{type(exc).__name__}: {exc}"
     log.end = clock()
@@ -405,8 +415,8 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
     return {"run_id": run.run_id, "totals": totals,
             "per_fault": _per_fault(pay, run),
             "timeline": _timeline(pay, run), "faults": [
-                {"fault": f.fault.name, "start": f.start, "end": f.end, "error": f.error}
-                for f in run.faults]}
+                {"fault": f.fault.name, "start": f.start, "end": f.end, "error": f.error,
+                 "ready_after_s": f.ready} for f in run.faults]}
 
 
 def _q(values: pd.Series, q: float) -> float:
@@ -496,11 +506,18 @@ def _per_fault(pay: pd.DataFrame, run: ChaosRun) -> list[dict[str, Any]]:
         rows.append({
             "phase": name, "from_s": round(lo, 1),
             "fault_s": round((fault.end or fault.start) - lo, 1) if fault else float("nan"),
+            "ready_after_s": ", ".join(f"{t} {v:.1f}" for t, v in fault.ready.items())
+            if fault else "",
             "requests": len(win), "answered": int(win["answered_ok"].sum()),
             "degraded": int(win["degraded"].sum()), "failed_attempts": int(win["errors_n"].sum()),
             "lost": int(win["lost"].sum()), "doubled": int(win["doubled"].sum()),
             "late": int(win["late"].sum()),
             "p99_ms": _q(win.loc[win["answered_ok"], "total_ms"], 99),
+            # where a late answer's time went: the load generator's own lag, the answered
+            # attempt as the client saw it, and the part the API itself measured
+            "lag_p99_ms": _q((win["sent"] - win["due"]) * 1000, 99),
+            "attempt_p99_ms": _q(win["attempt_ms"], 99),
+            "server_p99_ms": _q(win["server_ms"], 99),
             "recovered_s": recovered, "error": fault.error if fault else None,
         })
     return rows
