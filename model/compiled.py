@@ -33,26 +33,24 @@ class CompiledForest:
         self,
         feature: np.ndarray,
         threshold: np.ndarray,
-        children: np.ndarray,
+        left: np.ndarray,
+        right: np.ndarray,
         missing_right: np.ndarray,
         expected: np.ndarray,
         roots: np.ndarray,
         baseline: float,
         n_features: int,
-        max_depth: int,
     ) -> None:
         self.feature = feature
         self.threshold = threshold
-        self.children = children  # children[2*i] left, [2*i+1] right; a leaf points to itself
+        self.left = left  # a leaf's children are itself
+        self.right = right
         self.missing_right = missing_right
         self.expected = expected
         self.roots = roots
         self.baseline = baseline
         self.n_features = n_features
-        self.max_depth = max_depth
         self.bias = baseline + float(expected[roots].sum())
-        self._left = np.ascontiguousarray(children[0::2])
-        self._right = np.ascontiguousarray(children[1::2])
         # Compiled (or loaded from numba's cache) now, at model load, not on a payment's clock.
         self.explain(np.zeros(n_features))
 
@@ -69,7 +67,7 @@ class CompiledForest:
         if any(p.nodes["is_categorical"].any() for p in predictors):
             raise ValueError("categorical splits are not supported by the compiled form")
 
-        feature, threshold, children, missing_right, expected, roots = [], [], [], [], [], []
+        feature, threshold, lefts, rights, missing_right, expected, roots = ([] for _ in range(7))
         offset = 0
         for predictor in predictors:
             nodes = predictor.nodes
@@ -81,7 +79,8 @@ class CompiledForest:
             feature.append(np.where(leaf, 0, nodes["feature_idx"]))
             # A leaf compares x[0] against +inf: always "left", i.e. itself.
             threshold.append(np.where(leaf, np.inf, nodes["num_threshold"]))
-            children.append(np.stack([left, right], axis=1).ravel())
+            lefts.append(left)
+            rights.append(right)
             missing_right.append(~nodes["missing_go_to_left"].astype(bool) & ~leaf)
             expected.append(_expected_values(nodes))
             roots.append(offset)
@@ -89,13 +88,13 @@ class CompiledForest:
         return cls(
             feature=np.concatenate(feature).astype(np.intp),
             threshold=np.concatenate(threshold).astype(float),
-            children=np.concatenate(children).astype(np.intp),
+            left=np.concatenate(lefts).astype(np.intp),
+            right=np.concatenate(rights).astype(np.intp),
             missing_right=np.concatenate(missing_right),
             expected=np.concatenate(expected),
             roots=np.asarray(roots, dtype=np.intp),
             baseline=float(np.ravel(estimator._baseline_prediction)[0]),
             n_features=int(estimator.n_features_in_),
-            max_depth=int(max(p.nodes["depth"].max() for p in predictors)),
         )
 
     def raw(self, x: np.ndarray) -> float:
@@ -110,7 +109,7 @@ class CompiledForest:
             raise ValueError(f"expected {self.n_features} features, got shape {x.shape}")
         contributions = np.zeros(self.n_features)
         leaves = _walk_all(np.ascontiguousarray(x, dtype=np.float64), self.roots,
-                           self.feature, self.threshold, self._left, self._right,
+                           self.feature, self.threshold, self.left, self.right,
                            self.missing_right, self.expected, contributions)
         raw = self.baseline + leaves
         return Explanation(_sigmoid(raw), raw, self.bias, contributions)
