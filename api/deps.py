@@ -10,11 +10,13 @@ from fastapi import Request
 
 from api.decisions import DecisionRecorder
 from api.model_holder import ModelHolder
+from api.monitor import Monitor
 from api.publisher import Publisher
 from model.api_keys import ApiKey
 from model.config import Settings
 from model.online_features import OnlineStore
 from model.policy import Policy, PolicyStore, RuleSet
+from model.reviews import ReviewQueue
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class Services:
     policy: PolicyHolder
     api_keys: dict[str, ApiKey]
     decisions: DecisionRecorder
+    reviews: ReviewQueue
+    monitor: Monitor
 
 
 async def get_services(request: Request) -> Services:

@@ -19,16 +19,21 @@ from api.decisions import DecisionRecorder
 from api.deps import PolicyHolder, Services
 from api.edge import ScoringEdge, validation_detail
 from api.model_holder import ModelHolder
+from api.monitor import Monitor
 from api.publisher import Publisher
+from api.reviews import resend_verdicts
+from api.reviews import router as reviews_router
 from api.routes import admin, router
 from api.spool import Spool
 from model.api_keys import load_keys
 from model.config import Settings, get_settings
+from model.freshness import FreshnessBoard
 from model.idempotency import DecisionStore
 from model.online_features import OnlineStore
 from model.policy import PolicyStore
 from model.redis_mux import RedisMux
 from model.registry import Registry
+from model.reviews import ReviewQueue
 
 log = logging.getLogger(__name__)
 # How long start-up waits for Kafka before serving without it (spooling).
@@ -89,7 +94,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await policy.refresh()
         store = OnlineStore(redis, mux)
         decisions = DecisionRecorder(DecisionStore(mux))
+        reviews = ReviewQueue(redis, settings.review_claim_seconds)
+        monitor = Monitor(settings, FreshnessBoard(redis), reviews)
         tasks = [
+            asyncio.create_task(monitor.run(holder)),
+            asyncio.create_task(resend_verdicts(reviews, publisher)),
             asyncio.create_task(decisions.run()),
             asyncio.create_task(holder.watch(settings.model_poll_seconds)),
             asyncio.create_task(policy.watch(settings.rules_poll_seconds)),
@@ -99,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(
             settings=settings, store=store, models=holder,
             publisher=publisher, policy=policy, api_keys=api_keys, decisions=decisions,
+            reviews=reviews, monitor=monitor,
         )
         # What start-up built (FastAPI's routes, pydantic's schemas, the libraries: about
         # 190k objects) lives as long as the process: taken out of the cyclic collector,
@@ -139,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": validation_detail(list(exc.errors()))}, status_code=422)
 
     app.include_router(router)
+    app.include_router(reviews_router)
     app.include_router(admin)
     return app
 

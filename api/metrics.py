@@ -15,3 +15,24 @@ MODEL_RELOADS = Counter("fraudstream_model_reloads_total", "Models loaded", ["ou
 MODEL_INFO = Gauge("fraudstream_model_loaded", "1 for the model version in use", ["version"])
 SPOOLED = Counter("fraudstream_spooled_total", "Scored payments written to the local spool")
 REPLAYS = Counter("fraudstream_replays_total", "Retried payment_ids answered from the record")
+
+# ---- drift, freshness and the review queue (api.monitor) ----
+SCORES = Histogram(
+    "fraudstream_score", "Model scores given (champion)",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
+)
+PSI = Gauge("fraudstream_psi", "Population stability index against the model's training "
+            "window, over this process's recent payments", ["input"])
+STREAM_LAG = Gauge("fraudstream_stream_lag_seconds",
+                   "How far the stream worker is behind the payments this API scored")
+LABEL_LAG = Gauge("fraudstream_label_lag_seconds", "Newest payment minus newest label applied "
+                  "to the features (event time)")
+LABEL_DELAY = Gauge("fraudstream_label_delay_labels", "Labels applied that arrived within "
+                    "`le` days of their payment (cumulative)", ["le"])
+REVIEW_QUEUE_SIZE = Gauge("fraudstream_review_queue_size", "Review cases not decided yet")
+REVIEW_QUEUE_AGE = Gauge("fraudstream_review_queue_oldest_seconds",
+                         "How long the oldest open review case has waited")
+REVIEW_VERDICTS = Counter("fraudstream_review_verdicts_total", "Analysts' verdicts given",
+                          ["verdict"])
+STALE_ANSWERS = Counter("fraudstream_stale_answers_total",
+                        "Answers given while the inputs were stale")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from api.metrics import MODEL_INFO, MODEL_RELOADS
 from model.registry import Registry
@@ -19,6 +20,8 @@ class ModelHolder:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.scorer: Scorer | None = None
+        # The training window's distributions, for drift (``model.drift``).
+        self.reference: dict[str, Any] | None = None
 
     async def refresh(self) -> bool:
         """Load the promoted version if it differs from the one in use. True if swapped."""
@@ -34,6 +37,7 @@ class ModelHolder:
                           self.scorer.version if self.scorer else None)
             return False
         old, self.scorer = self.scorer, scorer
+        self.reference = self.registry.get(version).metadata.get("reference")
         if old is not None:
             MODEL_INFO.labels(old.version).set(0)
         MODEL_INFO.labels(scorer.version).set(1)

@@ -194,22 +194,43 @@ async def get_audit(svc: ServicesDep, count: int = 100) -> list[dict[str, Any]]:
 @router.get("/v1/model", tags=["model"], dependencies=[Depends(require("score"))],
             responses=AUTH)
 async def current_model(svc: ServicesDep) -> dict[str, Any]:
-    """The model in use: version, training window, metrics and thresholds."""
+    """The champion in use (version, training window, metrics, thresholds), the challenger
+    in shadow if any, the last retraining runs and the last champion changes."""
     scorer = svc.models.scorer
     if scorer is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no model is loaded")
-    meta = svc.models.registry.get(scorer.version).metadata
-    return {k: meta.get(k) for k in ("version", "created_at", "training", "metrics",
-                                     "thresholds", "features", "sha256")}
+    registry = svc.models.registry
+    meta = registry.get(scorer.version).metadata
+    out = {k: meta.get(k) for k in ("version", "created_at", "training", "metrics",
+                                    "thresholds", "features", "sha256")}
+    challenger = registry.challenger_version()
+    out["challenger"] = None if challenger is None else {
+        "version": challenger, "in_shadow_since": registry.challenger_since(),
+        "metrics": registry.get(challenger).metadata.get("metrics")}
+    out["runs"] = [{k: r.get(k) for k in ("run", "kind", "trigger", "status", "clock_iso",
+                                          "version", "decision", "duration_s", "error")}
+                   for r in registry.runs(last=10)]
+    out["promotions"] = registry.promotions()[-10:]
+    out["drift_psi"] = svc.monitor.psi
+    return out
 
 
 @router.get("/healthz", tags=["operations"])
 async def healthz(svc: ServicesDep) -> dict[str, Any]:
+    """`ok`, or `amber` with the reasons: stale inputs, drift, an old review queue, Kafka
+    unavailable (payments spooled). Amber still serves."""
     scorer = svc.models.scorer
-    return {"status": "ok", "model_version": scorer.version if scorer else None,
+    kafka_ok = svc.publisher.kafka_ok and svc.publisher.labels_ok
+    warnings = svc.monitor.warnings()
+    if not kafka_ok:
+        warnings.append("Kafka unavailable: payments and labels spooled on disk")
+    if scorer is None:
+        warnings.append("no model loaded: answers are degraded")
+    return {"status": "amber" if warnings else "ok", "warnings": warnings,
+            "model_version": scorer.version if scorer else None,
             "rules_version": svc.policy.policy.version,
-            "kafka": "ok" if svc.publisher.kafka_ok and svc.publisher.labels_ok
-            else "spooling"}
+            "kafka": "ok" if kafka_ok else "spooling",
+            "freshness": svc.monitor.freshness.model_dump()}
 
 
 @router.get("/metrics", tags=["operations"])

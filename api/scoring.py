@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import HTTPException, status
 
 from api.deps import Services
-from api.metrics import DECISIONS, REPLAYS, SCORE_LATENCY
+from api.metrics import DECISIONS, REPLAYS, SCORE_LATENCY, STALE_ANSWERS
 from api.publisher import ENQUEUE_TIMEOUT
 from model.online_features import Observation
 from model.schemas import Payment, ScoredPayment, ScoreResponse
@@ -75,6 +75,8 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
         decision = outcome.decision
         reasons.extend(outcome.reasons)
         degraded = False
+        if outcome.vector is not None:
+            svc.monitor.observe(scorer, outcome.vector, outcome.score)
     else:
         if scorer is None:
             reasons.append({"code": "degraded_no_model", "detail": "no model is loaded"})
@@ -83,12 +85,20 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     decision, policy_reasons = policy.apply(decision, features, obs.list_hits,
                                             svc.settings.known_fraud_card_action)
     reasons = policy_reasons + reasons
+    freshness = svc.monitor.freshness
+    if freshness.stale:
+        STALE_ANSWERS.inc()
+        if svc.settings.stale_action == "review" and decision == "approve":
+            decision = "review"
+            reasons.insert(0, {"code": "stale_inputs", "detail": (
+                f"inputs stale (stream lag {freshness.stream_lag_s}s, label lag "
+                f"{freshness.label_lag_s}s): approve held for review")})
 
     elapsed = time.perf_counter() - started
     response = ScoreResponse(
         payment_id=payment.payment_id, decision=decision, score=score, reasons=reasons,
         model_version=scorer.version if scorer else None, rules_version=policy.version,
-        degraded=degraded, latency_ms=round(elapsed * 1000, 3),
+        degraded=degraded, freshness=freshness, latency_ms=round(elapsed * 1000, 3),
     )
     # Kept even when degraded, so that a retry gets this same answer. Off the response's
     # path: a retry racing it waits for it (see ``replay``).

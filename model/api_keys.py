@@ -16,8 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-Scope = Literal["score", "labels", "admin"]
-SCOPES: tuple[Scope, ...] = ("score", "labels", "admin")
+Scope = Literal["score", "labels", "review", "admin"]
+# review: the analysts' queue (list, claim, verdict)
+SCOPES: tuple[Scope, ...] = ("score", "labels", "review", "admin")
 
 
 class ApiKey(BaseModel):

@@ -69,6 +69,35 @@ class Settings(BaseSettings):
     history_flush_rows: int = Field(default=500, ge=1)
     history_flush_seconds: float = Field(default=1.0, gt=0)
 
+    # ---- model operations ----
+    # The retrain worker: a run when this many hours passed since the last one, or when
+    # this many labels were reported since; a challenger in shadow at least
+    # ``shadow_days`` (and at most ``max_shadow_days``) before it is promoted (or retired).
+    retrain_every_hours: float = Field(default=24.0, gt=0)
+    retrain_min_new_labels: int = Field(default=200, ge=1)
+    retrain_check_seconds: float = Field(default=60.0, gt=0)
+    retrain_clock: Literal["wall", "events"] = "wall"
+    retrain_test_days: float = Field(default=7.0, gt=0)
+    retrain_baselines: bool = True
+    shadow_days: float = Field(default=3.0, ge=0)
+    max_shadow_days: float = Field(default=14.0, gt=0)
+    min_shadow_fraud: int = Field(default=20, ge=1)
+    maturity_days: float | None = Field(default=None, ge=0)
+
+    # Freshness of the inputs: past these, an answer is marked stale (and /healthz amber);
+    # ``stale_action = "review"`` then sends what would have been approved to review.
+    stale_stream_lag_seconds: float = Field(default=60.0, gt=0)
+    stale_label_lag_days: float = Field(default=7.0, gt=0)
+    stale_action: Literal["none", "review"] = "none"
+    # /healthz turns amber past these: a PSI of the score or a feature against the
+    # training window, and the oldest case waiting in the review queue.
+    drift_psi_amber: float = Field(default=0.25, gt=0)
+    review_age_amber_hours: float = Field(default=24.0, gt=0)
+    # Payments the API keeps (per process) to measure drift on.
+    drift_window: int = Field(default=20_000, ge=100)
+    # How long an analyst's claim on a review case holds.
+    review_claim_seconds: float = Field(default=900.0, gt=0)
+
     @model_validator(mode="after")
     def _derive_dirs(self) -> Settings:
         if self.data_dir is None:

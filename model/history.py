@@ -51,6 +51,9 @@ PAYMENT_SCHEMA = pa.schema(
         ("reasons", pa.list_(pa.string())),
         ("scored_at", _TS),
         ("source", pa.string()),
+        # The challenger's score on the same features, while one runs in shadow.
+        ("shadow_score", pa.float64()),
+        ("shadow_version", pa.string()),
         *((FEATURE_PREFIX + f, pa.float64()) for f in FEATURE_NAMES),
     ]
 )
@@ -62,6 +65,8 @@ LABEL_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("reported_at", _TS),
         ("received_at", _TS),
+        ("analyst", pa.string()),
+        ("note", pa.string()),
     ]
 )
 
@@ -267,14 +272,17 @@ class HistoryStore:
             ("payments_raw", self.payments_dir, PAYMENT_SCHEMA),
             ("labels_raw", self.labels_dir, LABEL_SCHEMA),
         ):
+            # Unioned by name with the empty schema: files written before a column was
+            # added read it as null, and every view sees the schema's columns.
+            con.register(f"{name}_empty", schema.empty_table())
             if any(base.glob("day=*/*.parquet")):
                 glob = str(base / "day=*" / "*.parquet")
                 con.execute(
-                    f"CREATE VIEW {name} AS SELECT * EXCLUDE (day) FROM read_parquet("
+                    f"CREATE VIEW {name} AS SELECT * FROM {name}_empty UNION ALL BY NAME "
+                    f"SELECT * EXCLUDE (day) FROM read_parquet("
                     f"'{glob}', hive_partitioning = true, union_by_name = true)"
                 )
             else:
-                con.register(f"{name}_empty", schema.empty_table())
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_empty")
         # An API-scored row wins over an imported one; otherwise the first scored.
         con.execute(
@@ -283,7 +291,8 @@ class HistoryStore:
         )
         con.execute(
             "CREATE VIEW labels AS SELECT payment_id, is_fraud, source, reported_at, "
-            "min(received_at) AS received_at FROM labels_raw "
+            "min(received_at) AS received_at, any_value(analyst) AS analyst, "
+            "any_value(note) AS note FROM labels_raw "
             "GROUP BY payment_id, is_fraud, source, reported_at"
         )
         con.execute(f"CREATE VIEW label_state AS {latest_label_sql('labels')}")
@@ -334,4 +343,6 @@ def label_row(label: Label, received_at: datetime) -> dict[str, Any]:
         "source": label.source,
         "reported_at": label.reported_at,
         "received_at": received_at,
+        "analyst": label.analyst,
+        "note": label.note,
     }

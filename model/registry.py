@@ -4,10 +4,15 @@ Layout under the registry directory::
 
     models/<version>/model.joblib     the fitted estimator
     models/<version>/metadata.json    version, training window, features, metrics, sha256
-    CURRENT                           the promoted version's name (replaced atomically)
+    CURRENT                           the champion's name (replaced atomically)
+    CHALLENGER                        the version scored in shadow, if any
+    promotions.jsonl                  every change of champion: when, what, who, why
+    runs/<run>.json                   every retraining run: trigger, window, metrics,
+                                      decision, duration
 
 Promotion is one atomic rename of ``CURRENT``, so a reader sees the old or the new
-version, never half of either.
+version, never half of either. Rollback promotes the champion before the current one,
+as the promotion log tells.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ import joblib
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
+CHALLENGER_FILE = "CHALLENGER"
+PROMOTIONS_FILE = "promotions.jsonl"
+RUNS_DIR = "runs"
+WORKER_STATUS_FILE = "retrain.status.json"
 
 
 class RegistryError(Exception):
@@ -122,7 +131,90 @@ class Registry:
         version = self.current_version()
         return self.get(version) if version else None
 
-    def promote(self, version: str) -> ModelVersion:
+    def promote(self, version: str, by: str = "cli", why: str = "") -> ModelVersion:
+        """Make ``version`` the champion; logged. A challenger promoted leaves the shadow."""
         mv = self.get(version)
+        previous = self.current_version()
         _atomic_write(self.root / CURRENT_FILE, (version + "\n").encode())
+        if self.challenger_version() == version:
+            self.clear_challenger()
+        self._log_promotion({"version": version, "previous": previous, "by": by, "why": why})
         return mv
+
+    def promotions(self) -> list[dict[str, Any]]:
+        """Champion changes, oldest first."""
+        try:
+            lines = (self.root / PROMOTIONS_FILE).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def rollback(self, by: str = "cli") -> ModelVersion:
+        """Promote the champion before the current one."""
+        current = self.current_version()
+        for entry in reversed(self.promotions()):
+            if entry["version"] == current and entry.get("previous"):
+                return self.promote(entry["previous"], by, f"rollback from {current}")
+        raise RegistryError(f"no earlier champion to roll back to (current: {current})")
+
+    def _log_promotion(self, entry: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"at": datetime.now(UTC).isoformat(), **entry}) + "\n"
+        with open(self.root / PROMOTIONS_FILE, "a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # ---- the challenger in shadow ------------------------------------------------------
+    def challenger_version(self) -> str | None:
+        try:
+            return (self.root / CHALLENGER_FILE).read_text().split()[0] or None
+        except (FileNotFoundError, IndexError):
+            return None
+
+    def challenger_since(self) -> float | None:
+        """When the challenger entered the shadow (epoch seconds of the clock that put it
+        there)."""
+        try:
+            return float((self.root / CHALLENGER_FILE).read_text().split()[1])
+        except (FileNotFoundError, IndexError, ValueError):
+            return None
+
+    def set_challenger(self, version: str, since: float) -> ModelVersion:
+        mv = self.get(version)
+        if version == self.current_version():
+            raise RegistryError(f"{version} is the champion; a challenger must differ")
+        _atomic_write(self.root / CHALLENGER_FILE, f"{version} {since!r}\n".encode())
+        return mv
+
+    def clear_challenger(self) -> None:
+        (self.root / CHALLENGER_FILE).unlink(missing_ok=True)
+
+    # ---- retraining runs ---------------------------------------------------------------
+    def record_run(self, run: dict[str, Any]) -> None:
+        """Write (or rewrite) one retraining run's record, keyed by ``run['run']``."""
+        (self.root / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.root / RUNS_DIR / f"{run['run']}.json",
+                      json.dumps(run, indent=2, default=str).encode())
+
+    def write_worker_status(self, status: dict[str, Any]) -> None:
+        """The retrain worker's last tick: when, at what clock, what it did."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.root / WORKER_STATUS_FILE,
+                      json.dumps(status, default=str).encode())
+
+    def worker_status(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / WORKER_STATUS_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def runs(self, last: int | None = None) -> list[dict[str, Any]]:
+        """Retraining runs, oldest first."""
+        directory = self.root / RUNS_DIR
+        if not directory.is_dir():
+            return []
+        paths = sorted(p for p in directory.glob("*.json") if not p.name.startswith("."))
+        if last is not None:
+            paths = paths[-last:]
+        return [json.loads(p.read_text()) for p in paths]

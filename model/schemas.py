@@ -98,6 +98,18 @@ class Reason(BaseModel):
     detail: str
 
 
+class Freshness(BaseModel):
+    """How fresh the inputs of an answer were."""
+
+    stream_lag_s: float | None = Field(
+        default=None, description="how far the stream worker, which keeps the features, "
+                                  "is behind the payments this API has scored (seconds)")
+    label_lag_s: float | None = Field(
+        default=None, description="the newest payment the stream has seen minus the newest "
+                                  "label the features have applied (event time, seconds)")
+    stale: bool = False
+
+
 class ScoreResponse(BaseModel):
     payment_id: str
     decision: Decision
@@ -107,6 +119,7 @@ class ScoreResponse(BaseModel):
     rules_version: int = 0
     degraded: bool = False
     replay: bool = False  # true: this payment_id was scored before; this is that answer
+    freshness: Freshness | None = None
     latency_ms: float
 
 
@@ -144,6 +157,9 @@ class Label(BaseModel):
     is_fraud: bool
     source: LabelSource
     reported_at: datetime
+    # Who decided, for an analyst's verdict: the audit trail kept in the history.
+    analyst: str | None = Field(default=None, max_length=64)
+    note: str | None = Field(default=None, max_length=2000)
 
     @field_validator("reported_at")
     @classmethod

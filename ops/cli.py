@@ -114,6 +114,8 @@ def up(
     with console.status("starting the API…"):
         services.start_api(s)
     console.print(f"  [green]✓[/] API on {s.api_url}  (OpenAPI: {s.api_url}/docs)")
+    services.start_retrain(s)
+    console.print("  [green]✓[/] retrain worker")
     if demo_payments:
         simulate(out=None, days=DEMO_DAYS, start=today - timedelta(days=DEMO_DAYS), cards=2000,
                  # The history's cards and terminals (same seed), a week on: features as
@@ -158,10 +160,59 @@ def status() -> None:
     s = get_settings()
     table = Table("component", "pid", "where")
     where = {"kafka": s.kafka_bootstrap, "redis": s.redis_url, "api": s.api_url,
-             "stream": f"http://127.0.0.1:{s.stream_web_port}"}
+             "stream": f"http://127.0.0.1:{s.stream_web_port}",
+             "retrain": str(s.models_dir)}
     for name, pid in services.status(s).items():
         table.add_row(name, str(pid) if pid else "[red]stopped[/]", where[name])
     console.print(table)
+
+
+@app.command()
+def monitor(
+    plot_to: Annotated[Path | None, typer.Option("--plot", help="where the plot goes "
+                                                 "(default: $FRAUDSTREAM_HOME/monitor/"
+                                                 "<time>.png)")] = None,
+) -> None:
+    """Drift and freshness as the API sees them: health, decisions, score and feature PSI
+    against the training window, stream and label lag, label delays, the review queue."""
+    import httpx
+
+    from ops.monitor import plot, psi_reading, scrape
+
+    s = get_settings()
+    try:
+        snap = scrape(s.api_url)
+    except httpx.HTTPError as exc:
+        raise fail(f"the API at {s.api_url} did not answer ({type(exc).__name__}): is it up?"
+                   ) from exc
+    h = snap.health
+    colour = "green" if h.get("status") == "ok" else "yellow"
+    console.print(f"health: [{colour}]{h.get('status')}[/]  model {h.get('model_version')}  "
+                  f"kafka {h.get('kafka')}")
+    for warning in h.get("warnings", []):  # type: ignore[attr-defined]
+        console.print(f"  [yellow]![/] {warning}")
+    g = snap.gauges
+    total = sum(snap.decisions.values())
+    table = Table("measure", "value", title="freshness and decisions")
+    table.add_row("stream lag", f"{g.get('stream_lag_seconds', float('nan')):.2f} s")
+    table.add_row("label lag (newest payment - newest label applied)",
+                  f"{g.get('label_lag_seconds', float('nan')) / 86400:.2f} d")
+    table.add_row("review queue", f"{g.get('review_queue_size', 0):.0f} cases, oldest "
+                                  f"{g.get('review_queue_oldest_seconds', 0) / 3600:.1f} h")
+    for decision in ("approve", "review", "decline"):
+        n = snap.decisions.get(decision, 0.0)
+        table.add_row(f"{decision}", f"{n:,.0f} ({n / total:.2%})" if total else "0")
+    console.print(table)
+    if snap.psi:
+        table = Table("input", "PSI", "reading", title="drift against the training window")
+        for name, value in sorted(snap.psi.items(), key=lambda kv: -kv[1]):
+            table.add_row(name, f"{value:.3f}", psi_reading(value))
+        console.print(table)
+    else:
+        console.print("no drift reading yet: the API measures it once it has scored 500 "
+                      "payments with the current model")
+    out = plot_to or s.home / "monitor" / f"{datetime.now(UTC):%Y%m%dT%H%M%S}.png"
+    console.print(f"plot: {plot(snap, out)}")
 
 
 # ---- data and models -----------------------------------------------------------------
@@ -420,6 +471,51 @@ def train(
     console.print(f"{result.version}: {verdict} ({result.decision})")
 
 
+@app.command("retrain-worker")
+def retrain_worker(
+    once: bool = typer.Option(False, "--once", help="one tick, then exit"),
+    force: bool = typer.Option(False, "--force", help="with --once: retrain now, due or not"),
+    baselines: bool | None = typer.Option(None, help="fit the baselines in each run too "
+                                                     "(default: FRAUDSTREAM_RETRAIN_BASELINES)"),
+) -> None:
+    """Retrain by itself: on a schedule and when enough new labels came; a candidate that
+    passes the gate runs in shadow, and is promoted after a significant gain there.
+    Settings: FRAUDSTREAM_RETRAIN_* , FRAUDSTREAM_SHADOW_DAYS, FRAUDSTREAM_MATURITY_DAYS."""
+    import logging
+
+    from model.history import HistoryStore
+    from model.registry import Registry
+    from training.retrain import Busy, RetrainPolicy, RetrainWorker
+    from training.train import TrainConfig
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    s = get_settings()
+    policy = RetrainPolicy(
+        every_hours=s.retrain_every_hours, min_new_labels=s.retrain_min_new_labels,
+        shadow_days=s.shadow_days, max_shadow_days=s.max_shadow_days,
+        min_shadow_fraud=s.min_shadow_fraud, maturity_days=s.maturity_days,
+        clock=s.retrain_clock,
+        train=TrainConfig(shadow=True, test_days=s.retrain_test_days,
+                          baselines=s.retrain_baselines if baselines is None else baselines))
+    worker = RetrainWorker(HistoryStore(s.history_dir), Registry(s.models_dir), policy,
+                           progress=lambda step, n: None if n else err.print(f"  {step}…"))
+    if once:
+        try:
+            report = worker.tick(force=force)
+        except Busy as exc:
+            raise fail(str(exc)) from exc
+        console.print("; ".join(report.actions) or worker._idle_status(report.now))
+        if report.run is not None and report.run["status"] == "failed":
+            raise fail(f"run failed: {report.run.get('error')}")
+        return
+    console.print(f"retrain worker: every {policy.every_hours:g} h or "
+                  f"{policy.min_new_labels} new labels, shadow {policy.shadow_days:g} d, "
+                  f"clock {policy.clock}; checking every {s.retrain_check_seconds:g} s")
+    worker.forever(s.retrain_check_seconds,
+                   lambda line: console.print(f"{datetime.now(UTC):%H:%M:%S} {line}"))
+
+
 def _renames(mapping: list[str]) -> dict[str, str]:
     renames: dict[str, str] = {}
     for item in mapping:
@@ -607,34 +703,120 @@ def keys_list() -> None:
 
 
 @model_app.command("list")
-def model_list() -> None:
-    """Registered model versions and their test metrics."""
+def model_list(runs: int = typer.Option(10, min=0, help="also show the last N retraining "
+                                                         "runs")) -> None:
+    """Registered versions (champion ●, challenger in shadow ◐), their test metrics, and
+    the last retraining runs."""
     from model.registry import Registry
 
     registry = Registry(get_settings().models_dir)
-    current = registry.current_version()
-    table = Table("version", "current", "AUC", "AP", "card P@k", "test window", "fitted on")
+    current, challenger = registry.current_version(), registry.challenger_version()
+    table = Table("version", "role", "AUC", "AP", "card P@k", "test window", "fitted on")
     for mv in registry.versions():
         m, w = mv.metadata.get("metrics", {}), mv.metadata.get("training", {})
-        table.add_row(mv.version, "●" if mv.version == current else "",
+        role = ("● champion" if mv.version == current
+                else "◐ challenger" if mv.version == challenger else "")
+        table.add_row(mv.version, role,
                       f"{m.get('auc_roc', float('nan')):.4f}",
                       f"{m.get('average_precision', float('nan')):.4f}",
                       f"{m.get('card_precision_at_k', float('nan')):.4f}",
                       f"{w.get('test_start', '')[:10]} → {w.get('test_end', '')[:10]}",
                       f"{w.get('refit_start', '')[:10]} → {w.get('refit_end', '')[:10]}")
     console.print(table)
+    if runs:
+        history = registry.runs(last=runs)
+        if not history:
+            console.print("no retraining run yet (`fraudstream retrain-worker`)")
+            return
+        table = Table("run", "kind", "trigger", "clock", "status", "version", "s",
+                      "decision", title="retraining runs")
+        for r in history:
+            table.add_row(r["run"][:22], r.get("kind", ""), r.get("trigger", ""),
+                          str(r.get("clock_iso", ""))[:16], r.get("status", ""),
+                          r.get("version") or "", str(r.get("duration_s", "")),
+                          r.get("decision") or r.get("error") or "")
+        console.print(table)
 
 
-@model_app.command("promote")
-def model_promote(version: str) -> None:
-    """Make VERSION the current model (the API picks it up within seconds)."""
+@model_app.command("rollback")
+def model_rollback() -> None:
+    """Make the previous champion current again (every API process within seconds)."""
     from model.registry import Registry, RegistryError
 
+    registry = Registry(get_settings().models_dir)
+    was = registry.current_version()
     try:
-        mv = Registry(get_settings().models_dir).promote(version)
+        mv = registry.rollback()
     except RegistryError as exc:
         raise fail(str(exc)) from exc
-    console.print(f"{mv.version} is now current")
+    console.print(f"rolled back: {mv.version} is current again (was {was})")
+
+
+@model_app.command("shadow")
+def model_shadow(
+    version: str = typer.Argument(None, help="the version to score in shadow"),
+    clear: bool = typer.Option(False, "--clear", help="end the shadow: no challenger"),
+) -> None:
+    """Put a registered version in shadow as the challenger (or end the shadow)."""
+    from model.registry import Registry, RegistryError
+
+    registry = Registry(get_settings().models_dir)
+    if clear:
+        registry.clear_challenger()
+        console.print("no challenger in shadow")
+        return
+    if version is None:
+        raise fail("give a VERSION, or --clear")
+    try:
+        registry.set_challenger(version, since=time.time())
+    except RegistryError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"{version} is in shadow: the stream scores it beside the champion")
+
+
+@model_app.command("compare")
+def model_compare(
+    version: str = typer.Argument(None, help="default: the challenger in shadow"),
+    maturity_days: float | None = typer.Option(
+        None, min=0.0, help="payments younger than this are left out (default: "
+                            "FRAUDSTREAM_MATURITY_DAYS, else the observed label delays' "
+                            "90th percentile)"),
+    now: Annotated[datetime | None, typer.Option(help="compare as of (default: now; with "
+                                                      "FRAUDSTREAM_RETRAIN_CLOCK=events the "
+                                                      "newest payment)")] = None,
+    k: int = typer.Option(100, min=1, help="cards investigators check per day"),
+) -> None:
+    """Champion against challenger on the shadow-scored payments whose labels matured."""
+    from model.history import HistoryStore
+    from model.registry import Registry
+    from training.evaluate import EvalConfig
+    from training.retrain import RetrainPolicy, RetrainWorker
+    from training.shadow import CompareError, compare
+
+    s = get_settings()
+    store, registry = HistoryStore(s.history_dir), Registry(s.models_dir)
+    worker = RetrainWorker(store, registry, RetrainPolicy(
+        maturity_days=maturity_days if maturity_days is not None else s.maturity_days,
+        clock=s.retrain_clock))
+    at = _utc(now) or worker.now()
+    try:
+        result = compare(store, registry, at, worker.maturity(), EvalConfig(k=k), version)
+    except CompareError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"challenger {result.challenger} against champion(s) "
+                  f"{', '.join(result.champions) or '-'}: {result.payments:,} shadow-scored "
+                  f"payments paid before {result.matured_before[:16]} (labels matured), "
+                  f"{result.fraud:,} fraud")
+    if not result.metrics:
+        console.print("[yellow]nothing to compare yet:[/] the shadow needs matured payments "
+                      "with fraud among them")
+        return
+    console.print(metrics_table(f"same payments, same features (k = {k}, 95% intervals)",
+                                result.metrics))
+    g = result.gain
+    verdict = "[green]significant[/]" if result.significant else "not significant"
+    console.print(f"AP gain of the challenger: {g['gain']:+.4f} (95% CI {g['low']:+.4f} .. "
+                  f"{g['high']:+.4f}): {verdict}")
 
 
 @model_app.command("show")

@@ -353,6 +353,21 @@ def api_proc(settings: Settings) -> Proc:
     return Proc("api", settings.home)
 
 
+def retrain_proc(settings: Settings) -> Proc:
+    return Proc("retrain", settings.home)
+
+
+def start_retrain(settings: Settings) -> None:
+    """The retrain worker: in the background, at the lowest priority (training uses every
+    core it gets, and it can wait)."""
+    proc = retrain_proc(settings)
+    if not proc.running():
+        proc.spawn(_cli("retrain-worker"), nice=19)
+    time.sleep(0.5)
+    if not proc.running():
+        raise RuntimeError(f"retrain worker exited at start:\n{proc.log_tail()}")
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ops.cli", *args]
 
@@ -385,8 +400,8 @@ def _http_ok(url: str) -> bool:
 
 def stop_all(settings: Settings) -> list[str]:
     stopped = []
-    for proc in (api_proc(settings), stream_proc(settings), kafka_proc(settings),
-                 redis_proc(settings)):
+    for proc in (retrain_proc(settings), api_proc(settings), stream_proc(settings),
+                 kafka_proc(settings), redis_proc(settings)):
         if proc.stop():
             stopped.append(proc.name)
     return stopped
@@ -396,5 +411,5 @@ def status(settings: Settings) -> dict[str, int | None]:
     return {
         p.name: p.pid()
         for p in (kafka_proc(settings), redis_proc(settings), stream_proc(settings),
-                  api_proc(settings))
+                  api_proc(settings), retrain_proc(settings))
     }

@@ -8,7 +8,10 @@ safe to repeat from wherever it stopped:
    the file is written. A promise whose file is on disk means "recorded", one whose file
    is not means a crash came between the two, and the rows are written again. The raw
    history holds each payment and each label once.
-2. a payment's ref is set and the labels waiting for it are read, applied, and only then
+2. a payment decided ``review`` becomes a case in the analysts' queue (created once, never
+   reopened: ``model.reviews``), and what the stream has applied is noted for the
+   freshness of answers (``model.freshness``).
+3. a payment's ref is set and the labels waiting for it are read, applied, and only then
    dropped from their queue. Applying a label is idempotent and does not depend on the
    order labels arrive in (``model.online_features``), so applying one twice, or a
    chargeback after the analyst's later verdict, ends in the state the history says.
@@ -26,10 +29,14 @@ from redis.asyncio import Redis
 
 from model.config import Settings
 from model.events import decode_label, encode
+from model.freshness import FreshnessBoard
 from model.history import HistoryStore, label_row, new_part_name, scored_row
 from model.label_join import JoinState
 from model.online_features import LabelUpdate, OnlineStore, PaymentRef
+from model.registry import Registry
+from model.reviews import ReviewQueue
 from model.schemas import Label, ScoredPayment
+from stream.shadow import ShadowScorer
 
 # What stream workers of the first layout wrote as the promise of a recorded payment.
 _RECORDED_V1 = "1"
@@ -50,21 +57,30 @@ class Recorder:
         self.online = OnlineStore(self.redis)
         self.join = JoinState(self.redis)
         self.history = HistoryStore(settings.history_dir)
+        self.reviews = ReviewQueue(self.redis)
+        self.freshness = FreshnessBoard(self.redis)
+        self.shadow = ShadowScorer(Registry(settings.models_dir), settings.model_poll_seconds)
 
     async def record(self, events: Mapping[str, ScoredPayment]) -> int:
         """Scored payments by payment_id: into the history once, their refs remembered, the
         labels that waited for them applied. Returns the rows written to the history."""
+        if not events:
+            return 0
         rows = {pid: scored_row(e) for pid, e in events.items()}
+        await self.shadow.annotate(rows)
         written = await self._write_once(rows, self.history.holds_payment,
                                          self.history.append_payments)
+        await self.reviews.enqueue(r for r in rows.values() if r["decision"] == "review")
         refs = [(pid, PaymentRef(e.payment.terminal_id, e.payment.card_id, e.payment.ts))
                 for pid, e in events.items()]
         waiting = await self.join.remember_payments(refs)
         for (_, ref), labels in zip(refs, waiting, strict=True):
-            for raw in labels:
-                await self._apply(decode_label(raw), ref)
+            await self._apply([(decode_label(raw), ref) for raw in labels])
         await self.join.forget_waiting(
             [pid for (pid, _), labels in zip(refs, waiting, strict=True) if labels])
+        await self.freshness.note_recorded(
+            max(e.scored_at.timestamp() for e in events.values()),
+            max(e.payment.ts for e in events.values()))
         return written
 
     async def apply(self, labels: list[Label], received: datetime) -> int:
@@ -73,19 +89,23 @@ class Recorder:
         rows = {label_record_id(lb): label_row(lb, received) for lb in labels}
         written = await self._write_once(rows, self.history.holds_label,
                                          self.history.append_labels)
+        applied = []
         for label in labels:
             ref = await self.join.ref_or_queue(label.payment_id, encode(label))
             if ref is not None:
-                await self._apply(label, ref)
+                applied.append((label, ref))
+        await self._apply(applied)
         return written
 
     async def close(self) -> None:
         await self.redis.aclose()
 
-    async def _apply(self, label: Label, ref: PaymentRef) -> None:
-        await self.online.apply_label(
-            LabelUpdate(label.payment_id, ref, label.is_fraud, label.reported_at.timestamp())
-        )
+    async def _apply(self, labels: list[tuple[Label, PaymentRef]]) -> None:
+        for label, ref in labels:
+            await self.online.apply_label(LabelUpdate(label.payment_id, ref, label.is_fraud,
+                                                      label.reported_at.timestamp()))
+        await self.freshness.note_labels((ref.ts, label.reported_at.timestamp())
+                                         for label, ref in labels)
 
     async def _write_once(self, rows: dict[str, dict[str, Any]],
                           holds: Callable[[Mapping[str, Any], str], bool],

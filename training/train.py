@@ -39,6 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from model.drift import references
 from model.features import DAY, FEATURE_NAMES, TERMINAL_HORIZON
 from model.history import HistoryStore
 from model.labels import fraud_known_since, fraud_spells
@@ -56,6 +57,8 @@ CURRENT = "current"
 # for no better a score).
 RF_MAX_SAMPLES = 100_000
 RF_TREES = 50
+# Payments of the test window kept as the drift reference (score and feature deciles).
+REFERENCE_ROWS = 100_000
 
 
 class TrainingError(ValueError):
@@ -78,6 +81,9 @@ class TrainConfig:
     bootstrap: int = 200
     baselines: bool = True
     force: bool = False
+    # A candidate that passes the gate first runs in shadow beside the champion (the retrain
+    # worker's way); False promotes it at once (the way of ``fraudstream train``).
+    shadow: bool = False
     # Legitimate payments are sampled down to at most this many training rows (every fraud
     # kept, the sampled weighted back up): fits stay within the time budget on big books,
     # and with fraud under 1% the dropped rows add little.
@@ -111,6 +117,7 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     window: dict[str, Any] = field(default_factory=dict)
     previous_version: str | None = None
+    shadowed: bool = False  # passed the gate and entered the shadow as challenger
 
 
 def _iso(ts: float) -> str:
@@ -342,6 +349,12 @@ def train(
     final = candidate_model(cfg).fit(X[rows], y_now[rows], sample_weight=weight)
     thresholds = choose_thresholds(scores[CANDIDATE], test.y,
                                    test_pay["amount"].to_numpy(dtype=float), cfg)
+    # What live traffic is compared with for drift: the latest matured weeks, as the
+    # promoted model saw them.
+    recent = np.flatnonzero(split.test)
+    recent = recent[np.random.default_rng(cfg.seed).permutation(len(recent))[:REFERENCE_ROWS]]
+    reference = references({f: X[recent, i] for i, f in enumerate(FEATURE_NAMES)},
+                           _scores(final, X[recent]))
 
     mv = registry.register(final, {
         "features": list(FEATURE_NAMES),
@@ -357,11 +370,16 @@ def train(
         "primary_metric": PRIMARY_METRIC,
         "decision": why,
         "compared_with": previous.version if previous is not None else None,
+        "reference": reference,
     })
-    if promoted:
-        registry.promote(mv.version)
+    shadowed = promoted and cfg.shadow and previous is not None and not cfg.force
+    if shadowed:
+        registry.set_challenger(mv.version, since=cutoff)
+        promoted, why = False, f"{why}; challenger in shadow"
+    elif promoted:
+        registry.promote(mv.version, by="train", why=why)
     return TrainResult(mv.version, promoted, why, comparison[CANDIDATE], comparison, gains,
-                       warnings, window, previous.version if previous else None)
+                       warnings, window, previous.version if previous else None, shadowed)
 
 
 def _score_previous(previous: ModelVersion, features: pd.DataFrame, rows: np.ndarray,

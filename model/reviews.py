@@ -1,0 +1,313 @@
+"""The analysts' review queue, kept in Redis (the payments themselves are in the history).
+
+Every payment decided ``review`` becomes a *case* when the stream worker records it. An
+analyst lists the open cases (oldest payment first), claims one (nobody else may decide it
+while the claim runs) and gives a verdict, fraud or legitimate, with a note. The verdict
+becomes a label (source ``analyst``) that travels the chargebacks' path: API -> Kafka ->
+stream -> history and features.
+
+Keys::
+
+    fs:rq:open           ZSET  payment_id -> payment time: the cases not decided yet
+    fs:rq:decided        ZSET  payment_id -> decision time
+    fs:rq:case:{id}      HASH  the case: payment, score, reasons, status, claim, verdict
+    fs:rq:unsent         SET   decided cases whose label is not yet durable (Kafka or spool)
+    fs:rq:audit          STREAM who claimed, released and decided what, when
+
+Exactly once: a case's verdict is fixed by the first ``decide`` (a Lua script, atomic), with
+its time. Every later ``decide`` with the same verdict returns that same verdict and time,
+so the label sent again is the same label (same identity in the history) and applying it
+again changes nothing; a different verdict is refused. A verdict whose label did not reach
+Kafka or the API's spool stays in ``fs:rq:unsent`` until it does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+
+from model.schemas import Label
+
+OPEN_KEY = "fs:rq:open"
+DECIDED_KEY = "fs:rq:decided"
+UNSENT_KEY = "fs:rq:unsent"
+AUDIT_KEY = "fs:rq:audit"
+AUDIT_MAXLEN = 100_000
+# Decided cases stay readable this long (the label in the history is the lasting record).
+DECIDED_TTL_SECONDS = 90 * 86_400
+
+Verdict = Literal["fraud", "legitimate"]
+Status = Literal["open", "claimed", "decided"]
+
+
+def case_key(payment_id: str) -> str:
+    return f"fs:rq:case:{payment_id}"
+
+
+class ReviewError(Exception):
+    """A request the queue refuses; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Case:
+    payment_id: str
+    ts: float
+    card_id: str
+    terminal_id: str
+    amount: float
+    currency: str
+    score: float | None
+    model_version: str | None
+    degraded: bool
+    reasons: list[str]
+    enqueued_at: float
+    status: Status
+    claimed_by: str | None = None
+    claimed_until: float | None = None
+    verdict: Verdict | None = None
+    note: str | None = None
+    decided_by: str | None = None
+    decided_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[bytes, bytes], now: float) -> Case:
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+
+        def num(name: str) -> float | None:
+            return float(h[name]) if h.get(name) not in (None, "") else None
+
+        status: Status = h["status"]  # type: ignore[assignment]
+        claimed_until = num("claimed_until")
+        if status == "claimed" and (claimed_until is None or claimed_until <= now):
+            status = "open"  # the claim lapsed: anyone may take the case
+        return cls(
+            payment_id=h["payment_id"], ts=float(h["ts"]), card_id=h["card_id"],
+            terminal_id=h["terminal_id"], amount=float(h["amount"]), currency=h["currency"],
+            score=num("score"), model_version=h.get("model_version") or None,
+            degraded=h.get("degraded") == "1", reasons=orjson.loads(h.get("reasons", "[]")),
+            enqueued_at=float(h["enqueued_at"]), status=status,
+            claimed_by=(h.get("claimed_by") or None) if status == "claimed" else None,
+            claimed_until=claimed_until if status == "claimed" else None,
+            verdict=h.get("verdict") or None,  # type: ignore[arg-type]
+            note=h.get("note") or None, decided_by=h.get("decided_by") or None,
+            decided_at=num("decided_at"),
+        )
+
+    def label(self) -> Label:
+        """The label this case's verdict makes: the same label however often it is asked."""
+        assert self.verdict is not None and self.decided_at is not None
+        return Label(payment_id=self.payment_id, is_fraud=self.verdict == "fraud",
+                     source="analyst", reported_at=datetime.fromtimestamp(self.decided_at, UTC),
+                     analyst=self.decided_by, note=self.note)
+
+
+# A case is created once: a payment recorded again (redelivery, a stream restart) does not
+# reopen a case already decided. ARGV: now, then per case payment_id, ts, fields as JSON.
+_ENQUEUE = """
+local added = 0
+for i = 2, #ARGV, 3 do
+  local key = 'fs:rq:case:' .. ARGV[i]
+  if redis.call('EXISTS', key) == 0 then
+    local fields = cjson.decode(ARGV[i + 2])
+    local flat = {'status', 'open', 'enqueued_at', ARGV[1]}
+    for k, v in pairs(fields) do
+      flat[#flat + 1] = k
+      flat[#flat + 1] = tostring(v)
+    end
+    redis.call('HSET', key, unpack(flat))
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+    added = added + 1
+  end
+end
+return added
+"""
+
+# ARGV: payment_id, analyst, now, claim seconds. Errors are "CODE message".
+_CLAIM = """
+local key = 'fs:rq:case:' .. ARGV[1]
+local status = redis.call('HGET', key, 'status')
+if not status then return redis.error_reply('404 no review case for this payment') end
+if status == 'decided' then
+  return redis.error_reply('409 already decided by ' .. redis.call('HGET', key, 'decided_by'))
+end
+local holder = redis.call('HGET', key, 'claimed_by')
+local until_ = tonumber(redis.call('HGET', key, 'claimed_until') or '0')
+if status == 'claimed' and holder ~= ARGV[2] and until_ > tonumber(ARGV[3]) then
+  return redis.error_reply('409 claimed by ' .. holder .. ' until ' .. until_)
+end
+local new_until = tonumber(ARGV[3]) + tonumber(ARGV[4])
+redis.call('HSET', key, 'status', 'claimed', 'claimed_by', ARGV[2],
+           'claimed_until', tostring(new_until))
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'action', 'claim',
+           'payment_id', ARGV[1], 'analyst', ARGV[2], 'at', ARGV[3])
+return redis.call('HGETALL', key)
+"""
+
+# ARGV: payment_id, analyst, now, verdict, note, decided ttl, audit maxlen.
+_DECIDE = """
+local key = 'fs:rq:case:' .. ARGV[1]
+local status = redis.call('HGET', key, 'status')
+if not status then return redis.error_reply('404 no review case for this payment') end
+if status == 'decided' then
+  local verdict = redis.call('HGET', key, 'verdict')
+  if verdict ~= ARGV[4] then
+    return redis.error_reply('409 already decided ' .. verdict .. ' by ' ..
+                             redis.call('HGET', key, 'decided_by'))
+  end
+  return redis.call('HGETALL', key)
+end
+local holder = redis.call('HGET', key, 'claimed_by')
+local until_ = tonumber(redis.call('HGET', key, 'claimed_until') or '0')
+if status == 'claimed' and holder ~= ARGV[2] and until_ > tonumber(ARGV[3]) then
+  return redis.error_reply('409 claimed by ' .. holder .. ' until ' .. until_)
+end
+redis.call('HSET', key, 'status', 'decided', 'verdict', ARGV[4], 'note', ARGV[5],
+           'decided_by', ARGV[2], 'decided_at', ARGV[3])
+redis.call('EXPIRE', key, ARGV[6])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'action', 'verdict',
+           'payment_id', ARGV[1], 'analyst', ARGV[2], 'verdict', ARGV[4], 'note', ARGV[5],
+           'at', ARGV[3])
+return redis.call('HGETALL', key)
+"""
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class ReviewQueue:
+    def __init__(self, redis: Redis, claim_seconds: float = 900.0) -> None:
+        self.redis = redis
+        self.claim_seconds = claim_seconds
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._claim = redis.register_script(_CLAIM)
+        self._decide = redis.register_script(_DECIDE)
+
+    async def enqueue(self, rows: Iterable[Mapping[str, Any]], now: float | None = None) -> int:
+        """History rows of payments decided ``review``: a case each, unless one exists."""
+        argv: list[Any] = [now if now is not None else time.time()]
+        for r in rows:
+            ts = r["ts"].timestamp() if isinstance(r["ts"], datetime) else float(r["ts"])
+            # Strings only: Lua would print numbers with 14 digits.
+            argv += [r["payment_id"], repr(ts), orjson.dumps({
+                "payment_id": r["payment_id"], "ts": repr(ts), "card_id": r["card_id"],
+                "terminal_id": r["terminal_id"], "amount": repr(float(r["amount"])),
+                "currency": r["currency"],
+                "score": "" if r.get("score") is None else repr(float(r["score"])),
+                "model_version": r.get("model_version") or "",
+                "degraded": "1" if r.get("degraded") else "0",
+                "reasons": orjson.dumps(list(r.get("reasons") or [])).decode(),
+            }).decode()]
+        if len(argv) == 1:
+            return 0
+        return int(await self._enqueue(keys=[OPEN_KEY], args=argv))
+
+    async def get(self, payment_id: str, now: float | None = None) -> Case | None:
+        raw = await self.redis.hgetall(case_key(payment_id))
+        return Case.from_hash(raw, now or time.time()) if raw else None
+
+    async def list(self, status: Literal["open", "claimed", "decided", "pending"] = "pending",
+                   limit: int = 50, card_id: str | None = None,
+                   terminal_id: str | None = None, min_score: float | None = None,
+                   analyst: str | None = None, now: float | None = None) -> list[Case]:
+        """Cases oldest payment first (decided ones: oldest decision first). ``pending``:
+        open and claimed."""
+        now = now or time.time()
+        source = DECIDED_KEY if status == "decided" else OPEN_KEY
+        out: list[Case] = []
+        start, page = 0, max(limit, 200)
+        while len(out) < limit:
+            ids = await self.redis.zrange(source, start, start + page - 1)
+            if not ids:
+                break
+            start += page
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pid in ids:
+                    pipe.hgetall(case_key(pid.decode()))
+                hashes = await pipe.execute()
+            for raw in hashes:
+                if not raw:
+                    continue  # a decided case expired
+                case = Case.from_hash(raw, now)
+                if status in ("open", "claimed", "decided") and case.status != status:
+                    continue
+                if (card_id and case.card_id != card_id) or \
+                        (terminal_id and case.terminal_id != terminal_id) or \
+                        (min_score is not None and (case.score or 0.0) < min_score) or \
+                        (analyst and analyst not in (case.claimed_by, case.decided_by)):
+                    continue
+                out.append(case)
+                if len(out) == limit:
+                    break
+        return out
+
+    async def claim(self, payment_id: str, analyst: str, now: float | None = None) -> Case:
+        now = now or time.time()
+        flat = await self._run(self._claim, [AUDIT_KEY],
+                               [payment_id, analyst, now, self.claim_seconds, AUDIT_MAXLEN])
+        return Case.from_hash(_pairs(flat), now)
+
+    async def decide(self, payment_id: str, analyst: str, verdict: Verdict, note: str = "",
+                     now: float | None = None) -> Case:
+        """Fix the case's verdict (or return the one fixed before, if the same)."""
+        now = now or time.time()
+        flat = await self._run(self._decide, [OPEN_KEY, DECIDED_KEY, UNSENT_KEY, AUDIT_KEY],
+                               [payment_id, analyst, now, verdict, note,
+                                DECIDED_TTL_SECONDS, AUDIT_MAXLEN])
+        return Case.from_hash(_pairs(flat), now)
+
+    async def label_sent(self, payment_id: str) -> None:
+        await self.redis.srem(UNSENT_KEY, payment_id)
+
+    async def unsent(self, older_than: float, now: float | None = None) -> list[Case]:
+        """Decided cases whose label is not known durable, decided over ``older_than`` s ago."""
+        now = now or time.time()
+        cases = []
+        for pid in await self.redis.smembers(UNSENT_KEY):
+            case = await self.get(pid.decode(), now)
+            if case is None:
+                await self.redis.srem(UNSENT_KEY, pid)
+            elif case.decided_at is not None and case.decided_at <= now - older_than:
+                cases.append(case)
+        return cases
+
+    async def stats(self, now: float | None = None) -> tuple[int, float | None]:
+        """Cases waiting, and how long the oldest has waited (seconds since enqueued)."""
+        now = now or time.time()
+        size = await self.redis.zcard(OPEN_KEY)
+        head = await self.redis.zrange(OPEN_KEY, 0, 0)
+        if not head:
+            return size, None
+        enqueued = await self.redis.hget(case_key(head[0].decode()), "enqueued_at")
+        return size, (now - float(enqueued)) if enqueued else None
+
+    async def audit(self, count: int = 100) -> list[dict[str, str]]:
+        """Who claimed and decided what, newest first."""
+        entries = await self.redis.xrevrange(AUDIT_KEY, count=count)
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[bytes]:
+        from redis.exceptions import ResponseError
+
+        try:
+            return await script(keys=keys, args=args)
+        except ResponseError as exc:
+            code, _, detail = str(exc).partition(" ")
+            if code in ("404", "409"):
+                raise ReviewError(int(code), detail) from exc
+            raise

@@ -1,0 +1,258 @@
+"""Model operations: champion and challenger, rollback, the retrain worker and its lock,
+the shadow comparison, drift and freshness."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from model.config import Settings
+from model.drift import psi, reference
+from model.history import HistoryStore
+from model.registry import Registry, RegistryError
+from model.schemas import Freshness
+from tests.conftest import eventually, history_row, payment
+from training.retrain import Busy, RetrainPolicy, RetrainWorker, run_lock
+from training.train import TrainConfig, train
+
+DAY = 86_400.0
+
+
+def dummy(registry: Registry, name: str) -> str:
+    return registry.register({"model": name}, {"features": ["amount"],
+                                               "thresholds": {"review": 0.5, "decline": 0.9}}
+                             ).version
+
+
+# ---- the registry ----------------------------------------------------------------------
+def test_promotions_are_logged_and_rollback_restores_the_previous_champion(tmp_path):
+    reg = Registry(tmp_path)
+    a, b = dummy(reg, "a"), dummy(reg, "b")
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        reg.rollback()
+    reg.promote(a, by="t", why="first")
+    reg.set_challenger(b, since=123.0)
+    assert (reg.challenger_version(), reg.challenger_since()) == (b, 123.0)
+    with pytest.raises(RegistryError, match="is the champion"):
+        reg.set_challenger(a, since=0.0)
+    reg.promote(b, by="worker", why="significant gain")
+    assert reg.current_version() == b and reg.challenger_version() is None  # left the shadow
+    assert [(p["version"], p["previous"], p["by"]) for p in reg.promotions()] == [
+        (a, None, "t"), (b, a, "worker")]
+    assert reg.rollback(by="ops").version == a
+    assert reg.current_version() == a
+    assert reg.promotions()[-1]["why"] == f"rollback from {b}"
+
+
+def test_psi_is_zero_on_the_reference_and_large_on_a_shift():
+    rng = np.random.default_rng(0)
+    ref = reference(rng.normal(0, 1, 50_000))
+    assert psi(ref, rng.normal(0, 1, 20_000)) < 0.01
+    assert psi(ref, rng.normal(1.0, 1, 20_000)) > 0.25
+    assert psi(ref, np.array([])) is None
+    counts = reference(np.r_[np.zeros(900), np.ones(100)])  # ties: edges merged
+    assert abs(sum(counts["expected"]) - 1) < 1e-12 and len(counts["edges"]) <= 2
+
+
+# ---- the shadow comparison and the worker's decisions ----------------------------------
+def when(ts: np.ndarray) -> pd.Series:
+    return pd.Series(pd.to_datetime(ts.astype(np.int64), unit="s", utc=True))
+
+
+def shadow_history(root: Path, champion: str, challenger: str, gain: bool,
+                   start: float) -> HistoryStore:
+    """Two weeks of shadow-scored payments; the challenger ranks fraud perfectly (gain)
+    or exactly as the champion does."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    ts = np.round(start + np.sort(rng.uniform(0, 14 * DAY, n)))
+    fraud = rng.random(n) < 0.05
+    score = np.clip(rng.random(n) * 0.6 + fraud * 0.2, 0, 1)
+    shadow = np.where(fraud, 0.9, 0.1) + rng.random(n) * 0.01 if gain else score
+    store = HistoryStore(root)
+    ids = [f"p{i}" for i in range(n)]
+    store.append_payment_frame(pd.DataFrame({
+        "payment_id": ids, "ts": when(ts),
+        "card_id": [f"c{i % 700}" for i in range(n)], "terminal_id": "t", "amount": 10.0,
+        "currency": "EUR", "score": score, "decision": "approve", "model_version": champion,
+        "shadow_score": shadow, "shadow_version": challenger, "source": "api",
+        "scored_at": when(ts)}))
+    store.append_label_frame(pd.DataFrame({
+        "payment_id": np.array(ids)[fraud], "is_fraud": True, "source": "chargeback",
+        "reported_at": when(ts[fraud] + DAY),
+        "received_at": when(ts[fraud] + DAY)}))
+    return store
+
+
+@pytest.mark.parametrize("gain", [True, False])
+def test_worker_promotes_a_challenger_only_on_a_significant_shadow_gain(tmp_path, gain):
+    reg = Registry(tmp_path / "registry")
+    champion, challenger = dummy(reg, "champion"), dummy(reg, "challenger")
+    reg.promote(champion)
+    start = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
+    store = shadow_history(tmp_path / "history", champion, challenger, gain, start)
+    reg.set_challenger(challenger, since=start)
+    policy = RetrainPolicy(shadow_days=3, max_shadow_days=10, maturity_days=2,
+                           min_shadow_fraud=20, clock="events")
+    worker = RetrainWorker(store, reg, policy)
+    report = worker.tick()
+    assert worker.now() == pytest.approx(start + 14 * DAY, abs=DAY)
+    if gain:
+        assert reg.current_version() == challenger and reg.challenger_version() is None
+        assert "promoted over" in report.actions[0]
+        assert reg.promotions()[-1]["by"] == "retrain-worker"
+        assert reg.rollback().version == champion  # one command back
+    else:  # 14 days in shadow, no gain: retired after max_shadow_days
+        assert reg.current_version() == champion and reg.challenger_version() is None
+        assert "retired" in report.actions[0]
+    shadow_runs = [r for r in reg.runs() if r["kind"] == "shadow"]
+    assert len(shadow_runs) == 1 and shadow_runs[0]["comparison"]["payments"] > 3000
+
+
+def test_one_run_at_a_time_and_a_crashed_run_is_marked_abandoned(tmp_path):
+    reg = Registry(tmp_path / "registry")
+    worker = RetrainWorker(HistoryStore(tmp_path / "history"), reg, RetrainPolicy())
+    with run_lock(reg), pytest.raises(Busy):
+        worker.tick()
+    reg.record_run({"run": "20260101T000000000000-train", "kind": "train",
+                    "status": "running", "clock": 0.0})
+    worker.tick()  # empty history: the run fails, recorded, and the worker goes on
+    runs = {r["run"]: r for r in reg.runs()}
+    assert runs["20260101T000000000000-train"]["status"] == "abandoned"
+    failed = [r for r in runs.values() if r["status"] == "failed"]
+    assert len(failed) == 1 and "holds no payments" in failed[0]["error"]
+    assert failed[0]["trigger"] == "schedule" and failed[0]["duration_s"] >= 0
+
+
+def test_worker_retrains_on_schedule_and_puts_a_better_candidate_in_shadow(small_history,
+                                                                          tmp_path):
+    from training.importer import import_history
+
+    store = HistoryStore(tmp_path / "history")  # its own: the events clock is its newest
+    import_history(store, small_history)
+    reg = Registry(tmp_path / "registry")
+    weak = train(store, reg, TrainConfig(test_days=7, maturity_days=5, max_iter=3,
+                                         max_leaf_nodes=2, baselines=False))
+    assert weak.promoted
+    policy = RetrainPolicy(every_hours=24, min_new_labels=10_000, maturity_days=5,
+                           clock="events", train=TrainConfig(shadow=True, test_days=7,
+                                                             max_iter=60, baselines=False))
+    worker = RetrainWorker(store, reg, policy)
+    assert worker.due(worker.now()) == "schedule"  # no run yet
+    report = worker.tick()
+    run = report.run
+    assert run is not None and run["status"] == "finished" and run["trigger"] == "schedule"
+    assert run["shadowed"] and not run["promoted"], run["decision"]
+    assert reg.current_version() == weak.version  # the champion still answers
+    assert reg.challenger_version() == run["version"]
+    assert "challenger in shadow" in run["decision"]
+    # nothing new since: not due; and no run while a challenger is in shadow
+    assert worker.due(worker.now()) is None
+    assert worker.tick(force=True).run is None
+    recorded = json.loads((reg.root / "runs" / f"{run['run']}.json").read_text())
+    assert recorded["window"]["test_fraud"] > 0 and recorded["duration_s"] > 0
+
+
+# ---- the stream scores the challenger; the API tells freshness and drift ---------------
+@pytest.mark.integration
+def test_stream_records_the_challengers_score_beside_the_champions(api_client, stream_worker,
+                                                                   trained):
+    registry = Registry(stream_worker.models_dir)
+    champion = registry.current_version()
+    mv = registry.get(champion)
+    challenger = registry.register(mv.load_estimator(), {
+        **{k: v for k, v in mv.metadata.items() if k not in ("version", "sha256")},
+        "thresholds": {"review": 0.0, "decline": 0.0}}).version  # would decline everything
+    registry.set_challenger(challenger, since=0.0)
+    try:
+        def shadowed():
+            body = payment(ts=datetime.now(UTC).isoformat())
+            out = api_client.post("/v1/payments/score", json=body).json()
+            assert out["model_version"] == champion  # the champion answers
+            row = eventually(lambda: history_row(stream_worker, body["payment_id"]), 60)
+            return (row, out) if row["shadow_version"] == challenger else None
+
+        row, out = eventually(shadowed, 60, every=1.0)
+        assert row["shadow_score"] == pytest.approx(out["score"], abs=1e-9)  # same model
+        assert row["decision"] == out["decision"]
+        model = api_client.get("/v1/model").json()
+        assert model["version"] == champion and model["challenger"]["version"] == challenger
+        # the stream has recorded since the API's monitor last read: answers tell the lag
+        fresh = eventually(lambda: api_client.post("/v1/payments/score", json=payment())
+                           .json()["freshness"]["stream_lag_s"] is not None, 10)
+        assert fresh
+    finally:
+        registry.clear_challenger()
+
+
+@pytest.mark.integration
+def test_stale_inputs_are_told_and_degrade_by_configuration(api_client, monkeypatch):
+    svc = api_client.app.state.services
+
+    async def frozen() -> None:
+        return None
+
+    monkeypatch.setattr(svc.monitor, "poll", frozen)
+    monkeypatch.setattr(svc.monitor, "freshness",
+                        Freshness(stream_lag_s=900.0, label_lag_s=10.0, stale=True))
+    monkeypatch.setattr(svc.settings, "stale_action", "review")
+    out = api_client.post("/v1/payments/score", json=payment(amount=3.0)).json()
+    assert out["freshness"] == {"stream_lag_s": 900.0, "label_lag_s": 10.0, "stale": True}
+    assert out["decision"] in ("review", "decline")
+    assert out["reasons"][0]["code"] in ("stale_inputs", "score_above_decline_threshold")
+    monkeypatch.setattr(svc.monitor, "freshness", Freshness(stream_lag_s=900.0, stale=False))
+    monkeypatch.setattr(svc.settings, "stale_stream_lag_seconds", 60.0)
+    health = api_client.get("/healthz").json()
+    assert health["status"] == "amber"
+    assert any("stream lag 900s" in w for w in health["warnings"])
+
+
+def test_monitor_measures_drift_against_the_models_reference():
+    from api.monitor import Monitor
+
+    class FakeScorer:
+        version = "v1"
+        feature_names = ("a", "b")
+
+    rng = np.random.default_rng(2)
+    ref = {"score": reference(rng.random(10_000)),
+           "features": {"a": reference(rng.normal(0, 1, 10_000)),
+                        "b": reference(rng.normal(0, 1, 10_000))}}
+    mon = Monitor(Settings(drift_window=1000), None, None)  # type: ignore[arg-type]
+    scorer = FakeScorer()
+    for _ in range(1000):
+        mon.observe(scorer, np.array([rng.normal(0, 1), rng.normal(2, 1)]),  # type: ignore[arg-type]
+                    float(rng.random()))
+    mon.drift(scorer, ref)  # type: ignore[arg-type]
+    assert mon.psi["a"] < 0.1 and mon.psi["score"] < 0.1
+    assert mon.psi["b"] > 0.25
+    assert any("drift: PSI b" in w for w in mon.warnings())
+
+
+def test_freshness_board_keeps_the_newest_and_counts_label_delays(stack):
+    from redis.asyncio import Redis
+
+    from model.freshness import FRESH_KEY, LABEL_DELAY_KEY, FreshnessBoard
+
+    async def go():
+        redis = Redis.from_url(stack.redis_url)
+        await redis.delete(FRESH_KEY, LABEL_DELAY_KEY)
+        board = FreshnessBoard(redis)
+        t = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+        await board.note_recorded(100.0, t)
+        await board.note_recorded(50.0, t - DAY)  # an older batch arriving late
+        await board.note_labels([(t - 10 * DAY, t - 2 * DAY), (t - 3 * DAY, t - 2.5 * DAY)])
+        state = await board.read()
+        await redis.aclose()
+        return state
+
+    state = asyncio.run(go())
+    assert state.scored_at == 100.0
+    assert state.label_lag_s == pytest.approx(2 * DAY)
+    assert dict(state.label_delays) == {"1": 1, "14": 1}

@@ -1,0 +1,157 @@
+"""The analysts' review queue on the real stack: a payment decided review becomes a case; a
+claim keeps other analysts off it; the verdict becomes one label in the history and one
+change in the features, however often it is sent."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from model.history import HistoryStore
+from model.online_features import card_fraud_known_key
+from tests.conftest import eventually, payment, uid
+
+pytestmark = pytest.mark.integration
+MARK_AMOUNT = 4321.5  # the rule below sends payments of exactly this amount to review
+
+
+@pytest.fixture(scope="module")
+def analysts(settings, api_keys):
+    from model.api_keys import create_key
+
+    assert settings.api_keys_file is not None
+    return {name: create_key(settings.api_keys_file, name, {"review"})[0]
+            for name in ("ana", "bob")}
+
+
+@pytest.fixture()
+def review_rule(api_client):
+    rules = api_client.get("/v1/admin/rules").json()
+    kept = {"rules": rules["rules"]}
+    mark = {"id": "test_review_mark", "action": "review",
+            "when": [{"feature": "amount", "op": "==", "value": MARK_AMOUNT}]}
+    assert api_client.put("/v1/admin/rules", json={
+        "rules": [r for r in kept["rules"] if r["id"] != mark["id"]] + [mark]}).status_code == 200
+    yield
+    api_client.put("/v1/admin/rules", json=kept)
+
+
+def as_(client: TestClient, key: str) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+def raw_labels(settings, payment_id: str):
+    return HistoryStore(settings.history_dir).query(
+        "SELECT * FROM labels_raw WHERE payment_id = ?", [payment_id])
+
+
+def test_review_case_claim_verdict_exactly_once(api_client, stream_worker, analysts, api_keys,
+                                               review_rule, redis_db):
+    now = datetime.now(UTC).replace(microsecond=0)
+    card = uid("card")
+    body = payment(ts=(now - timedelta(minutes=5)).isoformat(), card_id=card,
+                   amount=MARK_AMOUNT)
+    answer = api_client.post("/v1/payments/score", json=body).json()
+    assert answer["decision"] == "review"
+    assert any(r["code"] == "rule_test_review_mark" for r in answer["reasons"]), answer
+    pid = body["payment_id"]
+    ana, bob = as_(api_client, analysts["ana"]), as_(api_client, analysts["bob"])
+
+    # the stream makes it a case; listed oldest first, filterable
+    def listed():
+        cases = api_client.get("/v1/reviews", params={"card_id": card}, headers=ana).json()
+        return cases if cases else None
+
+    cases = eventually(listed, 60)
+    assert [c["payment_id"] for c in cases] == [pid]
+    assert cases[0]["status"] == "open" and cases[0]["amount"] == MARK_AMOUNT
+    assert "rule_test_review_mark" in cases[0]["reasons"]
+    everything = api_client.get("/v1/reviews", params={"limit": 500}, headers=ana).json()
+    paid = [c["paid_at"] for c in everything]
+    assert paid == sorted(paid)
+
+    # scopes: a scoring key may not work the queue; an analyst's key may not score
+    assert api_client.get("/v1/reviews", headers=as_(api_client, "nope")).status_code == 401
+    scorer_only = {"X-API-Key": api_keys["scorer"][0]}
+    assert api_client.get("/v1/reviews", headers=scorer_only).status_code == 403
+    assert api_client.post("/v1/payments/score", json=payment(), headers=ana).status_code == 403
+
+    # a claim keeps others off; the holder may claim again
+    claimed = api_client.post(f"/v1/reviews/{pid}/claim", headers=ana)
+    assert claimed.status_code == 200 and claimed.json()["claimed_by"] == "ana"
+    assert api_client.post(f"/v1/reviews/{pid}/claim", headers=bob).status_code == 409
+    refused = api_client.post(f"/v1/reviews/{pid}/verdict", headers=bob,
+                              json={"verdict": "legitimate"})
+    assert refused.status_code == 409 and "claimed by ana" in refused.json()["detail"]
+    assert api_client.post(f"/v1/reviews/{pid}/claim", headers=ana).status_code == 200
+    bad = api_client.post(f"/v1/reviews/{pid}/verdict", headers=ana, json={"verdict": "maybe"})
+    assert bad.status_code == 422
+    assert api_client.post("/v1/reviews/no_such_payment/claim", headers=ana).status_code == 404
+
+    # the verdict: sent three times (a client retrying), one label
+    before = redis_db.zcard(card_fraud_known_key(card))
+    decided = [api_client.post(f"/v1/reviews/{pid}/verdict", headers=ana,
+                               json={"verdict": "fraud", "note": "cardholder denies"})
+               for _ in range(3)]
+    assert all(d.status_code == 200 for d in decided)
+    first = decided[0].json()["case"]
+    assert first["status"] == "decided" and first["decided_by"] == "ana"
+    assert {d.json()["case"]["decided_at"] for d in decided} == {first["decided_at"]}
+    changed = api_client.post(f"/v1/reviews/{pid}/verdict", headers=ana,
+                              json={"verdict": "legitimate"})
+    assert changed.status_code == 409 and "already decided fraud" in changed.json()["detail"]
+
+    labels = eventually(lambda: (lambda f: f if len(f) else None)(
+        raw_labels(stream_worker, pid)), 60)
+    # one change in the features: the card's known frauds hold this payment, once
+    eventually(lambda: redis_db.zcard(card_fraud_known_key(card)) == before + 1, 30)
+    assert len(labels) == 1
+    row = labels.iloc[0]
+    assert row["source"] == "analyst" and bool(row["is_fraud"])
+    assert row["analyst"] == "ana" and row["note"] == "cardholder denies"
+    # the next payment of the card sees the fraud
+    later = api_client.post("/v1/payments/score", json=payment(
+        ts=(datetime.now(UTC) + timedelta(seconds=2)).isoformat(), card_id=card)).json()
+    assert later["decision"] in {"approve", "review", "decline"}
+    assert redis_db.zcard(card_fraud_known_key(card)) == before + 1
+
+    # decided: out of the pending queue, in the decided list and the audit
+    pending = api_client.get("/v1/reviews", params={"card_id": card}, headers=ana).json()
+    assert pending == []
+    done = api_client.get("/v1/reviews", params={"status": "decided", "card_id": card},
+                          headers=bob).json()
+    assert [c["verdict"] for c in done] == ["fraud"]
+    audit = api_client.get("/v1/reviews/audit", headers=bob).json()
+    mine = [a for a in audit if a["payment_id"] == pid]
+    assert [a["action"] for a in mine][:1] == ["verdict"] and mine[0]["analyst"] == "ana"
+    assert {a["action"] for a in mine} == {"claim", "verdict"}
+    assert raw_labels(stream_worker, pid).shape[0] == 1
+
+
+def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from model.reviews import ReviewQueue
+
+    async def go():
+        redis = Redis.from_url(stack.redis_url)
+        queue = ReviewQueue(redis)
+        pid = uid("pay")
+        row = {"payment_id": pid, "ts": datetime.now(UTC), "card_id": "c", "terminal_id": "t",
+               "amount": 10.0, "currency": "EUR", "score": 0.5, "model_version": "v",
+               "reasons": ["x"]}
+        assert await queue.enqueue([row]) == 1
+        assert await queue.enqueue([row]) == 0  # redelivered
+        case = await queue.decide(pid, "ana", "legitimate")
+        assert await queue.enqueue([row]) == 0  # recorded again after the verdict
+        again = await queue.get(pid)
+        assert again is not None and again.status == "decided"
+        assert again.label() == case.label()  # the same label, field for field
+        await redis.aclose()
+
+    asyncio.run(go())
+
