@@ -50,7 +50,7 @@ def machine() -> str:
     return f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def bring_up(home: Path) -> tuple[Settings, dict[str, str]]:
+def bring_up(home: Path) -> tuple[Settings, dict[str, str], dict[str, str]]:
     from model.api_keys import create_key
 
     env = services.isolated_env(home, "fraudstream-chaos")
@@ -58,10 +58,11 @@ def bring_up(home: Path) -> tuple[Settings, dict[str, str]]:
     settings = Settings()
     assert settings.api_keys_file is not None
     key, _ = create_key(settings.api_keys_file, "chaos-gateway", {"score", "labels"})
+    analyst, _ = create_key(settings.api_keys_file, "chaos-analyst", {"review"})
     print(f"bringing the stack up in {home} (trains a first model: a minute or two)", flush=True)
     subprocess.run([sys.executable, "-m", "ops.cli", "up", "--demo-payments", "0"],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return settings, {"X-API-Key": key}
+    return settings, {"X-API-Key": key}, {"X-API-Key": analyst}
 
 
 def progress(elapsed: float, answered: int, sent: int, faults: list[FaultLog]) -> None:
@@ -130,7 +131,9 @@ def write_doc(report: dict[str, Any], run: ChaosRun, args: argparse.Namespace,
         f"{cfg.duration:g} s of payments at {cfg.rate:g}/s (open loop; a failed or timed-out "
         f"attempt is sent again with the same payment_id, as gateways do, for up to "
         f"{cfg.give_up_after:g} s; {cfg.attempt_timeout:g} s per attempt), one in "
-        f"{cfg.label_every} followed by a fraud label, while the {schedule} schedule killed "
+        f"{cfg.label_every} followed by a fraud label, every other one answered `review` "
+        "followed by an analyst's verdict through the review queue (fraud or legitimate, "
+        f"alternately), while the {schedule} schedule killed "
         "or hung parts of the stack. The audit reads the raw Parquet files and Redis, not "
         "the de-duplicating views (see `ops/chaos.py`).",
         "",
@@ -148,7 +151,12 @@ def write_doc(report: dict[str, Any], run: ChaosRun, args: argparse.Namespace,
         f"| labels accepted | {t['labels_accepted']:,} of {t['labels']:,} |",
         f"| accepted labels missing from / doubled in the raw history | "
         f"{t['labels_lost']} / {t['labels_doubled']} |",
-        f"| fraud labels missing from / unexpected in the feature sets | "
+        f"| analysts' verdicts accepted (fraud) | {t['verdicts_accepted']:,} of "
+        f"{t['verdicts']:,} ({t['verdicts_fraud']:,}) |",
+        f"| accepted verdicts missing from / doubled in the raw history as labels; "
+        f"recorded with the wrong source or verdict | {t['verdicts_lost']} / "
+        f"{t['verdicts_doubled']}; {t['verdicts_wrong_label']} |",
+        f"| fraud labels and fraud verdicts missing from / unexpected in the feature sets | "
         f"{t['labels_missing_in_features']} / {t['labels_unexpected_in_features']} |",
         f"| served features = point-in-time recomputation (label-free features) | "
         f"{t['parity_checked'] - t['parity_exact_differs']:,} of {t['parity_checked']:,} "
@@ -194,11 +202,11 @@ def main() -> None:
     schedule = (seeded_schedule(args.seed, args.duration, args.faults) if args.faults
                 else default_schedule(args.duration))
     with tempfile.TemporaryDirectory(prefix="fraudstream-chaos-") as tmp:
-        settings, headers = bring_up(Path(tmp))
+        settings, headers, analyst = bring_up(Path(tmp))
         try:
             print("faults: " + "; ".join(f"{f.at:.0f}s {f.name} ({f.down:g}s)"
                                          for f in schedule), flush=True)
-            run = run_chaos(settings, cfg, schedule, headers, progress)
+            run = run_chaos(settings, cfg, schedule, headers, progress, analyst=analyst)
             print("load done; waiting for the history to hold every answer", flush=True)
             complete = wait_recorded(settings, run, timeout=300, progress=lambda got, want:
                                      print(f"  recorded {got:,} of {want:,}", flush=True))

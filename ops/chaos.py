@@ -33,7 +33,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -127,6 +127,20 @@ class LabelLog:
 
 
 @dataclass
+class VerdictLog:
+    """An analyst's verdict on a payment decided review (a case in the review queue)."""
+
+    payment_id: str
+    terminal_id: str
+    card_id: str
+    verdict: str
+    accepted: float | None = None
+    decided_at: str | None = None
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
 class FaultLog:
     fault: Fault
     start: float
@@ -157,17 +171,21 @@ class ChaosRun:
     labels: list[LabelLog]
     faults: list[FaultLog]
     t0_epoch: float
+    verdicts: list[VerdictLog] = field(default_factory=list)
 
 
 # ---- the load -----------------------------------------------------------------------------
 class _Load:
-    def __init__(self, settings: Settings, cfg: ChaosConfig, headers: dict[str, str]) -> None:
+    def __init__(self, settings: Settings, cfg: ChaosConfig, headers: dict[str, str],
+                 analyst: dict[str, str] | None = None) -> None:
         self.settings, self.cfg = settings, cfg
         self.rng = random.Random(cfg.seed)
         self.run_id = f"chaos{uuid.uuid4().hex[:6]}"
         self.payments: list[PaymentLog] = []
         self.labels: list[LabelLog] = []
+        self.verdicts: list[VerdictLog] = []
         self.headers = headers
+        self.analyst = analyst
         self.client: aiohttp.ClientSession | None = None
         self.t0 = 0.0
 
@@ -175,19 +193,21 @@ class _Load:
         return time.perf_counter() - self.t0
 
     async def _post(self, path: str, body: dict[str, Any],
-                    log: PaymentLog | LabelLog, ok: int) -> dict[str, Any] | None:
+                    log: PaymentLog | LabelLog | VerdictLog, ok: int,
+                    headers: dict[str, str] | None = None,
+                    give_up_after: float | None = None) -> dict[str, Any] | None:
         """Attempts until one answers ``ok`` or the gateway gives up; back-off 0.1 s .. 2 s.
         (aiohttp: with hundreds of requests waiting on a hung API, httpx's pool spends
         quadratic CPU and the load generator itself falls behind.)"""
         assert self.client is not None
         start, pause = self.now(), 0.1
-        while self.now() - start < self.cfg.give_up_after:
+        while self.now() - start < (give_up_after or self.cfg.give_up_after):
             log.attempts += 1
             began = time.perf_counter()
             if isinstance(log, PaymentLog) and log.sent is None:
                 log.sent = self.now()
             try:
-                async with self.client.post(path, json=body) as resp:
+                async with self.client.post(path, json=body, headers=headers) as resp:
                     if resp.status == ok:
                         answer: dict[str, Any] = await resp.json()
                         if isinstance(log, PaymentLog):
@@ -208,9 +228,25 @@ class _Load:
         log.answered = self.now()
         log.decision, log.degraded = answer["decision"], bool(answer.get("degraded"))
         log.replay, log.server_ms = bool(answer.get("replay")), float(answer["latency_ms"])
-        if int(log.payment_id.rsplit("_", 1)[1]) % self.cfg.label_every == 0:
+        index = int(log.payment_id.rsplit("_", 1)[1])
+        if index % self.cfg.label_every == 0:
             await asyncio.sleep(0.5)
             await self._label(log)
+        elif log.decision == "review" and self.analyst is not None:
+            await asyncio.sleep(0.5)
+            await self._verdict(log, "fraud" if index % 2 else "legitimate")
+
+    async def _verdict(self, paid: PaymentLog, verdict: str) -> None:
+        """Retried until the API takes it: 404 until the stream has made the case."""
+        log = VerdictLog(paid.payment_id, paid.terminal_id, paid.card_id, verdict)
+        self.verdicts.append(log)
+        answer = await self._post(f"/v1/reviews/{paid.payment_id}/verdict",
+                                  {"verdict": verdict, "note": "chaos"}, log, 200,
+                                  headers=self.analyst,
+                                  give_up_after=2 * self.cfg.give_up_after)
+        if answer is not None:
+            log.accepted = self.now()
+            log.decided_at = answer["case"]["decided_at"]
 
     async def _label(self, paid: PaymentLog) -> None:
         reported = datetime.now(UTC).isoformat()
@@ -301,8 +337,9 @@ async def _report(load: _Load, faults: list[FaultLog], progress: Progress) -> No
 
 
 async def _run(settings: Settings, cfg: ChaosConfig, schedule: list[Fault],
-               headers: dict[str, str], progress: Progress | None) -> ChaosRun:
-    load = _Load(settings, cfg, headers)
+               headers: dict[str, str], progress: Progress | None,
+               analyst: dict[str, str] | None) -> ChaosRun:
+    load = _Load(settings, cfg, headers, analyst)
     faults: list[FaultLog] = []
     t0_epoch = time.time()
     running = asyncio.create_task(load.run())
@@ -313,15 +350,17 @@ async def _run(settings: Settings, cfg: ChaosConfig, schedule: list[Fault],
     if reporter is not None:
         reporter.cancel()
     return ChaosRun(cfg, load.run_id, load.payments, load.labels,
-                    sorted(faults, key=lambda f: f.start), t0_epoch)
+                    sorted(faults, key=lambda f: f.start), t0_epoch, load.verdicts)
 
 
 def run_chaos(settings: Settings, cfg: ChaosConfig, schedule: list[Fault],
-              headers: dict[str, str], progress: Progress | None = None) -> ChaosRun:
+              headers: dict[str, str], progress: Progress | None = None,
+              analyst: dict[str, str] | None = None) -> ChaosRun:
     """Run the load and the faults (the stack must be up), then make sure every part runs
     again. Call ``audit`` afterwards. ``progress(elapsed_s, answered, sent, faults)`` is
-    called every 5 s."""
-    run = asyncio.run(_run(settings, cfg, schedule, headers, progress))
+    called every 5 s. With ``analyst`` headers (a key with the review scope), payments
+    answered ``review`` get an analyst's verdict through the review queue."""
+    run = asyncio.run(_run(settings, cfg, schedule, headers, progress, analyst))
     for target in _START_ORDER:  # a fault whose restart failed: try once more
         _signal_all(settings, (target,), signal.SIGCONT)
         _start(settings, target)
@@ -334,7 +373,8 @@ def wait_recorded(settings: Settings, run: ChaosRun, timeout: float = 180.0,
     """Wait until the history holds every answered payment and accepted label of the run."""
     store = HistoryStore(settings.history_dir)
     want_p = sum(p.answered is not None for p in run.payments)
-    want_l = sum(lb.accepted is not None for lb in run.labels)
+    want_l = sum(lb.accepted is not None for lb in run.labels) + \
+        sum(v.accepted is not None for v in run.verdicts)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got_p, got_l = _counts(store, run.run_id)
@@ -387,7 +427,21 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
     accepted = labels[labels["accepted"].notna()] if len(labels) else labels
     label_rows = label_raw.reindex(accepted["payment_id"]).fillna(0).astype(int) \
         if len(accepted) else pd.Series(dtype=int)
-    in_features = _labels_in_features(settings, accepted)
+    # Verdicts: each accepted one is one analyst label in the raw history; a fraud verdict
+    # puts its payment in the fraud sets, a legitimate one does not.
+    verdicts = pd.DataFrame([asdict(v) for v in run.verdicts],
+                            columns=[f.name for f in fields(VerdictLog)])
+    decided = verdicts[verdicts["accepted"].notna()]
+    analyst_raw = store.query(
+        "SELECT payment_id, count(*) AS n, bool_and(source = 'analyst') AS analyst, "
+        "bool_and(is_fraud) AS fraud FROM labels_raw WHERE payment_id LIKE ? "
+        "GROUP BY payment_id", like).set_index("payment_id")
+    verdict_rows = analyst_raw.reindex(decided["payment_id"])
+    verdict_wrong = int(((verdict_rows["analyst"] != True) |  # noqa: E712 (NA-safe)
+                         (verdict_rows["fraud"] != (decided["verdict"] == "fraud").to_numpy()))
+                        .sum()) if len(decided) else 0
+    fraud_known = pd.concat([accepted, decided[decided["verdict"] == "fraud"]])
+    in_features = _labels_in_features(settings, fraud_known)
 
     parity = _feature_parity(store, run.run_id)
     answered = pay[pay["answered_ok"]]
@@ -408,6 +462,11 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
         "client_lag_p99_ms": _q((pay["sent"] - pay["due"]) * 1000, 99),
         "labels": len(labels), "labels_accepted": len(accepted),
         "labels_lost": int((label_rows == 0).sum()), "labels_doubled": int((label_rows > 1).sum()),
+        "verdicts": len(verdicts), "verdicts_accepted": len(decided),
+        "verdicts_fraud": int((decided["verdict"] == "fraud").sum()),
+        "verdicts_lost": int(verdict_rows["n"].isna().sum()) if len(decided) else 0,
+        "verdicts_doubled": int((verdict_rows["n"] > 1).sum()) if len(decided) else 0,
+        "verdicts_wrong_label": verdict_wrong,
         "labels_missing_in_features": in_features["missing"],
         "labels_unexpected_in_features": in_features["unexpected"],
         **parity,
