@@ -9,10 +9,14 @@ stream -> history and features.
 Keys::
 
     fs:rq:open           ZSET  payment_id -> payment time: the cases not decided yet
-    fs:rq:decided        ZSET  payment_id -> decision time
+    fs:rq:waiting        ZSET  the same cases -> when they were queued (the queue's age)
+    fs:rq:decided        ZSET  payment_id -> decision time (trimmed after DECIDED_TTL)
     fs:rq:case:{id}      HASH  the case: payment, score, reasons, status, claim, verdict
     fs:rq:unsent         SET   decided cases whose label is not yet durable (Kafka or spool)
     fs:rq:audit          STREAM who claimed, released and decided what, when
+
+A claim is optional: an analyst may decide an open case at once; a claim only keeps the
+others from deciding (or claiming) it while it holds.
 
 Exactly once: a case's verdict is fixed by the first ``decide`` (a Lua script, atomic), with
 its time. Every later ``decide`` with the same verdict returns that same verdict and time,
@@ -35,6 +39,7 @@ from redis.asyncio import Redis
 from model.schemas import Label
 
 OPEN_KEY = "fs:rq:open"
+WAITING_KEY = "fs:rq:waiting"
 DECIDED_KEY = "fs:rq:decided"
 UNSENT_KEY = "fs:rq:unsent"
 AUDIT_KEY = "fs:rq:audit"
@@ -128,6 +133,7 @@ for i = 2, #ARGV, 3 do
     end
     redis.call('HSET', key, unpack(flat))
     redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+    redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
     added = added + 1
   end
 end
@@ -177,7 +183,10 @@ redis.call('HSET', key, 'status', 'decided', 'verdict', ARGV[4], 'note', ARGV[5]
            'decided_by', ARGV[2], 'decided_at', ARGV[3])
 redis.call('EXPIRE', key, ARGV[6])
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+-- the hashes of older decided cases have expired: their ids go too
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[6]))
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'action', 'verdict',
            'payment_id', ARGV[1], 'analyst', ARGV[2], 'verdict', ARGV[4], 'note', ARGV[5],
@@ -215,19 +224,19 @@ class ReviewQueue:
             }).decode()]
         if len(argv) == 1:
             return 0
-        return int(await self._enqueue(keys=[OPEN_KEY], args=argv))
+        return int(await self._enqueue(keys=[OPEN_KEY, WAITING_KEY], args=argv))
 
     async def get(self, payment_id: str, now: float | None = None) -> Case | None:
         raw = await self.redis.hgetall(case_key(payment_id))
-        return Case.from_hash(raw, now or time.time()) if raw else None
+        return Case.from_hash(raw, now if now is not None else time.time()) if raw else None
 
     async def list(self, status: Literal["open", "claimed", "decided", "pending"] = "pending",
                    limit: int = 50, card_id: str | None = None,
                    terminal_id: str | None = None, min_score: float | None = None,
                    analyst: str | None = None, now: float | None = None) -> list[Case]:
         """Cases oldest payment first (decided ones: oldest decision first). ``pending``:
-        open and claimed."""
-        now = now or time.time()
+        open and claimed. Pages by position: a case decided meanwhile may shift a page."""
+        now = now if now is not None else time.time()
         source = DECIDED_KEY if status == "decided" else OPEN_KEY
         out: list[Case] = []
         start, page = 0, max(limit, 200)
@@ -257,7 +266,7 @@ class ReviewQueue:
         return out
 
     async def claim(self, payment_id: str, analyst: str, now: float | None = None) -> Case:
-        now = now or time.time()
+        now = now if now is not None else time.time()
         flat = await self._run(self._claim, [AUDIT_KEY],
                                [payment_id, analyst, now, self.claim_seconds, AUDIT_MAXLEN])
         return Case.from_hash(_pairs(flat), now)
@@ -265,8 +274,9 @@ class ReviewQueue:
     async def decide(self, payment_id: str, analyst: str, verdict: Verdict, note: str = "",
                      now: float | None = None) -> Case:
         """Fix the case's verdict (or return the one fixed before, if the same)."""
-        now = now or time.time()
-        flat = await self._run(self._decide, [OPEN_KEY, DECIDED_KEY, UNSENT_KEY, AUDIT_KEY],
+        now = now if now is not None else time.time()
+        flat = await self._run(self._decide,
+                               [OPEN_KEY, DECIDED_KEY, UNSENT_KEY, AUDIT_KEY, WAITING_KEY],
                                [payment_id, analyst, now, verdict, note,
                                 DECIDED_TTL_SECONDS, AUDIT_MAXLEN])
         return Case.from_hash(_pairs(flat), now)
@@ -276,7 +286,7 @@ class ReviewQueue:
 
     async def unsent(self, older_than: float, now: float | None = None) -> list[Case]:
         """Decided cases whose label is not known durable, decided over ``older_than`` s ago."""
-        now = now or time.time()
+        now = now if now is not None else time.time()
         cases = []
         for pid in await self.redis.smembers(UNSENT_KEY):
             case = await self.get(pid.decode(), now)
@@ -287,14 +297,11 @@ class ReviewQueue:
         return cases
 
     async def stats(self, now: float | None = None) -> tuple[int, float | None]:
-        """Cases waiting, and how long the oldest has waited (seconds since enqueued)."""
-        now = now or time.time()
+        """Cases waiting, and how long the longest-waiting one has (seconds since queued)."""
+        now = now if now is not None else time.time()
         size = await self.redis.zcard(OPEN_KEY)
-        head = await self.redis.zrange(OPEN_KEY, 0, 0)
-        if not head:
-            return size, None
-        enqueued = await self.redis.hget(case_key(head[0].decode()), "enqueued_at")
-        return size, (now - float(enqueued)) if enqueued else None
+        head = await self.redis.zrange(WAITING_KEY, 0, 0, withscores=True)
+        return size, (now - float(head[0][1])) if head else None
 
     async def audit(self, count: int = 100) -> list[dict[str, str]]:
         """Who claimed and decided what, newest first."""

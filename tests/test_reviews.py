@@ -135,23 +135,35 @@ def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
 
     from redis.asyncio import Redis
 
-    from model.reviews import ReviewQueue
+    from model.reviews import DECIDED_KEY, OPEN_KEY, WAITING_KEY, ReviewQueue
+
+    def row(pid: str, ts: datetime) -> dict:
+        return {"payment_id": pid, "ts": ts, "card_id": "c", "terminal_id": "t",
+                "amount": 10.0, "currency": "EUR", "score": 0.5, "model_version": "v",
+                "reasons": ["x"]}
 
     async def go():
         redis = Redis.from_url(stack.redis_url)
+        await redis.delete(OPEN_KEY, WAITING_KEY, DECIDED_KEY)
         queue = ReviewQueue(redis)
-        pid = uid("pay")
-        row = {"payment_id": pid, "ts": datetime.now(UTC), "card_id": "c", "terminal_id": "t",
-               "amount": 10.0, "currency": "EUR", "score": 0.5, "model_version": "v",
-               "reasons": ["x"]}
-        assert await queue.enqueue([row]) == 1
-        assert await queue.enqueue([row]) == 0  # redelivered
-        case = await queue.decide(pid, "ana", "legitimate")
-        assert await queue.enqueue([row]) == 0  # recorded again after the verdict
-        again = await queue.get(pid)
+        t0 = 1_800_000_000.0
+        first, older = uid("pay"), uid("pay")
+        assert await queue.enqueue([row(first, datetime.now(UTC))], now=t0) == 1
+        assert await queue.enqueue([row(first, datetime.now(UTC))], now=t0) == 0  # again
+        # an older payment recorded later (a replay): listed first, but the queue's age is
+        # the longest wait
+        await queue.enqueue([row(older, datetime(2026, 9, 1, tzinfo=UTC))], now=t0 + 100)
+        assert [c.payment_id for c in await queue.list(now=t0 + 200)] == [older, first]
+        assert await queue.stats(now=t0 + 200) == (2, 200.0)
+        case = await queue.decide(first, "ana", "legitimate", now=t0 + 300)
+        assert await queue.enqueue([row(first, datetime.now(UTC))]) == 0  # after the verdict
+        again = await queue.get(first)
         assert again is not None and again.status == "decided"
         assert again.label() == case.label()  # the same label, field for field
+        assert await queue.stats(now=t0 + 400) == (1, 300.0)
+        # decided ids are dropped once their cases have expired
+        await queue.decide(older, "ana", "fraud", now=t0 + 400 + 100 * 86_400)
+        assert await redis.zrange(DECIDED_KEY, 0, -1) == [older.encode()]
         await redis.aclose()
 
     asyncio.run(go())
-
