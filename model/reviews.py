@@ -140,19 +140,27 @@ end
 return added
 """
 
-# ARGV: payment_id, analyst, now, claim seconds. Errors are "CODE message".
-_CLAIM = """
+# Shared by claim and decide (ARGV[1] payment_id, ARGV[2] analyst, ARGV[3] now): the case,
+# and a refusal while another analyst's claim holds. Errors are "CODE message".
+_FIND_CASE = """
 local key = 'fs:rq:case:' .. ARGV[1]
 local status = redis.call('HGET', key, 'status')
 if not status then return redis.error_reply('404 no review case for this payment') end
-if status == 'decided' then
-  return redis.error_reply('409 already decided by ' .. redis.call('HGET', key, 'decided_by'))
-end
+"""
+_NOT_HELD_BY_OTHERS = """
 local holder = redis.call('HGET', key, 'claimed_by')
 local until_ = tonumber(redis.call('HGET', key, 'claimed_until') or '0')
 if status == 'claimed' and holder ~= ARGV[2] and until_ > tonumber(ARGV[3]) then
   return redis.error_reply('409 claimed by ' .. holder .. ' until ' .. until_)
 end
+"""
+
+# ARGV: payment_id, analyst, now, claim seconds, audit maxlen.
+_CLAIM = _FIND_CASE + """
+if status == 'decided' then
+  return redis.error_reply('409 already decided by ' .. redis.call('HGET', key, 'decided_by'))
+end
+""" + _NOT_HELD_BY_OTHERS + """
 local new_until = tonumber(ARGV[3]) + tonumber(ARGV[4])
 redis.call('HSET', key, 'status', 'claimed', 'claimed_by', ARGV[2],
            'claimed_until', tostring(new_until))
@@ -162,10 +170,7 @@ return redis.call('HGETALL', key)
 """
 
 # ARGV: payment_id, analyst, now, verdict, note, decided ttl, audit maxlen.
-_DECIDE = """
-local key = 'fs:rq:case:' .. ARGV[1]
-local status = redis.call('HGET', key, 'status')
-if not status then return redis.error_reply('404 no review case for this payment') end
+_DECIDE = _FIND_CASE + """
 if status == 'decided' then
   local verdict = redis.call('HGET', key, 'verdict')
   if verdict ~= ARGV[4] then
@@ -174,11 +179,7 @@ if status == 'decided' then
   end
   return redis.call('HGETALL', key)
 end
-local holder = redis.call('HGET', key, 'claimed_by')
-local until_ = tonumber(redis.call('HGET', key, 'claimed_until') or '0')
-if status == 'claimed' and holder ~= ARGV[2] and until_ > tonumber(ARGV[3]) then
-  return redis.error_reply('409 claimed by ' .. holder .. ' until ' .. until_)
-end
+""" + _NOT_HELD_BY_OTHERS + """
 redis.call('HSET', key, 'status', 'decided', 'verdict', ARGV[4], 'note', ARGV[5],
            'decided_by', ARGV[2], 'decided_at', ARGV[3])
 redis.call('EXPIRE', key, ARGV[6])
