@@ -117,7 +117,10 @@ class Monitor:
         for i, name in enumerate(scorer.feature_names):
             if name in reference.get("features", {}):
                 out[name] = psi(reference["features"][name], vectors[:, i])
+        gone = set(self.psi) - set(out)  # a new model without some feature: not stale values
         self.psi = {k: v for k, v in out.items() if v is not None}
+        for name in gone:
+            PSI.remove(name)
         for name, value in self.psi.items():
             PSI.labels(name).set(value)
 

@@ -181,7 +181,8 @@ def monitor(
 
     s = get_settings()
     try:
-        snap = scrape(s.api_url)
+        with httpx.Client(base_url=s.api_url, timeout=5.0) as client:
+            snap = scrape(client)
     except httpx.HTTPError as exc:
         raise fail(f"the API at {s.api_url} did not answer ({type(exc).__name__}): is it up?"
                    ) from exc

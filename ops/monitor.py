@@ -25,10 +25,11 @@ class Snapshot:
     gauges: dict[str, float] = field(default_factory=dict)
 
 
-def scrape(api_url: str, timeout: float = 5.0) -> Snapshot:
-    """One reading of the API. Raises httpx.HTTPError if it does not answer."""
-    health = httpx.get(f"{api_url}/healthz", timeout=timeout).raise_for_status().json()
-    text = httpx.get(f"{api_url}/metrics", timeout=timeout).raise_for_status().text
+def scrape(client: httpx.Client) -> Snapshot:
+    """One reading of the API (``client`` has its base URL). Raises httpx.HTTPError if it
+    does not answer."""
+    health = client.get("/healthz").raise_for_status().json()
+    text = client.get("/metrics").raise_for_status().text
     snap = Snapshot(health)
     decisions: dict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
