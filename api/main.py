@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import multiprocess
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from api.decisions import DecisionRecorder
@@ -132,6 +134,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await producer.stop()
             publisher.spool.seal()
             publisher.label_spool.seal()
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                # this process's live gauges leave /metrics with it
+                multiprocess.mark_process_dead(os.getpid())
             await redis.aclose()
             await mux.close()
 

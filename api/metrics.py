@@ -1,4 +1,10 @@
-"""Prometheus metrics of the scoring service."""
+"""Prometheus metrics of the scoring service.
+
+With several API processes (``FRAUDSTREAM_API_WORKERS``) each writes its own values under
+``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds them up: counters and histograms sum;
+a gauge says how (``multiprocess_mode``): the model loaded per live process, the worst
+drift and lag of any process, the queue as any process read it.
+"""
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -12,7 +18,8 @@ PUBLISH_FAILURES = Counter(
     "fraudstream_publish_failures_total", "Scored-payment events Kafka did not accept"
 )
 MODEL_RELOADS = Counter("fraudstream_model_reloads_total", "Models loaded", ["outcome"])
-MODEL_INFO = Gauge("fraudstream_model_loaded", "1 for the model version in use", ["version"])
+MODEL_INFO = Gauge("fraudstream_model_loaded", "1 for the model version in use", ["version"],
+                   multiprocess_mode="liveall")
 SPOOLED = Counter("fraudstream_spooled_total", "Scored payments written to the local spool")
 REPLAYS = Counter("fraudstream_replays_total", "Retried payment_ids answered from the record")
 
@@ -22,16 +29,19 @@ SCORES = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
 )
 PSI = Gauge("fraudstream_psi", "Population stability index against the model's training "
-            "window, over this process's recent payments", ["input"])
+            "window, over this process's recent payments", ["input"], multiprocess_mode="max")
 STREAM_LAG = Gauge("fraudstream_stream_lag_seconds",
-                   "How far the stream worker is behind the payments this API scored")
+                   "How far the stream worker is behind the payments this API scored",
+                   multiprocess_mode="max")
 LABEL_LAG = Gauge("fraudstream_label_lag_seconds", "Newest payment minus newest label applied "
-                  "to the features (event time)")
+                  "to the features (event time)", multiprocess_mode="max")
 LABEL_DELAY = Gauge("fraudstream_label_delay_labels", "Labels applied that arrived within "
-                    "`le` days of their payment (cumulative)", ["le"])
-REVIEW_QUEUE_SIZE = Gauge("fraudstream_review_queue_size", "Review cases not decided yet")
+                    "`le` days of their payment (cumulative)", ["le"], multiprocess_mode="max")
+REVIEW_QUEUE_SIZE = Gauge("fraudstream_review_queue_size", "Review cases not decided yet",
+                          multiprocess_mode="max")
 REVIEW_QUEUE_AGE = Gauge("fraudstream_review_queue_oldest_seconds",
-                         "How long the oldest open review case has waited")
+                         "How long the oldest open review case has waited",
+                         multiprocess_mode="max")
 REVIEW_VERDICTS = Counter("fraudstream_review_verdicts_total", "Analysts' verdicts given",
                           ["verdict"])
 STALE_ANSWERS = Counter("fraudstream_stale_answers_total",

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_url: str = "http://127.0.0.1:8000"
+    # API processes behind the one port (uvicorn workers), each with its own hot reload,
+    # rules and lists; /metrics adds them up (prometheus multiprocess mode).
+    api_workers: int = Field(default=1, ge=1)
     # How often the API checks the registry for a newly promoted model.
     model_poll_seconds: float = Field(default=2.0, gt=0)
 

@@ -42,11 +42,25 @@ def _progress() -> Progress:
 
 # ---- running the service -------------------------------------------------------------
 @app.command()
-def api(workers: int = typer.Option(1, min=1, help="uvicorn worker processes")) -> None:
+def api(workers: int | None = typer.Option(None, min=1, help="API processes behind the one "
+                                                             "port (default: "
+                                                             "FRAUDSTREAM_API_WORKERS)")
+        ) -> None:
     """Run the scoring API in the foreground."""
+    import os
+    import shutil
+
     import uvicorn
 
     s = get_settings()
+    workers = workers or s.api_workers
+    if workers > 1:
+        # Each process counts in files of its own here; /metrics adds them up. Emptied at
+        # every start: the counts of processes gone are not this run's.
+        shared = s.home / "run" / "prometheus"
+        shutil.rmtree(shared, ignore_errors=True)
+        shared.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared.resolve())
     uvicorn.run("api.main:app_factory", factory=True, host=s.api_host, port=s.api_port,
                 workers=workers, log_level="warning", access_log=False)
 

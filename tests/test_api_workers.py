@@ -1,0 +1,50 @@
+"""Several API processes behind one port: each serves with its own model, rules and lists,
+and /metrics adds them up."""
+
+from __future__ import annotations
+
+import sys
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ops import services
+from tests.conftest import payment
+
+pytestmark = pytest.mark.integration
+
+
+def samples(text: str, name: str) -> list:
+    return [s for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == name]
+
+
+def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, trained,
+                                                                 api_keys):
+    proc = services.api_proc(stream_worker)
+    proc.stop()
+    proc.spawn([sys.executable, "-m", "ops.cli", "api", "--workers", "2"])
+    try:
+        services.wait_until(lambda: services._http_ok(f"{stream_worker.api_url}/healthz"),
+                            "API", 90, proc)
+        with httpx.Client(base_url=stream_worker.api_url,
+                          headers={"X-API-Key": api_keys["all"][0]}) as client:
+            n = 60
+            for _ in range(n):
+                answer = client.post("/v1/payments/score", json=payment())
+                assert answer.status_code == 200 and answer.json()["model_version"] == trained
+
+            # each process loaded the model itself (a gauge per live process)
+            text = httpx.get(f"{stream_worker.api_url}/metrics").text
+            loaded = [s for s in samples(text, "fraudstream_model_loaded")
+                      if s.labels["version"] == trained and s.value == 1]
+            assert len({s.labels["pid"] for s in loaded}) == 2
+            # whichever process answers /metrics (a fresh connection each time: the
+            # kernel spreads them), it counts the payments of both
+            for _ in range(4):
+                text = httpx.get(f"{stream_worker.api_url}/metrics").text
+                decided = sum(s.value for s in samples(text, "fraudstream_decisions_total"))
+                assert decided == n
+    finally:
+        proc.stop()
