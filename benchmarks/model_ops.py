@@ -302,9 +302,8 @@ def analyse(settings: Settings, registry: Registry, month: pd.DataFrame, first: 
                       on="payment_id")
     rows = rows[rows["score"].notna()].sort_values("timestamp").reset_index(drop=True)
     frozen = Scorer.from_version(registry.get(first))
-    feats = [{f: r[FEATURE_PREFIX + f] for f in frozen.feature_names}
-             for r in rows.to_dict("records")]
-    frozen_scores = frozen.probabilities(feats)
+    frozen_scores = frozen.probabilities(
+        rows[[FEATURE_PREFIX + f for f in frozen.feature_names]].to_numpy(dtype=float))
     frozen_decisions = np.array([frozen.thresholds.decide(s) for s in frozen_scores])
     periods = {"before the wave": (rows["timestamp"] < wave_start),
                "wave, first half": (rows["timestamp"] >= wave_start)

@@ -75,11 +75,13 @@ class Scorer:
         except KeyError as exc:
             raise ValueError(f"model {self.version} needs feature {exc.args[0]!r}") from exc
 
-    def probabilities(self, rows: list[dict[str, float]]) -> np.ndarray:
-        """Scores of many payments at once (no reasons): the shadow and the backtests."""
-        if not rows:
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """Scores of many payments at once (rows of features in ``feature_names`` order; no
+        reasons): the shadow's batches, benchmarks."""
+        if len(X) == 0:
             return np.zeros(0)
-        X = np.array([[r[f] for f in self.feature_names] for r in rows], dtype=float)
+        if self.forest is not None:
+            return self.forest.predict_proba_many(X)
         return np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=float)
 
     def score(self, features: dict[str, float]) -> Outcome:

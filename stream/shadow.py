@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from model.history import FEATURE_PREFIX
 from model.registry import Registry
 from model.scorer import Scorer
@@ -57,8 +59,9 @@ class ShadowScorer:
         needed = [FEATURE_PREFIX + f for f in scorer.feature_names]
         scorable = [row for row in rows.values()
                     if not row.get("degraded") and all(row.get(n) is not None for n in needed)]
-        features = [{f: row[FEATURE_PREFIX + f] for f in scorer.feature_names}
-                    for row in scorable]
-        for row, score in zip(scorable, scorer.probabilities(features), strict=True):
+        if not scorable:
+            return
+        X = np.array([[row[n] for n in needed] for row in scorable], dtype=float)
+        for row, score in zip(scorable, scorer.probabilities(X), strict=True):
             row["shadow_score"] = float(score)
             row["shadow_version"] = scorer.version

@@ -28,6 +28,11 @@ def test_compiled_forest_equals_sklearn_predict_proba(data, params):
     test = X[4000:]
     ours = np.array([forest.predict_proba(row) for row in test])
     np.testing.assert_allclose(ours, model.predict_proba(test)[:, 1], rtol=0, atol=1e-9)
+    # the batch walk (the shadow's) gives the same, NaNs routed as training sent them
+    test = test.copy()
+    test[::7, 1] = np.nan
+    np.testing.assert_allclose(forest.predict_proba_many(test), model.predict_proba(test)[:, 1],
+                               rtol=0, atol=1e-9)
 
 
 def test_missing_values_follow_the_learned_direction(data):
@@ -40,6 +45,11 @@ def test_missing_values_follow_the_learned_direction(data):
     assert np.isnan(test).any()
     ours = np.array([forest.predict_proba(row) for row in test])
     np.testing.assert_allclose(ours, model.predict_proba(test)[:, 1], rtol=0, atol=1e-9)
+    # the batch walk (the shadow's) gives the same, NaNs routed as training sent them
+    test = test.copy()
+    test[::7, 1] = np.nan
+    np.testing.assert_allclose(forest.predict_proba_many(test), model.predict_proba(test)[:, 1],
+                               rtol=0, atol=1e-9)
 
 
 def test_contributions_add_up_to_the_raw_score(data):
