@@ -1,27 +1,33 @@
 """Does a challenger in shadow move the scoring hook? Shadow off and on, alternately, in one
-run, at the same rate.
+run, at the same rates.
 
-    python benchmarks/bench_shadow.py [--rate 1000] [--duration 10] [--repeat 3]
+    python benchmarks/bench_shadow.py [--rates 250,500,1000] [--duration 10] [--repeat 3]
 
-Starts its own stack (as ``bench_api.py``), trains a champion and a second model, then runs
-``2 x repeat`` rounds of open-loop load with vegeta, alternating: no challenger, then the
-second model in shadow (the stream worker scores it on every payment it records). Prints
-and writes (``docs/benchmarks-shadow.md``) p50/p99 per mode (medians over rounds), their
-ratio, the CPU per payment of every process, and checks that the history holds a shadow
-score for the payments of the shadow rounds.
+Starts its own stack (as ``bench_api.py``), trains a champion and a second model, then, per
+rate, runs ``2 x repeat`` rounds of open-loop load with vegeta, alternating: no challenger,
+then the second model in shadow (the stream worker scores it on every payment it records).
+Prints and writes (``docs/benchmarks-shadow.md``) per rate and mode (medians over rounds):
+p50/p99 at the client, the API's own scoring time (each answer's ``latency_ms``: request
+parsed to response built), their on/off ratios, the CPU per payment of every process; and
+checks that the history holds a shadow score for the payments of the shadow rounds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import csv
+import io
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import orjson
 import typer
 from rich.console import Console
@@ -43,8 +49,19 @@ from bench_api import (  # noqa: E402
 console = Console()
 
 
+def scoring_ms(results: Path) -> np.ndarray:
+    """The API's own ``latency_ms`` of every 200 answer of a vegeta run."""
+    out = subprocess.run(["vegeta", "encode", "--to=csv", str(results)], check=True,
+                         capture_output=True, text=True).stdout
+    values = []
+    for row in csv.reader(io.StringIO(out)):
+        if row and row[1] == "200":
+            values.append(orjson.loads(base64.b64decode(row[6]))["latency_ms"])
+    return np.array(values)
+
+
 def main(
-    rate: int = typer.Option(1000),
+    rates: str = typer.Option("250,500,1000"),
     duration: float = typer.Option(10.0),
     repeat: int = typer.Option(3, min=1),
     out_doc: Path = typer.Option(ROOT / "docs" / "benchmarks-shadow.md"),
@@ -105,41 +122,55 @@ def main(
                                             start=today - timedelta(days=7),
                                             id_prefix="shadow")).iterrows()]
         url = f"{s.api_url}/v1/payments/score"
-        results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
-        cpu: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+        rate_list = [int(r) for r in rates.split(",")]
+        results: dict[tuple[int, str], list[dict[str, float]]] = {}
+        cpu: dict[tuple[int, str], list[dict[str, float]]] = {}
         used = 0
-        for rnd in range(repeat):
-            for mode in ("off", "on"):
-                if mode == "on":
-                    registry.set_challenger(challenger.version, since=time.time())
-                else:
-                    registry.clear_challenger()
-                time.sleep(3)  # the stream worker follows the registry within 2 s
-                n = int(rate * duration)
-                if used + n > len(bodies):
-                    used = 0
-                tag = f"{mode}{rnd}_".encode()
-                chunk = [b.replace(b'"payment_id":"', b'"payment_id":"' + tag, 1)
-                         for b in bodies[used:used + n]]
-                used += n
-                targets = home / "targets.jsonl"
-                write_targets(targets, chunk, url, key)
-                pids = {"API": services.api_proc(s).pid(),
-                        "stream worker": services.stream_proc(s).pid(),
-                        "Redis": services.redis_proc(s).pid(),
-                        "Kafka": services.kafka_proc(s).pid()}
-                before = cpu_seconds(pids)
-                res, gen_cpu = vegeta(targets, rate, duration, home / "results.bin")
-                # The stream's share is what it spends on these payments, lag included.
-                services.wait_until(lambda: asyncio.run(_stream_lag(s)) == 0,
-                                    "the stream worker to catch up", 300)
-                spent = {k: v - before[k] for k, v in cpu_seconds(pids).items()}
-                row = summarise(res, duration)
-                results[mode].append(row)
-                cpu[mode].append({k: v / row["sent"] * 1e3 for k, v in
-                                  {**spent, "load generator": gen_cpu}.items()})
-                console.print(f"round {rnd + 1} shadow {mode}: p50 {row['p50']:.2f} ms "
-                              f"p99 {row['p99']:.2f} ms errors {int(row['errors'])}")
+        for rate in rate_list:
+            for rnd in range(repeat):
+                # Each order half the time: a round must not always follow the same mode.
+                for mode in (("off", "on") if rnd % 2 == 0 else ("on", "off")):
+                    # A fresh API per round, as bench_api.py: an overloaded round leaves a
+                    # backlog of requests whose callers gave up, which would weigh on the
+                    # next round.
+                    proc = services.api_proc(s)
+                    proc.stop()
+                    services.start_api(s)
+                    if mode == "on":
+                        registry.set_challenger(challenger.version, since=time.time())
+                    else:
+                        registry.clear_challenger()
+                    time.sleep(3)  # the stream worker follows the registry within 2 s
+                    n = int(rate * duration)
+                    if used + n > len(bodies):
+                        used = 0
+                    tag = f"{mode}{rate}x{rnd}_".encode()
+                    chunk = [b.replace(b'"payment_id":"', b'"payment_id":"' + tag, 1)
+                             for b in bodies[used:used + n]]
+                    used += n
+                    targets = home / "targets.jsonl"
+                    write_targets(targets, chunk, url, key)
+                    pids = {"API": services.api_proc(s).pid(),
+                            "stream worker": services.stream_proc(s).pid(),
+                            "Redis": services.redis_proc(s).pid(),
+                            "Kafka": services.kafka_proc(s).pid()}
+                    before = cpu_seconds(pids)
+                    res, gen_cpu = vegeta(targets, rate, duration, home / "results.bin")
+                    own = scoring_ms(home / "results.bin")
+                    # The stream's share: what it spends on these payments, lag included.
+                    services.wait_until(lambda: asyncio.run(_stream_lag(s)) == 0,
+                                        "the stream worker to catch up", 600)
+                    spent = {k: v - before[k] for k, v in cpu_seconds(pids).items()}
+                    row = summarise(res, duration)
+                    row["scoring_p50"] = float(np.percentile(own, 50)) if len(own) else np.nan
+                    row["scoring_p99"] = float(np.percentile(own, 99)) if len(own) else np.nan
+                    results.setdefault((rate, mode), []).append(row)
+                    cpu.setdefault((rate, mode), []).append(
+                        {k: v / row["sent"] * 1e3 for k, v in
+                         {**spent, "load generator": gen_cpu}.items()})
+                    console.print(f"{rate}/s round {rnd + 1} shadow {mode}: client p50 "
+                                  f"{row['p50']:.2f} p99 {row['p99']:.2f} ms; scoring p99 "
+                                  f"{row['scoring_p99']:.2f} ms; errors {int(row['errors'])}")
         registry.clear_challenger()
         shadowed = store.query(
             "SELECT count(*) FILTER (WHERE shadow_version = ?) AS with_shadow, count(*) AS n "
@@ -150,54 +181,59 @@ def main(
     finally:
         services.stop_all(s)
 
-    med = {m: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-           for m, rows in results.items()}
-    cpu_med = {m: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-               for m, rows in cpu.items()}
-    table = Table("shadow", "p50 ms", "p99 ms", "p99.9 ms", "throughput", "errors",
-                  title=f"{rate}/s, median of {repeat} rounds of {duration:g}s each")
-    for mode in ("off", "on"):
-        m = med[mode]
-        table.add_row(mode, f"{m['p50']:.2f}", f"{m['p99']:.2f}", f"{m['p999']:.2f}",
-                      f"{m['throughput']:.0f}", f"{m['errors']:.0f}")
-    console.print(table)
-    ratio = med["on"]["p99"] / med["off"]["p99"]
-    pair_ratios = [on["p99"] / off["p99"] for on, off in zip(results["on"], results["off"],
-                                                             strict=True)]
-    console.print(f"p99 on/off: {ratio:.3f} (per round: "
-                  f"{', '.join(f'{r:.2f}' for r in pair_ratios)})")
-    names = list(cpu_med["off"])
+    med = {key: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+           for key, rows in results.items()}
+    cpu_med = {key: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+               for key, rows in cpu.items()}
+    names = list(next(iter(cpu_med.values())))
     lines = [
         "# Shadow scoring and the scoring hook",
         "",
-        f"`python benchmarks/bench_shadow.py --rate {rate} --duration {duration:g} --repeat "
-        f"{repeat}`, {datetime.now(UTC):%Y-%m-%d}, {machine()}; everything (Redis, Kafka, "
-        "the stream worker, one API process, vegeta) on this machine.",
+        f"`python benchmarks/bench_shadow.py --rates {rates} --duration {duration:g} "
+        f"--repeat {repeat}`, {datetime.now(UTC):%Y-%m-%d}, {machine()}; everything (Redis, "
+        "Kafka, the stream worker, one API process, vegeta) on this machine.",
         "",
-        "Rounds alternate: no challenger, then a second model in shadow (the stream worker "
-        "scores it on every payment it records). Medians over rounds.",
+        "Per rate, rounds alternate (in both orders, half the time each; a fresh API process "
+        "per round): no challenger, and a second model in shadow (the stream worker scores "
+        "it on every payment it records; the API does nothing more). "
+        "Medians over rounds. *Client*: vegeta's latency. *Scoring*: the API's own "
+        "`latency_ms` of each answer (request parsed to response built). The ratios are "
+        "shadow on / off of the medians; per pair of rounds in brackets.",
         "",
-        "| shadow | p50 ms | p99 ms | p99.9 ms | throughput /s | errors |",
-        "|---|---|---|---|---|---|",
-        *(f"| {mode} | {med[mode]['p50']:.2f} | {med[mode]['p99']:.2f} | "
-          f"{med[mode]['p999']:.2f} | {med[mode]['throughput']:.0f} | "
-          f"{med[mode]['errors']:.0f} |" for mode in ("off", "on")),
-        "",
-        f"**p99 with the shadow on / off: {ratio:.3f}** (per pair of rounds: "
-        f"{', '.join(f'{r:.2f}' for r in pair_ratios)}).",
-        "",
-        "CPU per payment (ms), by process, medians:",
-        "",
-        "| shadow | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-        *(f"| {mode} | " + " | ".join(f"{cpu_med[mode][k]:.3f}" for k in names) + " |"
-          for mode in ("off", "on")),
-        "",
-        f"Shadow scores recorded: {int(shadowed['with_shadow']):,} of "
-        f"{int(shadowed['n']):,} payments of the shadow rounds (degraded answers have no "
-        f"features to score); {off_shadow} in the rounds without a challenger.",
-        "",
+        "| rate /s | shadow | client p50 ms | client p99 ms | scoring p50 ms | scoring p99 ms "
+        "| throughput /s | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    table = Table("rate", "shadow", "client p50", "client p99", "scoring p50", "scoring p99",
+                  "throughput", "errors", title=f"median of {repeat} rounds of {duration:g}s")
+    ratios = []
+    for rate in rate_list:
+        for mode in ("off", "on"):
+            m = med[(rate, mode)]
+            cells = [f"{m['p50']:.2f}", f"{m['p99']:.2f}", f"{m['scoring_p50']:.3f}",
+                     f"{m['scoring_p99']:.3f}", f"{m['throughput']:.0f}", f"{m['errors']:.0f}"]
+            table.add_row(str(rate), mode, *cells)
+            lines.append(f"| {rate} | {mode} | " + " | ".join(cells) + " |")
+        pairs = list(zip(results[(rate, "on")], results[(rate, "off")], strict=True))
+
+        def ratio(metric: str, rate: int = rate, pairs: list = pairs) -> str:
+            each = ", ".join(f"{on[metric] / off[metric]:.2f}" for on, off in pairs)
+            return f"**{med[(rate, 'on')][metric] / med[(rate, 'off')][metric]:.2f}** ({each})"
+
+        ratios.append(f"- {rate}/s: client p99 on/off {ratio('p99')}; scoring p99 on/off "
+                      f"{ratio('scoring_p99')}")
+    console.print(table)
+    console.print("\n".join(ratios))
+    lines += ["", *ratios, "", "CPU per payment (ms), by process, medians:", "",
+              "| rate /s | shadow | " + " | ".join(names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for rate in rate_list:
+        for mode in ("off", "on"):
+            lines.append(f"| {rate} | {mode} | " + " | ".join(
+                f"{cpu_med[(rate, mode)][k]:.3f}" for k in names) + " |")
+    lines += ["", f"Shadow scores recorded: {int(shadowed['with_shadow']):,} of "
+              f"{int(shadowed['n']):,} payments of the shadow rounds (degraded answers have "
+              f"no features to score); {off_shadow} in the rounds without a challenger.", ""]
     out_doc.write_text("\n".join(lines))
     console.print(f"wrote {out_doc}")
 
