@@ -1,0 +1,83 @@
+"""Two stream workers in one consumer group share the partitions; one killed mid-run, the
+other takes its partitions over within the session timeout, and the history holds every
+payment once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from model.events import encode, key_of
+from model.history import HistoryStore
+from ops import services
+from tests.conftest import eventually
+from tests.test_restarts import scored
+
+pytestmark = pytest.mark.integration
+SESSION_TIMEOUT = 12.0  # broker_session_timeout of stream.app
+
+
+def partitions(port: int) -> int:
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/ready/", timeout=2)
+    except httpx.HTTPError:
+        return 0
+    return int(answer.json().get("partitions", 0)) if answer.status_code == 200 else 0
+
+
+def test_second_worker_killed_mid_run_loses_nothing_and_doubles_nothing(stream_worker):
+    assert stream_worker.kafka_partitions >= 2
+    second = services.Proc("stream-2", stream_worker.home)
+    port = services.free_port()
+    second.spawn([sys.executable, "-m", "ops.cli", "stream"],
+                 env={"FRAUDSTREAM_STREAM_WEB_PORT": str(port)})
+    try:
+        # the group rebalances: each worker holds some of the partitions
+        eventually(lambda: partitions(port) > 0
+                   and partitions(stream_worker.stream_web_port) > 0, 120, every=0.5)
+        run = f"two{uuid.uuid4().hex[:6]}"
+        events = [scored(i, run) for i in range(4000)]
+        store = HistoryStore(stream_worker.history_dir)
+
+        def recorded() -> int:
+            return int(store.query("SELECT count(DISTINCT payment_id) AS n FROM payments_raw "
+                                   "WHERE payment_id LIKE ?", [f"{run}_%"])["n"][0])
+
+        async def produce() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=stream_worker.kafka_bootstrap,
+                                        linger_ms=20)
+            await producer.start()
+            try:
+                for ev in events:
+                    await producer.send(stream_worker.topic_scored, encode(ev),
+                                        key=key_of(ev))
+                await producer.flush()
+            finally:
+                await producer.stop()
+
+        asyncio.run(produce())
+        eventually(lambda: recorded() > 0, 60, every=0.05)
+        os.kill(second.pid(), signal.SIGKILL)  # no goodbye to the group, no final commit
+        killed = time.monotonic()
+        eventually(lambda: not second.running(), 10)
+        assert recorded() < len(events)  # killed mid-way, or the test proves nothing
+        # the survivor is given every partition once the group gives up on the dead member
+        eventually(lambda: partitions(stream_worker.stream_web_port) >= 2 * stream_worker
+                   .kafka_partitions, 60, every=0.2)
+        took_over = time.monotonic() - killed
+        eventually(lambda: recorded() == len(events), 120)
+        raw = store.query("SELECT count(*) AS n FROM payments_raw WHERE payment_id LIKE ?",
+                          [f"{run}_%"])["n"][0]
+        assert raw == len(events)  # nothing doubled by the redelivered batches
+        print(f"partitions taken over {took_over:.1f} s after the kill")
+        assert took_over <= SESSION_TIMEOUT + 10, took_over
+    finally:
+        second.stop()
