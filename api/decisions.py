@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from api.background import raise_if_cancelled
 from model.idempotency import DecisionStore
 from model.schemas import ScoreResponse
 
@@ -53,6 +54,7 @@ class DecisionRecorder:
                 self._queue[:0] = batch
                 raise
             except Exception as exc:
+                raise_if_cancelled(exc)
                 # The payments stay pending until PENDING_TTL: a retry meanwhile gets 409
                 # ("retry"), never a second scoring.
                 log.warning("%d decisions not kept for replays: %s", len(batch),

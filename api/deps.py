@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from api.background import raise_if_cancelled
 from api.decisions import DecisionRecorder
 from api.model_holder import ModelHolder
 from api.monitor import Monitor
@@ -40,6 +41,7 @@ class PolicyHolder:
             try:
                 await self.refresh()
             except Exception as exc:  # Redis away: keep the rules we have
+                raise_if_cancelled(exc)
                 log.warning("rules not refreshed: %s", type(exc).__name__)
 
 

@@ -40,6 +40,7 @@ from model.reviews import ReviewQueue
 log = logging.getLogger(__name__)
 # How long start-up waits for Kafka before serving without it (spooling).
 KAFKA_START_TIMEOUT = 3.0
+SHUTDOWN_TASK_TIMEOUT = 2.0
 
 
 class ConfigurationError(RuntimeError):
@@ -122,9 +123,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.unfreeze()
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Bounded: a loop stuck in a client library's cancelled call must not keep the
+            # process from shutting down (and flushing what it holds).
+            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_TASK_TIMEOUT)
+            for task in stuck:
+                log.warning("background task did not stop within %gs: %s",
+                            SHUTDOWN_TASK_TIMEOUT, task.get_name())
             with contextlib.suppress(Exception):
                 await decisions.flush()
             # Deliver what is buffered; what Kafka will not take now lands in the spool.

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from api.background import raise_if_cancelled
 from api.metrics import (
     LABEL_DELAY,
     LABEL_LAG,
@@ -131,6 +132,7 @@ class Monitor:
             try:
                 await self.poll()
             except Exception as exc:  # Redis away: keep the last known state
+                raise_if_cancelled(exc)
                 log.debug("freshness not read: %s", type(exc).__name__)
             if time.monotonic() - last_drift >= DRIFT_EVERY:
                 last_drift = time.monotonic()

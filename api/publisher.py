@@ -14,6 +14,7 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 
+from api.background import raise_if_cancelled
 from api.metrics import PUBLISH_FAILURES, SPOOLED
 from api.spool import Segment, Spool
 from model.events import encode, key_of
@@ -139,6 +140,7 @@ class Publisher:
             try:
                 sent = await asyncio.wait_for(self.drain(), timeout=30)
             except Exception as exc:
+                raise_if_cancelled(exc)
                 log.warning("spool not drained yet: %s", type(exc).__name__)
                 continue
             if sent:

@@ -7,7 +7,6 @@ in the audit and in the label.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require
+from api.background import raise_if_cancelled
 from api.deps import Services, get_services
 from api.metrics import REVIEW_VERDICTS
 from api.publisher import Publisher
@@ -165,8 +165,10 @@ async def resend_verdicts(reviews: ReviewQueue, publisher: Publisher,
     the two): send it again. It is the same label, recorded once."""
     while True:
         await asyncio.sleep(every)
-        with contextlib.suppress(Exception):
+        try:
             for case in await reviews.unsent(RESEND_AFTER_SECONDS):
                 await publisher.publish_label(case.label())
                 await reviews.label_sent(case.payment_id)
                 log.info("verdict on %s sent again", case.payment_id)
+        except Exception as exc:  # Redis or the disk away: next round
+            raise_if_cancelled(exc)
