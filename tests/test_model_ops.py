@@ -280,3 +280,21 @@ def test_monitor_reads_health_decisions_and_drift_and_draws_them(api_client, tmp
     assert snap.score_buckets and snap.score_buckets[-1][1] >= 600
     out = plot(snap, tmp_path / "monitor.png")
     assert out.stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_rollback_is_picked_up_by_the_api_within_seconds(api_client, trained):
+    registry = Registry(api_client.app.state.services.settings.models_dir)
+    champion = registry.current_version()
+    mv = registry.get(champion)
+    other = registry.register(mv.load_estimator(), {
+        k: v for k, v in mv.metadata.items() if k not in ("version", "sha256")}).version
+    registry.promote(other, by="test", why="a bad model goes live")
+    eventually(lambda: api_client.get("/healthz").json()["model_version"] == other, 15)
+    assert registry.rollback(by="test").version == champion
+    eventually(lambda: api_client.get("/healthz").json()["model_version"] == champion, 15)
+    out = api_client.post("/v1/payments/score", json=payment()).json()
+    assert out["model_version"] == champion
+    changes = api_client.get("/v1/model").json()["promotions"]
+    assert [c["version"] for c in changes[-2:]] == [other, champion]
+    assert changes[-1]["why"] == f"rollback from {other}"

@@ -222,6 +222,9 @@ class RetrainWorker:
 
     def forever(self, check_seconds: float, status: Callable[[str], None]) -> None:
         while True:
+            # Sleep first: a worker started with the rest of the stack (``up``) leaves the
+            # cores to the scoring path while it starts and warms up.
+            time.sleep(check_seconds)
             try:
                 report = self.tick()
                 line = "; ".join(report.actions) or self._idle_status(report.now)
@@ -233,7 +236,6 @@ class RetrainWorker:
                 status(str(exc))
             except Exception:
                 log.exception("retrain tick failed; trying again next tick")
-            time.sleep(check_seconds)
 
     def _idle_status(self, now: float) -> str:
         last = self.last_run()
