@@ -154,22 +154,13 @@ def _walk_all(x: np.ndarray, roots: np.ndarray, feature: np.ndarray, threshold: 
 def _leaves_many(X: np.ndarray, roots: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
                  left: np.ndarray, right: np.ndarray, missing_right: np.ndarray,
                  expected: np.ndarray) -> np.ndarray:
-    """Per row, the sum of its leaves' values (the walk of ``_walk_all``)."""
+    """Per row, the sum of its leaves' values: ``_walk_all`` row by row (its contributions
+    go to a scratch array)."""
     out = np.zeros(X.shape[0])
+    scratch = np.zeros(X.shape[1])
     for i in range(X.shape[0]):
-        total = 0.0
-        for r in range(roots.shape[0]):
-            node = roots[r]
-            while threshold[node] != np.inf:
-                value = X[i, feature[node]]
-                if value != value:
-                    node = right[node] if missing_right[node] else left[node]
-                elif value > threshold[node]:
-                    node = right[node]
-                else:
-                    node = left[node]
-            total += expected[node]
-        out[i] = total
+        out[i] = _walk_all(X[i], roots, feature, threshold, left, right, missing_right,
+                           expected, scratch)
     return out
 
 
