@@ -30,14 +30,15 @@ class ModelHolder:
             return False
         try:
             # Loading unpickles the model: off the event loop, so scoring goes on meanwhile.
-            scorer = await asyncio.to_thread(Scorer.from_version, self.registry.get(version))
+            mv = self.registry.get(version)
+            scorer = await asyncio.to_thread(Scorer.from_version, mv)
         except Exception:
             MODEL_RELOADS.labels("failed").inc()
             log.exception("could not load model %s; keeping %s", version,
                           self.scorer.version if self.scorer else None)
             return False
         old, self.scorer = self.scorer, scorer
-        self.reference = self.registry.get(version).metadata.get("reference")
+        self.reference = mv.metadata.get("reference")
         if old is not None:
             MODEL_INFO.labels(old.version).set(0)
         MODEL_INFO.labels(scorer.version).set(1)
