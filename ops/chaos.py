@@ -27,10 +27,12 @@ The audit reads the raw Parquet files and Redis, not the de-duplicating views:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -298,7 +300,8 @@ def _signal_all(settings: Settings, targets: tuple[str, ...], sig: int) -> None:
     for target in targets:
         pid = _proc(settings, target).pid()
         if pid is not None:
-            os.kill(pid, sig)
+            with contextlib.suppress(ProcessLookupError):  # died since: nothing to signal
+                os.kill(pid, sig)
 
 
 async def _inject(settings: Settings, fault: Fault, clock: Callable[[], float],
@@ -322,7 +325,9 @@ async def _inject(settings: Settings, fault: Fault, clock: Callable[[], float],
 
             await asyncio.gather(*(restart(t) for t in _START_ORDER if t in fault.targets))
     except Exception as exc:  # the audit reports it; the run goes on
-        log.error = f"{type(exc).__name__}: {exc}"
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
+        log.error = f"{type(exc).__name__}: {exc} ({where})"
     log.end = clock()
 
 

@@ -55,11 +55,13 @@ class Proc:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
-        # A zombie child still answers kill(0); it is not running.
-        stat = Path(f"/proc/{pid}/stat")
-        if stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"):
+        # A zombie child still answers kill(0); it is not running. The zombie may be reaped
+        # while its stat is read (by another thread's Popen): the kernel then answers ESRCH.
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[-1]
+        except (FileNotFoundError, ProcessLookupError):
             return None
-        return pid
+        return None if state.startswith("Z") else pid
 
     def running(self) -> bool:
         return self.pid() is not None
