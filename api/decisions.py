@@ -26,11 +26,12 @@ class DecisionRecorder:
         self.window = window
         self.timeout = timeout
         self.max_batch = max_batch
-        self._queue: list[tuple[str, str, ScoreResponse]] = []
+        self._queue: list[tuple[str, str, str, ScoreResponse]] = []
         self._waiting = asyncio.Event()
 
-    def add(self, payment_id: str, payload_hash: str, response: ScoreResponse) -> None:
-        self._queue.append((payment_id, payload_hash, response))
+    def add(self, card_id: str, payment_id: str, payload_hash: str,
+            response: ScoreResponse) -> None:
+        self._queue.append((card_id, payment_id, payload_hash, response))
         self._waiting.set()
 
     async def run(self) -> None:
@@ -48,14 +49,16 @@ class DecisionRecorder:
             try:
                 async with asyncio.timeout(self.timeout):
                     await self.store.record_decisions(
-                        (pid, phash, r.model_dump_json().encode()) for pid, phash, r in batch)
+                        (card, pid, phash, r.model_dump_json().encode())
+                        for card, pid, phash, r in batch)
             except asyncio.CancelledError:
                 # Shutting down mid-write: back in the queue, for the final flush.
                 self._queue[:0] = batch
                 raise
             except Exception as exc:
                 raise_if_cancelled(exc)
-                # The payments stay pending until PENDING_TTL: a retry meanwhile gets 409
-                # ("retry"), never a second scoring.
+                # The payments stay pending until their mark expires (their deadline plus
+                # PENDING_MARGIN_MS): a retry meanwhile gets 409 ("retry"); after, it is
+                # scored again, which counts nothing twice (``model.idempotency``).
                 log.warning("%d decisions not kept for replays: %s", len(batch),
                             type(exc).__name__)

@@ -15,7 +15,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import multiprocess
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from api.decisions import DecisionRecorder
 from api.deps import PolicyHolder, Services
@@ -27,13 +26,13 @@ from api.reviews import resend_verdicts
 from api.reviews import router as reviews_router
 from api.routes import admin, router
 from api.spool import Spool
+from model import redis_conn
 from model.api_keys import load_keys
 from model.config import Settings, get_settings
 from model.freshness import FreshnessBoard
 from model.idempotency import DecisionStore
 from model.online_features import OnlineStore
 from model.policy import PolicyStore
-from model.redis_mux import RedisMux
 from model.registry import Registry
 from model.reviews import ReviewQueue
 
@@ -59,14 +58,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        # The scoring path's calls share one pipelined connection (``model.redis_mux``);
-        # the pool serves the rest (rules, lists, audit). Bounded: under a burst, calls
-        # queue for a connection instead of opening hundreds of them.
-        redis = Redis(connection_pool=BlockingConnectionPool.from_url(
-            settings.redis_url, password=password, max_connections=settings.redis_pool_size,
-            timeout=1.0, socket_timeout=0.5, socket_connect_timeout=0.25))
-        mux = RedisMux(settings.redis_url, password=password)
+        # The scoring path's calls share one pipelined connection per Redis server
+        # (``model.redis_mux``); the pool serves the rest (rules, lists, audit). Bounded:
+        # under a burst, calls queue for a connection instead of opening hundreds of them.
+        redis = redis_conn.client(settings, pool_size=settings.redis_pool_size)
+        mux = redis_conn.scoring_mux(settings)
+        try:
+            await redis_conn.ready(redis)
+        except Exception as exc:  # Redis down at start: the API starts, degraded
+            log.warning("Redis not reachable at start: %s", type(exc).__name__)
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
@@ -127,8 +127,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # process from shutting down (and flushing what it holds).
             _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_TASK_TIMEOUT)
             for task in stuck:
-                log.warning("background task did not stop within %gs: %s",
-                            SHUTDOWN_TASK_TIMEOUT, task.get_name())
+                frames = "; ".join(f"{f.f_code.co_filename}:{f.f_lineno}"
+                                   for f in task.get_stack(limit=8))
+                log.warning("background task did not stop within %gs: %s at %s",
+                            SHUTDOWN_TASK_TIMEOUT, task.get_name(), frames)
             with contextlib.suppress(Exception):
                 await decisions.flush()
             # Deliver what is buffered; what Kafka will not take now lands in the spool.

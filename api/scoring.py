@@ -14,6 +14,7 @@ from fastapi import HTTPException, status
 from api.deps import Services
 from api.metrics import DECISIONS, REPLAYS, SCORE_LATENCY, STALE_ANSWERS
 from api.publisher import ENQUEUE_TIMEOUT
+from model.idempotency import PENDING_MARGIN_MS
 from model.online_features import Observation
 from model.schemas import Payment, ScoredPayment, ScoreResponse
 
@@ -53,7 +54,8 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     obs = Observation()
     try:
         async with asyncio.timeout(budget * FEATURE_BUDGET):
-            obs = await svc.store.observe(payment, phash, check_lists=True)
+            obs = await svc.store.observe(payment, phash, check_lists=True,
+                                          pending_ms=int(budget * 1000) + PENDING_MARGIN_MS)
     except TimeoutError:
         reasons.append({"code": "degraded_features_timeout",
                         "detail": "online features not read within the deadline"})
@@ -63,9 +65,10 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
         reasons.append({"code": "degraded_features_unavailable",
                         "detail": "online features could not be read"})
 
+    if obs.conflict:
+        raise conflict(payment.payment_id, "already scored with another card")
     if obs.previous is not None:
-        return await replay(payment.payment_id, phash, obs.previous, svc,
-                            started + budget * FEATURE_BUDGET)
+        return await replay(payment, phash, obs.previous, svc, started + budget * FEATURE_BUDGET)
 
     scorer = svc.models.scorer
     features = obs.features or {}
@@ -102,7 +105,7 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     )
     # Kept even when degraded, so that a retry gets this same answer. Off the response's
     # path: a retry racing it waits for it (see ``replay``).
-    svc.decisions.add(payment.payment_id, phash, response)
+    svc.decisions.add(payment.card_id, payment.payment_id, phash, response)
     remaining = budget - (time.perf_counter() - started)
     await svc.publisher.publish_scored(ScoredPayment(
         payment=payment, features=features, score=score, decision=decision,
@@ -114,9 +117,10 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     return response
 
 
-async def replay(payment_id: str, phash: str, previous: bytes, svc: Services,
+async def replay(payment: Payment, phash: str, previous: bytes, svc: Services,
                  wait_until: float) -> ScoreResponse:
     """A payment_id seen before: the first answer again, or 409 if the payload differs."""
+    payment_id = payment.payment_id
     while True:
         state, _, rest = previous.partition(b"|")
         first_hash, _, body = rest.partition(b"|")
@@ -130,7 +134,7 @@ async def replay(payment_id: str, phash: str, previous: bytes, svc: Services,
             raise conflict(payment_id, "is being scored by an earlier request; retry")
         await asyncio.sleep(0.005)
         async with asyncio.timeout(max(wait_until - time.perf_counter(), 0.001)):
-            latest = await svc.decisions.store.previous_decision(payment_id)
+            latest = await svc.decisions.store.previous_decision(payment.card_id, payment_id)
         if latest is None:
             raise conflict(payment_id, "earlier request did not finish; retry")
         previous = latest

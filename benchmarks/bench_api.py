@@ -185,9 +185,9 @@ def main(
                            TrainConfig(force=True, seed=1))
 
             async def warm() -> None:
-                from redis.asyncio import Redis
+                from model import redis_conn
 
-                r = Redis.from_url(s.redis_url)
+                r = redis_conn.client(s)
                 await backfill_online(HistoryStore(s.history_dir), OnlineStore(r), JoinState(r))
                 await r.aclose()
 
@@ -205,11 +205,10 @@ def main(
 
         async def feature_step() -> tuple[list[float], list[dict[str, float]]]:
             """As the API does it: the Lua script on the pipelined connection, lists too."""
-            from redis.asyncio import Redis
+            from model import redis_conn
 
-            from model.redis_mux import RedisMux
 
-            r, mux = Redis.from_url(s.redis_url), RedisMux(s.redis_url)
+            r, mux = redis_conn.client(s), redis_conn.scoring_mux(s)
             store = OnlineStore(r, mux)
             out, vectors = [], []
             for p in rows:
@@ -228,7 +227,7 @@ def main(
         sklearn_us = _timed_us(lambda x: scorer.estimator.predict_proba(x[None, :]), X[:100])
         steps = Table("step (alone)", "p50", "p99", title="the steps of one payment")
         pct = np.percentile
-        steps.add_row("features: one Redis round trip (Lua)", f"{pct(feat_ms, 50):.3f} ms",
+        steps.add_row("features: one Redis round trip (4 calls)", f"{pct(feat_ms, 50):.3f} ms",
                       f"{pct(feat_ms, 99):.3f} ms")
         steps.add_row("model: compiled trees + contributions", f"{pct(compiled_us, 50):.1f} us",
                       f"{pct(compiled_us, 99):.1f} us")

@@ -105,9 +105,9 @@ def main(
                 *_refit(store, registry, TrainConfig(force=True, baselines=False, seed=1)))
 
             async def warm() -> None:
-                from redis.asyncio import Redis
+                from model import redis_conn
 
-                r = Redis.from_url(s.redis_url)
+                r = redis_conn.client(s)
                 await backfill_online(store, OnlineStore(r), JoinState(r))
                 await r.aclose()
 

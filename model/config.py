@@ -21,9 +21,19 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int = 9093
     kafka_partitions: int = Field(default=2, ge=1)
+    # Copies of each topic, and how many must hold a write before it is acknowledged (the
+    # API's producer waits for acks=all). Unset: three and two from three brokers up (one
+    # broker may die without losing or refusing a write), else one and one. The brokers
+    # are those ``kafka_bootstrap`` lists (comma-separated); started locally, one each.
+    kafka_replication_factor: int | None = Field(default=None, ge=1)
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
     redis_pool_size: int = Field(default=32, ge=1)
+    # ``redis_url`` names any node of a Redis Cluster; keys are laid out for it (see
+    # ``model.online_features``). Started locally, the cluster has this many primaries.
+    redis_cluster: bool = False
+    redis_cluster_nodes: int = Field(default=3, ge=3)
 
     # How long the API's producer waits to fill a batch (ms): throughput against delay.
     # How long the API's producer gathers scored payments into one request. Nothing waits
@@ -112,6 +122,17 @@ class Settings(BaseSettings):
         if self.spool_dir is None:
             self.spool_dir = self.home / "spool"
         return self
+
+    @property
+    def kafka_brokers(self) -> list[str]:
+        return [a.strip() for a in self.kafka_bootstrap.split(",") if a.strip()]
+
+    @property
+    def kafka_replication(self) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) of the topics."""
+        factor = self.kafka_replication_factor or min(3, len(self.kafka_brokers))
+        min_isr = self.kafka_min_insync_replicas or (2 if factor >= 3 else 1)
+        return factor, min_isr
 
     @property
     def history_dir(self) -> Path:

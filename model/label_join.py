@@ -6,8 +6,9 @@ payment. A label may reach the stream before its payment does (separate topics, 
 agents). Both sides run as Lua scripts, atomic in Redis, so a label is either joined at once
 or queued and then picked up by the payment: never both, never neither.
 
-Keys: ``fs:pay:{payment_id}`` the payment's ref; ``fs:pending:{payment_id}`` labels waiting
-for it; ``fs:hist:{payment_id}`` the history part file promised to hold the payment.
+Keys: ``fs:pay:{<payment_id>}`` the payment's ref; ``fs:pending:{<payment_id>}`` labels
+waiting for it; ``fs:hist:{<payment_id>}`` the history part file promised to hold the
+payment. The payment_id is their Redis Cluster hash tag: the scripts below touch one slot.
 
 Waiting labels leave their queue only after they were applied (``forget_waiting``), so a
 crash in between applies them again, which changes nothing (applying is idempotent), rather
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 
 from model.features import DAY
 from model.online_features import PaymentRef
+from model.redis_conn import run_script_batch
 
 JOIN_HORIZON = 180 * DAY
 
@@ -39,15 +41,15 @@ return false
 
 
 def payment_key(payment_id: str) -> str:
-    return f"fs:pay:{payment_id}"
+    return f"fs:pay:{{{payment_id}}}"
 
 
 def pending_key(payment_id: str) -> str:
-    return f"fs:pending:{payment_id}"
+    return f"fs:pending:{{{payment_id}}}"
 
 
 def recorded_key(payment_id: str) -> str:
-    return f"fs:hist:{payment_id}"
+    return f"fs:hist:{{{payment_id}}}"
 
 
 class JoinState:
@@ -66,11 +68,9 @@ class JoinState:
         (still queued until ``forget_waiting``). One round trip for the whole batch."""
         if not payments:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for payment_id, ref in payments:
-            await self._remember(keys=[payment_key(payment_id), pending_key(payment_id)],
-                                 args=[ref.encode(), int(JOIN_HORIZON)], client=pipe)
-        return list(await pipe.execute())
+        return await run_script_batch(self.redis, self._remember, [
+            ([payment_key(payment_id), pending_key(payment_id)],
+             [ref.encode(), int(JOIN_HORIZON)]) for payment_id, ref in payments])
 
     async def ref_or_queue(self, payment_id: str, raw_label: bytes) -> PaymentRef | None:
         """The payment's ref, or None after queueing the label for its payment."""
@@ -92,13 +92,19 @@ class JoinState:
     async def forget_waiting(self, payment_ids: list[str]) -> None:
         """Drop the queues of labels that waited for these payments, once applied."""
         if payment_ids:
-            await self.redis.delete(*(pending_key(p) for p in payment_ids))
+            pipe = self.redis.pipeline(transaction=False)
+            for p in payment_ids:  # one key per call: on a cluster they live on every node
+                pipe.delete(pending_key(p))
+            await pipe.execute()
 
     async def promised_parts(self, payment_ids: list[str]) -> dict[str, str]:
         """The history part each payment was promised to, for those that have one."""
         if not payment_ids:
             return {}
-        parts = await self.redis.mget([recorded_key(p) for p in payment_ids])
+        pipe = self.redis.pipeline(transaction=False)
+        for p in payment_ids:
+            pipe.get(recorded_key(p))
+        parts = await pipe.execute()
         return {p: part.decode() for p, part in zip(payment_ids, parts, strict=True)
                 if part is not None}
 

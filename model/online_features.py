@@ -1,28 +1,46 @@
 """The online feature store in Redis: its key layout, the scoring round trip, and how
 labels and back-fills change it.
 
-Keys (each expires after the longest window it serves, plus slack for late events):
+Keys (each expires after the longest window it serves, plus slack for late events). The
+part in braces is the Redis Cluster hash tag: a card's keys share one slot, a terminal's
+another, so every script below touches one slot and runs on a cluster as on one server.
 
-- ``fs2:card:{card_id}``  sorted set: ``{payment_id}|{amount in thousandths}|{terminal_id}|
-                          {country}|{merchant_category}`` per payment, scored by event
-                          timestamp (written when scored)
-- ``fs2:term:{terminal}`` sorted set: payment ids by event timestamp (written when scored)
-- ``fs2:tfk:{terminal}``  sorted set: the terminal's payments now known as fraud, scored by
-                          the time their fraud became known (see ``model.labels``)
-- ``fs2:tfp:{terminal}``  the same payments, scored by their own timestamp
-- ``fs2:cfk:{card_id}``   the card's payments now known as fraud, by when it became known
+- ``fs3:card:{c:<card>}``  sorted set: ``{payment_id}|{amount in thousandths}|{terminal_id}|
+                           {country}|{merchant_category}`` per payment, scored by event
+                           timestamp (written when scored)
+- ``fs3:cfk:{c:<card>}``   the card's payments now known as fraud, by when it became known
+- ``fs3:cfv:{c:<card>}``   hash: per payment, how many labels its ``cfk`` entry reflects
+- ``fs:dec:{c:<card>}:<payment_id>``  the idempotency record (``model.idempotency``)
+- ``fs3:term:{t:<terminal>}`` sorted set: payment ids by event timestamp (written when scored)
+- ``fs3:tfk:{t:<terminal>}``  the terminal's payments now known as fraud, scored by the time
+                              their fraud became known (see ``model.labels``)
+- ``fs3:tfp:{t:<terminal>}``  the same payments, scored by their own timestamp
+- ``fs3:lbl:{t:<terminal>}:<payment_id>``  the payment's labels
 
-One Lua script per payment reads every window aggregate, checks idempotency and the
-allow/block lists, and records the payment: one atomic round trip, so concurrent payments
-on one card each see all those before them. The script returns aggregates, not rows: the
-card's 30-day history is summed inside Redis, next to the data. The formulas on top are
-``model.features.compute``, the same the history's point-in-time features use.
+Scoring a payment is one write of up to four calls, all in flight together (on a cluster,
+one write per node serving them):
+
+- the card's script: the idempotency check, every card window, and the payment recorded in
+  them. **Atomic per card**: concurrent payments on one card each see all those before them,
+  and a retried payment_id is caught in the same step that would count it twice;
+- the terminal's script: the matured windows and their known fraud, and the payment id
+  recorded (read-write, but the windows it reads end a week before any payment it records);
+- the payment_id's owner (``SET NX GET``): the card it was first scored on. A payment_id
+  sent again with another card is a conflict the card's script cannot see from its slot;
+  its card and terminal entries are then taken back (``_FORGET_CARD``);
+- the allow/block lists (``model.policy``), in their own slot.
+
+Each script returns aggregates, not rows: the card's 30-day history is summed inside Redis,
+next to the data. The formulas on top are ``model.features.compute``, the same the
+history's point-in-time features use.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -41,9 +59,15 @@ from model.features import (
     compute,
     to_milli,
 )
-from model.idempotency import CHECK_LUA, decision_key
-from model.policy import LIST_ENTITIES, LIST_LOOKUP_LUA, LIST_SEP
-from model.redis_mux import RedisMux
+from model.idempotency import (
+    CHECK_LUA,
+    IDEMPOTENCY_WINDOW,
+    PENDING_MARGIN_MS,
+    decision_key,
+    owner_key,
+)
+from model.policy import LIST_KEYS, LIST_LOOKUP_LUA, list_values
+from model.redis_mux import Arg, Mux
 from model.schemas import Payment
 
 # Keep members this long past the longest window, so late (out-of-order) events still
@@ -53,31 +77,43 @@ CARD_TTL = int(max(CARD_HORIZON, CARD_FRAUD_WINDOW) + SLACK)
 TERMINAL_TTL = int(TERMINAL_HORIZON + SLACK)
 # A payment's labels are kept while more may come (chargebacks up to ~120 days).
 LABELS_TTL = int(180 * DAY)
-PREFIX = "fs2"  # bumped with the layout: a store of another layout is not misread
+PREFIX = "fs3"  # bumped with the layout: a store of another layout is not misread
+
+
+def card_tag(card_id: str) -> str:
+    return f"{{c:{card_id}}}"
+
+
+def terminal_tag(terminal_id: str) -> str:
+    return f"{{t:{terminal_id}}}"
 
 
 def card_key(card_id: str) -> str:
-    return f"{PREFIX}:card:{card_id}"
-
-
-def terminal_key(terminal_id: str) -> str:
-    return f"{PREFIX}:term:{terminal_id}"
-
-
-def terminal_fraud_known_key(terminal_id: str) -> str:
-    return f"{PREFIX}:tfk:{terminal_id}"
-
-
-def terminal_fraud_paid_key(terminal_id: str) -> str:
-    return f"{PREFIX}:tfp:{terminal_id}"
+    return f"{PREFIX}:card:{card_tag(card_id)}"
 
 
 def card_fraud_known_key(card_id: str) -> str:
-    return f"{PREFIX}:cfk:{card_id}"
+    return f"{PREFIX}:cfk:{card_tag(card_id)}"
 
 
-def labels_key(payment_id: str) -> str:
-    return f"{PREFIX}:lbl:{payment_id}"
+def card_label_count_key(card_id: str) -> str:
+    return f"{PREFIX}:cfv:{card_tag(card_id)}"
+
+
+def terminal_key(terminal_id: str) -> str:
+    return f"{PREFIX}:term:{terminal_tag(terminal_id)}"
+
+
+def terminal_fraud_known_key(terminal_id: str) -> str:
+    return f"{PREFIX}:tfk:{terminal_tag(terminal_id)}"
+
+
+def terminal_fraud_paid_key(terminal_id: str) -> str:
+    return f"{PREFIX}:tfp:{terminal_tag(terminal_id)}"
+
+
+def labels_key(terminal_id: str, payment_id: str) -> str:
+    return f"{PREFIX}:lbl:{terminal_tag(terminal_id)}:{payment_id}"
 
 
 def card_member(payment_id: str, amount: float, terminal_id: str, country: str | None,
@@ -91,17 +127,17 @@ def _lua_list(values: Iterable[float]) -> str:
 
 # Bounds are formatted with 17 significant digits: the exact double Python would compute.
 # Window tests are written as the same expressions as in model.point_in_time.
-_OBSERVE = (
-    f"local DECISION_KEY_INDEX, LIST_ARG = 6, 6\n"
-    f"local CARD_HORIZON, MATURITY = {CARD_HORIZON!r}, {MATURITY!r}\n"
+_EXACT = "local function exact(x) return string.format('%.17g', x) end\n"
+
+# KEYS: card, card fraud known, decision. ARGV: payload hash, ts, payment_id, member,
+# terminal, country, merchant category, pending mark's life (ms).
+_OBSERVE_CARD = (
+    f"local DECISION_KEY_INDEX, PENDING_ARG = 3, 8\n"
+    f"local CARD_HORIZON = {CARD_HORIZON!r}\n"
     f"local CARD_SPANS = {_lua_list(CARD_WINDOWS.values())}\n"
-    f"local RISK_SPANS = {_lua_list(RISK_WINDOWS.values())}\n"
-    f"local RISK_MAX, FRESH, CARD_FRAUD = {max(RISK_WINDOWS.values())!r}, "
-    f"{FRESH_FRAUD_WINDOW!r}, {CARD_FRAUD_WINDOW!r}\n"
-    f"local SLACK, TERMINAL_HORIZON = {SLACK!r}, {TERMINAL_HORIZON!r}\n"
-    + CHECK_LUA
+    f"local CARD_FRAUD, SLACK = {CARD_FRAUD_WINDOW!r}, {SLACK!r}\n"
+    + CHECK_LUA + _EXACT
     + f"""
-local function exact(x) return string.format('%.17g', x) end
 local ts = tonumber(ARGV[2])
 local own = ARGV[3] .. '|'
 -- the card: its earlier payments in (ts - 30d, ts]
@@ -111,8 +147,8 @@ local counts, sums = {{}}, {{}}
 for i = 1, #CARD_SPANS do counts[i] = 0; sums[i] = 0 end
 local prev, seen_t, seen_c, seen_m = nil, 0, 0, 0
 local tenths, tenths_sq = 0, 0
-if ARGV[7] == '' then seen_c = 1 end  -- not given: not new
-if ARGV[8] == '' then seen_m = 1 end
+if ARGV[6] == '' then seen_c = 1 end  -- not given: not new
+if ARGV[7] == '' then seen_m = 1 end
 for j = 1, #rows, 2 do
   local member = rows[j]
   if string.sub(member, 1, #own) ~= own then  -- an earlier attempt of this same payment
@@ -129,21 +165,41 @@ for j = 1, #rows, 2 do
     end
     if prev == nil or t > prev then prev = t end
     if terminal == ARGV[5] then seen_t = 1 end
-    if country == ARGV[7] then seen_c = 1 end
-    if mcc == ARGV[8] then seen_m = 1 end
+    if country == ARGV[6] then seen_c = 1 end
+    if mcc == ARGV[7] then seen_m = 1 end
   end
 end
--- the terminal: its matured windows, and the fraud known in them now
+local cfraud = redis.call('ZCOUNT', KEYS[2], '(' .. exact(ts - CARD_FRAUD), ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. exact(ts - CARD_HORIZON - SLACK))
+redis.call('EXPIRE', KEYS[1], {CARD_TTL})
+local prev_s = false
+if prev ~= nil then prev_s = exact(prev) end
+return {{1, counts, sums, prev_s, {{seen_t, seen_c, seen_m}}, cfraud, {{tenths, tenths_sq}}}}
+"""
+)
+
+# KEYS: terminal, terminal fraud known, terminal fraud by payment time. ARGV: ts,
+# payment_id. Returns the matured windows' counts and fraud, the fresh fraud, and whether
+# the payment id was added (not already there).
+_OBSERVE_TERMINAL = (
+    f"local MATURITY = {MATURITY!r}\n"
+    f"local RISK_SPANS = {_lua_list(RISK_WINDOWS.values())}\n"
+    f"local RISK_MAX, FRESH = {max(RISK_WINDOWS.values())!r}, {FRESH_FRAUD_WINDOW!r}\n"
+    f"local SLACK, TERMINAL_HORIZON = {SLACK!r}, {TERMINAL_HORIZON!r}\n"
+    + _EXACT
+    + f"""
+local ts = tonumber(ARGV[1])
 local hi = ts - MATURITY
 local tcounts, tfraud = {{}}, {{}}
 for i, span in ipairs(RISK_SPANS) do
-  tcounts[i] = redis.call('ZCOUNT', KEYS[2], '(' .. exact(hi - span), exact(hi))
+  tcounts[i] = redis.call('ZCOUNT', KEYS[1], '(' .. exact(hi - span), exact(hi))
   tfraud[i] = 0
 end
-local paid = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. exact(hi - RISK_MAX), exact(hi),
+local paid = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. exact(hi - RISK_MAX), exact(hi),
                         'WITHSCORES')
 for j = 1, #paid, 2 do
-  local known = redis.call('ZSCORE', KEYS[3], paid[j])
+  local known = redis.call('ZSCORE', KEYS[2], paid[j])
   if known and tonumber(known) <= ts then
     local p = tonumber(paid[j + 1])
     for i, span in ipairs(RISK_SPANS) do
@@ -151,24 +207,21 @@ for j = 1, #paid, 2 do
     end
   end
 end
-local fresh = redis.call('ZCOUNT', KEYS[3], '(' .. exact(ts - FRESH), ARGV[2])
-local cfraud = redis.call('ZCOUNT', KEYS[5], '(' .. exact(ts - CARD_FRAUD), ARGV[2])
--- record this payment
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. exact(ts - CARD_HORIZON - SLACK))
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. exact(ts - TERMINAL_HORIZON - SLACK))
-redis.call('EXPIRE', KEYS[1], {CARD_TTL})
-redis.call('EXPIRE', KEYS[2], {TERMINAL_TTL})
-"""
-    + LIST_LOOKUP_LUA
-    + """
-local prev_s = false
-if prev ~= nil then prev_s = exact(prev) end
-return {1, counts, sums, prev_s, {seen_t, seen_c, seen_m}, cfraud, tcounts, tfraud, fresh, hits,
-        {tenths, tenths_sq}}
+local fresh = redis.call('ZCOUNT', KEYS[2], '(' .. exact(ts - FRESH), ARGV[1])
+local added = redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. exact(ts - TERMINAL_HORIZON - SLACK))
+redis.call('EXPIRE', KEYS[1], {TERMINAL_TTL})
+return {{tcounts, tfraud, fresh, added}}
 """
 )
+
+# A payment_id first scored on another card: take back what this call recorded on its
+# card (KEYS: card, decision; ARGV: member).
+_FORGET_CARD = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
 
 # A payment's labels are kept (``labels_key``) and its fraud spell worked out from all of
 # them each time one is added, by the rule of ``model.labels``: the latest label decides,
@@ -176,39 +229,62 @@ return {1, counts, sums, prev_s, {seen_t, seen_c, seen_m}, cfraud, tcounts, tfra
 # idempotent and independent of arrival order: a redelivered label, or a chargeback that
 # reaches the stream after the analyst's later "not fraud", ends in the state the history
 # says. A payment back-filled as fraud has no labels kept; its spell's start seeds them.
-_APPLY_LABEL = f"""
+#
+# The terminal's keys and the card's live in different slots: the terminal's script works
+# the spell out and returns it with the number of labels it saw; the card's applies it
+# unless it already applied a spell worked out from at least as many labels. Labels of a
+# payment only grow, so the card ends where the terminal did, whatever order the two
+# steps of concurrent labels run in, and a crash between them is mended by the redelivery.
+# KEYS: terminal fraud known, terminal fraud by payment time, labels. ARGV: payment_id,
+# 0 or 1, reported_at, payment ts.
+_LABEL_TERMINAL = f"""
 local pid, paid = ARGV[1], ARGV[4]
-if redis.call('EXISTS', KEYS[4]) == 0 then
+if redis.call('EXISTS', KEYS[3]) == 0 then
   local start = redis.call('ZSCORE', KEYS[1], pid)
   if start then
     start = string.format('%.17g', tonumber(start))  -- as Python's format(x, '.17g')
-    redis.call('ZADD', KEYS[4], start, start .. '|1')
+    redis.call('ZADD', KEYS[3], start, start .. '|1')
   end
 end
 -- members 'reported_at|0 or 1': at equal times '|0' sorts first, so fraud is applied last
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[3] .. '|' .. ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[3] .. '|' .. ARGV[2])
 local start = false
-for _, member in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+local members = redis.call('ZRANGE', KEYS[3], 0, -1)
+for _, member in ipairs(members) do
   local at, fraud = string.match(member, '^(.*)|([01])$')
   if fraud == '0' then start = false elseif not start then start = at end
 end
 if start then
   redis.call('ZADD', KEYS[1], start, pid)
   redis.call('ZADD', KEYS[2], paid, pid)
-  redis.call('ZADD', KEYS[3], start, pid)
 else
   redis.call('ZREM', KEYS[1], pid)
   redis.call('ZREM', KEYS[2], pid)
-  redis.call('ZREM', KEYS[3], pid)
 end
-local now = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.17g', now - {TERMINAL_TTL}))
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.17g', now - {TERMINAL_TTL}))
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. string.format('%.17g', now - {CARD_TTL}))
+local cut = '(' .. string.format('%.17g', tonumber(ARGV[3]) - {TERMINAL_TTL})
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cut)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cut)
 redis.call('EXPIRE', KEYS[1], {TERMINAL_TTL})
 redis.call('EXPIRE', KEYS[2], {TERMINAL_TTL})
-redis.call('EXPIRE', KEYS[3], {CARD_TTL})
-redis.call('EXPIRE', KEYS[4], {LABELS_TTL})
+redis.call('EXPIRE', KEYS[3], {LABELS_TTL})
+return {{start, #members}}
+"""
+
+# KEYS: card fraud known, card label counts. ARGV: payment_id, spell start ('' for none),
+# labels seen, reported_at.
+_LABEL_CARD = f"""
+local seen = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[3]) < seen then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+local cut = '(' .. string.format('%.17g', tonumber(ARGV[4]) - {CARD_TTL})
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cut)
+redis.call('EXPIRE', KEYS[1], {CARD_TTL})
+redis.call('EXPIRE', KEYS[2], {LABELS_TTL})
 return 1
 """
 
@@ -243,13 +319,20 @@ class LabelUpdate:
 class Observation:
     """What Redis said about one payment.
 
-    ``previous`` is set when the payment_id was seen before (``pending|hash`` or
-    ``done|hash|response``); then nothing was read or recorded.
+    ``previous`` is set when the payment_id was seen before on this card (``pending|hash``
+    or ``done|hash|response``); then nothing was read or recorded. ``conflict`` when it was
+    first scored on another card; then what this call recorded was taken back.
     """
 
     features: dict[str, float] | None = None
     previous: bytes | None = None
+    conflict: bool = False
     list_hits: tuple[tuple[str, str, str], ...] = ()  # (kind, entity, value)
+
+
+def _hash_of(record: bytes) -> str:
+    """The payload hash in an idempotency record ``state|hash|...``."""
+    return record.split(b"|", 2)[1].decode()
 
 
 def _hit(raw: bytes, payment: Payment) -> tuple[str, str, str]:
@@ -257,48 +340,83 @@ def _hit(raw: bytes, payment: Payment) -> tuple[str, str, str]:
     return kind, entity, str(getattr(payment, entity))
 
 
+class _Script:
+    """A Lua script run through the pipelined connection, or through redis-py."""
+
+    def __init__(self, source: str, redis: Redis, mux: Mux | None) -> None:
+        self.source = source.encode()
+        self.mux = mux
+        self.script = redis.register_script(source)
+
+    async def __call__(self, keys: list[str], args: list[Arg]) -> Any:
+        if self.mux is not None:
+            return await self.mux.evalsha(self.source, keys, args)
+        return await self.script(keys=keys, args=args)
+
+
 class OnlineStore:
     """The online features in Redis. With a ``mux``, ``observe`` goes through that
     pipelined connection (the scoring path); everything else through ``redis``."""
 
-    def __init__(self, redis: Redis, mux: RedisMux | None = None) -> None:
+    def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
         self.redis = redis
         self.mux = mux
-        self._observe = redis.register_script(_OBSERVE)
-        self._observe_src = _OBSERVE.encode()
-        self._apply_label = redis.register_script(_APPLY_LABEL)
+        self._card = _Script(_OBSERVE_CARD, redis, mux)
+        self._terminal = _Script(_OBSERVE_TERMINAL, redis, mux)
+        self._forget_card = _Script(_FORGET_CARD, redis, mux)
+        self._lists = _Script(LIST_LOOKUP_LUA, redis, mux)
+        self._label_terminal = redis.register_script(_LABEL_TERMINAL)
+        self._label_card = redis.register_script(_LABEL_CARD)
+
+    async def _command(self, *args: Arg) -> Any:
+        if self.mux is not None:
+            return await self.mux.execute(*args)
+        return await self.redis.execute_command(*args)
 
     async def observe(
-        self, payment: Payment, payload_hash: str = "", check_lists: bool = False
+        self, payment: Payment, payload_hash: str = "", check_lists: bool = False,
+        pending_ms: int = 250 + PENDING_MARGIN_MS,
     ) -> Observation:
-        """Read every online feature of ``payment`` and record it, in one atomic round trip.
+        """Read every online feature of ``payment`` and record it: one write of concurrent
+        calls, each atomic on its own keys (see the module's docstring).
 
         With a ``payload_hash``, a payment_id seen before is not counted again: the
         previous record is returned instead. With ``check_lists``, the payment's entities
-        are looked up in the allow/block lists in the same trip.
+        are looked up in the allow/block lists in the same trip. ``pending_ms``: how long
+        a retry of this payment_id waits for this call's answer (``model.idempotency``).
         """
         ts = payment.ts
-        pid = payment.payment_id
-        values = ""
+        pid, card, terminal = payment.payment_id, payment.card_id, payment.terminal_id
+        member = card_member(pid, payment.amount, terminal, payment.country,
+                             payment.merchant_category)
+        calls = [
+            self._card([card_key(card), card_fraud_known_key(card), decision_key(card, pid)],
+                       [payload_hash, repr(ts), pid, member, terminal, payment.country or "",
+                        payment.merchant_category or "", pending_ms]),
+            self._terminal([terminal_key(terminal), terminal_fraud_known_key(terminal),
+                            terminal_fraud_paid_key(terminal)], [repr(ts), pid]),
+        ]
         if check_lists:
-            values = LIST_SEP.join("" if (v := getattr(payment, e)) is None else str(v)
-                                   for e in LIST_ENTITIES)
-        keys = [card_key(payment.card_id), terminal_key(payment.terminal_id),
-                terminal_fraud_known_key(payment.terminal_id),
-                terminal_fraud_paid_key(payment.terminal_id),
-                card_fraud_known_key(payment.card_id), decision_key(pid)]
-        args = [payload_hash, repr(ts), pid,
-                card_member(pid, payment.amount, payment.terminal_id, payment.country,
-                            payment.merchant_category),
-                payment.terminal_id, values, payment.country or "",
-                payment.merchant_category or ""]
-        if self.mux is not None:
-            res = await self.mux.evalsha(self._observe_src, keys, args)
-        else:
-            res = await self._observe(keys=keys, args=args)
-        if res[0] == 0:
-            return Observation(previous=res[1])
-        _, counts, sums, prev, seen, cfraud, tcounts, tfraud, fresh, hits, tenths = res
+            calls.append(self._lists(LIST_KEYS, [list_values(payment)]))
+        if payload_hash:
+            calls.append(self._command("SET", owner_key(pid), card, "NX", "GET", "EX",
+                                       int(IDEMPOTENCY_WINDOW)))
+        replies = await asyncio.gather(*calls)
+        card_res, (tcounts, tfraud, fresh, term_added) = replies[0], replies[1]
+        owner = replies[-1] if payload_hash else None
+        if owner is not None and owner != card.encode():
+            # First scored on another card: nothing of this call may stay counted.
+            if card_res[0] == 1:
+                await self._forget_card([card_key(card), decision_key(card, pid)], [member])
+            if term_added:
+                await self._command("ZREM", terminal_key(terminal), pid)
+            return Observation(conflict=True)
+        if card_res[0] == 0:
+            if term_added and _hash_of(card_res[1]) != payload_hash:
+                # Another payload under this id, with another terminal: not counted there.
+                await self._command("ZREM", terminal_key(terminal), pid)
+            return Observation(previous=card_res[1])
+        _, counts, sums, prev, seen, cfraud, tenths = card_res
         agg = Aggregates(
             ts=ts,
             amount=payment.amount,
@@ -314,6 +432,7 @@ class OnlineStore:
             terminal_fresh=fresh,
         )
         values_by_name = compute(agg)
+        hits = replies[2] if check_lists else []
         return Observation(
             features={name: float(values_by_name[name]) for name in FEATURE_NAMES},
             list_hits=tuple(_hit(h, payment) for h in hits),
@@ -322,14 +441,19 @@ class OnlineStore:
     async def apply_label(self, update: LabelUpdate) -> None:
         """Add a label (fraud, or a "not fraud" verdict) to the payment's, and update its
         terminal's and card's fraud accordingly. Idempotent, and the order labels arrive in
-        does not matter (see ``_APPLY_LABEL``)."""
+        does not matter (see ``_LABEL_TERMINAL``)."""
         ref = update.payment
-        await self._apply_label(
+        reported = format(float(update.reported_at), ".17g")
+        start, seen = await self._label_terminal(
             keys=[terminal_fraud_known_key(ref.terminal_id),
-                  terminal_fraud_paid_key(ref.terminal_id), card_fraud_known_key(ref.card_id),
-                  labels_key(update.payment_id)],
-            args=[update.payment_id, "1" if update.is_fraud else "0",
-                  format(float(update.reported_at), ".17g"), repr(float(ref.ts))],
+                  terminal_fraud_paid_key(ref.terminal_id),
+                  labels_key(ref.terminal_id, update.payment_id)],
+            args=[update.payment_id, "1" if update.is_fraud else "0", reported,
+                  repr(float(ref.ts))],
+        )
+        await self._label_card(
+            keys=[card_fraud_known_key(ref.card_id), card_label_count_key(ref.card_id)],
+            args=[update.payment_id, start.decode() if start else "", seen, reported],
         )
 
     async def backfill(

@@ -33,35 +33,47 @@ LIST_ENTITIES = ("card_id", "terminal_id", "country", "merchant_category", "curr
                  "channel")
 # The payment's values of LIST_ENTITIES travel in one argument, joined by this.
 LIST_SEP = "\x1f"
-# A fragment of the scoring round trip's script: ARGV[LIST_ARG] holds the values; the hits
-# come back as 'kind|entity' strings in ``hits``.
-LIST_LOOKUP_LUA = (
-    "local hits = {}\n"
-    "if ARGV[LIST_ARG] ~= '' then\n"
-    "  local entities = {" + ", ".join(f"'{e}'" for e in LIST_ENTITIES) + "}\n"
-    "  local i = 0\n"
-    "  for value in string.gmatch(ARGV[LIST_ARG] .. '" + LIST_SEP + "', '([^" + LIST_SEP
-    + "]*)" + LIST_SEP + "') do\n"
-    "    i = i + 1\n"
-    "    if value ~= '' then\n"
-    "      for _, kind in ipairs({'block', 'allow'}) do\n"
-    "        local key = 'fs:list:' .. kind .. ':' .. entities[i]\n"
-    "        if redis.call('SISMEMBER', key, value) == 1 then\n"
-    "          hits[#hits + 1] = kind .. '|' .. entities[i]\n"
-    "        end\n"
-    "      end\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-)
+KINDS = ("block", "allow")
+# Every key of the policy shares the hash tag {policy}: on a Redis Cluster the rules, the
+# lists and their audit live in one slot, so the lookup below is one script.
 
 
 def list_key(kind: str, entity: str) -> str:
     """Redis set of the values of ``entity`` (card_id, country...) on the allow/block list."""
-    return f"fs:list:{kind}:{entity}"
+    return f"fs:{{policy}}:list:{kind}:{entity}"
 
-RULES_KEY = "fs:rules"
-AUDIT_KEY = "fs:audit"
+
+LIST_KEYS = [list_key(kind, entity) for entity in LIST_ENTITIES for kind in KINDS]
+
+# KEYS: LIST_KEYS; ARGV[1]: the payment's values of LIST_ENTITIES (``list_values``). The
+# hits come back as 'kind|entity' strings.
+LIST_LOOKUP_LUA = (
+    "local hits = {}\n"
+    "local entities = {" + ", ".join(f"'{e}'" for e in LIST_ENTITIES) + "}\n"
+    "local kinds = {" + ", ".join(f"'{k}'" for k in KINDS) + "}\n"
+    "local i = 0\n"
+    "for value in string.gmatch(ARGV[1] .. '" + LIST_SEP + "', '([^" + LIST_SEP
+    + "]*)" + LIST_SEP + "') do\n"
+    "  i = i + 1\n"
+    "  if value ~= '' then\n"
+    "    for k, kind in ipairs(kinds) do\n"
+    "      if redis.call('SISMEMBER', KEYS[(i - 1) * #kinds + k], value) == 1 then\n"
+    "        hits[#hits + 1] = kind .. '|' .. entities[i]\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return hits\n"
+)
+
+
+def list_values(payment: Any) -> str:
+    return LIST_SEP.join("" if (v := getattr(payment, e)) is None else str(v)
+                         for e in LIST_ENTITIES)
+
+
+RULES_KEY = "fs:{policy}:rules"
+AUDIT_KEY = "fs:{policy}:audit"
 SEVERITY = {"approve": 0, "review": 1, "decline": 2}
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
        "==": operator.eq, "!=": operator.ne}

@@ -23,6 +23,7 @@ from typing import Any
 
 import hiredis
 from redis.asyncio.connection import parse_url
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 Arg = str | bytes | int | float
@@ -170,3 +171,120 @@ class RedisMux:
 def _error(reply: hiredis.ReplyError) -> ResponseError:
     message = str(reply)
     return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+
+
+def command_key(command: Sequence[Arg]) -> Arg | None:
+    """The key a command is routed by: the first key of a script, else its first argument
+    (every command the scoring path sends names its key first)."""
+    name = str(command[0]).upper() if not isinstance(command[0], bytes) else \
+        command[0].decode().upper()
+    if name in ("EVALSHA", "EVAL"):
+        return command[3] if int(command[2]) > 0 else None
+    return command[1] if len(command) > 1 else None
+
+
+def _as_bytes(value: Arg) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class ClusterMux:
+    """``RedisMux`` for a Redis Cluster: one pipelined connection per primary, each call
+    sent to the node serving its key's slot. Calls made in one turn of the event loop still
+    share one write per node, so a payment whose scripts live on three nodes costs three
+    concurrent round trips, not three sequential ones.
+
+    The slot map is read from any node (``CLUSTER SLOTS``) at the first call and again when
+    a node answers ``MOVED`` (a slot migrated, a replica promoted) or cannot be reached;
+    such a call is sent once more to the node now serving it. Every script the scoring path
+    runs may be run twice (they check what they already recorded), so that retry is safe.
+    """
+
+    def __init__(self, url: str, password: str | None = None, connect_timeout: float = 0.25,
+                 max_in_flight: int = 10_000) -> None:
+        self.seed = RedisMux(url, password, connect_timeout, max_in_flight)
+        self._opts = (password, connect_timeout, max_in_flight)
+        self._url_user = self.seed.username
+        self._slots: list[tuple[int, int, tuple[str, int]]] = []
+        self._nodes: dict[tuple[str, int], RedisMux] = {}
+        self._lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        if not self._slots:
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            last: Exception | None = None
+            for node in [self.seed, *self._nodes.values()]:
+                try:
+                    if node._writer is None:
+                        await node.connect()
+                    rows = await node.execute("CLUSTER", "SLOTS")
+                    break
+                except (ConnectionError, OSError, TimeoutError) as exc:
+                    last = exc
+            else:
+                raise ConnectionError(f"no Redis Cluster node answers: {last}")
+            self._slots = sorted(
+                (int(r[0]), int(r[1]), (r[2][0].decode() or self.seed.host, int(r[2][1])))
+                for r in rows)
+
+    def _node(self, key: Arg | None) -> RedisMux:
+        slot = key_slot(_as_bytes(key)) if key is not None else 0
+        address = next((a for lo, hi, a in self._slots if lo <= slot <= hi), None)
+        if address is None:
+            raise ConnectionError(f"no Redis Cluster node serves slot {slot}")
+        node = self._nodes.get(address)
+        if node is None:
+            password, timeout, in_flight = self._opts
+            auth = f"{self._url_user}@" if self._url_user else ""
+            node = self._nodes[address] = RedisMux(
+                f"redis://{auth}{address[0]}:{address[1]}/0", password, timeout, in_flight)
+        return node
+
+    async def execute(self, *args: Arg) -> Any:
+        return await self._one(args)
+
+    async def _one(self, command: Sequence[Arg]) -> Any:
+        await self.connect()
+        try:
+            return await self._node(command_key(command)).execute(*command)
+        except (ConnectionError, ResponseError) as exc:
+            if not _rerouted(exc):
+                raise
+            await self.refresh()
+            return await self._node(command_key(command)).execute(*command)
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Each command to its node, all concurrently; error replies returned, not raised."""
+        return list(await asyncio.gather(*(self._one(c) for c in commands),
+                                         return_exceptions=True))
+
+    async def evalsha(self, script: bytes, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        await self.connect()
+        node = self._node(keys[0] if keys else None)
+        try:
+            return await node.evalsha(script, keys, args)
+        except (ConnectionError, ResponseError) as exc:
+            if not _rerouted(exc):
+                raise
+            await self.refresh()
+            return await self._node(keys[0] if keys else None).evalsha(script, keys, args)
+
+    async def close(self) -> None:
+        for node in [self.seed, *self._nodes.values()]:
+            await node.close()
+        self._nodes.clear()
+        self._slots = []
+
+
+def _rerouted(exc: Exception) -> bool:
+    """The call went to a node that no longer serves its slot, or that is gone."""
+    if isinstance(exc, ResponseError):
+        # ASK (a slot half-way through a migration) is not followed: the call fails and
+        # its payment degrades, as during any other Redis fault.
+        return str(exc).startswith(("MOVED", "CLUSTERDOWN"))
+    return True
+
+
+Mux = RedisMux | ClusterMux

@@ -8,12 +8,12 @@ stream -> history and features.
 
 Keys::
 
-    fs:rq:open           ZSET  payment_id -> payment time: the cases not decided yet
-    fs:rq:waiting        ZSET  the same cases -> when they were queued (the queue's age)
-    fs:rq:decided        ZSET  payment_id -> decision time (trimmed after DECIDED_TTL)
-    fs:rq:case:{id}      HASH  the case: payment, score, reasons, status, claim, verdict
-    fs:rq:unsent         SET   decided cases whose label is not yet durable (Kafka or spool)
-    fs:rq:audit          STREAM who claimed, released and decided what, when
+    fs:{rq}:open           ZSET  payment_id -> payment time: the cases not decided yet
+    fs:{rq}:waiting        ZSET  the same cases -> when they were queued (the queue's age)
+    fs:{rq}:decided        ZSET  payment_id -> decision time (trimmed after DECIDED_TTL)
+    fs:{rq}:case:<id>      HASH  the case: payment, score, reasons, status, claim, verdict
+    fs:{rq}:unsent         SET   decided cases whose label is not yet durable (Kafka or spool)
+    fs:{rq}:audit          STREAM who claimed, released and decided what, when
 
 A claim is optional: an analyst may decide an open case at once; a claim only keeps the
 others from deciding (or claiming) it while it holds.
@@ -22,7 +22,7 @@ Exactly once: a case's verdict is fixed by the first ``decide`` (a Lua script, a
 its time. Every later ``decide`` with the same verdict returns that same verdict and time,
 so the label sent again is the same label (same identity in the history) and applying it
 again changes nothing; a different verdict is refused. A verdict whose label did not reach
-Kafka or the API's spool stays in ``fs:rq:unsent`` until it does.
+Kafka or the API's spool stays in ``fs:{rq}:unsent`` until it does.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from redis.asyncio import Redis
 
 from model.schemas import Label
 
-OPEN_KEY = "fs:rq:open"
-WAITING_KEY = "fs:rq:waiting"
-DECIDED_KEY = "fs:rq:decided"
-UNSENT_KEY = "fs:rq:unsent"
-AUDIT_KEY = "fs:rq:audit"
+OPEN_KEY = "fs:{rq}:open"
+WAITING_KEY = "fs:{rq}:waiting"
+DECIDED_KEY = "fs:{rq}:decided"
+UNSENT_KEY = "fs:{rq}:unsent"
+AUDIT_KEY = "fs:{rq}:audit"
 AUDIT_MAXLEN = 100_000
 # Decided cases stay readable this long (the label in the history is the lasting record).
 DECIDED_TTL_SECONDS = 90 * 86_400
@@ -52,7 +52,7 @@ Status = Literal["open", "claimed", "decided"]
 
 
 def case_key(payment_id: str) -> str:
-    return f"fs:rq:case:{payment_id}"
+    return f"fs:{{rq}}:case:{payment_id}"
 
 
 class ReviewError(Exception):
@@ -123,7 +123,7 @@ class Case:
 _ENQUEUE = """
 local added = 0
 for i = 2, #ARGV, 3 do
-  local key = 'fs:rq:case:' .. ARGV[i]
+  local key = 'fs:{rq}:case:' .. ARGV[i]
   if redis.call('EXISTS', key) == 0 then
     local fields = cjson.decode(ARGV[i + 2])
     local flat = {'status', 'open', 'enqueued_at', ARGV[1]}
@@ -143,7 +143,7 @@ return added
 # Shared by claim and decide (ARGV[1] payment_id, ARGV[2] analyst, ARGV[3] now): the case,
 # and a refusal while another analyst's claim holds. Errors are "CODE message".
 _FIND_CASE = """
-local key = 'fs:rq:case:' .. ARGV[1]
+local key = 'fs:{rq}:case:' .. ARGV[1]
 local status = redis.call('HGET', key, 'status')
 if not status then return redis.error_reply('404 no review case for this payment') end
 """

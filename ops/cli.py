@@ -345,8 +345,7 @@ def history_import(
 @history_app.command("backfill-online")
 def history_backfill_online() -> None:
     """Load the recent history into the online feature store (Redis)."""
-    from redis.asyncio import Redis
-
+    from model import redis_conn
     from model.history import HistoryStore
     from model.label_join import JoinState
     from model.online_features import OnlineStore
@@ -355,8 +354,7 @@ def history_backfill_online() -> None:
     s = get_settings()
 
     async def run() -> object:
-        password = s.redis_password.get_secret_value() if s.redis_password else None
-        redis = Redis.from_url(s.redis_url, password=password)
+        redis = redis_conn.client(s)
         try:
             return await backfill_online(HistoryStore(s.history_dir), OnlineStore(redis),
                                         JoinState(redis))
@@ -617,8 +615,7 @@ def replay(
 ) -> None:
     """Send a file through the live API, labels as reported, and compare every decision
     with the backtest of the same payments."""
-    from redis.asyncio import Redis
-
+    from model import redis_conn
     from model.history import HistoryStore
     from model.registry import Registry
     from training.backtest import BacktestConfig, BacktestError, load_file
@@ -642,10 +639,9 @@ def replay(
     except (BacktestError, ImportError_) as exc:
         raise fail(f"{file}: {exc}") from exc
     frame = traffic_frame(payments, labels)
-    password = s.redis_password.get_secret_value() if s.redis_password else None
 
     async def go() -> object:
-        redis = Redis.from_url(s.redis_url, password=password) if exact else None
+        redis = redis_conn.client(s) if exact else None
         try:
             with _progress() as bar:
                 task = bar.add_task(f"replaying to {s.api_url} at {rate:g}/s", total=len(frame))

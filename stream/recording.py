@@ -25,8 +25,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from redis.asyncio import Redis
-
+from model import redis_conn
 from model.config import Settings
 from model.events import decode_label, encode
 from model.freshness import FreshnessBoard
@@ -52,8 +51,7 @@ class Recorder:
     """The stores the agents write to, built once per worker, and what a batch does."""
 
     def __init__(self, settings: Settings) -> None:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        self.redis = Redis.from_url(settings.redis_url, password=password)
+        self.redis = redis_conn.client(settings)
         self.online = OnlineStore(self.redis)
         self.join = JoinState(self.redis)
         self.history = HistoryStore(settings.history_dir)
@@ -66,6 +64,7 @@ class Recorder:
         labels that waited for them applied. Returns the rows written to the history."""
         if not events:
             return 0
+        await redis_conn.ready(self.redis)
         rows = {pid: scored_row(e) for pid, e in events.items()}
         await self.shadow.annotate(rows)
         written = await self._write_once(rows, self.history.holds_payment,
@@ -86,6 +85,7 @@ class Recorder:
     async def apply(self, labels: list[Label], received: datetime) -> int:
         """Labels: into the history once, and applied to the features now or, when their
         payment has not reached the stream yet, queued for it. Returns the rows written."""
+        await redis_conn.ready(self.redis)
         rows = {label_record_id(lb): label_row(lb, received) for lb in labels}
         written = await self._write_once(rows, self.history.holds_label,
                                          self.history.append_labels)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pytest
-from redis.asyncio import Redis
 
+from model import redis_conn
 from model.history import HistoryStore
 from model.registry import Registry
 from training.backtest import BacktestConfig, BacktestError, backtest, load_file
@@ -96,7 +96,7 @@ def test_replay_through_the_live_api_agrees_with_the_backtest(stream_worker, tra
     services.start_api(stream_worker)
     try:
         async def go():
-            redis = Redis.from_url(stream_worker.redis_url)
+            redis = redis_conn.client(stream_worker)
             try:
                 return await replay(stream_worker.api_url, api_keys["all"][0],
                                     traffic_frame(payments, labels), 400.0, redis)

@@ -4,10 +4,10 @@ import asyncio
 import socket
 
 import pytest
-from redis.asyncio import Redis
 
 from api.decisions import DecisionRecorder
 from model.idempotency import DecisionStore, decision_key
+from model.redis_conn import client, scoring_mux
 from model.redis_mux import RedisMux
 from model.schemas import ScoreResponse
 from tests.conftest import uid
@@ -28,19 +28,19 @@ def test_a_batch_cut_off_by_shutdown_is_kept_for_the_final_flush(stack, redis_db
     port = silent.getsockname()[1]
 
     async def go():
-        redis = Redis.from_url(stack.redis_url)
+        redis = client(stack)
         stuck = RedisMux(f"redis://127.0.0.1:{port}/0", password="x", connect_timeout=5)
         recorder = DecisionRecorder(DecisionStore(stuck), window=0.001)
         runner = asyncio.create_task(recorder.run())
         for pid in ids:
-            recorder.add(pid, "hash", answer(pid))
+            recorder.add("card-1", pid, "hash", answer(pid))
         await asyncio.sleep(0.2)
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
         await stuck.close()
         # The final flush (here on a working connection) still has the whole batch.
-        live = RedisMux(stack.redis_url)
+        live = scoring_mux(stack)
         recorder.store = DecisionStore(live)
         await recorder.flush()
         await live.close()
@@ -50,6 +50,6 @@ def test_a_batch_cut_off_by_shutdown_is_kept_for_the_final_flush(stack, redis_db
         asyncio.run(go())
     finally:
         silent.close()
-    stored = [redis_db.get(decision_key(pid)) for pid in ids]
+    stored = [redis_db.get(decision_key("card-1", pid)) for pid in ids]
     assert all(s is not None and s.startswith(b"done|hash|") for s in stored)
     assert ScoreResponse.model_validate_json(stored[0].split(b"|", 2)[2]).payment_id == ids[0]

@@ -236,12 +236,11 @@ def test_monitor_measures_drift_against_the_models_reference():
 
 
 def test_freshness_board_keeps_the_newest_and_counts_label_delays(stack):
-    from redis.asyncio import Redis
-
+    from model import redis_conn
     from model.freshness import FRESH_KEY, LABEL_DELAY_KEY, FreshnessBoard
 
     async def go():
-        redis = Redis.from_url(stack.redis_url)
+        redis = redis_conn.client(stack)
         await redis.delete(FRESH_KEY, LABEL_DELAY_KEY)
         board = FreshnessBoard(redis)
         t = datetime(2026, 11, 1, tzinfo=UTC).timestamp()

@@ -30,8 +30,7 @@ def test_review_queue_notebook_shows_the_oldest_case_with_its_card_and_terminal(
                                                                                   trained):
     import asyncio
 
-    from redis.asyncio import Redis
-
+    from model import redis_conn
     from model.history import HistoryStore
     from model.reviews import ReviewQueue
 
@@ -48,7 +47,7 @@ def test_review_queue_notebook_shows_the_oldest_case_with_its_card_and_terminal(
             for r in recent.to_dict("records")]
 
     async def enqueue():
-        redis = Redis.from_url(stack.redis_url)
+        redis = redis_conn.client(stack)
         try:
             await ReviewQueue(redis).enqueue(rows)
         finally:

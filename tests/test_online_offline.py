@@ -12,13 +12,14 @@ import asyncio
 import numpy as np
 import pandas as pd
 import pytest
-from redis.asyncio import Redis
 
+from model.config import Settings
 from model.features import DAY, FEATURE_NAMES
 from model.online_features import LabelUpdate, OnlineStore, PaymentRef
 from model.point_in_time import compute_features
-from model.redis_mux import RedisMux
+from model.redis_conn import client, scoring_mux
 from model.schemas import Payment
+from tests.conftest import uid
 from training.simulator import SimulationConfig, simulate
 
 pytestmark = pytest.mark.integration
@@ -52,11 +53,10 @@ def traffic_and_labels(seed: int, late: bool) -> tuple[pd.DataFrame, pd.DataFram
     return traffic.iloc[order].reset_index(drop=True), labels
 
 
-async def replay_online(redis_url: str, traffic: pd.DataFrame, labels: pd.DataFrame,
+async def replay_online(settings: Settings, traffic: pd.DataFrame, labels: pd.DataFrame,
                         use_mux: bool) -> pd.DataFrame:
-    redis = Redis.from_url(redis_url)
-    await redis.flushdb()
-    mux = RedisMux(redis_url) if use_mux else None
+    redis = client(settings)
+    mux = scoring_mux(settings) if use_mux else None
     if mux is not None:
         await mux.connect()
     store = OnlineStore(redis, mux)
@@ -95,8 +95,12 @@ def test_online_features_equal_offline_features(stack, seed, late, use_mux):
     assert traffic["is_fraud"].sum() > 20
     assert ((traffic.groupby("card_id")["ts"].diff() < 0).sum() > 0) == late
     assert (~labels["is_fraud"]).any() != late  # withdrawals are exercised
-    redis_url = stack.redis_url.rsplit("/", 1)[0] + "/3"
-    online = asyncio.run(replay_online(redis_url, traffic, labels, use_mux))
+    # Ids of this run only: the store may hold other tests' cards (one db on a cluster).
+    run = uid("oo")
+    traffic = traffic.assign(**{c: run + traffic[c] for c in
+                                ("payment_id", "card_id", "terminal_id")})
+    labels = labels.assign(payment_id=run + labels["payment_id"])
+    online = asyncio.run(replay_online(stack, traffic, labels, use_mux))
     offline = compute_features(traffic, labels)
 
     assert online.shape == offline.shape == (len(traffic), len(FEATURE_NAMES))

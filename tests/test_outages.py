@@ -36,15 +36,19 @@ def timed_post(client, body, deadline_ms):
     return resp, (time.perf_counter() - started) * 1000
 
 
-def test_slow_redis_gets_a_degraded_answer_within_the_deadline(api_client, redis_db):
-    # A busy script blocks the whole Redis server for a second, as a stalled server would.
-    stall = threading.Thread(target=lambda: redis_db.eval(BUSY_SECOND, 0))
-    stall.start()
+def test_slow_redis_gets_a_degraded_answer_within_the_deadline(api_client, stack):
+    # A busy script blocks the whole Redis server for a second, as a stalled server would
+    # (each node of a cluster).
+    stalls = [threading.Thread(target=lambda node=node: node.eval(BUSY_SECOND, 0))
+              for node in services.redis_nodes(stack)]
+    for stall in stalls:
+        stall.start()
     time.sleep(0.05)
     try:
         resp, elapsed = timed_post(api_client, payment(), 150)
     finally:
-        stall.join()
+        for stall in stalls:
+            stall.join()
     assert resp.status_code == 200
     out = resp.json()
     assert out["degraded"] and out["decision"] == "review" and out["score"] is None
@@ -56,8 +60,7 @@ def test_slow_redis_gets_a_degraded_answer_within_the_deadline(api_client, redis
 
 
 def test_redis_stopped_degrades_and_recovers(api_client, stack):
-    proc = services.redis_proc(stack)
-    proc.stop()
+    services.stop_redis(stack)
     try:
         for _ in range(3):
             resp, elapsed = timed_post(api_client, payment(), 200)
@@ -149,7 +152,7 @@ def test_stream_worker_rides_out_a_redis_outage(stream_worker):
                                "(SELECT unnest(?))", [ids]))
 
     during = [event() for _ in range(5)]
-    services.redis_proc(stream_worker).stop()
+    services.stop_redis(stream_worker)
     try:
         asyncio.run(produce(during))
         time.sleep(3)  # the worker meets the outage and retries

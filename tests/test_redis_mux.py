@@ -1,28 +1,59 @@
-"""The pipelined Redis connection of the scoring path, against the real Redis."""
+"""The pipelined Redis connection of the scoring path, against the real Redis. On a Redis
+Cluster these tests talk to its first node alone (what ``RedisMux`` is, one connection to
+one server); ``ClusterMux`` has its own tests below."""
 
 import asyncio
 import threading
 import time
 
 import pytest
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError, ResponseError
 
-from model.redis_mux import RedisMux
+from model.config import Settings
+from model.redis_mux import ClusterMux, RedisMux
 from ops import services
 from tests.test_outages import BUSY_SECOND
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture()
+def node0(stack):
+    """A client of the server the mux talks to (on a cluster, its first node)."""
+    from urllib.parse import urlparse
+
+    url = urlparse(stack.redis_url)
+    client = services._redis_node(stack, url.hostname, url.port)
+    yield client
+    client.close()
+
+
+def here(stack, node0, name: str) -> str:
+    """A key named after ``name`` that this server serves (any key on a single server)."""
+    if not stack.redis_cluster:
+        return name
+    port = node0.connection_pool.connection_kwargs["port"]
+    ranges = [(lo, hi) for lo, hi, (_, p, *_), *_ in node0.execute_command("CLUSTER SLOTS")
+              if p == port]
+    for i in range(10_000):
+        key = f"{name}{{{i}}}"
+        if any(lo <= key_slot(key.encode()) <= hi for lo, hi in ranges):
+            return key
+    raise AssertionError(f"no slot of node {port} found")
+
+
 def run(coro):
     return asyncio.run(coro)
 
 
-def test_concurrent_calls_each_get_their_own_reply(stack):
+def test_concurrent_calls_each_get_their_own_reply(stack, node0):
+    counter = here(stack, node0, "mux:n")
+
     async def go():
         mux = RedisMux(stack.redis_url)
         replies = await asyncio.gather(*(mux.execute("ECHO", f"m{i}") for i in range(500)))
-        many = await mux.execute_many([("ECHO", "a"), ("INCRBY", "mux:n", 0), ("ECHO", "b")])
+        many = await mux.execute_many([("ECHO", "a"), ("INCRBY", counter, 0), ("ECHO", "b")])
         await mux.close()
         return replies, many
 
@@ -31,13 +62,13 @@ def test_concurrent_calls_each_get_their_own_reply(stack):
     assert many[0] == b"a" and isinstance(many[1], int) and many[2] == b"b"
 
 
-def test_callers_that_give_up_do_not_shift_the_replies_of_the_others(stack, redis_db):
+def test_callers_that_give_up_do_not_shift_the_replies_of_the_others(stack, node0):
     # Redis stalls (a busy script): the calls made meanwhile time out. Their replies come
     # later and must be dropped in their turn, not handed to the next callers.
     async def go():
         mux = RedisMux(stack.redis_url)
         await mux.execute("PING")
-        stall = threading.Thread(target=lambda: redis_db.eval(BUSY_SECOND, 0))
+        stall = threading.Thread(target=lambda: node0.eval(BUSY_SECOND, 0))
         stall.start()
         await asyncio.sleep(0.05)
         timed_out = 0
@@ -58,33 +89,38 @@ def test_callers_that_give_up_do_not_shift_the_replies_of_the_others(stack, redi
     assert after == [f"now{i}".encode() for i in range(50)]
 
 
-def test_an_error_reply_is_raised_and_the_connection_goes_on(stack):
+def test_an_error_reply_is_raised_and_the_connection_goes_on(stack, node0):
+    key = here(stack, node0, "mux:str")
+
     async def go():
         mux = RedisMux(stack.redis_url)
-        await mux.execute("SET", "mux:str", "x")
+        await mux.execute("SET", key, "x")
         with pytest.raises(ResponseError, match="WRONGTYPE"):
-            await mux.execute("LPUSH", "mux:str", "y")
-        ok = await mux.execute("GET", "mux:str")
+            await mux.execute("LPUSH", key, "y")
+        ok = await mux.execute("GET", key)
         await mux.close()
         return ok
 
     assert run(go()) == b"x"
 
 
-def test_a_script_unknown_to_redis_is_loaded_and_run(stack, redis_db):
+def test_a_script_unknown_to_redis_is_loaded_and_run(stack, node0):
     script = b"return {KEYS[1], ARGV[1]}"
+    k1, k2 = here(stack, node0, "k1"), here(stack, node0, "k2")
 
     async def go():
         mux = RedisMux(stack.redis_url)
-        first = await mux.evalsha(script, ["k1"], ["a1"])
-        redis_db.script_flush()
-        second = await mux.evalsha(script, ["k2"], ["a2"])
+        first = await mux.evalsha(script, [k1], ["a1"])
+        node0.script_flush()
+        second = await mux.evalsha(script, [k2], ["a2"])
         await mux.close()
         return first, second
 
-    assert run(go()) == ([b"k1", b"a1"], [b"k2", b"a2"])
+    assert run(go()) == ([k1.encode(), b"a1"], [k2.encode(), b"a2"])
 
 
+@pytest.mark.skipif(Settings().redis_cluster,
+                    reason="a Redis Cluster has one database: there is none to select")
 def test_the_database_in_the_url_is_selected(stack, redis_db):
     url = stack.redis_url.rsplit("/", 1)[0] + "/3"
 
@@ -140,3 +176,83 @@ def test_calls_cut_off_by_a_closed_connection_fail_and_later_ones_are_not_shifte
     failed, after = run(go())
     assert all(isinstance(f, ConnectionError) for f in failed)
     assert after == [f"after{i}".encode() for i in range(5)]
+
+
+cluster_only = pytest.mark.skipif(not Settings().redis_cluster,
+                                  reason="ClusterMux needs a Redis Cluster (the cluster run)")
+
+
+@cluster_only
+def test_cluster_mux_sends_each_call_to_the_node_serving_its_key(stack, redis_db):
+    keys = [f"cmux:{i}" for i in range(300)]
+    nodes = {redis_db.get_node_from_key(k).port for k in keys}
+    assert len(nodes) == stack.redis_cluster_nodes  # the keys are spread over every node
+
+    async def go():
+        mux = ClusterMux(stack.redis_url)
+        replies = await mux.execute_many([("SET", k, f"v{i}") for i, k in enumerate(keys)])
+        scripted = await asyncio.gather(*(
+            mux.evalsha(b"return redis.call('GET', KEYS[1])", [k], []) for k in keys))
+        await mux.close()
+        return replies, scripted
+
+    replies, scripted = run(go())
+    assert replies == [b"OK"] * len(keys)
+    assert scripted == [f"v{i}".encode() for i in range(len(keys))]
+    assert [redis_db.get(k) for k in keys] == [f"v{i}".encode() for i in range(len(keys))]
+
+
+@cluster_only
+def test_cluster_mux_follows_moved_with_a_stale_slot_map(stack, redis_db):
+    keys = [f"moved:{i}" for i in range(60)]
+
+    async def go():
+        mux = ClusterMux(stack.redis_url)
+        await mux.connect()
+        # As if every slot had moved to the first node since the map was read: the other
+        # nodes' keys are answered MOVED by it, and the mux reads the map again.
+        first = mux._slots[0][2]
+        mux._slots = [(0, 16383, first)]
+        replies = await mux.execute_many([("SET", k, "x") for k in keys])
+        healed = len({a for _, _, a in mux._slots})
+        await mux.close()
+        return replies, healed
+
+    replies, healed = run(go())
+    assert replies == [b"OK"] * len(keys)
+    assert healed == stack.redis_cluster_nodes
+    assert all(redis_db.get(k) == b"x" for k in keys)
+
+
+@cluster_only
+def test_cluster_mux_a_node_down_fails_its_calls_only_and_they_come_back(stack, redis_db):
+    down = services.redis_proc(stack)  # the first node
+    keys = [f"down:{i}" for i in range(90)]
+    first_port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    on_down = [redis_db.get_node_from_key(k).port == first_port for k in keys]
+    assert any(on_down) and not all(on_down)
+
+    async def go():
+        mux = ClusterMux(stack.redis_url)
+        await mux.execute_many([("SET", k, "before") for k in keys])
+        down.stop()
+        try:
+            during = await mux.execute_many([("GET", k) for k in keys])
+        finally:
+            await asyncio.to_thread(services.start_redis, stack)
+        deadline = time.monotonic() + 20
+        while True:
+            after = await mux.execute_many([("GET", k) for k in keys])
+            if all(a == b"before" for a in after) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        await mux.close()
+        return during, after
+
+    during, after = run(go())
+    for reply, gone in zip(during, on_down, strict=True):
+        if gone:
+            assert isinstance(reply, (ConnectionError, OSError, ResponseError)), reply
+        else:
+            assert reply == b"before"
+    assert after == [b"before"] * len(keys)  # appendonly: the node came back with its data

@@ -133,8 +133,7 @@ def test_review_case_claim_verdict_exactly_once(api_client, stream_worker, analy
 def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
     import asyncio
 
-    from redis.asyncio import Redis
-
+    from model import redis_conn
     from model.reviews import DECIDED_KEY, OPEN_KEY, WAITING_KEY, ReviewQueue
 
     def row(pid: str, ts: datetime) -> dict:
@@ -143,7 +142,7 @@ def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
                 "reasons": ["x"]}
 
     async def go():
-        redis = Redis.from_url(stack.redis_url)
+        redis = redis_conn.client(stack)
         await redis.delete(OPEN_KEY, WAITING_KEY, DECIDED_KEY)
         queue = ReviewQueue(redis)
         t0 = 1_800_000_000.0

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from redis.asyncio import Redis
 
-from model.online_features import terminal_fraud_known_key
+from model.online_features import card_fraud_known_key
 from training.traffic import TrafficReport, send_traffic
 
 SETTLE_TIMEOUT = 30.0
@@ -63,11 +63,12 @@ def _exact_time(epoch: pd.Series) -> pd.Series:
 
 
 def settle_in(redis: Redis) -> Callable[[list[pd.Series]], asyncio.Future[None]]:
-    """Waits until every fraud label given is in the terminal features in Redis."""
+    """Waits until every fraud label given is in the features in Redis. The card's step of a
+    label is applied after the terminal's (``model.online_features``): the card's is awaited."""
 
     async def settle(labels: list[pd.Series]) -> None:
         deadline = time.monotonic() + SETTLE_TIMEOUT
-        waiting = [(terminal_fraud_known_key(lb["terminal_id"]), lb["payment_id"])
+        waiting = [(card_fraud_known_key(lb["card_id"]), lb["payment_id"])
                    for lb in labels if lb["is_fraud"]]
         while waiting:
             pipe = redis.pipeline(transaction=False)
