@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -135,13 +136,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def isolated_env(home: Path, stream_id: str) -> dict[str, str]:
+def isolated_env(home: Path, stream_id: str, kafka_brokers: int | None = None
+                 ) -> dict[str, str]:
     """Settings (as FRAUDSTREAM_* variables) for a whole stack of its own: its own home
-    and free ports, so it runs beside any other (tests, benchmarks)."""
+    and free ports, so it runs beside any other (tests, benchmarks). Of the shape the
+    environment asks for: as many brokers as its ``FRAUDSTREAM_KAFKA_BOOTSTRAP`` lists, a
+    Redis Cluster if ``FRAUDSTREAM_REDIS_CLUSTER`` says so (read by the stack itself)."""
     api_port = free_port()
+    brokers = kafka_brokers or len(Settings().kafka_brokers)
     return {
         "FRAUDSTREAM_HOME": str(home),
-        "FRAUDSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "FRAUDSTREAM_KAFKA_BOOTSTRAP": ",".join(f"127.0.0.1:{free_port()}"
+                                                for _ in range(brokers)),
         "FRAUDSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
         "FRAUDSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "FRAUDSTREAM_STREAM_WEB_PORT": str(free_port()),
@@ -182,18 +188,53 @@ def _host_port(bootstrap: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def kafka_addresses(settings: Settings) -> list[tuple[str, int]]:
+    """The brokers of ``kafka_bootstrap``: started here, one broker per address."""
+    out = []
+    for address in settings.kafka_bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        out.append((host or "127.0.0.1", int(port)))
+    return out
+
+
 def kafka_proc(settings: Settings) -> Proc:
     return Proc("kafka", settings.home)
 
 
-def _kafka_properties(settings: Settings, data: Path) -> str:
-    host, port = _host_port(settings.kafka_bootstrap)
-    cport = settings.kafka_controller_port
+def kafka_node_procs(settings: Settings) -> list[Proc]:
+    """The brokers this project starts (the first is ``kafka_proc``, the one a fault
+    injector kills)."""
+    n = len(kafka_addresses(settings))
+    return [kafka_proc(settings)] + [Proc(f"kafka-{i}", settings.home) for i in range(1, n)]
+
+
+def _kafka_controller_ports(settings: Settings) -> list[int]:
+    """A controller port per broker, chosen once and kept (the quorum's addresses)."""
+    n = len(kafka_addresses(settings))
+    if n == 1:
+        return [settings.kafka_controller_port]
+    saved = settings.home / "kafka" / "controller-ports.json"
+    if saved.exists():
+        return [int(p) for p in json.loads(saved.read_text())]
+    ports = [settings.kafka_controller_port] + [free_port() for _ in range(1, n)]
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(ports))
+    return ports
+
+
+def _kafka_properties(settings: Settings, index: int, data: Path) -> str:
+    addresses = kafka_addresses(settings)
+    host, port = addresses[index]
+    controllers = _kafka_controller_ports(settings)
+    cport = controllers[index]
+    voters = ",".join(f"{i + 1}@{h}:{c}"
+                      for i, ((h, _), c) in enumerate(zip(addresses, controllers, strict=True)))
+    factor, min_isr = settings.kafka_replication
     return "\n".join(
         [
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{host}:{cport}",
+            f"node.id={index + 1}",
+            f"controller.quorum.voters={voters}",
             f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
             f"advertised.listeners=PLAINTEXT://{host}:{port}",
             "controller.listener.names=CONTROLLER",
@@ -201,12 +242,17 @@ def _kafka_properties(settings: Settings, data: Path) -> str:
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             f"log.dirs={data}",
             f"num.partitions={settings.kafka_partitions}",
-            "offsets.topic.replication.factor=1",
+            f"default.replication.factor={factor}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={factor}",
             "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"transaction.state.log.replication.factor={factor}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={factor}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
+            # An acknowledged write is on min.insync.replicas brokers; a replica that was
+            # not in sync never becomes leader (the default, stated).
+            "unclean.leader.election.enable=false",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
             "log.retention.hours=720",
@@ -228,31 +274,49 @@ _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def start_kafka(settings: Settings, timeout: float = 90.0) -> None:
-    proc = kafka_proc(settings)
-    if proc.running():
-        wait_kafka_ready(settings, timeout, proc)
+    """The brokers of ``kafka_bootstrap`` (KRaft, each also a controller of the quorum),
+    those not running; then wait until they serve our topics."""
+    procs = kafka_node_procs(settings)
+    if all(p.running() for p in procs):
+        wait_kafka_ready(settings, timeout, procs[0])
         return
     libs = ensure_kafka_libs()
     base = settings.home / "kafka"
-    data = base / "data"
     base.mkdir(parents=True, exist_ok=True)
-    props = base / "server.properties"
-    props.write_text(_kafka_properties(settings, data))
     (base / "log4j2.xml").write_text(_LOG4J2)
     java = ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={base / 'log4j2.xml'}", "-cp", f"{libs}/*"]
-    if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
-        subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-             "--ignore-formatted"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    # Off the scoring path (the API's producer does not wait for it): when the cores are
-    # contended, the API and Redis go first.
-    proc.spawn([*java, "kafka.Kafka", str(props)], nice=settings.background_nice)
-    wait_kafka_ready(settings, timeout, proc)
+    id_file = base / "cluster.id"
+    if not id_file.exists():
+        id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22])
+    cluster_id = id_file.read_text().strip()
+    for index, proc in enumerate(procs):
+        if proc.running():
+            continue
+        # The first broker keeps the single broker's layout (an existing home reads on).
+        home = base if index == 0 else base / f"broker-{index}"
+        data = home / "data"
+        home.mkdir(parents=True, exist_ok=True)
+        props = home / "server.properties"
+        props.write_text(_kafka_properties(settings, index, data))
+        if not (data / "meta.properties").exists():
+            subprocess.run(
+                # "=": an id may begin with "-" (base64), not to be read as an option
+                [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                 "-c", str(props), "--ignore-formatted"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        # Off the scoring path (the API's producer does not wait for it): when the cores
+        # are contended, the API and Redis go first.
+        proc.spawn([*java, "kafka.Kafka", str(props)], nice=settings.background_nice)
+    wait_kafka_ready(settings, timeout, procs[0])
+
+
+def stop_kafka(settings: Settings) -> None:
+    """Every broker this project started."""
+    for proc in kafka_node_procs(settings):
+        proc.stop()
 
 
 def wait_kafka_ready(settings: Settings, timeout: float, proc: Proc | None = None) -> None:
@@ -283,9 +347,15 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        factor, min_isr = settings.kafka_replication
+        if factor > 1 and len((await admin.describe_cluster())["brokers"]) < factor:
+            raise ServiceError("not every broker has joined the cluster yet")
         wanted = [
-            NewTopic(name=t, num_partitions=settings.kafka_partitions, replication_factor=1)
-            for t in (settings.topic_scored, settings.topic_labels)
+            NewTopic(name=t, num_partitions=settings.kafka_partitions,
+                     replication_factor=factor,
+                     topic_configs={"min.insync.replicas": str(min_isr)})
+            for t in (settings.topic_scored, settings.topic_labels,
+                      settings.topic_dead_letters)
             if t not in existing
         ]
         if wanted:
@@ -306,44 +376,133 @@ def redis_proc(settings: Settings) -> Proc:
     return Proc("redis", settings.home)
 
 
+def redis_node_procs(settings: Settings) -> list[Proc]:
+    """The Redis processes this project starts: one, or a cluster's primaries (the first
+    is ``redis_proc``, the one a fault injector kills)."""
+    if not settings.redis_cluster:
+        return [redis_proc(settings)]
+    return [redis_proc(settings)] + [Proc(f"redis-{i}", settings.home)
+                                     for i in range(1, settings.redis_cluster_nodes)]
+
+
+def _redis_ports(settings: Settings) -> list[tuple[int, int]]:
+    """(port, cluster bus port) per node, chosen once and kept: a restarted node comes
+    back where the others expect it."""
+    url = urlparse(settings.redis_url)
+    if not settings.redis_cluster:
+        return [(url.port or 6379, 0)]
+    saved = settings.home / "redis" / "ports.json"
+    if saved.exists():
+        ports = [tuple(p) for p in json.loads(saved.read_text())]
+        if ports[0][0] != (url.port or 6379):
+            raise ServiceError(f"{saved.parent} holds a cluster whose first node is on port "
+                               f"{ports[0][0]}, not the port of FRAUDSTREAM_REDIS_URL")
+        return ports  # type: ignore[return-value]
+    ports = [(url.port or 6379, free_port())]
+    ports += [(free_port(), free_port()) for _ in range(1, settings.redis_cluster_nodes)]
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(ports))
+    return ports
+
+
 def start_redis(settings: Settings, timeout: float = 30.0) -> None:
-    proc = redis_proc(settings)
-    if not proc.running():
-        if shutil.which("redis-server") is None:
-            raise ServiceError("redis-server not found: install the OS package redis-server")
-        url = urlparse(settings.redis_url)
-        data = settings.home / "redis"
+    """Redis, or with ``redis_cluster`` a Redis Cluster of ``redis_cluster_nodes``
+    primaries on this machine (created the first time)."""
+    if shutil.which("redis-server") is None:
+        raise ServiceError("redis-server not found: install the OS package redis-server")
+    host = urlparse(settings.redis_url).hostname or "127.0.0.1"
+    nodes = list(zip(redis_node_procs(settings), _redis_ports(settings), strict=True))
+    for i, (proc, (port, bus)) in enumerate(nodes):
+        if proc.running():
+            continue
+        data = settings.home / "redis" / (f"node-{i}" if settings.redis_cluster else "")
         data.mkdir(parents=True, exist_ok=True)
         conf = data / "redis.conf"
         lines = [
-            f"bind {url.hostname or '127.0.0.1'}",
-            f"port {url.port or 6379}",
+            f"bind {host}",
+            f"port {port}",
             f"dir {data.resolve()}",
             "appendonly yes",
             "appendfsync everysec",
             "save 60 1000",
             "daemonize no",
         ]
+        if settings.redis_cluster:
+            # No replicas here: a primary down leaves its slots unserved until it is back,
+            # and the others go on serving theirs.
+            lines += ["cluster-enabled yes", f"cluster-port {bus}",
+                      "cluster-config-file nodes.conf", "cluster-node-timeout 5000",
+                      "cluster-require-full-coverage no"]
         if settings.redis_password is not None:
-            lines.append(f"requirepass {settings.redis_password.get_secret_value()}")
+            secret = settings.redis_password.get_secret_value()
+            lines += [f"requirepass {secret}", f"masterauth {secret}"]
         conf.write_text("\n".join(lines) + "\n")
         conf.chmod(0o600)
         proc.spawn(["redis-server", str(conf)])
-    wait_until(lambda: _redis_answers(settings), "Redis", timeout, proc)
+    for proc, (port, _) in nodes:
+        wait_until(lambda port=port: _redis_node_answers(settings, host, port),  # type: ignore[misc]
+                   f"Redis on port {port}", timeout, proc)
+    if settings.redis_cluster:
+        _create_cluster(settings, host, [port for _, (port, _) in nodes], timeout)
 
 
-def redis_client(settings: Settings):  # type: ignore[no-untyped-def]
+def stop_redis(settings: Settings) -> None:
+    """Every Redis process this project started (each node of a local cluster)."""
+    for proc in redis_node_procs(settings):
+        proc.stop()
+
+
+def redis_nodes(settings: Settings) -> list:  # type: ignore[type-arg]
+    """A synchronous client of each server (each node of a local cluster)."""
+    host = urlparse(settings.redis_url).hostname or "127.0.0.1"
+    return [_redis_node(settings, host, port) for port, _ in _redis_ports(settings)]
+
+
+def _redis_node(settings: Settings, host: str, port: int):  # type: ignore[no-untyped-def]
     import redis
 
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return redis.Redis.from_url(settings.redis_url, password=password)
+    return redis.Redis(host=host, port=port, password=password, socket_timeout=2)
 
 
-def _redis_answers(settings: Settings) -> bool:
+def _redis_node_answers(settings: Settings, host: str, port: int) -> bool:
     try:
-        return bool(redis_client(settings).ping())
+        return bool(_redis_node(settings, host, port).ping())
     except Exception:
         return False
+
+
+def _create_cluster(settings: Settings, host: str, ports: list[int], timeout: float) -> None:
+    first = _redis_node(settings, host, ports[0])
+    if int(first.cluster("info")["cluster_slots_assigned"]) == 0:
+        env = {**os.environ}
+        if settings.redis_password is not None:  # through the environment, not argv
+            env["REDISCLI_AUTH"] = settings.redis_password.get_secret_value()
+        done = subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"{host}:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            raise ServiceError(f"redis-cli --cluster create failed: {done.stdout[-2000:]}")
+
+    def every_node_ok() -> bool:
+        try:
+            return all(_redis_node(settings, host, p).cluster("info")["cluster_state"] == "ok"
+                       for p in ports)
+        except Exception:
+            return False
+
+    wait_until(every_node_ok, "Redis Cluster", timeout)
+
+
+def redis_client(settings: Settings):  # type: ignore[no-untyped-def]
+    """A synchronous client (tests, status checks): a ``RedisCluster`` on a cluster."""
+    import redis
+
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(settings.redis_url, password=password)
+    return redis.Redis.from_url(settings.redis_url, password=password)
 
 
 # ---- fraudstream's own processes -----------------------------------------------------
@@ -403,7 +562,7 @@ def _http_ok(url: str) -> bool:
 def stop_all(settings: Settings) -> list[str]:
     stopped = []
     for proc in (retrain_proc(settings), api_proc(settings), stream_proc(settings),
-                 kafka_proc(settings), redis_proc(settings)):
+                 *kafka_node_procs(settings), *redis_node_procs(settings)):
         if proc.stop():
             stopped.append(proc.name)
     return stopped
@@ -412,6 +571,6 @@ def stop_all(settings: Settings) -> list[str]:
 def status(settings: Settings) -> dict[str, int | None]:
     return {
         p.name: p.pid()
-        for p in (kafka_proc(settings), redis_proc(settings), stream_proc(settings),
+        for p in (*kafka_node_procs(settings), *redis_node_procs(settings), stream_proc(settings),
                   api_proc(settings), retrain_proc(settings))
     }

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite, lint included. The fixtures start their
-# own Kafka and Redis on free ports under a temporary directory, and stop them after.
+# Set up (if needed) and run the whole test suite, lint included, twice: against one Redis
+# and one Kafka broker, then against a Redis Cluster (three primaries) and a Kafka of three
+# brokers. The fixtures start their own servers on free ports under a temporary directory,
+# and stop them after. FRAUDSTREAM_TEST_RUNS="single" (or "cluster") runs one of the two;
+# arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,4 +11,16 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "lint: ruff"
 python -m ruff check .
-python -m pytest -q -p no:cacheprovider "$@"
+for run in ${FRAUDSTREAM_TEST_RUNS:-single cluster}; do
+  case "$run" in
+    single)
+      echo "tests: one Redis, one Kafka broker"
+      FRAUDSTREAM_REDIS_CLUSTER=false FRAUDSTREAM_TEST_KAFKA_BROKERS=1 \
+        python -m pytest -q -p no:cacheprovider "$@" ;;
+    cluster)
+      echo "tests: Redis Cluster of three primaries, Kafka of three brokers"
+      FRAUDSTREAM_REDIS_CLUSTER=true FRAUDSTREAM_TEST_KAFKA_BROKERS=3 \
+        python -m pytest -q -p no:cacheprovider "$@" ;;
+    *) echo "FRAUDSTREAM_TEST_RUNS: unknown run '$run' (single, cluster)" >&2; exit 2 ;;
+  esac
+done

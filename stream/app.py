@@ -50,10 +50,10 @@ async def until_done(step: Callable[..., Awaitable[Any]], *args: Any) -> None:
 def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
     app = faust.App(
         settings.stream_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=[f"kafka://{address}" for address in settings.kafka_brokers],
         value_serializer="raw",
         key_serializer="raw",
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka_replication[0],
         topic_partitions=settings.kafka_partitions,
         web_host="127.0.0.1",
         web_port=settings.stream_web_port,

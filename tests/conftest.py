@@ -1,5 +1,9 @@
 """Fixtures: a real Kafka broker, a real Redis and the real stream worker, started once per
-test session on free ports under a temporary home, and stopped at the end."""
+test session on free ports under a temporary home, and stopped at the end.
+
+The cluster run (``scripts/test.sh`` runs both) sets ``FRAUDSTREAM_REDIS_CLUSTER=true`` and
+``FRAUDSTREAM_TEST_KAFKA_BROKERS=3``: the same tests against a Redis Cluster of three
+primaries and a Kafka of three brokers, all started by the fixtures."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pytest
 from model.config import Settings
 
 T = TypeVar("T")
+KAFKA_BROKERS = int(os.environ.get("FRAUDSTREAM_TEST_KAFKA_BROKERS", "1"))
 
 
 def uid(prefix: str) -> str:
@@ -62,7 +67,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     from ops.services import isolated_env
 
     env = {
-        **isolated_env(home, "fraudstream-test"),
+        **isolated_env(home, "fraudstream-test", kafka_brokers=KAFKA_BROKERS),
         "FRAUDSTREAM_MODEL_POLL_SECONDS": "0.5",
         "FRAUDSTREAM_HISTORY_FLUSH_SECONDS": "0.3",
     }
