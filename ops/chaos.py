@@ -448,7 +448,14 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
     fraud_known = pd.concat([accepted, decided[decided["verdict"] == "fraud"]])
     in_features = _labels_in_features(settings, fraud_known)
 
-    parity = _feature_parity(store, run.run_id)
+    # Answered by a second scoring (no replay after failed attempts): its first attempt may
+    # have reached the card's window before its API process died, earlier than the
+    # history's record of it says. The card's payments scored since that first attempt
+    # are uncertain, like those after a degraded one.
+    again = pay[pay["answered_ok"] & (pay["attempts"] > 1)
+                & ~pay["replay"].fillna(False).astype(bool)]
+    rescored = (run.t0_epoch + again["sent"]).groupby(again["card_id"]).min()
+    parity = _feature_parity(store, run.run_id, rescored.to_dict())
     answered = pay[pay["answered_ok"]]
     totals = {
         "requests": len(pay), "answered": int(pay["answered_ok"].sum()),
@@ -476,7 +483,11 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
         "labels_unexpected_in_features": in_features["unexpected"],
         **parity,
     }
+    unanswered = pay[~pay["answered_ok"]]
     return {"run_id": run.run_id, "totals": totals,
+            # What the gateway got for each payment it gave up on, attempt by attempt.
+            "unanswered": [{"payment_id": r.Index, "due_s": round(r.due, 3),
+                            "errors": list(r.errors)} for r in unanswered.itertuples()],
             "per_fault": _per_fault(pay, run),
             "timeline": _timeline(pay, run), "faults": [
                 {"fault": f.fault.name, "start": f.start, "end": f.end, "error": f.error,
@@ -508,11 +519,15 @@ def _labels_in_features(settings: Settings, accepted: pd.DataFrame) -> dict[str,
         client.close()
 
 
-def _feature_parity(store: HistoryStore, run_id: str) -> dict[str, Any]:
+def _feature_parity(store: HistoryStore, run_id: str,
+                    rescored: dict[str, float] | None = None) -> dict[str, Any]:
+    """``rescored``: card -> the first attempt (epoch) of its earliest payment answered by
+    a second scoring."""
     """Served features against the point-in-time recomputation from the raw history."""
     cols = ", ".join(f"{FEATURE_PREFIX}{f}" for f in FEATURE_NAMES)
     payments = store.query(
-        "SELECT payment_id, epoch_us(ts) / 1e6 AS ts, card_id, terminal_id, amount, country, "
+        "SELECT payment_id, epoch_us(ts) / 1e6 AS ts, epoch_us(scored_at) / 1e6 AS scored, "
+        "card_id, terminal_id, amount, country, "
         f"merchant_category, degraded, {cols} FROM payments WHERE payment_id LIKE ? "
         "ORDER BY coalesce(scored_at, ts), ts, payment_id", [f"{run_id}_%"])
     labels = store.query("SELECT payment_id, is_fraud, epoch_us(reported_at) / 1e6 AS "
@@ -522,11 +537,14 @@ def _feature_parity(store: HistoryStore, run_id: str) -> dict[str, Any]:
     served = payments[[FEATURE_PREFIX + f for f in FEATURE_NAMES]].set_axis(
         list(FEATURE_NAMES), axis=1)
     # A payment answered degraded may or may not have reached the online windows (Redis
-    # down: not; Redis hung past the deadline: perhaps later), so its card's later
-    # payments cannot be held to exact equality. (The terminal's windows end 7 days ago:
+    # down: not; Redis hung past the deadline: perhaps later), and one answered by a
+    # second scoring reached them at its first attempt, so its card's later payments
+    # cannot be held to exact equality. (The terminal's windows end 7 days ago:
     # the run's own payments are not in them.) Labels count whatever their payment's answer.
     degraded = payments["degraded"].fillna(False).astype(bool)
     after = degraded.groupby(payments["card_id"]).cumsum().astype(bool) & ~degraded
+    since = payments["card_id"].map(rescored or {})
+    after |= (payments["scored"] >= since).fillna(False) & ~degraded
     offline = compute_features(payments, labels)
     check = (~degraded & ~after & served.notna().all(axis=1)).to_numpy()
     on, windows = served[check], offline[check]
