@@ -96,6 +96,14 @@ def card_fraud_known_key(card_id: str) -> str:
     return f"{PREFIX}:cfk:{card_tag(card_id)}"
 
 
+def card_state_key(card_id: str) -> str:
+    return f"{PREFIX}:cagg:{card_tag(card_id)}"
+
+
+def card_seen_key(card_id: str) -> str:
+    return f"{PREFIX}:cseen:{card_tag(card_id)}"
+
+
 def card_label_count_key(card_id: str) -> str:
     return f"{PREFIX}:cfv:{card_tag(card_id)}"
 
@@ -129,50 +137,150 @@ def _lua_list(values: Iterable[float]) -> str:
 # Window tests are written as the same expressions as in model.point_in_time.
 _EXACT = "local function exact(x) return string.format('%.17g', x) end\n"
 
-# KEYS: card, card fraud known, decision. ARGV: payload hash, ts, payment_id, member,
-# terminal, country, merchant category, pending mark's life (ms).
+# The card's windows are kept as running aggregates (``card_state_key``): per window its
+# count and amount sum, the 30-day tenths and squared tenths, and the newest payment's
+# time. A payment at or after the newest one (the usual case) reads the aggregates and the
+# few payments that left each window since then: a cost that does not grow with the card's
+# activity. A late payment (before the newest), a retry of one already counted, or a card
+# with no aggregates yet (back-filled, or taken back by a conflict) sums the 30 days
+# instead, as the aggregates' definition says; the two ways give the same integers, so
+# the features stay equal to the history's point-in-time ones.
+_STATE_FIELDS = ["last"] + [f"n{i}" for i in range(1, len(CARD_WINDOWS) + 1)] + \
+    [f"m{i}" for i in range(1, len(CARD_WINDOWS) + 1)] + ["u", "uu"]
+
+# KEYS: card, card fraud known, decision, card state, card seen values. ARGV: payload hash,
+# ts, payment_id, member, terminal, country, merchant category, pending mark's life (ms).
 _OBSERVE_CARD = (
     f"local DECISION_KEY_INDEX, PENDING_ARG = 3, 8\n"
     f"local CARD_HORIZON = {CARD_HORIZON!r}\n"
     f"local CARD_SPANS = {_lua_list(CARD_WINDOWS.values())}\n"
     f"local CARD_FRAUD, SLACK = {CARD_FRAUD_WINDOW!r}, {SLACK!r}\n"
+    f"local STATE_FIELDS = {{{', '.join(repr(f) for f in _STATE_FIELDS)}}}\n"
     + CHECK_LUA + _EXACT
     + f"""
 local ts = tonumber(ARGV[2])
 local own = ARGV[3] .. '|'
--- the card: its earlier payments in (ts - 30d, ts]
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. exact(ts - CARD_HORIZON), ARGV[2],
-                        'WITHSCORES')
+local W = #CARD_SPANS
+local function parse(member)
+  local _, _, milli, terminal, country, mcc = string.find(
+    member, '^.-|(-?%d+)|([^|]*)|([^|]*)|([^|]*)$')
+  return tonumber(milli), terminal, country, mcc
+end
+local function tenth(milli) return math.floor((milli + 50) / 100) end  -- to_tenths
 local counts, sums = {{}}, {{}}
-for i = 1, #CARD_SPANS do counts[i] = 0; sums[i] = 0 end
+for i = 1, W do counts[i] = 0; sums[i] = 0 end
 local prev, seen_t, seen_c, seen_m = nil, 0, 0, 0
 local tenths, tenths_sq = 0, 0
-if ARGV[6] == '' then seen_c = 1 end  -- not given: not new
-if ARGV[7] == '' then seen_m = 1 end
-for j = 1, #rows, 2 do
-  local member = rows[j]
-  if string.sub(member, 1, #own) ~= own then  -- an earlier attempt of this same payment
-    local t = tonumber(rows[j + 1])
-    local _, _, milli, terminal, country, mcc = string.find(
-      member, '^.-|(-?%d+)|([^|]*)|([^|]*)|([^|]*)$')
-    milli = tonumber(milli)
+local st = redis.call('HMGET', KEYS[4], unpack(STATE_FIELDS))
+local last = tonumber(st[1])
+local retry = redis.call('ZSCORE', KEYS[1], ARGV[4])
+local newest = {{}}  -- value -> newest time seen, when the seen values are rebuilt
+-- (a card idle for 30 days has nothing left in its windows: summed, to be safe from expiry)
+if last ~= nil and ts >= last and last > ts - CARD_HORIZON and not retry then
+  -- the windows ending at ts: the aggregates ending at last, less what left since
+  for i = 1, W do counts[i] = tonumber(st[1 + i]); sums[i] = tonumber(st[1 + W + i]) end
+  tenths, tenths_sq = tonumber(st[2 + 2 * W]), tonumber(st[3 + 2 * W])
+  if ts > last then
     for i, span in ipairs(CARD_SPANS) do
-      if t > ts - span then counts[i] = counts[i] + 1; sums[i] = sums[i] + milli end
+      local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. exact(last - span),
+                              exact(ts - span))
+      for _, member in ipairs(gone) do
+        local milli = parse(member)
+        counts[i] = counts[i] - 1; sums[i] = sums[i] - milli
+        if span == CARD_HORIZON then
+          local u = tenth(milli)
+          tenths = tenths - u; tenths_sq = tenths_sq - u * u
+        end
+      end
     end
-    if t > ts - CARD_HORIZON then  -- to_tenths: integers, so the sums are exact
-      local u = math.floor((milli + 50) / 100)
-      tenths = tenths + u; tenths_sq = tenths_sq + u * u
+  end
+  if last > ts - CARD_HORIZON then prev = last end
+  local seen = redis.call('HMGET', KEYS[5], 't|' .. ARGV[5], 'c|' .. ARGV[6], 'm|' .. ARGV[7])
+  if seen[1] and tonumber(seen[1]) > ts - CARD_HORIZON then seen_t = 1 end
+  if seen[2] and tonumber(seen[2]) > ts - CARD_HORIZON then seen_c = 1 end
+  if seen[3] and tonumber(seen[3]) > ts - CARD_HORIZON then seen_m = 1 end
+else
+  -- the card's earlier payments in (ts - 30d, ts], summed
+  local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. exact(ts - CARD_HORIZON), ARGV[2],
+                          'WITHSCORES')
+  for j = 1, #rows, 2 do
+    local member = rows[j]
+    if string.sub(member, 1, #own) ~= own then  -- an earlier attempt of this same payment
+      local t = tonumber(rows[j + 1])
+      local milli, terminal, country, mcc = parse(member)
+      for i, span in ipairs(CARD_SPANS) do
+        if t > ts - span then counts[i] = counts[i] + 1; sums[i] = sums[i] + milli end
+      end
+      if t > ts - CARD_HORIZON then  -- integers, so the sums are exact
+        local u = tenth(milli)
+        tenths = tenths + u; tenths_sq = tenths_sq + u * u
+      end
+      if prev == nil or t > prev then prev = t end
+      if terminal == ARGV[5] then seen_t = 1 end
+      if country == ARGV[6] then seen_c = 1 end
+      if mcc == ARGV[7] then seen_m = 1 end
+      for _, v in ipairs({{'t|' .. terminal, 'c|' .. country, 'm|' .. mcc}}) do
+        if newest[v] == nil or t > newest[v] then newest[v] = t end
+      end
     end
-    if prev == nil or t > prev then prev = t end
-    if terminal == ARGV[5] then seen_t = 1 end
-    if country == ARGV[6] then seen_c = 1 end
-    if mcc == ARGV[7] then seen_m = 1 end
   end
 end
+if ARGV[6] == '' then seen_c = 1 end  -- not given: not new
+if ARGV[7] == '' then seen_m = 1 end
 local cfraud = redis.call('ZCOUNT', KEYS[2], '(' .. exact(ts - CARD_FRAUD), ARGV[2])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+-- record this payment, and keep the aggregates true
+if not retry then
+  local milli = parse(ARGV[4])
+  local u = tenth(milli)
+  local function start_at_ts()
+    local flat = {{'last', ARGV[2]}}
+    for i = 1, W do
+      flat[#flat + 1] = 'n' .. i; flat[#flat + 1] = exact(counts[i] + 1)
+      flat[#flat + 1] = 'm' .. i; flat[#flat + 1] = exact(sums[i] + milli)
+    end
+    flat[#flat + 1] = 'u'; flat[#flat + 1] = exact(tenths + u)
+    flat[#flat + 1] = 'uu'; flat[#flat + 1] = exact(tenths_sq + u * u)
+    redis.call('HSET', KEYS[4], unpack(flat))
+  end
+  local keep_seen = true
+  if last == nil then
+    if redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[2], '+inf') == 0 then
+      -- no aggregates yet: those of the windows ending at ts, from the sums just made
+      start_at_ts()
+      redis.call('DEL', KEYS[5])
+      for v, t in pairs(newest) do redis.call('HSET', KEYS[5], v, exact(t)) end
+    else
+      keep_seen = false  -- later payments exist: the next one at the newest time starts them
+    end
+  elseif ts >= last then
+    start_at_ts()
+  else
+    -- late: it joins the windows ending at last that reach back to it
+    local flat = {{}}
+    for i, span in ipairs(CARD_SPANS) do
+      if ts > last - span then
+        flat[#flat + 1] = 'n' .. i; flat[#flat + 1] = exact(tonumber(st[1 + i]) + 1)
+        flat[#flat + 1] = 'm' .. i; flat[#flat + 1] = exact(tonumber(st[1 + W + i]) + milli)
+        if span == CARD_HORIZON then
+          flat[#flat + 1] = 'u'; flat[#flat + 1] = exact(tonumber(st[2 + 2 * W]) + u)
+          flat[#flat + 1] = 'uu'; flat[#flat + 1] = exact(tonumber(st[3 + 2 * W]) + u * u)
+        end
+      end
+    end
+    if #flat > 0 then redis.call('HSET', KEYS[4], unpack(flat)) end
+  end
+  if keep_seen then
+    for _, v in ipairs({{'t|' .. ARGV[5], 'c|' .. ARGV[6], 'm|' .. ARGV[7]}}) do
+      local had = tonumber(redis.call('HGET', KEYS[5], v) or '-1e300')
+      if ts > had then redis.call('HSET', KEYS[5], v, ARGV[2]) end
+    end
+  end
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. exact(ts - CARD_HORIZON - SLACK))
 redis.call('EXPIRE', KEYS[1], {CARD_TTL})
+redis.call('EXPIRE', KEYS[4], {CARD_TTL})
+redis.call('EXPIRE', KEYS[5], {CARD_TTL})
 local prev_s = false
 if prev ~= nil then prev_s = exact(prev) end
 return {{1, counts, sums, prev_s, {{seen_t, seen_c, seen_m}}, cfraud, {{tenths, tenths_sq}}}}
@@ -216,10 +324,11 @@ return {{tcounts, tfraud, fresh, added}}
 )
 
 # A payment_id first scored on another card: take back what this call recorded on its
-# card (KEYS: card, decision; ARGV: member).
+# card (KEYS: card, decision, card state, card seen values; ARGV: member). The aggregates
+# go with it: the card's next payment sums its windows again.
 _FORGET_CARD = """
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return 1
 """
 
@@ -390,7 +499,8 @@ class OnlineStore:
         member = card_member(pid, payment.amount, terminal, payment.country,
                              payment.merchant_category)
         calls = [
-            self._card([card_key(card), card_fraud_known_key(card), decision_key(card, pid)],
+            self._card([card_key(card), card_fraud_known_key(card), decision_key(card, pid),
+                        card_state_key(card), card_seen_key(card)],
                        [payload_hash, repr(ts), pid, member, terminal, payment.country or "",
                         payment.merchant_category or "", pending_ms]),
             self._terminal([terminal_key(terminal), terminal_fraud_known_key(terminal),
@@ -407,7 +517,8 @@ class OnlineStore:
         if owner is not None and owner != card.encode():
             # First scored on another card: nothing of this call may stay counted.
             if card_res[0] == 1:
-                await self._forget_card([card_key(card), decision_key(card, pid)], [member])
+                await self._forget_card([card_key(card), decision_key(card, pid),
+                                         card_state_key(card), card_seen_key(card)], [member])
             if term_added:
                 await self._command("ZREM", terminal_key(terminal), pid)
             return Observation(conflict=True)
@@ -474,6 +585,8 @@ class OnlineStore:
         for pid, ts, card, terminal, amount, country, mcc in payments:
             pipe.zadd(card_key(card), {card_member(pid, amount, terminal, country, mcc): ts})
             pipe.expire(card_key(card), CARD_TTL)
+            # rows written around the aggregates: the card's next payment sums again
+            pipe.delete(card_state_key(card))
             pipe.zadd(terminal_key(terminal), {pid: ts})
             pipe.expire(terminal_key(terminal), TERMINAL_TTL)
             count += 1

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import faust
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from model.config import Settings, get_settings
 from model.events import decode_label, decode_scored
@@ -40,7 +40,8 @@ async def until_done(step: Callable[..., Awaitable[Any]], *args: Any) -> None:
         try:
             await step(*args)
             return
-        except (RedisError, OSError) as exc:
+        # (a cluster's client raises RedisClusterException when no node answers)
+        except (RedisError, RedisClusterException, OSError) as exc:
             log.warning("batch not processed (%s); retrying in %.1fs", type(exc).__name__,
                         delay)
             await asyncio.sleep(delay)

@@ -114,3 +114,65 @@ def test_online_features_equal_offline_features(stack, seed, late, use_mux):
     assert offline["card_count_1h"].max() > 3
     assert 0 < offline["card_new_country"].mean() < 0.5
     assert 0 < offline["card_new_mcc"].mean() < 0.5
+
+
+def test_a_busy_card_keeps_exact_aggregates_through_late_payments_retries_and_backfill(
+        stack, redis_db):
+    """One card, 1,500 payments over 40 days: most in order (the aggregates' path), some
+    late (summed), some sent twice (not counted twice), a back-fill between (the
+    aggregates dropped and rebuilt). Every served vector equals the point-in-time one."""
+    from model.online_features import card_state_key
+
+    run = uid("busy")
+    rng = np.random.default_rng(11)
+    n = 1500
+    ts = np.sort(rng.uniform(0, 40 * DAY, n)) + 1_790_000_000.0
+    order = np.arange(n)
+    for i in range(50, n - 3, 61):  # late arrivals
+        order[i], order[i + 3] = order[i + 3], order[i]
+    traffic = pd.DataFrame({
+        "payment_id": [f"{run}_{i:05d}" for i in range(n)], "ts": ts,
+        "timestamp": pd.to_datetime(ts, unit="s", utc=True).round("us"), "card_id": run,
+        "terminal_id": [f"{run}_t{i % 7}" for i in rng.integers(0, 40, n)],
+        "amount": np.round(rng.lognormal(3, 1, n), 2),
+        "country": rng.choice(["FR", "DE", "ES", "IT"], n),
+        "merchant_category": rng.choice(["5411", "5812", "4111", "5999"], n),
+    })
+    # to the microsecond, as the API's timestamps, and the epoch seconds from them
+    traffic = traffic.assign(ts=traffic["timestamp"].map(lambda t: t.timestamp()))
+    traffic = traffic.iloc[order].reset_index(drop=True)
+    labels = pd.DataFrame({"payment_id": [], "is_fraud": [], "reported_at": []})
+
+    async def go() -> list[dict[str, float]]:
+        redis, mux = client(stack), scoring_mux(stack)
+        store = OnlineStore(redis, mux)
+        rows = []
+        for k, p in enumerate(traffic.itertuples(index=False)):
+            payment = Payment(payment_id=p.payment_id, timestamp=p.timestamp,
+                              card_id=p.card_id, terminal_id=p.terminal_id, amount=p.amount,
+                              currency="EUR", country=p.country,
+                              merchant_category=p.merchant_category)
+            obs = await store.observe(payment)
+            if k % 97 == 0:  # the same payment again, no idempotency record: counted once
+                again = await store.observe(payment)
+                assert again.features == obs.features
+            if k == n // 2:  # a back-fill of rows already there drops the aggregates
+                await store.backfill([(p.payment_id, p.ts, p.card_id, p.terminal_id,
+                                       p.amount, p.country, p.merchant_category)], [])
+                assert not redis_db.exists(card_state_key(run))
+            assert obs.features is not None
+            rows.append(obs.features)
+        await mux.close()
+        await redis.aclose()
+        return rows
+
+    online = pd.DataFrame(asyncio.run(go()), columns=list(FEATURE_NAMES))
+    offline = compute_features(traffic, labels)
+    diff = (online != offline).any(axis=1)
+    assert not diff.any(), f"{diff.sum()} payments differ, e.g.\n" + str(
+        pd.concat({"online": online[diff].head(3), "offline": offline[diff].head(3)}).T)
+    assert online["card_count_30d"].max() > 800  # busy: the window holds hundreds
+    # The aggregates are there, and say what the last 30 days hold.
+    newest = traffic["ts"].max()
+    in_window = int(((traffic["ts"] > newest - 30 * DAY) & (traffic["ts"] <= newest)).sum())
+    assert int(float(redis_db.hget(card_state_key(run), "n4"))) == in_window

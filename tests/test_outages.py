@@ -79,7 +79,7 @@ def test_redis_stopped_degrades_and_recovers(api_client, stack):
 def test_kafka_stopped_and_restarted_loses_nothing_and_duplicates_nothing(
         api_client, stream_worker):
     store = HistoryStore(stream_worker.history_dir)
-    services.kafka_proc(stream_worker).stop()
+    services.stop_kafka(stream_worker)  # every broker
     sent = []
     try:
         for i in range(40):
