@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite, lint included, twice: against one Redis
-# and one Kafka broker, then against a Redis Cluster (three primaries) and a Kafka of three
+# Set up (if needed) and run the whole test suite, lint included: against one Redis and
+# one Kafka broker, then the tests that use Redis or Kafka (marker "integration"; the others
+# start neither) again against a Redis Cluster (three primaries) and a Kafka of three
 # brokers. The fixtures start their own servers on free ports under a temporary directory,
 # and stop them after. FRAUDSTREAM_TEST_RUNS="single" (or "cluster") runs one of the two;
 # arguments go to pytest.
@@ -18,9 +19,9 @@ for run in ${FRAUDSTREAM_TEST_RUNS:-single cluster}; do
       FRAUDSTREAM_REDIS_CLUSTER=false FRAUDSTREAM_TEST_KAFKA_BROKERS=1 \
         python -m pytest -q -p no:cacheprovider "$@" ;;
     cluster)
-      echo "tests: Redis Cluster of three primaries, Kafka of three brokers"
+      echo "tests using Redis or Kafka: Redis Cluster of three primaries, three Kafka brokers"
       FRAUDSTREAM_REDIS_CLUSTER=true FRAUDSTREAM_TEST_KAFKA_BROKERS=3 \
-        python -m pytest -q -p no:cacheprovider "$@" ;;
+        python -m pytest -q -p no:cacheprovider -m integration "$@" ;;
     *) echo "FRAUDSTREAM_TEST_RUNS: unknown run '$run' (single, cluster)" >&2; exit 2 ;;
   esac
 done
