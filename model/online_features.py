@@ -525,6 +525,8 @@ class OnlineStore:
         if card_res[0] == 0:
             if term_added and _hash_of(card_res[1]) != payload_hash:
                 # Another payload under this id, with another terminal: not counted there.
+                # (Left: were both calls in flight at once with the same terminal, and this
+                # one's terminal script ran first, this takes the first call's entry back.)
                 await self._command("ZREM", terminal_key(terminal), pid)
             return Observation(previous=card_res[1])
         _, counts, sums, prev, seen, cfraud, tenths = card_res
