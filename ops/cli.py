@@ -173,11 +173,16 @@ def status() -> None:
 
     s = get_settings()
     table = Table("component", "pid", "where")
-    where = {"kafka": s.kafka_bootstrap, "redis": s.redis_url, "api": s.api_url,
+    where = {"kafka": s.kafka_brokers[0], "redis": s.redis_url, "api": s.api_url,
              "stream": f"http://127.0.0.1:{s.stream_web_port}",
              "retrain": str(s.models_dir)}
+    # the other brokers and cluster nodes started here
+    where |= {f"kafka-{i}": address for i, address in enumerate(s.kafka_brokers) if i}
+    if s.redis_cluster:
+        where |= {f"redis-{i}": f"port {port}"
+                  for i, (port, _) in enumerate(services.redis_ports(s)) if i}
     for name, pid in services.status(s).items():
-        table.add_row(name, str(pid) if pid else "[red]stopped[/]", where[name])
+        table.add_row(name, str(pid) if pid else "[red]stopped[/]", where.get(name, ""))
     console.print(table)
 
 

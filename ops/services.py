@@ -385,7 +385,7 @@ def redis_node_procs(settings: Settings) -> list[Proc]:
                                      for i in range(1, settings.redis_cluster_nodes)]
 
 
-def _redis_ports(settings: Settings) -> list[tuple[int, int]]:
+def redis_ports(settings: Settings) -> list[tuple[int, int]]:
     """(port, cluster bus port) per node, chosen once and kept: a restarted node comes
     back where the others expect it."""
     url = urlparse(settings.redis_url)
@@ -411,7 +411,7 @@ def start_redis(settings: Settings, timeout: float = 30.0) -> None:
     if shutil.which("redis-server") is None:
         raise ServiceError("redis-server not found: install the OS package redis-server")
     host = urlparse(settings.redis_url).hostname or "127.0.0.1"
-    nodes = list(zip(redis_node_procs(settings), _redis_ports(settings), strict=True))
+    nodes = list(zip(redis_node_procs(settings), redis_ports(settings), strict=True))
     for i, (proc, (port, bus)) in enumerate(nodes):
         if proc.running():
             continue
@@ -455,7 +455,7 @@ def stop_redis(settings: Settings) -> None:
 def redis_nodes(settings: Settings) -> list:  # type: ignore[type-arg]
     """A synchronous client of each server (each node of a local cluster)."""
     host = urlparse(settings.redis_url).hostname or "127.0.0.1"
-    return [_redis_node(settings, host, port) for port, _ in _redis_ports(settings)]
+    return [_redis_node(settings, host, port) for port, _ in redis_ports(settings)]
 
 
 def _redis_node(settings: Settings, host: str, port: int):  # type: ignore[no-untyped-def]
