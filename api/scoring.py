@@ -110,7 +110,9 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     await svc.publisher.publish_scored(ScoredPayment(
         payment=payment, features=features, score=score, decision=decision,
         model_version=response.model_version, reasons=[r["code"] for r in reasons],
-        degraded=degraded, scored_at=datetime.now(UTC),
+        degraded=degraded,
+        scored_at=datetime.fromtimestamp(obs.recorded_at, UTC) if obs.recorded_at is not None
+        else datetime.now(UTC),
     ), enqueue_timeout=max(min(ENQUEUE_TIMEOUT, remaining), 0.001))
     SCORE_LATENCY.observe(time.perf_counter() - started)
     DECISIONS.labels(decision, str(degraded).lower()).inc()

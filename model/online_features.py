@@ -283,7 +283,9 @@ redis.call('EXPIRE', KEYS[4], {CARD_TTL})
 redis.call('EXPIRE', KEYS[5], {CARD_TTL})
 local prev_s = false
 if prev ~= nil then prev_s = exact(prev) end
-return {{1, counts, sums, prev_s, {{seen_t, seen_c, seen_m}}, cfraud, {{tenths, tenths_sq}}}}
+local now = redis.call('TIME')
+return {{1, counts, sums, prev_s, {{seen_t, seen_c, seen_m}}, cfraud, {{tenths, tenths_sq}},
+        now[1] .. string.format('.%06d', tonumber(now[2]))}}
 """
 )
 
@@ -434,6 +436,11 @@ class Observation:
     """
 
     features: dict[str, float] | None = None
+    # When the card's state took the payment, by the clock of the Redis server holding it.
+    # The history orders a card's payments by this time (``scored_at``): with calls to
+    # several servers in flight, or several API processes, the order in which answers
+    # come back is not the order in which the card counted them.
+    recorded_at: float | None = None
     previous: bytes | None = None
     conflict: bool = False
     list_hits: tuple[tuple[str, str, str], ...] = ()  # (kind, entity, value)
@@ -529,7 +536,7 @@ class OnlineStore:
                 # one's terminal script ran first, this takes the first call's entry back.)
                 await self._command("ZREM", terminal_key(terminal), pid)
             return Observation(previous=card_res[1])
-        _, counts, sums, prev, seen, cfraud, tenths = card_res
+        _, counts, sums, prev, seen, cfraud, tenths, recorded_at = card_res
         agg = Aggregates(
             ts=ts,
             amount=payment.amount,
@@ -548,6 +555,7 @@ class OnlineStore:
         hits = replies[2] if check_lists else []
         return Observation(
             features={name: float(values_by_name[name]) for name in FEATURE_NAMES},
+            recorded_at=float(recorded_at),
             list_hits=tuple(_hit(h, payment) for h in hits),
         )
 

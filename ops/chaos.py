@@ -521,9 +521,9 @@ def _labels_in_features(settings: Settings, accepted: pd.DataFrame) -> dict[str,
 
 def _feature_parity(store: HistoryStore, run_id: str,
                     rescored: dict[str, float] | None = None) -> dict[str, Any]:
-    """``rescored``: card -> the first attempt (epoch) of its earliest payment answered by
-    a second scoring."""
-    """Served features against the point-in-time recomputation from the raw history."""
+    """Served features against the point-in-time recomputation from the raw history.
+    ``rescored``: card -> the first attempt (epoch) of its earliest payment answered by a
+    second scoring."""
     cols = ", ".join(f"{FEATURE_PREFIX}{f}" for f in FEATURE_NAMES)
     payments = store.query(
         "SELECT payment_id, epoch_us(ts) / 1e6 AS ts, epoch_us(scored_at) / 1e6 AS scored, "
