@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaProducer
@@ -40,6 +39,19 @@ log = logging.getLogger(__name__)
 # How long start-up waits for Kafka before serving without it (spooling).
 KAFKA_START_TIMEOUT = 3.0
 SHUTDOWN_TASK_TIMEOUT = 2.0
+# Each step of start-up and shutdown that talks to a server gets at most this long: a
+# server that accepts and never answers must not keep the process from starting (degraded)
+# or from stopping (and sealing its spool).
+STEP_TIMEOUT = 5.0
+
+
+async def _bounded(step: str, call: Awaitable[object]) -> None:
+    try:
+        await asyncio.wait_for(call, timeout=STEP_TIMEOUT)
+    except TimeoutError:
+        log.warning("%s did not finish within %gs; going on without it", step, STEP_TIMEOUT)
+    except Exception as exc:
+        log.warning("%s failed: %s", step, type(exc).__name__)
 
 
 class ConfigurationError(RuntimeError):
@@ -63,10 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # under a burst, calls queue for a connection instead of opening hundreds of them.
         redis = redis_conn.client(settings, pool_size=settings.redis_pool_size)
         mux = redis_conn.scoring_mux(settings)
-        try:
-            await redis_conn.ready(redis)
-        except Exception as exc:  # Redis down at start: the API starts, degraded
-            log.warning("Redis not reachable at start: %s", type(exc).__name__)
+        # Redis down at start: the API starts, degraded
+        await _bounded("reading the Redis cluster's slots", redis_conn.ready(redis))
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
@@ -93,8 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder = ModelHolder(Registry(settings.models_dir))
         await holder.refresh()
         policy = PolicyHolder(PolicyStore(redis))
-        with contextlib.suppress(Exception):
-            await policy.refresh()
+        await _bounded("loading rules and lists", policy.refresh())
         store = OnlineStore(redis, mux)
         decisions = DecisionRecorder(DecisionStore(mux))
         reviews = ReviewQueue(redis, settings.review_claim_seconds)
@@ -131,20 +140,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                    for f in task.get_stack(limit=8))
                 log.warning("background task did not stop within %gs: %s at %s",
                             SHUTDOWN_TASK_TIMEOUT, task.get_name(), frames)
-            with contextlib.suppress(Exception):
-                await decisions.flush()
+            await _bounded("keeping the last answers for replays", decisions.flush())
             # Deliver what is buffered; what Kafka will not take now lands in the spool.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.flush(), timeout=5)
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await _bounded("flushing the Kafka producer", producer.flush())
+            await _bounded("stopping the Kafka producer", producer.stop())
             publisher.spool.seal()
             publisher.label_spool.seal()
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 # this process's live gauges leave /metrics with it
                 multiprocess.mark_process_dead(os.getpid())
-            await redis.aclose()
-            await mux.close()
+            await _bounded("closing Redis connections", redis.aclose())
+            await _bounded("closing the scoring connections", mux.close())
 
     app = FastAPI(
         title="fraudstream",

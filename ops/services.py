@@ -500,9 +500,12 @@ def redis_client(settings: Settings):  # type: ignore[no-untyped-def]
     import redis
 
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    # Bounded: a server that accepts and never answers (stopped, or hung) fails the call
+    # instead of holding a test or a status check forever.
+    timeouts = {"socket_timeout": 10, "socket_connect_timeout": 5}
     if settings.redis_cluster:
-        return redis.RedisCluster.from_url(settings.redis_url, password=password)
-    return redis.Redis.from_url(settings.redis_url, password=password)
+        return redis.RedisCluster.from_url(settings.redis_url, password=password, **timeouts)
+    return redis.Redis.from_url(settings.redis_url, password=password, **timeouts)
 
 
 # ---- fraudstream's own processes -----------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops import services
-from tests.conftest import payment
+from tests.conftest import eventually, payment
 
 pytestmark = pytest.mark.integration
 
@@ -35,11 +35,14 @@ def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, 
                 answer = client.post("/v1/payments/score", json=payment())
                 assert answer.status_code == 200 and answer.json()["model_version"] == trained
 
-            # each process loaded the model itself (a gauge per live process)
-            text = httpx.get(f"{stream_worker.api_url}/metrics").text
-            loaded = [s for s in samples(text, "fraudstream_model_loaded")
-                      if s.labels["version"] == trained and s.value == 1]
-            assert len({s.labels["pid"] for s in loaded}) == 2
+            # each process loaded the model itself (a gauge per live process); the second
+            # may still be starting when the first answers
+            def loaded_by() -> set[str]:
+                text = httpx.get(f"{stream_worker.api_url}/metrics").text
+                return {s.labels["pid"] for s in samples(text, "fraudstream_model_loaded")
+                        if s.labels["version"] == trained and s.value == 1}
+
+            eventually(lambda: len(loaded_by()) == 2, 60)
             # whichever process answers /metrics (a fresh connection each time: the
             # kernel spreads them), it counts the payments of both
             for _ in range(4):
