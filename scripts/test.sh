@@ -12,16 +12,18 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "lint: ruff"
 python -m ruff check .
+# Each run bounded as a whole too (a test is, by pytest-timeout): a hang fails it in minutes.
+guard=(timeout --kill-after=30 "${FRAUDSTREAM_TEST_RUN_TIMEOUT:-1200}")
 for run in ${FRAUDSTREAM_TEST_RUNS:-single cluster}; do
   case "$run" in
     single)
       echo "tests: one Redis, one Kafka broker"
       FRAUDSTREAM_REDIS_CLUSTER=false FRAUDSTREAM_TEST_KAFKA_BROKERS=1 \
-        python -m pytest -q -p no:cacheprovider "$@" ;;
+        "${guard[@]}" python -m pytest -q -p no:cacheprovider "$@" ;;
     cluster)
       echo "tests using Redis or Kafka: Redis Cluster of three primaries, three Kafka brokers"
       FRAUDSTREAM_REDIS_CLUSTER=true FRAUDSTREAM_TEST_KAFKA_BROKERS=3 \
-        python -m pytest -q -p no:cacheprovider -m integration "$@" ;;
+        "${guard[@]}" python -m pytest -q -p no:cacheprovider -m integration "$@" ;;
     *) echo "FRAUDSTREAM_TEST_RUNS: unknown run '$run' (single, cluster)" >&2; exit 2 ;;
   esac
 done
