@@ -130,6 +130,46 @@ def write_targets(path: Path, bodies: list[bytes], url: str, key: str) -> None:
                                    "body": base64.b64encode(body).decode()}) + b"\n")
 
 
+def prepare(s, home: Path, today: datetime) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
+    """Redis, Kafka and the stream worker started under ``home``; two models trained on a
+    simulated month (the second current; the first for reload tests); the online store
+    back-filled from that month. Returns (an API key of scopes score and admin, the first
+    model's version, the current one's)."""
+    from model.api_keys import create_key
+    from model.history import HistoryStore
+    from model.label_join import JoinState
+    from model.online_features import OnlineStore
+    from model.registry import Registry
+    from ops import services
+    from training.backfill import backfill_online
+    from training.importer import import_history
+    from training.simulator import SimulationConfig, simulate
+    from training.train import TrainConfig, train
+
+    services.start_redis(s)
+    services.start_kafka(s)
+    hist = home / "history.parquet"
+    simulate(SimulationConfig(days=30, cards=3000, terminals=300,
+                              start=today - timedelta(days=37))).to_parquet(hist)
+    import_history(HistoryStore(s.history_dir), hist)
+    first = train(HistoryStore(s.history_dir), Registry(s.models_dir), TrainConfig(force=True))
+    current = train(HistoryStore(s.history_dir), Registry(s.models_dir),
+                    TrainConfig(force=True, seed=1))
+
+    async def warm() -> None:
+        from model import redis_conn
+
+        r = redis_conn.client(s)
+        await backfill_online(HistoryStore(s.history_dir), OnlineStore(r), JoinState(r))
+        await r.aclose()
+
+    asyncio.run(warm())
+    assert s.api_keys_file is not None
+    key, _ = create_key(s.api_keys_file, "bench", {"score", "admin"})
+    services.start_stream(s)
+    return key, first.version, current.version
+
+
 def main(
     rates: str = typer.Option("250,500,750,1000"),
     duration: float = typer.Option(10.0),
@@ -147,20 +187,14 @@ def main(
 
     os.environ.update(isolated_env(home, "fraudstream-bench"))
 
-    from model.api_keys import create_key
     from model.config import Settings
-    from model.history import HistoryStore
-    from model.label_join import JoinState
     from model.online_features import OnlineStore
     from model.registry import Registry
     from model.schemas import Payment
     from model.scorer import Scorer
     from ops import services
-    from training.backfill import backfill_online
-    from training.importer import import_history
     from training.simulator import SimulationConfig, simulate
     from training.traffic import payment_body
-    from training.train import TrainConfig, train
 
     s = Settings()
     if pin:
@@ -173,29 +207,8 @@ def main(
         worker_list = [int(w) for w in workers.split(",")]
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         with console.status("starting Redis and Kafka, training a model on simulated history"):
-            services.start_redis(s)
-            services.start_kafka(s)
-            hist = home / "history.parquet"
-            simulate(SimulationConfig(days=30, cards=3000, terminals=300,
-                                      start=today - timedelta(days=37))).to_parquet(hist)
-            import_history(HistoryStore(s.history_dir), hist)
-            result = train(HistoryStore(s.history_dir), Registry(s.models_dir),
-                           TrainConfig(force=True))
-            second = train(HistoryStore(s.history_dir), Registry(s.models_dir),
-                           TrainConfig(force=True, seed=1))
-
-            async def warm() -> None:
-                from model import redis_conn
-
-                r = redis_conn.client(s)
-                await backfill_online(HistoryStore(s.history_dir), OnlineStore(r), JoinState(r))
-                await r.aclose()
-
-            asyncio.run(warm())
-            assert s.api_keys_file is not None
-            key, _ = create_key(s.api_keys_file, "bench", {"score", "admin"})
-            services.start_stream(s)
-        console.print(f"model {second.version} (and {result.version} for the reload test)")
+            key, first, current = prepare(s, home, today)
+        console.print(f"model {current} (and {first} for the reload test)")
 
         # ---- the steps alone -------------------------------------------------------------
         traffic = simulate(SimulationConfig(days=7, cards=3000, terminals=300, seed=99,
@@ -274,8 +287,8 @@ def main(
                     flips = None
                     if rate == rate_list[len(rate_list) // 2 - 1] and rnd == 0 and \
                             n_workers == worker_list[-1]:
-                        flips = threading.Thread(target=_flip, args=(s, key, result.version,
-                                                                     second.version, duration))
+                        flips = threading.Thread(target=_flip, args=(s, key, first, current,
+                                                                     duration))
                         flips.start()
                     pids = {"API": proc.pid(), "stream worker": services.stream_proc(s).pid(),
                             "Redis": services.redis_proc(s).pid(),
