@@ -72,13 +72,15 @@ class JoinState:
             ([payment_key(payment_id), pending_key(payment_id)],
              [ref.encode(), int(JOIN_HORIZON)]) for payment_id, ref in payments])
 
-    async def ref_or_queue(self, payment_id: str, raw_label: bytes) -> PaymentRef | None:
-        """The payment's ref, or None after queueing the label for its payment."""
-        ref = await self._join(
-            keys=[payment_key(payment_id), pending_key(payment_id)],
-            args=[raw_label, int(JOIN_HORIZON)],
-        )
-        return PaymentRef.decode(ref) if ref else None
+    async def refs_or_queue(self, labels: list[tuple[str, bytes]]) -> list[PaymentRef | None]:
+        """For each (payment_id, encoded label): the payment's ref, or None after queueing
+        the label for its payment. One round trip for the whole batch."""
+        if not labels:
+            return []
+        refs = await run_script_batch(self.redis, self._join, [
+            ([payment_key(payment_id), pending_key(payment_id)], [raw, int(JOIN_HORIZON)])
+            for payment_id, raw in labels])
+        return [PaymentRef.decode(ref) if ref else None for ref in refs]
 
     async def remember_refs(self, refs: list[tuple[str, PaymentRef]], chunk: int = 5000) -> None:
         """Back-fill: refs of payments already in the history, so their labels join."""

@@ -38,7 +38,7 @@ history's point-in-time features use.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,7 @@ from model.idempotency import (
     owner_key,
 )
 from model.policy import LIST_KEYS, LIST_LOOKUP_LUA, list_values
+from model.redis_conn import run_script_batch
 from model.redis_mux import Arg, Mux
 from model.schemas import Payment
 
@@ -446,6 +447,11 @@ class Observation:
     list_hits: tuple[tuple[str, str, str], ...] = ()  # (kind, entity, value)
 
 
+def _exact(seconds: float) -> str:
+    """Seconds as the exact double, for the scripts."""
+    return format(float(seconds), ".17g")
+
+
 def _hash_of(record: bytes) -> str:
     """The payload hash in an idempotency record ``state|hash|...``."""
     return record.split(b"|", 2)[1].decode()
@@ -560,22 +566,35 @@ class OnlineStore:
         )
 
     async def apply_label(self, update: LabelUpdate) -> None:
-        """Add a label (fraud, or a "not fraud" verdict) to the payment's, and update its
-        terminal's and card's fraud accordingly. Idempotent, and the order labels arrive in
-        does not matter (see ``_LABEL_TERMINAL``)."""
-        ref = update.payment
-        reported = format(float(update.reported_at), ".17g")
-        start, seen = await self._label_terminal(
-            keys=[terminal_fraud_known_key(ref.terminal_id),
-                  terminal_fraud_paid_key(ref.terminal_id),
-                  labels_key(ref.terminal_id, update.payment_id)],
-            args=[update.payment_id, "1" if update.is_fraud else "0", reported,
-                  repr(float(ref.ts))],
-        )
-        await self._label_card(
-            keys=[card_fraud_known_key(ref.card_id), card_label_count_key(ref.card_id)],
-            args=[update.payment_id, start.decode() if start else "", seen, reported],
-        )
+        """One label: ``apply_labels([update])``."""
+        await self.apply_labels([update])
+
+    async def apply_labels(self, updates: Sequence[LabelUpdate]) -> None:
+        """Add each label (fraud, or a "not fraud" verdict) to its payment's, and update the
+        terminal's and card's fraud accordingly: every label's terminal step in one round
+        trip, then every card's in another. Idempotent, and the order labels arrive in, or
+        are applied in within a batch, does not matter (see ``_LABEL_TERMINAL``)."""
+        if updates:
+            await self._card_steps(updates, await self._terminal_steps(updates))
+
+    async def _terminal_steps(self, updates: Sequence[LabelUpdate]) -> list[Any]:
+        """Each label into its payment's labels; the terminal's fraud updated. Returns per
+        label the payment's fraud spell start (or None) and how many labels it has."""
+        return await run_script_batch(self.redis, self._label_terminal, [
+            ([terminal_fraud_known_key(u.payment.terminal_id),
+              terminal_fraud_paid_key(u.payment.terminal_id),
+              labels_key(u.payment.terminal_id, u.payment_id)],
+             [u.payment_id, "1" if u.is_fraud else "0", _exact(u.reported_at),
+              repr(float(u.payment.ts))])
+            for u in updates])
+
+    async def _card_steps(self, updates: Sequence[LabelUpdate], spells: list[Any]) -> None:
+        """The card's fraud set from each payment's spell, unless the card already holds
+        one worked out from as many labels or more."""
+        await run_script_batch(self.redis, self._label_card, [
+            ([card_fraud_known_key(u.payment.card_id), card_label_count_key(u.payment.card_id)],
+             [u.payment_id, start.decode() if start else "", seen, _exact(u.reported_at)])
+            for u, (start, seen) in zip(updates, spells, strict=True)])
 
     async def backfill(
         self,

@@ -73,8 +73,9 @@ class Recorder:
         refs = [(pid, PaymentRef(e.payment.terminal_id, e.payment.card_id, e.payment.ts))
                 for pid, e in events.items()]
         waiting = await self.join.remember_payments(refs)
-        for (_, ref), labels in zip(refs, waiting, strict=True):
-            await self._apply([(decode_label(raw), ref) for raw in labels])
+        await self._apply([(decode_label(raw), ref)
+                           for (_, ref), labels in zip(refs, waiting, strict=True)
+                           for raw in labels])
         await self.join.forget_waiting(
             [pid for (pid, _), labels in zip(refs, waiting, strict=True) if labels])
         await self.freshness.note_recorded(
@@ -89,21 +90,18 @@ class Recorder:
         rows = {label_record_id(lb): label_row(lb, received) for lb in labels}
         written = await self._write_once(rows, self.history.holds_label,
                                          self.history.append_labels)
-        applied = []
-        for label in labels:
-            ref = await self.join.ref_or_queue(label.payment_id, encode(label))
-            if ref is not None:
-                applied.append((label, ref))
-        await self._apply(applied)
+        refs = await self.join.refs_or_queue([(lb.payment_id, encode(lb)) for lb in labels])
+        await self._apply([(lb, ref) for lb, ref in zip(labels, refs, strict=True)
+                           if ref is not None])
         return written
 
     async def close(self) -> None:
         await self.redis.aclose()
 
     async def _apply(self, labels: list[tuple[Label, PaymentRef]]) -> None:
-        for label, ref in labels:
-            await self.online.apply_label(LabelUpdate(label.payment_id, ref, label.is_fraud,
-                                                      label.reported_at.timestamp()))
+        await self.online.apply_labels([
+            LabelUpdate(label.payment_id, ref, label.is_fraud, label.reported_at.timestamp())
+            for label, ref in labels])
         await self.freshness.note_labels((ref.ts, label.reported_at.timestamp())
                                          for label, ref in labels)
 

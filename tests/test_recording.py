@@ -97,7 +97,7 @@ CRASH_POINTS = {
     "promised, file not written": ("history", "append_payments", False),
     "file written, nothing after": ("history", "append_payments", True),
     "refs not remembered": ("join", "remember_payments", False),
-    "one waiting label applied": ("online", "apply_label", False),
+    "labels in their terminals, not in their cards": ("online", "_card_steps", False),
     "labels applied, queues kept": ("join", "forget_waiting", False),
 }
 
@@ -115,8 +115,7 @@ def test_scored_batch_crashed_anywhere_then_retried_records_once_and_applies_lab
         try:
             assert await rec.apply(early, T0) == 3
             owner, name, after = CRASH_POINTS[point]
-            fail_once(getattr(rec, owner), name, after=after,
-                      on_call=2 if name == "apply_label" else 1)
+            fail_once(getattr(rec, owner), name, after=after)
             attempts = await until_done(rec.record, events)
             terms = [await rec.redis.zcard(terminal_fraud_known_key(f"{run}_term{t}"))
                      for t in range(2)]
