@@ -130,6 +130,19 @@ def write_targets(path: Path, bodies: list[bytes], url: str, key: str) -> None:
                                    "body": base64.b64encode(body).decode()}) + b"\n")
 
 
+def fresh_home(name: str) -> Path:
+    """var/NAME emptied, and the settings of a stack of its own there (free ports, its own
+    Kafka and Redis data); vegeta checked first."""
+    if shutil.which("vegeta") is None:
+        raise typer.Exit("vegeta not found: ./scripts/setup.sh --bench builds it")
+    home = ROOT / "var" / name
+    shutil.rmtree(home, ignore_errors=True)
+    from ops.services import isolated_env
+
+    os.environ.update(isolated_env(home, f"fraudstream-{name}"))
+    return home
+
+
 def prepare(s, home: Path, today: datetime) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
     """Redis, Kafka and the stream worker started under ``home``; two models trained on a
     simulated month (the second current; the first for reload tests); the online store
@@ -179,14 +192,7 @@ def main(
     pin: bool = typer.Option(False, help="API on the last core, everything else on the "
                                          "others (to see the API's own cost)"),
 ) -> None:
-    if shutil.which("vegeta") is None:
-        raise typer.Exit("vegeta not found: go install github.com/tsenart/vegeta/v12@latest")
-    home = ROOT / "var" / "bench"
-    shutil.rmtree(home, ignore_errors=True)
-    from ops.services import isolated_env
-
-    os.environ.update(isolated_env(home, "fraudstream-bench"))
-
+    home = fresh_home("bench")
     from model.config import Settings
     from model.online_features import OnlineStore
     from model.registry import Registry

@@ -7,7 +7,7 @@ and the same figures projected for N hosts.
 
 A layout "AxS" runs A API processes (uvicorn workers behind one port) and S stream workers
 (one consumer group). The stack is bench_api's: its own Redis, Kafka and trained model
-under var/bench, vegeta as the open-loop load generator on the same machine. For each
+under var/bench-scaling, vegeta as the open-loop load generator on the same machine. For each
 layout the rates are tried in increasing order, each ``repeat`` times (a fresh API each
 time, the stream worker caught up before each); a rate passes when the median p99 is
 within the target and no request failed. The ladder goes on past the target (the CPU per
@@ -22,7 +22,6 @@ many or more, nothing is pinned. Writes docs/scaling.md and a plot.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -92,13 +91,7 @@ def main(
     p99: float = typer.Option(10.0, help="the latency target (ms)"),
     out_doc: Path = typer.Option(ROOT / "docs" / "scaling.md"),
 ) -> None:
-    if shutil.which("vegeta") is None:
-        raise typer.Exit("vegeta not found: go install github.com/tsenart/vegeta/v12@latest")
-    home = ROOT / "var" / "bench"
-    shutil.rmtree(home, ignore_errors=True)
-    from ops.services import isolated_env
-
-    os.environ.update(isolated_env(home, "fraudstream-bench"))
+    home = bench_api.fresh_home("bench-scaling")
     from model.config import Settings
     from ops import services
     from training.simulator import SimulationConfig, simulate

@@ -19,7 +19,6 @@ import base64
 import csv
 import io
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_api import (  # noqa: E402
     _stream_lag,
     cpu_seconds,
+    fresh_home,
     machine,
     summarise,
     vegeta,
@@ -66,13 +66,7 @@ def main(
     repeat: int = typer.Option(3, min=1),
     out_doc: Path = typer.Option(ROOT / "docs" / "benchmarks-shadow.md"),
 ) -> None:
-    if shutil.which("vegeta") is None:
-        raise typer.Exit("vegeta not found: ./scripts/setup.sh --bench builds it")
-    home = ROOT / "var" / "bench-shadow"
-    shutil.rmtree(home, ignore_errors=True)
-    from ops.services import isolated_env
-
-    os.environ.update(isolated_env(home, "fraudstream-bench-shadow"))
+    home = fresh_home("bench-shadow")
     os.environ["FRAUDSTREAM_MODEL_POLL_SECONDS"] = "0.5"
 
     from model.api_keys import create_key
