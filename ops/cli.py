@@ -288,9 +288,9 @@ def simulate(
             report = asyncio.run(send_traffic(
                 to_api, sample, rate, headers={"X-API-Key": api_key} if api_key else None,
                 progress=lambda n: bar.advance(task, n)))
-        table = Table("sent", "labels", "errors", "approve", "review", "decline", "p50 ms",
-                      "p99 ms", title="traffic sent")
-        table.add_row(str(report.sent), str(report.labels_sent),
+        table = Table("sent", "labels", "retried", "errors", "approve", "review", "decline",
+                      "p50 ms", "p99 ms", title="traffic sent")
+        table.add_row(str(report.sent), str(report.labels_sent), str(report.retried),
                       str(sum(report.errors.values())),
                       *(str(report.decisions[d]) for d in ("approve", "review", "decline")),
                       f"{report.percentile(50):.2f}", f"{report.percentile(99):.2f}")

@@ -22,6 +22,7 @@ class TrafficReport:
     sent: int = 0
     labels_sent: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    retried: int = 0  # requests sent again after a transport error, as a gateway does
     decisions: Counter[str] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -53,6 +54,10 @@ def label_body(row: pd.Series) -> dict[str, object]:
         "source": row["label_source"],
         "reported_at": row["label_reported_at"].isoformat(),
     }
+
+
+# Times a request is sent again after a transport error before it counts as failed.
+TRANSPORT_RETRIES = 2
 
 
 async def send_traffic(
@@ -92,11 +97,22 @@ async def send_traffic(
                 await after
             async with limit:
                 started = time.perf_counter()
-                try:
-                    resp = await client.post(path, json=body)
-                except httpx.HTTPError as exc:
-                    report.errors[type(exc).__name__] += 1
-                    return
+                for attempt in range(TRANSPORT_RETRIES + 1):
+                    try:
+                        resp = await client.post(path, json=body)
+                        break
+                    except httpx.TransportError as exc:
+                        # Typically a kept-alive connection the server closed just as this
+                        # request left on it. Scoring and labels are idempotent by id, so
+                        # sending the same body again is safe, and what a gateway does.
+                        if attempt == TRANSPORT_RETRIES:
+                            report.errors[type(exc).__name__] += 1
+                            return
+                        report.retried += 1
+                        await asyncio.sleep(0.05 * (attempt + 1))
+                    except httpx.HTTPError as exc:
+                        report.errors[type(exc).__name__] += 1
+                        return
                 if resp.status_code >= 400:
                     report.errors[f"HTTP {resp.status_code}"] += 1
                     return
