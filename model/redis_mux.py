@@ -82,8 +82,14 @@ class RedisMux:
         async with self._lock:
             if self._writer is not None:
                 return
-            async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+            except TimeoutError as exc:
+                # A connection failure like any other (a cluster's mux then reads the slot
+                # map again and retries), not the caller's own deadline passing.
+                raise ConnectionError(f"connecting to Redis at {self.host}:{self.port} took "
+                                      f"more than {self.connect_timeout:g}s") from exc
             self._writer = writer
             self._reader_task = asyncio.create_task(self._read_replies(reader))
             # Written at once, before any caller's command can be: all of them must run
@@ -98,6 +104,10 @@ class RedisMux:
                 if hello:
                     async with asyncio.timeout(self.connect_timeout):
                         await asyncio.gather(*self._send(hello))
+            except TimeoutError as exc:
+                await self.close()
+                raise ConnectionError(f"Redis at {self.host}:{self.port} did not answer "
+                                      f"AUTH/SELECT within {self.connect_timeout:g}s") from exc
             except BaseException:
                 await self.close()
                 raise

@@ -161,6 +161,22 @@ def test_redis_restarted_fails_calls_then_reconnects(stack):
     assert run(go()) == b"back"
 
 
+def test_a_connection_slower_than_its_timeout_is_a_connection_error(stack):
+    """Not a TimeoutError, which callers would take for their own deadline passing; a
+    cluster's mux re-reads the slot map and retries on it."""
+    async def go():
+        slow = RedisMux(stack.redis_url, connect_timeout=1e-6)  # expires before the handshake
+        with pytest.raises(ConnectionError, match="took more than"):
+            await slow.execute("PING")
+        await slow.close()
+        fine = RedisMux(stack.redis_url)
+        pong = await fine.execute("PING")
+        await fine.close()
+        return pong
+
+    assert run(go()) in (b"PONG", "PONG")
+
+
 def test_calls_cut_off_by_a_closed_connection_fail_and_later_ones_are_not_shifted(stack):
     async def go():
         mux = RedisMux(stack.redis_url)
