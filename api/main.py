@@ -102,12 +102,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # loop within a second; the stream records each payment once.
         holder = ModelHolder(Registry(settings.models_dir))
         await holder.refresh()
-        policy = PolicyHolder(PolicyStore(redis))
+        policy = PolicyHolder(PolicyStore(redis, mux))
         await _bounded("loading rules and lists", policy.refresh())
         store = OnlineStore(redis, mux)
         decisions = DecisionRecorder(DecisionStore(mux))
-        reviews = ReviewQueue(redis, settings.review_claim_seconds)
-        monitor = Monitor(settings, FreshnessBoard(redis), reviews)
+        reviews = ReviewQueue(redis, settings.review_claim_seconds, mux)
+        monitor = Monitor(settings, FreshnessBoard(redis, mux), reviews)
         tasks = [
             asyncio.create_task(monitor.run(holder)),
             asyncio.create_task(resend_verdicts(reviews, publisher)),

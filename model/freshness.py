@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from model.redis_mux import Mux
+
 FRESH_KEY = "fs:fresh"
 LABEL_DELAY_KEY = "fs:label_delay"
 DAY = 86_400.0
@@ -60,8 +62,9 @@ class FreshState:
 
 
 class FreshnessBoard:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
         self.redis = redis
+        self.mux = mux  # the API's periodic reads: see ``model.policy.PolicyStore``
         self._max = redis.register_script(_MAX)
 
     async def note_recorded(self, newest_scored_at: float, newest_payment_ts: float) -> None:
@@ -80,10 +83,18 @@ class FreshnessBoard:
         await self._max(keys=[FRESH_KEY], args=["label_ts", repr(max(t for _, t in pairs))])
 
     async def read(self) -> FreshState:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(FRESH_KEY)
-            pipe.hgetall(LABEL_DELAY_KEY)
-            fresh, delays = await pipe.execute()
+        if self.mux is not None:
+            flat = await self.mux.execute_many([("HGETALL", FRESH_KEY),
+                                                ("HGETALL", LABEL_DELAY_KEY)])
+            for reply in flat:
+                if isinstance(reply, BaseException):
+                    raise reply
+            fresh, delays = (dict(zip(r[::2], r[1::2], strict=True)) for r in flat)
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(FRESH_KEY)
+                pipe.hgetall(LABEL_DELAY_KEY)
+                fresh, delays = await pipe.execute()
 
         def num(name: bytes) -> float | None:
             return float(fresh[name]) if name in fresh else None

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.asyncio import Redis
 
 from model.features import FEATURE_NAMES
+from model.redis_mux import Mux
 from model.schemas import Decision
 
 ListKind = Literal["allow", "block"]
@@ -177,8 +178,12 @@ def _list_reason(hit: tuple[str, str, str]) -> dict[str, Any]:
 class PolicyStore:
     """Rules and lists in Redis, with an audit trail of every change."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
         self.redis = redis
+        # The API polls the version through its own pipelined connection (see
+        # ``model.redis_mux``): a call there ends cleanly when its task is cancelled, which
+        # redis-py's cluster client, polled twice a second, once failed to do at shutdown.
+        self.mux = mux
 
     async def load(self) -> Policy:
         raw = await self.redis.hgetall(RULES_KEY)
@@ -187,7 +192,10 @@ class PolicyStore:
         return Policy(RuleSet.model_validate_json(raw[b"rules"]), int(raw[b"version"]))
 
     async def version(self) -> int:
-        v = await self.redis.hget(RULES_KEY, "version")
+        if self.mux is not None:
+            v = await self.mux.execute("HGET", RULES_KEY, "version")
+        else:
+            v = await self.redis.hget(RULES_KEY, "version")
         return int(v) if v else 0
 
     async def save(self, rules: RuleSet, actor: str) -> int:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 
+from model.redis_mux import Mux
 from model.schemas import Label
 
 OPEN_KEY = "fs:{rq}:open"
@@ -201,8 +202,10 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
 
 
 class ReviewQueue:
-    def __init__(self, redis: Redis, claim_seconds: float = 900.0) -> None:
+    def __init__(self, redis: Redis, claim_seconds: float = 900.0,
+                 mux: Mux | None = None) -> None:
         self.redis = redis
+        self.mux = mux  # the API's periodic reads: see ``model.policy.PolicyStore``
         self.claim_seconds = claim_seconds
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
@@ -300,9 +303,15 @@ class ReviewQueue:
     async def stats(self, now: float | None = None) -> tuple[int, float | None]:
         """Cases waiting, and how long the longest-waiting one has (seconds since queued)."""
         now = now if now is not None else time.time()
-        size = await self.redis.zcard(OPEN_KEY)
-        head = await self.redis.zrange(WAITING_KEY, 0, 0, withscores=True)
-        return size, (now - float(head[0][1])) if head else None
+        if self.mux is not None:
+            size = await self.mux.execute("ZCARD", OPEN_KEY)
+            flat = await self.mux.execute("ZRANGE", WAITING_KEY, 0, 0, "WITHSCORES")
+            oldest = float(flat[1]) if flat else None
+        else:
+            size = await self.redis.zcard(OPEN_KEY)
+            head = await self.redis.zrange(WAITING_KEY, 0, 0, withscores=True)
+            oldest = float(head[0][1]) if head else None
+        return int(size), (now - oldest) if oldest is not None else None
 
     async def audit(self, count: int = 100) -> list[dict[str, str]]:
         """Who claimed and decided what, newest first."""
