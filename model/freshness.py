@@ -17,12 +17,13 @@ by bucket of days (a label applied again after a crash counts again: an approxim
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from model.redis_mux import Mux
+from model.redis_mux import Mux, pairs
 
 FRESH_KEY = "fs:fresh"
 LABEL_DELAY_KEY = "fs:label_delay"
@@ -84,12 +85,10 @@ class FreshnessBoard:
 
     async def read(self) -> FreshState:
         if self.mux is not None:
-            flat = await self.mux.execute_many([("HGETALL", FRESH_KEY),
-                                                ("HGETALL", LABEL_DELAY_KEY)])
-            for reply in flat:
-                if isinstance(reply, BaseException):
-                    raise reply
-            fresh, delays = (dict(zip(r[::2], r[1::2], strict=True)) for r in flat)
+            # (calls made together share one write)
+            fresh, delays = map(pairs, await asyncio.gather(
+                self.mux.execute("HGETALL", FRESH_KEY),
+                self.mux.execute("HGETALL", LABEL_DELAY_KEY)))
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(FRESH_KEY)

@@ -178,6 +178,11 @@ class RedisMux:
                 fut.set_exception(exc)
 
 
+def pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A hash as Redis sends it to the mux (``HGETALL``: field, value, field, value...)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _error(reply: hiredis.ReplyError) -> ResponseError:
     message = str(reply)
     return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)

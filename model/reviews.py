@@ -27,6 +27,7 @@ Kafka or the API's spool stays in ``fs:{rq}:unsent`` until it does.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 
-from model.redis_mux import Mux
+from model.redis_mux import Mux, pairs
 from model.schemas import Label
 
 OPEN_KEY = "fs:{rq}:open"
@@ -197,10 +198,6 @@ return redis.call('HGETALL', key)
 """
 
 
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
 class ReviewQueue:
     def __init__(self, redis: Redis, claim_seconds: float = 900.0,
                  mux: Mux | None = None) -> None:
@@ -273,7 +270,7 @@ class ReviewQueue:
         now = now if now is not None else time.time()
         flat = await self._run(self._claim, [AUDIT_KEY],
                                [payment_id, analyst, now, self.claim_seconds, AUDIT_MAXLEN])
-        return Case.from_hash(_pairs(flat), now)
+        return Case.from_hash(pairs(flat), now)
 
     async def decide(self, payment_id: str, analyst: str, verdict: Verdict, note: str = "",
                      now: float | None = None) -> Case:
@@ -283,7 +280,7 @@ class ReviewQueue:
                                [OPEN_KEY, DECIDED_KEY, UNSENT_KEY, AUDIT_KEY, WAITING_KEY],
                                [payment_id, analyst, now, verdict, note,
                                 DECIDED_TTL_SECONDS, AUDIT_MAXLEN])
-        return Case.from_hash(_pairs(flat), now)
+        return Case.from_hash(pairs(flat), now)
 
     async def label_sent(self, payment_id: str) -> None:
         await self.redis.srem(UNSENT_KEY, payment_id)
@@ -304,8 +301,9 @@ class ReviewQueue:
         """Cases waiting, and how long the longest-waiting one has (seconds since queued)."""
         now = now if now is not None else time.time()
         if self.mux is not None:
-            size = await self.mux.execute("ZCARD", OPEN_KEY)
-            flat = await self.mux.execute("ZRANGE", WAITING_KEY, 0, 0, "WITHSCORES")
+            size, flat = await asyncio.gather(
+                self.mux.execute("ZCARD", OPEN_KEY),
+                self.mux.execute("ZRANGE", WAITING_KEY, 0, 0, "WITHSCORES"))
             oldest = float(flat[1]) if flat else None
         else:
             size = await self.redis.zcard(OPEN_KEY)
