@@ -596,6 +596,12 @@ class OnlineStore:
              [u.payment_id, start.decode() if start else "", seen, _exact(u.reported_at)])
             for u, (start, seen) in zip(updates, spells, strict=True)])
 
+    async def holds_cards(self) -> bool:
+        """Whether the store knows any card (on a cluster, on any node)."""
+        async for _ in self.redis.scan_iter(match=f"{PREFIX}:card:*", count=1000):
+            return True
+        return False
+
     async def backfill(
         self,
         payments: Iterable[tuple[str, float, str, str, float, str | None, str | None]],

@@ -120,7 +120,9 @@ def up(
         train(force=True, test_days=7.0, maturity_days=None, train_days=None, cutoff=None,
               thresholds_by="budget", review_rate=0.03, decline_rate=0.005, review_cost=5.0,
               k=100, baselines=True)
-        history_backfill_online()
+    # A new Redis beside an existing history (a flushed one, or a switch to a Redis
+    # Cluster) would score every card as never seen.
+    history_backfill_online(if_empty=True)
     with console.status("starting the stream worker…"):
         services.start_stream(s)
     console.print("  [green]✓[/] stream worker")
@@ -348,21 +350,25 @@ def history_import(
 
 
 @history_app.command("backfill-online")
-def history_backfill_online() -> None:
+def history_backfill_online(
+    if_empty: bool = typer.Option(False, "--if-empty",
+                                  help="only if the online store knows no card yet"),
+) -> None:
     """Load the recent history into the online feature store (Redis)."""
     from model import redis_conn
     from model.history import HistoryStore
     from model.label_join import JoinState
     from model.online_features import OnlineStore
-    from training.backfill import backfill_online
+    from training.backfill import backfill_if_empty, backfill_online
 
     s = get_settings()
+    warm = backfill_if_empty if if_empty else backfill_online
 
     async def run() -> object:
         redis = redis_conn.client(s)
         try:
-            return await backfill_online(HistoryStore(s.history_dir), OnlineStore(redis),
-                                        JoinState(redis))
+            return await warm(HistoryStore(s.history_dir), OnlineStore(redis),
+                              JoinState(redis))
         finally:
             await redis.aclose()
 
@@ -371,6 +377,9 @@ def history_backfill_online() -> None:
             result = asyncio.run(run())
         except OSError as exc:
             raise fail(f"Redis at {s.redis_url} unreachable: {exc}") from exc
+    if result is None:
+        console.print("online store already in use: left as it is")
+        return
     console.print(f"online store warmed with {result.payments:,} payments and "  # type: ignore[attr-defined]
                   f"{result.fraud_labels:,} fraud labels")  # type: ignore[attr-defined]
 

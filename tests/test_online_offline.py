@@ -176,3 +176,42 @@ def test_a_busy_card_keeps_exact_aggregates_through_late_payments_retries_and_ba
     newest = traffic["ts"].max()
     in_window = int(((traffic["ts"] > newest - 30 * DAY) & (traffic["ts"] <= newest)).sum())
     assert int(float(redis_db.hget(card_state_key(run), "n4"))) == in_window
+
+
+def test_a_new_redis_is_warmed_from_the_history_and_one_in_use_is_left_alone(
+        trained, stack, tmp_path, monkeypatch):
+    """``up`` runs ``history backfill-online --if-empty``: a Redis that knows no card (new,
+    flushed, or a switch to a Redis Cluster) gets the history; a store in use does not."""
+    from typer.testing import CliRunner
+
+    from model.config import get_settings
+    from ops import services
+    from ops.cli import app
+
+    for name, value in services.isolated_env(tmp_path / "home", "fraudstream-warm").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FRAUDSTREAM_DATA_DIR", str(stack.history_dir))
+    get_settings.cache_clear()
+    fresh = Settings()
+    assert fresh.redis_url != stack.redis_url and fresh.history_dir == stack.history_dir
+    services.start_redis(fresh)
+    runner = CliRunner()
+    try:
+        async def holds_cards() -> bool:
+            redis = client(fresh)
+            try:
+                return await OnlineStore(redis).holds_cards()
+            finally:
+                await redis.aclose()
+
+        assert not asyncio.run(holds_cards())
+        first = runner.invoke(app, ["history", "backfill-online", "--if-empty"])
+        assert first.exit_code == 0, first.output
+        assert "online store warmed with" in first.output
+        assert asyncio.run(holds_cards())
+        again = runner.invoke(app, ["history", "backfill-online", "--if-empty"])
+        assert again.exit_code == 0, again.output
+        assert "already in use" in again.output and "warmed" not in again.output
+    finally:
+        services.stop_redis(fresh)
+        get_settings.cache_clear()

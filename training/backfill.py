@@ -67,3 +67,12 @@ async def backfill_online(history: HistoryStore, online: OnlineStore,
                 joinable["payment_id"], joinable["terminal_id"], joinable["card_id"],
                 joinable["ts"], strict=True)])
     return BackfillResult(n, len(fraud), since, until)
+
+
+async def backfill_if_empty(history: HistoryStore, online: OnlineStore,
+                            join: JoinState | None = None) -> BackfillResult | None:
+    """Warm a store that knows no card (a new, flushed or newly clustered Redis) from the
+    history; leave a store in use alone. ``None`` when nothing was done."""
+    if await online.holds_cards():
+        return None
+    return await backfill_online(history, online, join)
