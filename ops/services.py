@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from model.config import Settings
@@ -278,7 +279,7 @@ def start_kafka(settings: Settings, timeout: float = 90.0) -> None:
     those not running; then wait until they serve our topics."""
     procs = kafka_node_procs(settings)
     if all(p.running() for p in procs):
-        wait_kafka_ready(settings, timeout, procs[0])
+        wait_kafka_ready(settings, timeout, procs[0], brokers=len(procs))
         return
     libs = ensure_kafka_libs()
     base = settings.home / "kafka"
@@ -310,7 +311,7 @@ def start_kafka(settings: Settings, timeout: float = 90.0) -> None:
         # Off the scoring path (the API's producer does not wait for it): when the cores
         # are contended, the API and Redis go first.
         proc.spawn([*java, "kafka.Kafka", str(props)], nice=settings.background_nice)
-    wait_kafka_ready(settings, timeout, procs[0])
+    wait_kafka_ready(settings, timeout, procs[0], brokers=len(procs))
 
 
 def stop_kafka(settings: Settings) -> None:
@@ -319,26 +320,28 @@ def stop_kafka(settings: Settings) -> None:
         proc.stop()
 
 
-def wait_kafka_ready(settings: Settings, timeout: float, proc: Proc | None = None) -> None:
-    """Ready means the broker answers requests: it creates (or lists) our topics."""
+def wait_kafka_ready(settings: Settings, timeout: float, proc: Proc | None = None,
+                     brokers: int = 1) -> None:
+    """Ready means the brokers answer requests: they create (or list) our topics, every
+    partition's leader listens, and at least ``brokers`` of them have joined."""
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # refused connections are expected while it starts
     try:
-        wait_until(lambda: kafka_answers(settings), "Kafka", timeout, proc)
+        wait_until(lambda: kafka_answers(settings, brokers), "Kafka", timeout, proc)
     finally:
         quiet.setLevel(level)
 
 
-def kafka_answers(settings: Settings) -> bool:
+def kafka_answers(settings: Settings, brokers: int = 1) -> bool:
     try:
-        asyncio.run(asyncio.wait_for(ensure_topics(settings), timeout=10))
+        asyncio.run(asyncio.wait_for(ensure_topics(settings, brokers), timeout=10))
         return True
     except Exception:
         return False
 
 
-async def ensure_topics(settings: Settings) -> None:
+async def ensure_topics(settings: Settings, min_brokers: int = 1) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -348,8 +351,6 @@ async def ensure_topics(settings: Settings) -> None:
     try:
         existing = set(await admin.list_topics())
         factor, min_isr = settings.kafka_replication
-        if factor > 1 and len((await admin.describe_cluster())["brokers"]) < factor:
-            raise ServiceError("not every broker has joined the cluster yet")
         wanted = [
             NewTopic(name=t, num_partitions=settings.kafka_partitions,
                      replication_factor=factor,
@@ -358,17 +359,44 @@ async def ensure_topics(settings: Settings) -> None:
                       settings.topic_dead_letters)
             if t not in existing
         ]
+        brokers = (await admin.describe_cluster())["brokers"]
+        # Topics created with fewer brokers than copies would stay short of copies. Once
+        # they exist, a broker down must not keep a stream worker from starting.
+        if len(brokers) < max(min_brokers, factor if wanted else 1):
+            raise ServiceError("not every broker has joined the cluster yet")
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
         described = await admin.describe_topics([settings.topic_scored, settings.topic_labels])
-        for topic in described:
-            if topic.get("error_code", 0) != 0 or not topic.get("partitions"):
-                raise ServiceError(f"topic {topic.get('topic')} not ready")
-            if any(p.get("leader", -1) < 0 for p in topic["partitions"]):
-                raise ServiceError(f"topic {topic.get('topic')} has no leader yet")
+        unready = unready_partitions(described)
+        if unready:
+            raise ServiceError(f"no leader yet: {', '.join(unready[:6])}")
     finally:
         await admin.close()
+    # A consumer talks to each partition's leader: a leader named in the metadata but not
+    # listening yet (brokers restarting together) ended a stream worker's start with
+    # NodeNotReadyError. Brokers that lead nothing of ours may be down.
+    leaders = {p["leader"] for t in described for p in t["partitions"]}
+    live = {b["node_id"]: (b["host"], b["port"]) for b in brokers}
+    for leader in sorted(leaders):
+        try:
+            socket.create_connection(live[leader], timeout=2).close()
+        except (KeyError, OSError) as exc:
+            raise ServiceError(f"broker {leader} leads partitions but is not listening "
+                               "yet") from exc
+
+
+def unready_partitions(described: list[dict[str, Any]]) -> list[str]:
+    """The topics and partitions (``topic[n]``) of a metadata answer that a consumer cannot
+    read yet: an error, or no leader."""
+    unready = []
+    for topic in described:
+        if topic.get("error_code", 0) != 0 or not topic.get("partitions"):
+            unready.append(str(topic.get("topic")))
+            continue
+        unready += [f"{topic['topic']}[{p['partition']}]" for p in topic["partitions"]
+                    if p.get("error_code", 0) != 0 or p.get("leader", -1) < 0]
+    return unready
 
 
 # ---- Redis ---------------------------------------------------------------------------

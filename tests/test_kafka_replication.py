@@ -88,6 +88,9 @@ def test_a_broker_killed_mid_run_loses_nothing_and_refuses_nothing(api_client, s
         # Two copies of every partition remain: the whole run is recorded without it.
         eventually(lambda: _recorded(store, run) == (len(bodies), len(bodies)), 120)
         assert not victim.running()
+        # A stream worker (re)started now starts: the partitions are led by the two
+        # brokers left (what `fraudstream stream` waits on).
+        eventually(lambda: services.kafka_answers(stream_worker), 60, every=1.0)
     finally:
         services.start_kafka(stream_worker, timeout=120)
     # Back, it catches up and every partition has its three copies in sync again.

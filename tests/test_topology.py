@@ -34,3 +34,23 @@ def test_every_server_the_settings_describe_is_started_and_shown(stack):
         assert str(status[name]) in line and "stopped" not in line
     for address in stack.kafka_brokers:
         assert address in shown.output
+
+
+def test_a_partition_without_a_leader_or_with_an_error_is_not_ready():
+    def part(n: int, leader: int, error: int = 0) -> dict[str, int]:
+        return {"partition": n, "leader": leader, "error_code": error}
+
+    described = [
+        {"topic": "scored", "error_code": 0, "partitions": [part(0, 1), part(1, -1)]},
+        {"topic": "labels", "error_code": 0, "partitions": [part(0, 2, error=5), part(1, 3)]},
+        {"topic": "new", "error_code": 5, "partitions": []},
+    ]
+    assert services.unready_partitions(described) == ["scored[1]", "labels[0]", "new"]
+    assert services.unready_partitions(
+        [{"topic": "scored", "error_code": 0, "partitions": [part(0, 1), part(1, 2)]}]) == []
+
+
+def test_kafka_is_ready_once_every_partition_has_a_listening_leader(stack):
+    # What `fraudstream stream` waits on before starting faust.
+    assert services.kafka_answers(stack)
+    assert not services.kafka_answers(stack, brokers=len(stack.kafka_brokers) + 1)
