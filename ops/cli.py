@@ -505,7 +505,7 @@ def retrain_worker(
     baselines: bool | None = typer.Option(None, help="fit the baselines in each run too "
                                                      "(default: FRAUDSTREAM_RETRAIN_BASELINES)"),
 ) -> None:
-    """Retrain by itself: on a schedule and when enough new labels came; a candidate that
+    """Retrain by itself: on a schedule and when enough labels matured; a candidate that
     passes the gate runs in shadow, and is promoted after a significant gain there.
     Settings: FRAUDSTREAM_RETRAIN_* , FRAUDSTREAM_SHADOW_DAYS, FRAUDSTREAM_MATURITY_DAYS."""
     import logging
@@ -537,7 +537,7 @@ def retrain_worker(
             raise fail(f"run failed: {report.run.get('error')}")
         return
     console.print(f"retrain worker: every {policy.every_hours:g} h or "
-                  f"{policy.min_new_labels} new labels, shadow {policy.shadow_days:g} d, "
+                  f"{policy.min_new_labels} matured labels, shadow {policy.shadow_days:g} d, "
                   f"clock {policy.clock}; checking every {s.retrain_check_seconds:g} s")
     worker.forever(s.retrain_check_seconds,
                    lambda line: console.print(f"{datetime.now(UTC):%H:%M:%S} {line}"))

@@ -159,6 +159,39 @@ def test_worker_retrains_on_schedule_and_puts_a_better_candidate_in_shadow(small
     assert recorded["window"]["test_fraud"] > 0 and recorded["duration_s"] > 0
 
 
+def test_worker_retrains_once_enough_labels_have_matured_since_the_last_run(small_history,
+                                                                           tmp_path):
+    from dataclasses import replace
+
+    from model.features import DAY
+    from training.dataset import load
+    from training.importer import import_history
+
+    store = HistoryStore(tmp_path / "history")
+    import_history(store, small_history)
+    reg = Registry(tmp_path / "registry")
+    # no maturity set: the worker takes the one the last run trained with
+    worker = RetrainWorker(store, reg, RetrainPolicy(every_hours=24 * 365, clock="events"))
+    now = worker.now()
+    since = now - 4 * DAY
+    reg.record_run({"run": "20260101T000000000000-train", "kind": "train",
+                    "status": "finished", "clock": since, "window": {"maturity_days": 5.0}})
+    payments, labels = load(store)
+    ts = labels["payment_id"].map(payments.set_index("payment_id")["ts"])
+    m = 5 * DAY
+    usable_now = (ts <= now - m) & (labels["reported_at"] <= now)
+    usable_then = (ts <= since - m) & (labels["reported_at"] <= since)
+    expected = int((usable_now & ~usable_then).sum())
+    # labels reported since on payments still maturing exist, and do not count
+    assert ((labels["reported_at"] > since) & (ts > now - m)).any()
+    assert expected > 0
+    assert worker.new_matured_labels(since, now, 5.0) == expected
+    worker.policy = replace(worker.policy, min_new_labels=expected)
+    assert worker.due(now) == "labels"
+    worker.policy = replace(worker.policy, min_new_labels=expected + 1)
+    assert worker.due(now) is None
+
+
 # ---- the stream scores the challenger; the API tells freshness and drift ---------------
 @pytest.mark.integration
 def test_stream_records_the_challengers_score_beside_the_champions(api_client, stream_worker,

@@ -8,9 +8,10 @@ Each tick (every ``check_seconds``), in this order:
    ``min_shadow_fraud`` frauds, promotes it; after ``max_shadow_days`` without one it is
    retired.
 2. **A retraining run**, when none is in shadow and either the schedule is due
-   (``every_hours`` since the last run) or ``min_new_labels`` labels have been reported
-   since the last run's cut-off. The run is ``training.train`` with ``shadow=True``: a
-   candidate that beats the champion offline becomes the challenger, it does not answer.
+   (``every_hours`` since the last run) or ``min_new_labels`` labels have matured since
+   the last run's cut-off (labels a new run can learn from that the last one could not).
+   The run is ``training.train`` with ``shadow=True``: a candidate that beats the
+   champion offline becomes the challenger, it does not answer.
 
 One run at a time, across processes and hosts sharing the registry: an exclusive ``flock``
 on ``<registry>/retrain.lock``. The kernel drops it when its holder dies, so a crashed run
@@ -114,10 +115,25 @@ class RetrainWorker:
                 and r.get("status") in ("finished", "failed")]
         return runs[-1] if runs else None
 
-    def new_labels_since(self, since: float, now: float) -> int:
+    def new_matured_labels(self, since: float, now: float, maturity_days: float) -> int:
+        """Labels a run at ``now`` can learn from that a run at ``since`` could not: on a
+        payment matured by ``now`` (older than ``maturity_days``) and reported by then,
+        but not both matured and reported by ``since``. A label on a payment still
+        maturing is left for later: training leaves such payments out."""
+        m = maturity_days * DAY
         return int(self.store.query(
-            "SELECT count(*) AS n FROM labels WHERE reported_at > to_timestamp(?) "
-            "AND reported_at <= to_timestamp(?)", [since, now])["n"].iloc[0])
+            "SELECT count(*) AS n FROM labels l JOIN payments p USING (payment_id) "
+            "WHERE p.ts <= to_timestamp(?) AND l.reported_at <= to_timestamp(?) "
+            "AND NOT (p.ts <= to_timestamp(?) AND l.reported_at <= to_timestamp(?))",
+            [now - m, now, since - m, since])["n"].iloc[0])
+
+    def _maturity_of(self, last: dict[str, Any]) -> float:
+        """The maturity the last run trained with (read from its window), else measured:
+        measuring reads the whole history, too much for every tick."""
+        if self.policy.maturity_days is not None:
+            return self.policy.maturity_days
+        recorded = (last.get("window") or {}).get("maturity_days")
+        return float(recorded) if recorded is not None else self.maturity()
 
     def due(self, now: float) -> str | None:
         """Why a run is due now (``schedule`` or ``labels``), or None."""
@@ -126,7 +142,8 @@ class RetrainWorker:
             return "schedule"
         if now - float(last["clock"]) >= self.policy.every_hours * HOUR:
             return "schedule"
-        if self.new_labels_since(float(last["clock"]), now) >= self.policy.min_new_labels:
+        if self.new_matured_labels(float(last["clock"]), now, self._maturity_of(last)) \
+                >= self.policy.min_new_labels:
             return "labels"
         return None
 
@@ -242,7 +259,7 @@ class RetrainWorker:
         if last is None:
             return "no run yet"
         next_at = float(last["clock"]) + self.policy.every_hours * HOUR
-        new = self.new_labels_since(float(last["clock"]), now)
+        new = self.new_matured_labels(float(last["clock"]), now, self._maturity_of(last))
         return (f"idle at {_iso(now)[:19]}: next scheduled run in "
                 f"{max(next_at - now, 0) / HOUR:.1f} h; {new} of "
-                f"{self.policy.min_new_labels} new labels since the last run")
+                f"{self.policy.min_new_labels} newly matured labels since the last run")
