@@ -30,6 +30,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -58,6 +59,22 @@ def pin_running(pids: list[int | None]) -> None:
         if pid is not None:
             subprocess.run(["taskset", "-a", "-cp", PIN["others"], str(pid)], check=True,
                            capture_output=True)
+
+
+def restart_api(s: Any, workers: int = 1) -> None:
+    """A fresh API process (with --pin, on its own core; what else runs then goes to the
+    other cores): an overloaded run leaves a backlog of requests whose callers gave up,
+    which would otherwise weigh on the next run."""
+    from ops import services
+
+    proc = services.api_proc(s)
+    proc.stop()
+    proc.spawn([*taskset("api"), sys.executable, "-m", "ops.cli", "api",
+                "--workers", str(workers)])
+    services.wait_until(lambda: services._http_ok(f"{s.api_url}/healthz"), "API", 60, proc)
+    if PIN:
+        pin_running([services.stream_proc(s).pid(), services.redis_proc(s).pid(),
+                     services.kafka_proc(s).pid()])
 
 
 def machine() -> str:
@@ -268,17 +285,7 @@ def main(
         for n_workers in worker_list:
             for rnd in range(repeat):
                 for rate in rate_list:
-                    # A fresh API per run: an overloaded run leaves a backlog of requests whose
-                    # callers gave up, which would otherwise weigh on the next run.
-                    proc.stop()
-                    proc.spawn([*taskset("api"), sys.executable, "-m", "ops.cli", "api",
-                                "--workers", str(n_workers)])
-                    services.wait_until(lambda: services._http_ok(f"{s.api_url}/healthz"),
-                                        "API", 60, proc)
-                    if PIN:
-                        pin_running([services.stream_proc(s).pid(),
-                                     services.redis_proc(s).pid(),
-                                     services.kafka_proc(s).pid()])
+                    restart_api(s, n_workers)
                     time.sleep(1)
                     n = int(rate * duration)
                     if used + n > len(bodies_all):

@@ -2,6 +2,7 @@
 run, at the same rates.
 
     python benchmarks/bench_shadow.py [--rates 250,500,1000] [--duration 10] [--repeat 3]
+                                      [--pin]
 
 Starts its own stack (as ``bench_api.py``), trains a champion and a second model, then, per
 rate, runs ``2 x repeat`` rounds of open-loop load with vegeta, alternating: no challenger,
@@ -10,6 +11,13 @@ Prints and writes (``docs/benchmarks-shadow.md``) per rate and mode (medians ove
 p50/p99 at the client, the API's own scoring time (each answer's ``latency_ms``: request
 parsed to response built), their on/off ratios, the CPU per payment of every process; and
 checks that the history holds a shadow score for the payments of the shadow rounds.
+
+Also, per rate, the scoring p99 of all rounds of a mode pooled, and the on/off ratio's 95%
+interval from resampling whole rounds (a round is the unit the machine's noise moves).
+``--pin``: the API alone on the last core, everything else on the others (the API's own
+latency, as a host with cores to spare would see it), written to
+``docs/benchmarks-shadow-pinned.md``. A section of the page headed "## Reading this run",
+written by hand, is kept when the page is written again.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench_api  # noqa: E402
 from bench_api import (  # noqa: E402
     _stream_lag,
     cpu_seconds,
@@ -64,8 +73,17 @@ def main(
     rates: str = typer.Option("250,500,1000"),
     duration: float = typer.Option(10.0),
     repeat: int = typer.Option(3, min=1),
-    out_doc: Path = typer.Option(ROOT / "docs" / "benchmarks-shadow.md"),
+    out_doc: Path | None = typer.Option(None, help="default: docs/benchmarks-shadow.md, "
+                                        "or -pinned.md with --pin"),
+    pin: bool = typer.Option(False, help="the API alone on the last core"),
 ) -> None:
+    if out_doc is None:
+        out_doc = ROOT / "docs" / f"benchmarks-shadow{'-pinned' if pin else ''}.md"
+    if pin:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            raise typer.Exit("--pin needs at least 2 cores")
+        bench_api.PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
     home = fresh_home("bench-shadow")
     os.environ["FRAUDSTREAM_MODEL_POLL_SECONDS"] = "0.5"
 
@@ -119,17 +137,13 @@ def main(
         rate_list = [int(r) for r in rates.split(",")]
         results: dict[tuple[int, str], list[dict[str, float]]] = {}
         cpu: dict[tuple[int, str], list[dict[str, float]]] = {}
+        latencies: dict[tuple[int, str], list[np.ndarray]] = {}
         used = 0
         for rate in rate_list:
             for rnd in range(repeat):
                 # Each order half the time: a round must not always follow the same mode.
                 for mode in (("off", "on") if rnd % 2 == 0 else ("on", "off")):
-                    # A fresh API per round, as bench_api.py: an overloaded round leaves a
-                    # backlog of requests whose callers gave up, which would weigh on the
-                    # next round.
-                    proc = services.api_proc(s)
-                    proc.stop()
-                    services.start_api(s)
+                    bench_api.restart_api(s)
                     if mode == "on":
                         registry.set_challenger(challenger.version, since=time.time())
                     else:
@@ -158,6 +172,7 @@ def main(
                     row = summarise(res, duration)
                     row["scoring_p50"] = float(np.percentile(own, 50)) if len(own) else np.nan
                     row["scoring_p99"] = float(np.percentile(own, 99)) if len(own) else np.nan
+                    latencies.setdefault((rate, mode), []).append(own)
                     results.setdefault((rate, mode), []).append(row)
                     cpu.setdefault((rate, mode), []).append(
                         {k: v / row["sent"] * 1e3 for k, v in
@@ -184,8 +199,8 @@ def main(
         "# Shadow scoring and the scoring hook",
         "",
         f"`python benchmarks/bench_shadow.py --rates {rates} --duration {duration:g} "
-        f"--repeat {repeat}`, {datetime.now(UTC):%Y-%m-%d}, {machine()}; everything (Redis, "
-        "Kafka, the stream worker, one API process, vegeta) on this machine.",
+        f"--repeat {repeat}{' --pin' if pin else ''}`, {datetime.now(UTC):%Y-%m-%d %H:%M} "
+        f"UTC, {machine()}.",
         "",
         "Per rate, rounds alternate (in both orders, half the time each; a fresh API process "
         "per round): no challenger, and a second model in shadow (the stream worker scores "
@@ -214,8 +229,11 @@ def main(
             each = ", ".join(f"{on[metric] / off[metric]:.2f}" for on, off in pairs)
             return f"**{med[(rate, 'on')][metric] / med[(rate, 'off')][metric]:.2f}** ({each})"
 
+        pooled, low, high = pooled_p99_ratio(latencies[(rate, "on")],
+                                             latencies[(rate, "off")])
         ratios.append(f"- {rate}/s: client p99 on/off {ratio('p99')}; scoring p99 on/off "
-                      f"{ratio('scoring_p99')}")
+                      f"{ratio('scoring_p99')}; scoring p99 of the rounds pooled, on/off "
+                      f"**{pooled:.3f}** (95% interval {low:.3f} .. {high:.3f})")
     console.print(table)
     console.print("\n".join(ratios))
     lines += ["", *ratios, "", "CPU per payment (ms), by process, medians:", "",
@@ -228,8 +246,27 @@ def main(
     lines += ["", f"Shadow scores recorded: {int(shadowed['with_shadow']):,} of "
               f"{int(shadowed['n']):,} payments of the shadow rounds (degraded answers have "
               f"no features to score); {off_shadow} in the rounds without a challenger.", ""]
-    out_doc.write_text("\n".join(lines))
+    marker = "## Reading this run"
+    old = out_doc.read_text() if out_doc.exists() else ""
+    kept = old[old.index(marker):] if marker in old else ""
+    out_doc.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     console.print(f"wrote {out_doc}")
+
+
+def pooled_p99_ratio(on: list[np.ndarray], off: list[np.ndarray], draws: int = 2000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """p99 of the "on" rounds' latencies pooled over that of the "off" rounds, and a 95%
+    interval from resampling whole rounds of each mode."""
+    rng = np.random.default_rng(seed)
+
+    def p99(rounds: list[np.ndarray], pick: np.ndarray) -> float:
+        return float(np.percentile(np.concatenate([rounds[i] for i in pick]), 99))
+
+    point = p99(on, np.arange(len(on))) / p99(off, np.arange(len(off)))
+    boot = [p99(on, rng.integers(0, len(on), len(on)))
+            / p99(off, rng.integers(0, len(off), len(off))) for _ in range(draws)]
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return point, float(low), float(high)
 
 
 def _refit(store, registry, cfg):  # type: ignore[no-untyped-def]
