@@ -18,6 +18,10 @@ Keys::
 A claim is optional: an analyst may decide an open case at once; a claim only keeps the
 others from deciding (or claiming) it while it holds.
 
+A label from elsewhere (a chargeback, a customer report) on a payment whose case is still
+open closes the case with that label's verdict (``decided_by`` ``label:<source>``): nobody
+need work a case the issuer has answered, and no analyst label is made of it.
+
 Exactly once: a case's verdict is fixed by the first ``decide`` (a Lua script, atomic), with
 its time. Every later ``decide`` with the same verdict returns that same verdict and time,
 so the label sent again is the same label (same identity in the history) and applying it
@@ -174,6 +178,10 @@ return redis.call('HGETALL', key)
 # ARGV: payment_id, analyst, now, verdict, note, decided ttl, audit maxlen.
 _DECIDE = _FIND_CASE + """
 if status == 'decided' then
+  local closed_by = redis.call('HGET', key, 'closed_by')
+  if closed_by then
+    return redis.error_reply('409 already closed by a ' .. closed_by .. ' label')
+  end
   local verdict = redis.call('HGET', key, 'verdict')
   if verdict ~= ARGV[4] then
     return redis.error_reply('409 already decided ' .. verdict .. ' by ' ..
@@ -198,6 +206,34 @@ return redis.call('HGETALL', key)
 """
 
 
+# A label from elsewhere (a chargeback, the cardholder) answers the case's question: the
+# case is closed with it, never reopened, and no analyst's label is made of it. ARGV: now,
+# decided ttl, audit maxlen, then per label payment_id, verdict, source, reported_at.
+_CLOSE_BY_LABEL = """
+local closed = 0
+for i = 4, #ARGV, 4 do
+  local id = ARGV[i]
+  local key = 'fs:{rq}:case:' .. id
+  local status = redis.call('HGET', key, 'status')
+  if status and status ~= 'decided' then
+    local note = 'closed by a ' .. ARGV[i + 2] .. ' label reported at ' .. ARGV[i + 3]
+    redis.call('HSET', key, 'status', 'decided', 'verdict', ARGV[i + 1], 'note', note,
+               'decided_by', 'label:' .. ARGV[i + 2], 'decided_at', ARGV[1],
+               'closed_by', ARGV[i + 2])
+    redis.call('EXPIRE', key, ARGV[2])
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('ZADD', KEYS[2], ARGV[1], id)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'action', 'closed_by_label',
+               'payment_id', id, 'analyst', 'label:' .. ARGV[i + 2], 'verdict', ARGV[i + 1],
+               'note', note, 'at', ARGV[1])
+    closed = closed + 1
+  end
+end
+return closed
+"""
+
+
 class ReviewQueue:
     def __init__(self, redis: Redis, claim_seconds: float = 900.0,
                  mux: Mux | None = None) -> None:
@@ -207,6 +243,7 @@ class ReviewQueue:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
         self._decide = redis.register_script(_DECIDE)
+        self._close_by_label = redis.register_script(_CLOSE_BY_LABEL)
 
     async def enqueue(self, rows: Iterable[Mapping[str, Any]], now: float | None = None) -> int:
         """History rows of payments decided ``review``: a case each, unless one exists."""
@@ -226,6 +263,21 @@ class ReviewQueue:
         if len(argv) == 1:
             return 0
         return int(await self._enqueue(keys=[OPEN_KEY, WAITING_KEY], args=argv))
+
+    async def close_by_labels(self, labels: Iterable[Label], now: float | None = None) -> int:
+        """Close the open cases these labels answer (the first label decides; a case
+        already decided stays as it is). Analysts' own labels are left out: they come from
+        a verdict. Returns how many cases were closed."""
+        argv: list[Any] = [now if now is not None else time.time(), DECIDED_TTL_SECONDS,
+                           AUDIT_MAXLEN]
+        for label in labels:
+            if label.source != "analyst":
+                argv += [label.payment_id, "fraud" if label.is_fraud else "legitimate",
+                         label.source, label.reported_at.isoformat()]
+        if len(argv) == 3:
+            return 0
+        return int(await self._close_by_label(
+            keys=[OPEN_KEY, DECIDED_KEY, AUDIT_KEY, WAITING_KEY], args=argv))
 
     async def get(self, payment_id: str, now: float | None = None) -> Case | None:
         raw = await self.redis.hgetall(case_key(payment_id))

@@ -14,7 +14,8 @@ safe to repeat from wherever it stopped:
 3. a payment's ref is set and the labels waiting for it are read, applied, and only then
    dropped from their queue. Applying a label is idempotent and does not depend on the
    order labels arrive in (``model.online_features``), so applying one twice, or a
-   chargeback after the analyst's later verdict, ends in the state the history says.
+   chargeback after the analyst's later verdict, ends in the state the history says. A
+   label from elsewhere closes its payment's open review case.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class Recorder:
         await self.online.apply_labels([
             LabelUpdate(label.payment_id, ref, label.is_fraud, label.reported_at.timestamp())
             for label, ref in labels])
+        # after its payment is recorded, so its case (if any) exists
+        await self.reviews.close_by_labels(label for label, _ in labels)
         await self.freshness.note_labels((ref.ts, label.reported_at.timestamp())
                                          for label, ref in labels)
 

@@ -134,7 +134,7 @@ def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
     import asyncio
 
     from model import redis_conn
-    from model.reviews import DECIDED_KEY, OPEN_KEY, WAITING_KEY, ReviewQueue
+    from model.reviews import DECIDED_KEY, OPEN_KEY, WAITING_KEY, ReviewError, ReviewQueue
 
     def row(pid: str, ts: datetime) -> dict:
         return {"payment_id": pid, "ts": ts, "card_id": "c", "terminal_id": "t",
@@ -159,10 +159,153 @@ def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
         again = await queue.get(first)
         assert again is not None and again.status == "decided"
         assert again.label() == case.label()  # the same label, field for field
-        assert await queue.stats(now=t0 + 400) == (1, 300.0)
+        assert await queue.stats(now=t0 + 400) == (1, 300.0)  # the older one waits
+        # a label from elsewhere closes an open case, not a decided one; an analyst's
+        # label (it comes from a verdict) closes nothing
+        from model.schemas import Label
+
+        third, fourth = uid("pay"), uid("pay")
+        await queue.enqueue([row(third, datetime.now(UTC)), row(fourth, datetime.now(UTC))],
+                            now=t0 + 310)
+        when = datetime(2026, 11, 1, tzinfo=UTC)
+        assert await queue.close_by_labels([
+            Label(payment_id=third, is_fraud=False, source="customer_report", reported_at=when),
+            Label(payment_id=fourth, is_fraud=True, source="analyst", reported_at=when),
+            Label(payment_id=first, is_fraud=True, source="chargeback", reported_at=when),
+        ], now=t0 + 320) == 1
+        closed = await queue.get(third)
+        assert closed is not None and (closed.status, closed.verdict, closed.decided_by) == (
+            "decided", "legitimate", "label:customer_report")
+        kept = await queue.get(first)
+        assert kept is not None and (kept.verdict, kept.decided_by) == ("legitimate", "ana")
+        assert (await queue.get(fourth)).status == "open"  # type: ignore[union-attr]
+        assert await queue.close_by_labels([Label(
+            payment_id=third, is_fraud=True, source="chargeback", reported_at=when)]) == 0
+        with pytest.raises(ReviewError, match="closed by a customer_report label"):
+            await queue.decide(third, "ana", "legitimate")
+        await queue.decide(fourth, "ana", "fraud", now=t0 + 330)
         # decided ids are dropped once their cases have expired
         await queue.decide(older, "ana", "fraud", now=t0 + 400 + 100 * 86_400)
         assert await redis.zrange(DECIDED_KEY, 0, -1) == [older.encode()]
+        await redis.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_chargeback_closes_the_open_case_of_its_payment(api_client, stream_worker,
+                                                          analysts, review_rule):
+    """The issuer answered: the case leaves the queue, closed with the label's verdict,
+    and an analyst can no longer decide it (no analyst label is made of it)."""
+    card = uid("card")
+    body = payment(ts=(datetime.now(UTC) - timedelta(minutes=5)).isoformat(), card_id=card,
+                   amount=MARK_AMOUNT)
+    assert api_client.post("/v1/payments/score", json=body).json()["decision"] == "review"
+    pid = body["payment_id"]
+    ana = as_(api_client, analysts["ana"])
+    eventually(lambda: api_client.get("/v1/reviews", params={"card_id": card},
+                                      headers=ana).json() or None, 60)
+    assert api_client.post(f"/v1/reviews/{pid}/claim", headers=ana).status_code == 200
+    label = {"payment_id": pid, "is_fraud": True, "source": "chargeback",
+             "reported_at": datetime.now(UTC).isoformat()}
+    assert api_client.post("/v1/labels", json=label).status_code == 202
+
+    def closed():
+        case = api_client.get(f"/v1/reviews/{pid}", headers=ana).json()
+        return case if case["status"] == "decided" else None
+
+    case = eventually(closed, 60)
+    assert case["verdict"] == "fraud" and case["decided_by"] == "label:chargeback"
+    assert "chargeback" in case["note"]
+    assert api_client.get("/v1/reviews", params={"card_id": card}, headers=ana).json() == []
+    late = api_client.post(f"/v1/reviews/{pid}/verdict", headers=ana,
+                           json={"verdict": "legitimate"})
+    assert late.status_code == 409 and "closed by a chargeback label" in late.json()["detail"]
+    audit = api_client.get("/v1/reviews/audit", headers=ana).json()
+    assert next(a["action"] for a in audit if a["payment_id"] == pid) == "closed_by_label"
+    # only the chargeback is in the history: no analyst label was made of the case
+    labels = eventually(lambda: (lambda f: f if len(f) else None)(
+        raw_labels(stream_worker, pid)), 60)
+    assert list(labels["source"]) == ["chargeback"]
+
+
+def test_a_lost_queue_is_opened_again_from_the_history(api_client, stream_worker, analysts,
+                                                        review_rule, redis_db):
+    """A Redis lost with its queue: `history backfill-online` opens again the cases the
+    history says were sent to review and have no label yet; answered ones stay closed."""
+    import asyncio
+    import time
+
+    from model import redis_conn
+    from model.history import HistoryStore
+    from model.reviews import OPEN_KEY, WAITING_KEY, ReviewQueue, case_key
+    from training.backfill import restore_review_queue
+
+    card = uid("card")
+    ana = as_(api_client, analysts["ana"])
+    bodies = [payment(ts=(datetime.now(UTC) - timedelta(minutes=m)).isoformat(),
+                      card_id=card, amount=MARK_AMOUNT) for m in (3, 2)]
+    for body in bodies:
+        assert api_client.post("/v1/payments/score", json=body).json()["decision"] == "review"
+    waiting, answered = (b["payment_id"] for b in bodies)
+    eventually(lambda: len(api_client.get("/v1/reviews", params={"card_id": card},
+                                          headers=ana).json()) == 2, 60)
+    assert api_client.post(f"/v1/reviews/{answered}/verdict", headers=ana,
+                           json={"verdict": "fraud"}).status_code == 200
+    eventually(lambda: len(raw_labels(stream_worker, answered)) == 1, 60)
+    before = api_client.get(f"/v1/reviews/{waiting}", headers=ana).json()
+    for pid in (waiting, answered):  # the queue is lost
+        redis_db.delete(case_key(pid))
+        redis_db.zrem(OPEN_KEY, pid)
+        redis_db.zrem(WAITING_KEY, pid)
+    assert api_client.get(f"/v1/reviews/{waiting}", headers=ana).status_code == 404
+
+    async def restore() -> int:
+        redis = redis_conn.client(stream_worker)
+        try:
+            return await restore_review_queue(HistoryStore(stream_worker.history_dir),
+                                              ReviewQueue(redis), until=time.time())
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(restore()) >= 1
+    again = api_client.get(f"/v1/reviews/{waiting}", headers=ana).json()
+    assert again["status"] == "open"
+    assert {k: again[k] for k in ("paid_at", "amount", "score", "reasons", "card_id")} == {
+        k: before[k] for k in ("paid_at", "amount", "score", "reasons", "card_id")}
+    assert api_client.get(f"/v1/reviews/{answered}", headers=ana).status_code == 404
+    assert asyncio.run(restore()) == 0  # a case Redis holds is left as it is
+
+
+def test_the_queue_lists_by_terminal_score_and_analyst(stack):
+    import asyncio
+
+    from model import redis_conn
+    from model.reviews import ReviewQueue
+
+    terminal, other = uid("term"), uid("term")
+
+    def row(pid: str, term: str, score: float, minute: int) -> dict:
+        return {"payment_id": pid, "ts": datetime(2026, 11, 2, 10, minute, tzinfo=UTC),
+                "card_id": uid("card"), "terminal_id": term, "amount": 10.0,
+                "currency": "EUR", "score": score, "model_version": "v", "reasons": []}
+
+    async def go():
+        redis = redis_conn.client(stack)
+        queue = ReviewQueue(redis)
+        low, high, elsewhere = uid("pay"), uid("pay"), uid("pay")
+        await queue.enqueue([row(high, terminal, 0.9, 2), row(low, terminal, 0.2, 1),
+                             row(elsewhere, other, 0.95, 0)])
+        await queue.claim(high, "bob")
+
+        async def ids(**filters) -> list[str]:
+            return [c.payment_id for c in await queue.list(limit=500, **filters)]
+
+        assert await ids(terminal_id=terminal) == [low, high]  # oldest payment first
+        assert await ids(terminal_id=terminal, min_score=0.5) == [high]
+        assert await ids(terminal_id=terminal, analyst="bob") == [high]
+        assert await ids(terminal_id=terminal, status="open") == [low]
+        assert await ids(terminal_id=terminal, status="claimed") == [high]
+        assert elsewhere in await ids(min_score=0.9)
         await redis.aclose()
 
     asyncio.run(go())

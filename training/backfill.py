@@ -1,4 +1,5 @@
-"""Warm the online feature store from the history (after an import, or a lost Redis).
+"""Warm the online feature store from the history (after an import, or a lost Redis), and
+open again the review cases a lost Redis took with it.
 
 Without it, the first payments scored after a bootstrap would look like every card's and
 terminal's first: features unlike the ones the model was trained on.
@@ -13,6 +14,7 @@ import pandas as pd
 from model.features import (
     CARD_FRAUD_WINDOW,
     CARD_HORIZON,
+    DAY,
     FRESH_FRAUD_WINDOW,
     TERMINAL_HORIZON,
 )
@@ -20,7 +22,11 @@ from model.history import HistoryStore
 from model.label_join import JOIN_HORIZON, JoinState
 from model.labels import fraud_known_since, fraud_spells
 from model.online_features import OnlineStore, PaymentRef
+from model.reviews import ReviewQueue
 from training.dataset import load
+
+# How far back a lost review queue is rebuilt from the history.
+REVIEW_RESTORE_DAYS = 30.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class BackfillResult:
     fraud_labels: int
     since: float
     until: float
+    review_cases: int = 0
 
 
 def _text(column: pd.Series) -> list[str | None]:
@@ -36,9 +43,11 @@ def _text(column: pd.Series) -> list[str | None]:
 
 
 async def backfill_online(history: HistoryStore, online: OnlineStore,
-                          join: JoinState | None = None) -> BackfillResult:
+                          join: JoinState | None = None,
+                          reviews: ReviewQueue | None = None) -> BackfillResult:
     """The recent payments and the fraud now known on them, as if scored live; with
-    ``join``, also the refs that let labels still to come find their payment."""
+    ``join``, also the refs that let labels still to come find their payment; with
+    ``reviews``, the review cases still open (``restore_review_queue``)."""
     payments, labels = load(history)
     if payments.empty:
         return BackfillResult(0, 0, 0.0, 0.0)
@@ -66,13 +75,35 @@ async def backfill_online(history: HistoryStore, online: OnlineStore,
             (pid, PaymentRef(term, card, float(ts))) for pid, term, card, ts in zip(
                 joinable["payment_id"], joinable["terminal_id"], joinable["card_id"],
                 joinable["ts"], strict=True)])
-    return BackfillResult(n, len(fraud), since, until)
+    cases = await restore_review_queue(history, reviews, until) if reviews is not None else 0
+    return BackfillResult(n, len(fraud), since, until, cases)
+
+
+async def restore_review_queue(history: HistoryStore, reviews: ReviewQueue, until: float,
+                               days: float = REVIEW_RESTORE_DAYS) -> int:
+    """Open a case again for each payment of the last ``days`` the history says was
+    decided ``review`` and has no label yet (a label is a verdict, or answers the case):
+    the queue lives in Redis, and a lost Redis must not lose the analysts' work list. A
+    case Redis still holds is left as it is. Returns the cases opened."""
+    rows = history.query(
+        "SELECT payment_id, ts, card_id, terminal_id, amount, currency, score, "
+        "model_version, degraded, reasons FROM payments p WHERE decision = 'review' "
+        "AND ts > to_timestamp(?) AND NOT EXISTS "
+        "(SELECT 1 FROM labels l WHERE l.payment_id = p.payment_id)",
+        [until - days * DAY])
+    if rows.empty:
+        return 0
+    records = [{**r, "reasons": [] if r["reasons"] is None else list(r["reasons"]),
+                "score": None if pd.isna(r["score"]) else r["score"]}
+               for r in rows.to_dict("records")]
+    return await reviews.enqueue(records)
 
 
 async def backfill_if_empty(history: HistoryStore, online: OnlineStore,
-                            join: JoinState | None = None) -> BackfillResult | None:
+                            join: JoinState | None = None,
+                            reviews: ReviewQueue | None = None) -> BackfillResult | None:
     """Warm a store that knows no card (a new, flushed or newly clustered Redis) from the
     history; leave a store in use alone. ``None`` when nothing was done."""
     if await online.holds_cards():
         return None
-    return await backfill_online(history, online, join)
+    return await backfill_online(history, online, join, reviews)
