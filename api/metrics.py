@@ -3,8 +3,11 @@
 With several API processes (``FRAUDSTREAM_API_WORKERS``) each writes its own values under
 ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds them up: counters and histograms sum;
 a gauge says how (``multiprocess_mode``): the model loaded per live process, the worst
-drift and lag of any process, the queue as any process read it.
+lag of any live process, the queue as any live process read it, the PSI most recently
+measured by any live process (a process that exits cleanly takes its gauges with it).
 """
+
+import os
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -29,20 +32,31 @@ SCORES = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
 )
 PSI = Gauge("fraudstream_psi", "Population stability index against the model's training "
-            "window, over this process's recent payments", ["input"], multiprocess_mode="max")
+            "window, over this process's recent payments", ["input"],
+            multiprocess_mode="livemostrecent")
 STREAM_LAG = Gauge("fraudstream_stream_lag_seconds",
                    "How far the stream worker is behind the payments this API scored",
-                   multiprocess_mode="max")
+                   multiprocess_mode="livemax")
 LABEL_LAG = Gauge("fraudstream_label_lag_seconds", "Newest payment minus newest label applied "
-                  "to the features (event time)", multiprocess_mode="max")
+                  "to the features (event time)", multiprocess_mode="livemax")
 LABEL_DELAY = Gauge("fraudstream_label_delay_labels", "Labels applied that arrived within "
-                    "`le` days of their payment (cumulative)", ["le"], multiprocess_mode="max")
+                    "`le` days of their payment (cumulative)", ["le"], multiprocess_mode="livemax")
 REVIEW_QUEUE_SIZE = Gauge("fraudstream_review_queue_size", "Review cases not decided yet",
-                          multiprocess_mode="max")
+                          multiprocess_mode="livemax")
 REVIEW_QUEUE_AGE = Gauge("fraudstream_review_queue_oldest_seconds",
                          "How long the oldest open review case has waited",
-                         multiprocess_mode="max")
+                         multiprocess_mode="livemax")
 REVIEW_VERDICTS = Counter("fraudstream_review_verdicts_total", "Analysts' verdicts given",
                           ["verdict"])
 STALE_ANSWERS = Counter("fraudstream_stale_answers_total",
                         "Answers given while the inputs were stale")
+
+
+def forget(gauge: Gauge, *labels: str) -> None:
+    """A labelled series that no longer means anything (a feature the new model lacks, a
+    PSI not measured against the new model yet): removed, or in multiprocess mode (where
+    prometheus_client cannot remove one) set to NaN, the newest value winning."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        gauge.labels(*labels).set(float("nan"))
+    else:
+        gauge.remove(*labels)

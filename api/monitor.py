@@ -27,6 +27,7 @@ from api.metrics import (
     REVIEW_QUEUE_SIZE,
     SCORES,
     STREAM_LAG,
+    forget,
 )
 from model.config import Settings
 from model.drift import psi
@@ -109,19 +110,20 @@ class Monitor:
         REVIEW_QUEUE_AGE.set(self.queue[1] if self.queue[1] is not None else 0.0)
 
     def drift(self, scorer: Scorer | None, reference: dict[str, Any] | None) -> None:
-        if scorer is None or not reference or self.window.version != scorer.version:
-            return
         vectors, scores = self.window.filled()
-        if len(scores) < DRIFT_MIN_PAYMENTS:
-            return
-        out = {"score": psi(reference["score"], scores)}
-        for i, name in enumerate(scorer.feature_names):
-            if name in reference.get("features", {}):
-                out[name] = psi(reference["features"][name], vectors[:, i])
-        gone = set(self.psi) - set(out)  # a new model without some feature: not stale values
+        out: dict[str, float | None] = {}
+        # Only against the model answering now, once it has scored enough: a PSI measured
+        # against the model before a swap or rollback must not stay on show.
+        if (scorer is not None and reference and self.window.version == scorer.version
+                and len(scores) >= DRIFT_MIN_PAYMENTS):
+            out["score"] = psi(reference["score"], scores)
+            for i, name in enumerate(scorer.feature_names):
+                if name in reference.get("features", {}):
+                    out[name] = psi(reference["features"][name], vectors[:, i])
+        gone = set(self.psi) - {k for k, v in out.items() if v is not None}
         self.psi = {k: v for k, v in out.items() if v is not None}
         for name in gone:
-            PSI.remove(name)
+            forget(PSI, name)
         for name, value in self.psi.items():
             PSI.labels(name).set(value)
 
