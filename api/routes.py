@@ -192,6 +192,12 @@ async def get_audit(svc: ServicesDep, count: int = 100) -> list[dict[str, Any]]:
     return await svc.policy.store.audit(count)
 
 
+# A retraining run as /v1/model shows it: what triggered it, the window it trained and
+# tested on, the candidate's metrics, the decision, how long it took.
+RUN_FIELDS = ("run", "kind", "trigger", "status", "clock_iso", "started_at", "version",
+              "window", "metrics", "decision", "duration_s", "error")
+
+
 @router.get("/v1/model", tags=["model"], dependencies=[Depends(require("score"))],
             responses=AUTH)
 async def current_model(svc: ServicesDep) -> dict[str, Any]:
@@ -208,9 +214,7 @@ async def current_model(svc: ServicesDep) -> dict[str, Any]:
     out["challenger"] = None if challenger is None else {
         "version": challenger, "in_shadow_since": registry.challenger_since(),
         "metrics": registry.get(challenger).metadata.get("metrics")}
-    out["runs"] = [{k: r.get(k) for k in ("run", "kind", "trigger", "status", "clock_iso",
-                                          "version", "decision", "duration_s", "error")}
-                   for r in registry.runs(last=10)]
+    out["runs"] = [{k: r.get(k) for k in RUN_FIELDS} for r in registry.runs(last=10)]
     out["promotions"] = registry.promotions()[-10:]
     out["drift_psi"] = svc.monitor.psi
     return out

@@ -63,6 +63,11 @@ class ModelVersion:
         return joblib.load(self.path / MODEL_FILE)
 
 
+def _is_rollback(entry: dict[str, Any]) -> bool:
+    # logs written before the flag existed say so in their reason
+    return bool(entry.get("rollback")) or str(entry.get("why", "")).startswith("rollback from")
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -131,14 +136,16 @@ class Registry:
         version = self.current_version()
         return self.get(version) if version else None
 
-    def promote(self, version: str, by: str = "cli", why: str = "") -> ModelVersion:
+    def promote(self, version: str, by: str = "cli", why: str = "",
+                rollback: bool = False) -> ModelVersion:
         """Make ``version`` the champion; logged. A challenger promoted leaves the shadow."""
         mv = self.get(version)
         previous = self.current_version()
         _atomic_write(self.root / CURRENT_FILE, (version + "\n").encode())
         if self.challenger_version() == version:
             self.clear_challenger()
-        self._log_promotion({"version": version, "previous": previous, "by": by, "why": why})
+        self._log_promotion({"version": version, "previous": previous, "by": by, "why": why,
+                             **({"rollback": True} if rollback else {})})
         return mv
 
     def promotions(self) -> list[dict[str, Any]]:
@@ -149,12 +156,18 @@ class Registry:
             return []
         return [json.loads(line) for line in lines if line.strip()]
 
-    def rollback(self, by: str = "cli") -> ModelVersion:
-        """Promote the champion before the current one."""
+    def rollback(self, by: str = "cli", why: str = "") -> ModelVersion:
+        """Promote the champion that preceded the current one. Rollbacks walk back: the
+        current one's own rollback entries are passed over, so a second rollback goes one
+        champion further back, never forward again to the one just rolled back."""
         current = self.current_version()
         for entry in reversed(self.promotions()):
-            if entry["version"] == current and entry.get("previous"):
-                return self.promote(entry["previous"], by, f"rollback from {current}")
+            if entry["version"] != current or _is_rollback(entry):
+                continue
+            if entry.get("previous"):
+                note = f"rollback from {current}" + (f": {why}" if why else "")
+                return self.promote(entry["previous"], by, note, rollback=True)
+            break
         raise RegistryError(f"no earlier champion to roll back to (current: {current})")
 
     def _log_promotion(self, entry: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -47,7 +48,6 @@ def api(workers: int | None = typer.Option(None, min=1, help="API processes behi
                                                              "FRAUDSTREAM_API_WORKERS)")
         ) -> None:
     """Run the scoring API in the foreground."""
-    import os
     import shutil
 
     import uvicorn
@@ -91,7 +91,8 @@ def up(
     demo_rate: float = typer.Option(40.0, help="payments per second of the demo traffic"),
     history_days: int = typer.Option(90, help="days of simulated history if no model exists"),
 ) -> None:
-    """Start Kafka, Redis, the stream worker and the API; train a first model if none."""
+    """Start Kafka, Redis, the stream worker, the API and the retrain worker; train a first
+    model if none; load the history into a Redis that knows no card; send demo traffic."""
     from model.registry import Registry
     from ops import services
 
@@ -354,11 +355,13 @@ def history_backfill_online(
     if_empty: bool = typer.Option(False, "--if-empty",
                                   help="only if the online store knows no card yet"),
 ) -> None:
-    """Load the recent history into the online feature store (Redis)."""
+    """Load the recent history into the online feature store (Redis), and open again the
+    review cases of the last 30 days that have no label yet (a lost Redis lost them)."""
     from model import redis_conn
     from model.history import HistoryStore
     from model.label_join import JoinState
     from model.online_features import OnlineStore
+    from model.reviews import ReviewQueue
     from training.backfill import backfill_if_empty, backfill_online
 
     s = get_settings()
@@ -368,7 +371,7 @@ def history_backfill_online(
         redis = redis_conn.client(s)
         try:
             return await warm(HistoryStore(s.history_dir), OnlineStore(redis),
-                              JoinState(redis))
+                              JoinState(redis), ReviewQueue(redis))
         finally:
             await redis.aclose()
 
@@ -381,7 +384,8 @@ def history_backfill_online(
         console.print("online store already in use: left as it is")
         return
     console.print(f"online store warmed with {result.payments:,} payments and "  # type: ignore[attr-defined]
-                  f"{result.fraud_labels:,} fraud labels")  # type: ignore[attr-defined]
+                  f"{result.fraud_labels:,} fraud labels; "  # type: ignore[attr-defined]
+                  f"{result.review_cases:,} review cases opened again")  # type: ignore[attr-defined]
 
 
 @history_app.command("stats")
@@ -689,8 +693,9 @@ def replay(
 @keys_app.command("create")
 def keys_create(
     name: str,
-    scope: Annotated[list[str], typer.Option(help="score, labels or admin; repeat for more")]
-    = ["score"],  # noqa: B006 -- typer reads the default, never mutates it
+    # typer reads the default, never mutates it
+    scope: Annotated[list[str], typer.Option(
+        help="score, labels, review or admin; repeat for more")] = ["score"],  # noqa: B006
     signing: bool = typer.Option(False, help="also require an HMAC signature of each body"),
 ) -> None:
     """Create an API key; it is shown once, only its sha256 is kept."""
@@ -753,28 +758,63 @@ def model_list(runs: int = typer.Option(10, min=0, help="also show the last N re
         if not history:
             console.print("no retraining run yet (`fraudstream retrain-worker`)")
             return
-        table = Table("run", "kind", "trigger", "clock", "status", "version", "s",
-                      "decision", title="retraining runs")
+        table = Table("run", "kind", "trigger", "clock", "status", "version",
+                      "trained on", "tested on", "AP", "s", "decision",
+                      title="retraining runs")
         for r in history:
+            w, m = r.get("window") or {}, r.get("metrics") or {}
+            ap = m.get("average_precision")
             table.add_row(r["run"][:22], r.get("kind", ""), r.get("trigger", ""),
                           str(r.get("clock_iso", ""))[:16], r.get("status", ""),
-                          r.get("version") or "", str(r.get("duration_s", "")),
+                          r.get("version") or "",
+                          f"{w['train_start'][:10]} → {w['train_end'][:10]}" if w else "",
+                          f"{w['test_start'][:10]} → {w['test_end'][:10]}" if w else "",
+                          f"{ap:.4f}" if ap is not None else "",
+                          str(r.get("duration_s", "")),
                           r.get("decision") or r.get("error") or "")
         console.print(table)
 
 
+@model_app.command("promote")
+def model_promote(
+    version: str = typer.Argument(..., help="a registered version (`model list`)"),
+    why: str = typer.Option(..., "--why", help="the reason, kept in the promotion log"),
+) -> None:
+    """Make VERSION the champion by hand (every API process within seconds); logged with
+    who ($USER) and why. A challenger promoted leaves the shadow."""
+    from model.registry import Registry, RegistryError
+
+    registry = Registry(get_settings().models_dir)
+    was = registry.current_version()
+    if not why.strip():
+        raise fail("--why must say why: it is what the promotion log keeps")
+    try:
+        registry.promote(version, by=_who(), why=why.strip())
+    except RegistryError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"promoted: {version} is the champion (was {was})")
+
+
 @model_app.command("rollback")
-def model_rollback() -> None:
-    """Make the previous champion current again (every API process within seconds)."""
+def model_rollback(
+    why: str = typer.Option("", "--why", help="the reason, kept in the promotion log"),
+) -> None:
+    """Make the previous champion current again (every API process within seconds). A
+    second rollback goes one champion further back."""
     from model.registry import Registry, RegistryError
 
     registry = Registry(get_settings().models_dir)
     was = registry.current_version()
     try:
-        mv = registry.rollback()
+        mv = registry.rollback(by=_who(), why=why.strip())
     except RegistryError as exc:
         raise fail(str(exc)) from exc
     console.print(f"rolled back: {mv.version} is current again (was {was})")
+
+
+def _who() -> str:
+    """Who changed the champion by hand, for the promotion log."""
+    return f"cli:{os.environ.get('USER') or os.environ.get('LOGNAME') or 'unknown'}"
 
 
 @model_app.command("shadow")

@@ -168,3 +168,11 @@ def trained(stack: Settings, small_history: Path) -> str:
                                baselines=False))
     assert result.promoted
     return result.version
+
+
+@pytest.fixture()
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's console as wide as a terminal: its tables not squeezed into 80 columns."""
+    from ops import cli
+
+    monkeypatch.setattr(cli.console, "width", 250)

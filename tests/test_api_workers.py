@@ -3,13 +3,18 @@ and /metrics adds them up."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
+from model.config import get_settings
+from model.registry import Registry
 from ops import services
+from ops.cli import app
 from tests.conftest import eventually, payment
 
 pytestmark = pytest.mark.integration
@@ -21,7 +26,8 @@ def samples(text: str, name: str) -> list:
 
 
 def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, trained,
-                                                                 api_keys):
+                                                                 api_keys, tmp_path,
+                                                                 wide_console):
     proc = services.api_proc(stream_worker)
     proc.stop()
     proc.spawn([sys.executable, "-m", "ops.cli", "api", "--workers", "2"])
@@ -49,5 +55,38 @@ def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, 
                 text = httpx.get(f"{stream_worker.api_url}/metrics").text
                 decided = sum(s.value for s in samples(text, "fraudstream_decisions_total"))
                 assert decided == n
+
+            # a promotion, then the rollback command: every process follows within seconds
+            registry = Registry(stream_worker.models_dir)
+            mv = registry.get(trained)
+            other = registry.register(mv.load_estimator(), {
+                k: v for k, v in mv.metadata.items() if k not in ("version", "sha256")}).version
+            registry.promote(other, by="test", why="a bad model goes live")
+
+            def serving() -> set[str]:
+                text = httpx.get(f"{stream_worker.api_url}/metrics").text
+                return {s.labels["version"] for s in samples(text, "fraudstream_model_loaded")
+                        if s.value == 1}
+
+            eventually(lambda: serving() == {other}, 30)
+            get_settings.cache_clear()  # the CLI reads the session's settings
+            rolled = CliRunner().invoke(app, ["model", "rollback", "--why", "test"])
+            get_settings.cache_clear()
+            assert rolled.exit_code == 0, rolled.output
+            eventually(lambda: serving() == {trained}, 30)
+            answers = {client.post("/v1/payments/score", json=payment()).json()["model_version"]
+                       for _ in range(20)}
+            assert answers == {trained}
+
+            # what an operator types: health, decisions of both processes, a plot
+            get_settings.cache_clear()
+            shown = CliRunner().invoke(app, ["monitor", "--plot", str(tmp_path / "m.png")])
+            get_settings.cache_clear()
+            assert shown.exit_code == 0, shown.output
+            assert f"model {trained}" in shown.output
+            counts = [re.search(rf"{d}\s+│\s+([\d,]+)", shown.output)
+                      for d in ("approve", "review", "decline")]
+            assert sum(int(c.group(1).replace(",", "")) for c in counts if c) == n + 20
+            assert (tmp_path / "m.png").stat().st_size > 10_000
     finally:
         proc.stop()

@@ -48,6 +48,67 @@ def test_promotions_are_logged_and_rollback_restores_the_previous_champion(tmp_p
     assert reg.rollback(by="ops").version == a
     assert reg.current_version() == a
     assert reg.promotions()[-1]["why"] == f"rollback from {b}"
+    # nothing before a: a second rollback is refused, and does not go forward to b
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        reg.rollback()
+    assert reg.current_version() == a
+
+
+def test_rollbacks_walk_back_one_champion_at_a_time(tmp_path):
+    reg = Registry(tmp_path)
+    a, b, c = dummy(reg, "a"), dummy(reg, "b"), dummy(reg, "c")
+    for version in (a, b, c):
+        reg.promote(version, by="t")
+    assert reg.rollback(why="bad AP").version == b
+    assert reg.promotions()[-1]["why"] == f"rollback from {c}: bad AP"
+    assert reg.rollback().version == a  # not c again
+    reg.promote(c, by="t", why="fixed")  # promoted again by hand: rollback returns to a
+    assert reg.rollback().version == a
+
+
+def test_cli_promotes_and_rolls_back_by_hand_and_says_what_is_wrong(tmp_path, monkeypatch,
+                                                                   wide_console):
+    from typer.testing import CliRunner
+
+    from model.config import get_settings
+    from ops.cli import app
+
+    monkeypatch.setenv("FRAUDSTREAM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("USER", "ana")
+    get_settings.cache_clear()
+    try:
+        reg = Registry(get_settings().models_dir)
+        a, b = dummy(reg, "a"), dummy(reg, "b")
+        reg.promote(a, by="train")
+        reg.record_run({"run": "20260101T000000000000-train", "kind": "train",
+                        "trigger": "labels", "status": "finished", "clock": 0.0,
+                        "version": b, "metrics": {"average_precision": 0.4321},
+                        "window": {"train_start": "2026-09-01T00:00", "train_end":
+                                   "2026-10-01T00:00", "test_start": "2026-10-01T00:00",
+                                   "test_end": "2026-10-08T00:00"}})
+        runner = CliRunner()
+        missing = runner.invoke(app, ["model", "promote", "v-nope", "--why", "x"])
+        assert missing.exit_code == 2 and "no model version" in missing.output
+        blank = runner.invoke(app, ["model", "promote", b, "--why", " "])
+        assert blank.exit_code == 2 and "--why" in blank.output
+        assert reg.current_version() == a and len(reg.promotions()) == 1  # nothing changed
+        done = runner.invoke(app, ["model", "promote", b, "--why", "better on the wave"])
+        assert done.exit_code == 0, done.output
+        assert reg.current_version() == b
+        assert reg.promotions()[-1] | {"at": None} == {
+            "at": None, "version": b, "previous": a, "by": "cli:ana",
+            "why": "better on the wave"}
+        back = runner.invoke(app, ["model", "rollback", "--why", "alerts doubled"])
+        assert back.exit_code == 0 and reg.current_version() == a
+        assert reg.promotions()[-1]["rollback"] is True
+        again = runner.invoke(app, ["model", "rollback"])
+        assert again.exit_code == 2 and "no earlier champion" in again.output
+        listed = runner.invoke(app, ["model", "list"])
+        assert listed.exit_code == 0, listed.output
+        assert "labels" in listed.output and "0.4321" in listed.output
+        assert "2026-09-01 → 2026-10-01" in listed.output
+    finally:
+        get_settings.cache_clear()
 
 
 def test_psi_is_zero_on_the_reference_and_large_on_a_shift():
@@ -91,13 +152,36 @@ def shadow_history(root: Path, champion: str, challenger: str, gain: bool,
 
 
 @pytest.mark.parametrize("gain", [True, False])
-def test_worker_promotes_a_challenger_only_on_a_significant_shadow_gain(tmp_path, gain):
+def test_worker_promotes_a_challenger_only_on_a_significant_shadow_gain(tmp_path, gain,
+                                                                       monkeypatch,
+                                                                       wide_console):
     reg = Registry(tmp_path / "registry")
     champion, challenger = dummy(reg, "champion"), dummy(reg, "challenger")
     reg.promote(champion)
     start = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
     store = shadow_history(tmp_path / "history", champion, challenger, gain, start)
     reg.set_challenger(challenger, since=start)
+
+    # what the fraud team sees first: `fraudstream model compare`
+    from typer.testing import CliRunner
+
+    from model.config import get_settings
+    from ops.cli import app
+
+    for name, value in {"FRAUDSTREAM_REGISTRY_DIR": reg.root, "FRAUDSTREAM_DATA_DIR":
+                        tmp_path / "history", "FRAUDSTREAM_RETRAIN_CLOCK": "events",
+                        "FRAUDSTREAM_MATURITY_DAYS": 2}.items():
+        monkeypatch.setenv(name, str(value))
+    get_settings.cache_clear()
+    try:
+        shown = CliRunner().invoke(app, ["model", "compare", "--k", "20"])
+    finally:
+        get_settings.cache_clear()
+    assert shown.exit_code == 0, shown.output
+    assert f"challenger {challenger} against champion(s) {champion}" in shown.output
+    verdict = shown.output.split("AP gain of the challenger:")[1]
+    assert verdict.strip().startswith("+" if gain else ("-", "+"))
+    assert ("not significant" not in verdict) == bool(gain), verdict
     policy = RetrainPolicy(shadow_days=3, max_shadow_days=10, maturity_days=2,
                            min_shadow_fraud=20, clock="events")
     worker = RetrainWorker(store, reg, policy)
@@ -128,6 +212,42 @@ def test_one_run_at_a_time_and_a_crashed_run_is_marked_abandoned(tmp_path):
     failed = [r for r in runs.values() if r["status"] == "failed"]
     assert len(failed) == 1 and "holds no payments" in failed[0]["error"]
     assert failed[0]["trigger"] == "schedule" and failed[0]["duration_s"] >= 0
+
+
+def test_a_worker_killed_mid_run_frees_the_lock_and_its_run_is_marked_abandoned(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    reg = Registry(tmp_path / "registry")
+    store = HistoryStore(tmp_path / "history")
+    # A real worker process, its training held up so that it dies mid-run for sure.
+    child = textwrap.dedent(f"""
+        import time
+        import training.retrain as retrain
+        from model.history import HistoryStore
+        from model.registry import Registry
+        retrain.train = lambda *args, **kwargs: time.sleep(600)
+        retrain.RetrainWorker(HistoryStore({str(store.root)!r}), Registry({str(reg.root)!r}),
+                              retrain.RetrainPolicy()).tick(force=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child],
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        running = eventually(lambda: [r for r in reg.runs() if r["status"] == "running"]
+                             or None, 60, every=0.05)
+        assert running[0]["pid"] == proc.pid
+        worker = RetrainWorker(store, reg, RetrainPolicy())
+        with pytest.raises(Busy):  # the live run holds the lock
+            worker.tick()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    worker.tick()  # the kernel dropped the lock with the process; this run fails (no data)
+    runs = {r["run"]: r for r in reg.runs()}
+    assert runs[running[0]["run"]]["status"] == "abandoned"
+    assert [r["status"] for r in runs.values()].count("failed") == 1
 
 
 def test_worker_retrains_on_schedule_and_puts_a_better_candidate_in_shadow(small_history,
@@ -266,6 +386,40 @@ def test_monitor_measures_drift_against_the_models_reference():
     assert mon.psi["a"] < 0.1 and mon.psi["score"] < 0.1
     assert mon.psi["b"] > 0.25
     assert any("drift: PSI b" in w for w in mon.warnings())
+    assert exported_psi()["b"] == pytest.approx(mon.psi["b"])
+
+    # a rollback or promotion: the old model's drift leaves /metrics and /healthz until
+    # the new one has scored enough payments to be measured
+    swapped = FakeScorer()
+    swapped.version = "v2"
+    for _ in range(10):
+        mon.observe(swapped, np.array([0.0, 0.0]), 0.5)  # type: ignore[arg-type]
+    mon.drift(swapped, ref)  # type: ignore[arg-type]
+    assert mon.psi == {} and not any("drift" in w for w in mon.warnings())
+    assert not {"score", "a", "b"} & set(exported_psi())
+
+
+def exported_psi() -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    return {s.labels["input"]: s.value for m in REGISTRY.collect()
+            if m.name == "fraudstream_psi" for s in m.samples}
+
+
+def test_healthz_turns_amber_for_old_labels_and_an_old_review_queue():
+    from api.monitor import Monitor
+
+    settings = Settings(stale_label_lag_days=7, review_age_amber_hours=24)
+    mon = Monitor(settings, None, None)  # type: ignore[arg-type]
+    mon.freshness = Freshness(stream_lag_s=1.0, label_lag_s=6 * DAY)
+    mon.queue = (5, 23 * 3600.0)
+    assert mon.warnings() == []
+    mon.freshness = Freshness(stream_lag_s=1.0, label_lag_s=8 * DAY)
+    mon.queue = (5, 25 * 3600.0)
+    warnings = mon.warnings()
+    assert len(warnings) == 2
+    assert "newest label applied 8.0d behind" in warnings[0]
+    assert "oldest review case waiting 25.0h > 24h" in warnings[1]
 
 
 def test_freshness_board_keeps_the_newest_and_counts_label_delays(stack):
@@ -330,3 +484,17 @@ def test_rollback_is_picked_up_by_the_api_within_seconds(api_client, trained):
     changes = api_client.get("/v1/model").json()["promotions"]
     assert [c["version"] for c in changes[-2:]] == [other, champion]
     assert changes[-1]["why"] == f"rollback from {other}"
+    # the retraining runs, with what they trained and tested on and what they measured
+    run = {"run": "29991231T000000000000-train", "kind": "train", "trigger": "labels",
+           "status": "finished", "clock": 0.0, "version": other, "duration_s": 12.5,
+           "metrics": {"average_precision": 0.5}, "decision": "not promoted",
+           "window": {"train_start": "2026-09-01T00:00:00+00:00", "test_fraud": 40}}
+    registry.record_run(run)
+    try:
+        shown = api_client.get("/v1/model").json()["runs"][-1]
+        assert {k: shown[k] for k in ("run", "trigger", "window", "metrics", "duration_s",
+                                      "decision")} == {
+            k: run[k] for k in ("run", "trigger", "window", "metrics", "duration_s",
+                                "decision")}
+    finally:
+        (registry.root / "runs" / f"{run['run']}.json").unlink()
