@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             SHUTDOWN_TASK_TIMEOUT, task.get_name(), frames)
             await _bounded("keeping the last answers for replays", decisions.flush())
             # Deliver what is buffered; what Kafka will not take now lands in the spool.
-            await _bounded("flushing the Kafka producer", producer.flush())
+            await _bounded("flushing the Kafka producer", publisher.flush())
             await _bounded("stopping the Kafka producer", producer.stop())
             publisher.spool.seal()
             publisher.label_spool.seal()

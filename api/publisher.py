@@ -2,6 +2,11 @@
 are never lost: each is in the write-ahead spool until Kafka acknowledges it, and what
 Kafka did not take is sent again once it is back (see ``api.spool``).
 
+Scored payments are gathered per partition, up to ``BATCH_EVENTS`` or ``BATCH_LINGER``
+seconds, and sent as one message (``model.events``): the producer, the brokers and the
+stream worker's consumer each pay per message, and that cost was most of what carrying a
+payment cost. The spool still holds one line per payment, acknowledged with its batch.
+
 Labels are accepted only once durable: acknowledged by Kafka or, while Kafka fails, synced
 to disk in a spool of their own, sent once Kafka is back. A label reaching Kafka twice (a
 send that timed out but went through, then the spool's copy) is recorded once by the
@@ -17,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from api.background import raise_if_cancelled
 from api.metrics import PUBLISH_FAILURES, SPOOLED
 from api.spool import Segment, Spool
-from model.events import encode, key_of
+from model.events import encode, encode_batch, key_of, partition_of
 from model.schemas import Label, ScoredPayment
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,10 @@ log = logging.getLogger(__name__)
 ENQUEUE_TIMEOUT = 0.05
 # How long a label waits for Kafka's acknowledgement before it is spooled instead.
 LABEL_SEND_TIMEOUT = 2.0
+# A batch of scored payments goes out when it holds this many, or this long after its
+# first: as long as the producer lingers anyway; nothing waits on it on the answer's path.
+BATCH_EVENTS = 64
+BATCH_LINGER = 0.05
 
 
 class Publisher:
@@ -42,31 +51,73 @@ class Publisher:
         self.labels_ok = True
         self.started = False
         self._producer_started = False
+        self._partitions = 0  # of the scored topic, read at start
+        # per partition: the encoded payments waiting, and their spool segments
+        self._batches: dict[int, tuple[list[bytes], list[Segment]]] = {}
+        self._linger: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if not self._producer_started:
             await self.producer.start()
             self._producer_started = True
         # Fetch the topic's metadata now, not on the first payment's clock.
-        await self.producer.partitions_for(self.scored_topic)
+        self._partitions = len(await self.producer.partitions_for(self.scored_topic))
         self.started = True
 
     async def publish_scored(self, event: ScoredPayment,
                              enqueue_timeout: float = ENQUEUE_TIMEOUT) -> None:
         key, value = key_of(event), encode(event)
         seg = self.spool.append(key, value)
-        if not self.kafka_ok:
+        if not self.kafka_ok or not self._partitions:
             self._failed(seg, None)
             return
+        partition = partition_of(key, self._partitions)
+        values, segs = self._batches.setdefault(partition, ([], []))
+        values.append(value)
+        segs.append(seg)
+        if len(values) >= BATCH_EVENTS:
+            await self._send_batch(partition, enqueue_timeout)
+        elif self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(BATCH_LINGER,
+                                                                 self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        if self._batches:
+            task = asyncio.ensure_future(self.send_batches())
+            self._sending.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._sending.discard)
+
+    async def send_batches(self, enqueue_timeout: float = ENQUEUE_TIMEOUT) -> None:
+        """Hand every waiting batch to the producer now."""
+        for partition in list(self._batches):
+            await self._send_batch(partition, enqueue_timeout)
+
+    async def _send_batch(self, partition: int, enqueue_timeout: float) -> None:
+        batch = self._batches.pop(partition, None)
+        if batch is None:
+            return
+        values, segs = batch
         try:
-            # ``timeout`` rather than ``wait_for``: no task per event (``send`` only
+            # ``timeout`` rather than ``wait_for``: no task per batch (``send`` only
             # suspends when the producer's buffer is full or it has no metadata).
             async with asyncio.timeout(enqueue_timeout):
-                fut = await self.producer.send(self.scored_topic, value, key=key)
+                fut = await self.producer.send(self.scored_topic, encode_batch(values),
+                                               partition=partition)
         except Exception as exc:
-            self._failed(seg, exc)
+            for seg in segs:
+                self._failed(seg, exc)
             return
-        fut.add_done_callback(lambda f: self._delivered(f, seg))
+        fut.add_done_callback(lambda f: self._delivered_all(f, segs))
+
+    async def flush(self) -> None:
+        """What is gathered, handed to the producer, and the producer's buffer sent."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        await self.send_batches()
+        await self.producer.flush()
 
     async def publish_label(self, label: Label) -> bool:
         """Returns once the label is durable: True if Kafka has it, False if it is in the
@@ -90,11 +141,13 @@ class Publisher:
         await asyncio.to_thread(self.label_spool.sync)
         return False
 
-    def _delivered(self, fut: asyncio.Future, seg: Segment) -> None:  # type: ignore[type-arg]
+    def _delivered_all(self, fut: asyncio.Future, segs: list[Segment]) -> None:  # type: ignore[type-arg]
         if fut.cancelled() or fut.exception() is not None:
-            self._failed(seg, None if fut.cancelled() else fut.exception())
+            for seg in segs:
+                self._failed(seg, None if fut.cancelled() else fut.exception())
         else:
-            self.spool.ack(seg)
+            for seg in segs:
+                self.spool.ack(seg)
 
     def _failed(self, seg: Segment, exc: BaseException | None) -> None:
         if self.kafka_ok:
@@ -111,7 +164,7 @@ class Publisher:
         for spool in (self.spool, self.label_spool):
             if spool.holds_failed:
                 spool.seal()
-        if not self.started:  # Kafka was down when the API started
+        if not self.started or not self._partitions:  # Kafka was down when the API started
             await self.start()
         sent = 0
         for spool, topic in ((self.spool, self.scored_topic),

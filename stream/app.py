@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import faust
+import orjson
 from pydantic import ValidationError
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -71,8 +72,11 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
                              key_serializer="raw")
     recorder = Recorder(settings)
 
-    async def decoded(batch: list[bytes], decode: Callable[[bytes], T], kind: str) -> list[T]:
-        """Decode a batch; what does not parse goes to the dead-letter topic, not the store.
+    async def decoded(batch: list[bytes], decode: Callable[[bytes], list[T]],
+                      kind: str) -> list[T]:
+        """Decode a batch of messages; what does not parse goes to the dead-letter topic,
+        not the store: in a message holding several events (a JSON array), only the events
+        that do not parse.
 
         Only the error's type and location are logged: a malformed payload may hold data
         that must never reach a log.
@@ -80,13 +84,28 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
         good: list[T] = []
         for raw in batch:
             try:
-                good.append(decode(raw))
+                good += decode(raw)
             except ValidationError as exc:
-                where = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
-                log.warning("%s event rejected (%d bytes; invalid: %s); sent to %s", kind,
-                            len(raw), where or "not JSON", settings.topic_dead_letters)
-                await dead_letters.send(value=raw, headers={"fraudstream-kind": kind.encode()})
+                try:
+                    items = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    items = None
+                if not isinstance(items, list):
+                    await reject(raw, exc, kind)
+                    continue
+                for item in items:  # the batch one by one: the good ones still count
+                    one = orjson.dumps(item)
+                    try:
+                        good += decode(one)
+                    except ValidationError as item_exc:
+                        await reject(one, item_exc, kind)
         return good
+
+    async def reject(raw: bytes, exc: ValidationError, kind: str) -> None:
+        where = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()[:3])
+        log.warning("%s event rejected (%d bytes; invalid: %s); sent to %s", kind,
+                    len(raw), where or "not JSON", settings.topic_dead_letters)
+        await dead_letters.send(value=raw, headers={"fraudstream-kind": kind.encode()})
 
     @app.agent(scored_topic)
     async def record_scored(stream: faust.StreamT) -> None:
@@ -100,7 +119,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
     async def apply_labels(stream: faust.StreamT) -> None:
         async for batch in stream.take(settings.history_flush_rows,
                                        within=settings.history_flush_seconds):
-            labels = await decoded(batch, decode_label, "label")
+            labels = await decoded(batch, lambda raw: [decode_label(raw)], "label")
             await until_done(recorder.apply, labels, datetime.now(UTC))
 
     @app.page("/ready/")

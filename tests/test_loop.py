@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from model.events import encode, key_of
+from model.events import encode, encode_batch, key_of
 from model.history import HistoryStore
 from model.label_join import pending_key
 from model.online_features import card_key, terminal_fraud_known_key
@@ -174,6 +174,11 @@ def test_malformed_events_go_to_dead_letters_and_do_not_stop_the_stream(stream_w
 
     good = Label(payment_id=uid("pay"), is_fraud=True, source="analyst",
                  reported_at="2026-11-21T10:00:00Z")
+    # a batch of scored payments with one bad event: the good one is still recorded
+    scored = ScoredPayment(payment=Payment(**payment()), features={}, score=None,
+                           decision="review", model_version=None, degraded=True,
+                           scored_at="2026-11-20T10:00:00Z")
+    bad_event = b'{"payment":{"payment_id":"x"}}'
 
     async def run():
         producer = AIOKafkaProducer(bootstrap_servers=stream_worker.kafka_bootstrap)
@@ -182,7 +187,9 @@ def test_malformed_events_go_to_dead_letters_and_do_not_stop_the_stream(stream_w
             await producer.send_and_wait(stream_worker.topic_labels, b"{not json")
             await producer.send_and_wait(stream_worker.topic_labels,
                                          b'{"payment_id": "x", "is_fraud": "perhaps"}')
-            await producer.send_and_wait(stream_worker.topic_scored, b"[]")
+            await producer.send_and_wait(stream_worker.topic_scored, b"[]")  # empty: fine
+            await producer.send_and_wait(stream_worker.topic_scored,
+                                         encode_batch([encode(scored), bad_event]))
             await producer.send_and_wait(stream_worker.topic_labels, encode(good),
                                          key=key_of(good))
         finally:
@@ -192,6 +199,7 @@ def test_malformed_events_go_to_dead_letters_and_do_not_stop_the_stream(stream_w
     store = HistoryStore(stream_worker.history_dir)
     eventually(lambda: len(store.query("SELECT * FROM labels WHERE payment_id = ?",
                                        [good.payment_id])) == 1, 60)
+    eventually(lambda: history_row(stream_worker, scored.payment.payment_id) is not None, 60)
 
     async def dead_letters():
         consumer = AIOKafkaConsumer(stream_worker.topic_dead_letters,
@@ -204,7 +212,7 @@ def test_malformed_events_go_to_dead_letters_and_do_not_stop_the_stream(stream_w
         finally:
             await consumer.stop()
 
-    expected = sorted([b"{not json", b'{"payment_id": "x", "is_fraud": "perhaps"}', b"[]"])
+    expected = sorted([b"{not json", b'{"payment_id": "x", "is_fraud": "perhaps"}', bad_event])
     # The two topics' agents dead-letter independently: wait for all three, not the first.
     assert eventually(lambda: asyncio.run(dead_letters()) == expected, 30)
 
