@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_api  # noqa: E402
 from bench_api import (  # noqa: E402
+    BENCH_MATURITY_DAYS,
     _stream_lag,
     cpu_seconds,
     fresh_home,
@@ -112,9 +113,11 @@ def main(
             simulate(SimulationConfig(days=30, cards=3000, terminals=300,
                                       start=today - timedelta(days=37))).to_parquet(hist)
             import_history(store, hist)
-            champion = train(store, registry, TrainConfig(force=True, baselines=False))
+            champion = train(store, registry, TrainConfig(
+                force=True, baselines=False, maturity_days=BENCH_MATURITY_DAYS))
             challenger = registry.register(
-                *_refit(store, registry, TrainConfig(force=True, baselines=False, seed=1)))
+                *_refit(store, registry, TrainConfig(force=True, baselines=False, seed=1,
+                                                     maturity_days=BENCH_MATURITY_DAYS)))
 
             async def warm() -> None:
                 from model import redis_conn
