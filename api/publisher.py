@@ -73,7 +73,10 @@ class Publisher:
             self._failed(seg, None)
             return
         partition = partition_of(key, self._partitions)
-        values, segs = self._batches.setdefault(partition, ([], []))
+        batch = self._batches.get(partition)
+        if batch is None:  # (not setdefault: two lists built per payment for nothing)
+            batch = self._batches[partition] = ([], [])
+        values, segs = batch
         values.append(value)
         segs.append(seg)
         if len(values) >= BATCH_EVENTS:

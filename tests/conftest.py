@@ -170,6 +170,21 @@ def trained(stack: Settings, small_history: Path) -> str:
     return result.version
 
 
+def cli(*args: str) -> Any:
+    """``fraudstream ARGS`` run in-process, with the settings as the environment says now
+    (the CLI caches them)."""
+    from typer.testing import CliRunner
+
+    from model.config import get_settings
+    from ops.cli import app
+
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(app, list(args))
+    finally:
+        get_settings.cache_clear()
+
+
 @pytest.fixture()
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's console as wide as a terminal: its tables not squeezed into 80 columns."""

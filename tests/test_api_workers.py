@@ -9,13 +9,10 @@ import sys
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner
 
-from model.config import get_settings
 from model.registry import Registry
 from ops import services
-from ops.cli import app
-from tests.conftest import eventually, payment
+from tests.conftest import cli, eventually, payment
 
 pytestmark = pytest.mark.integration
 
@@ -69,9 +66,7 @@ def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, 
                         if s.value == 1}
 
             eventually(lambda: serving() == {other}, 30)
-            get_settings.cache_clear()  # the CLI reads the session's settings
-            rolled = CliRunner().invoke(app, ["model", "rollback", "--why", "test"])
-            get_settings.cache_clear()
+            rolled = cli("model", "rollback", "--why", "test")
             assert rolled.exit_code == 0, rolled.output
             eventually(lambda: serving() == {trained}, 30)
             answers = {client.post("/v1/payments/score", json=payment()).json()["model_version"]
@@ -79,9 +74,7 @@ def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, 
             assert answers == {trained}
 
             # what an operator types: health, decisions of both processes, a plot
-            get_settings.cache_clear()
-            shown = CliRunner().invoke(app, ["monitor", "--plot", str(tmp_path / "m.png")])
-            get_settings.cache_clear()
+            shown = cli("monitor", "--plot", str(tmp_path / "m.png"))
             assert shown.exit_code == 0, shown.output
             assert f"model {trained}" in shown.output
             counts = [re.search(rf"{d}\s+│\s+([\d,]+)", shown.output)

@@ -17,7 +17,7 @@ from model.drift import psi, reference
 from model.history import HistoryStore
 from model.registry import Registry, RegistryError
 from model.schemas import Freshness
-from tests.conftest import eventually, history_row, payment
+from tests.conftest import cli, eventually, history_row, payment
 from training.retrain import Busy, RetrainPolicy, RetrainWorker, run_lock
 from training.train import TrainConfig, train
 
@@ -68,47 +68,37 @@ def test_rollbacks_walk_back_one_champion_at_a_time(tmp_path):
 
 def test_cli_promotes_and_rolls_back_by_hand_and_says_what_is_wrong(tmp_path, monkeypatch,
                                                                    wide_console):
-    from typer.testing import CliRunner
-
-    from model.config import get_settings
-    from ops.cli import app
-
     monkeypatch.setenv("FRAUDSTREAM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("USER", "ana")
-    get_settings.cache_clear()
-    try:
-        reg = Registry(get_settings().models_dir)
-        a, b = dummy(reg, "a"), dummy(reg, "b")
-        reg.promote(a, by="train")
-        reg.record_run({"run": "20260101T000000000000-train", "kind": "train",
-                        "trigger": "labels", "status": "finished", "clock": 0.0,
-                        "version": b, "metrics": {"average_precision": 0.4321},
-                        "window": {"train_start": "2026-09-01T00:00", "train_end":
-                                   "2026-10-01T00:00", "test_start": "2026-10-01T00:00",
-                                   "test_end": "2026-10-08T00:00"}})
-        runner = CliRunner()
-        missing = runner.invoke(app, ["model", "promote", "v-nope", "--why", "x"])
-        assert missing.exit_code == 2 and "no model version" in missing.output
-        blank = runner.invoke(app, ["model", "promote", b, "--why", " "])
-        assert blank.exit_code == 2 and "--why" in blank.output
-        assert reg.current_version() == a and len(reg.promotions()) == 1  # nothing changed
-        done = runner.invoke(app, ["model", "promote", b, "--why", "better on the wave"])
-        assert done.exit_code == 0, done.output
-        assert reg.current_version() == b
-        assert reg.promotions()[-1] | {"at": None} == {
-            "at": None, "version": b, "previous": a, "by": "cli:ana",
-            "why": "better on the wave"}
-        back = runner.invoke(app, ["model", "rollback", "--why", "alerts doubled"])
-        assert back.exit_code == 0 and reg.current_version() == a
-        assert reg.promotions()[-1]["rollback"] is True
-        again = runner.invoke(app, ["model", "rollback"])
-        assert again.exit_code == 2 and "no earlier champion" in again.output
-        listed = runner.invoke(app, ["model", "list"])
-        assert listed.exit_code == 0, listed.output
-        assert "labels" in listed.output and "0.4321" in listed.output
-        assert "2026-09-01 → 2026-10-01" in listed.output
-    finally:
-        get_settings.cache_clear()
+    reg = Registry(Settings().models_dir)
+    a, b = dummy(reg, "a"), dummy(reg, "b")
+    reg.promote(a, by="train")
+    reg.record_run({"run": "20260101T000000000000-train", "kind": "train",
+                    "trigger": "labels", "status": "finished", "clock": 0.0,
+                    "version": b, "metrics": {"average_precision": 0.4321},
+                    "window": {"train_start": "2026-09-01T00:00", "train_end":
+                               "2026-10-01T00:00", "test_start": "2026-10-01T00:00",
+                               "test_end": "2026-10-08T00:00"}})
+    missing = cli("model", "promote", "v-nope", "--why", "x")
+    assert missing.exit_code == 2 and "no model version" in missing.output
+    blank = cli("model", "promote", b, "--why", " ")
+    assert blank.exit_code == 2 and "--why" in blank.output
+    assert reg.current_version() == a and len(reg.promotions()) == 1  # nothing changed
+    done = cli("model", "promote", b, "--why", "better on the wave")
+    assert done.exit_code == 0, done.output
+    assert reg.current_version() == b
+    assert reg.promotions()[-1] | {"at": None} == {
+        "at": None, "version": b, "previous": a, "by": "cli:ana",
+        "why": "better on the wave"}
+    back = cli("model", "rollback", "--why", "alerts doubled")
+    assert back.exit_code == 0 and reg.current_version() == a
+    assert reg.promotions()[-1]["rollback"] is True
+    again = cli("model", "rollback")
+    assert again.exit_code == 2 and "no earlier champion" in again.output
+    listed = cli("model", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "labels" in listed.output and "0.4321" in listed.output
+    assert "2026-09-01 → 2026-10-01" in listed.output
 
 
 def test_psi_is_zero_on_the_reference_and_large_on_a_shift():
@@ -163,20 +153,11 @@ def test_worker_promotes_a_challenger_only_on_a_significant_shadow_gain(tmp_path
     reg.set_challenger(challenger, since=start)
 
     # what the fraud team sees first: `fraudstream model compare`
-    from typer.testing import CliRunner
-
-    from model.config import get_settings
-    from ops.cli import app
-
     for name, value in {"FRAUDSTREAM_REGISTRY_DIR": reg.root, "FRAUDSTREAM_DATA_DIR":
                         tmp_path / "history", "FRAUDSTREAM_RETRAIN_CLOCK": "events",
                         "FRAUDSTREAM_MATURITY_DAYS": 2}.items():
         monkeypatch.setenv(name, str(value))
-    get_settings.cache_clear()
-    try:
-        shown = CliRunner().invoke(app, ["model", "compare", "--k", "20"])
-    finally:
-        get_settings.cache_clear()
+    shown = cli("model", "compare", "--k", "20")
     assert shown.exit_code == 0, shown.output
     assert f"challenger {challenger} against champion(s) {champion}" in shown.output
     verdict = shown.output.split("AP gain of the challenger:")[1]

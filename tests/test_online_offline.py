@@ -19,7 +19,7 @@ from model.online_features import LabelUpdate, OnlineStore, PaymentRef
 from model.point_in_time import compute_features
 from model.redis_conn import client, scoring_mux
 from model.schemas import Payment
-from tests.conftest import uid
+from tests.conftest import cli, uid
 from training.simulator import SimulationConfig, simulate
 
 pytestmark = pytest.mark.integration
@@ -182,20 +182,14 @@ def test_a_new_redis_is_warmed_from_the_history_and_one_in_use_is_left_alone(
         trained, stack, tmp_path, monkeypatch):
     """``up`` runs ``history backfill-online --if-empty``: a Redis that knows no card (new,
     flushed, or a switch to a Redis Cluster) gets the history; a store in use does not."""
-    from typer.testing import CliRunner
-
-    from model.config import get_settings
     from ops import services
-    from ops.cli import app
 
     for name, value in services.isolated_env(tmp_path / "home", "fraudstream-warm").items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("FRAUDSTREAM_DATA_DIR", str(stack.history_dir))
-    get_settings.cache_clear()
     fresh = Settings()
     assert fresh.redis_url != stack.redis_url and fresh.history_dir == stack.history_dir
     services.start_redis(fresh)
-    runner = CliRunner()
     try:
         async def holds_cards() -> bool:
             redis = client(fresh)
@@ -205,13 +199,12 @@ def test_a_new_redis_is_warmed_from_the_history_and_one_in_use_is_left_alone(
                 await redis.aclose()
 
         assert not asyncio.run(holds_cards())
-        first = runner.invoke(app, ["history", "backfill-online", "--if-empty"])
+        first = cli("history", "backfill-online", "--if-empty")
         assert first.exit_code == 0, first.output
         assert "online store warmed with" in first.output
         assert asyncio.run(holds_cards())
-        again = runner.invoke(app, ["history", "backfill-online", "--if-empty"])
+        again = cli("history", "backfill-online", "--if-empty")
         assert again.exit_code == 0, again.output
         assert "already in use" in again.output and "warmed" not in again.output
     finally:
         services.stop_redis(fresh)
-        get_settings.cache_clear()
