@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 
 from model.features import DAY
 from model.online_features import PaymentRef
-from model.redis_conn import run_script_batch
+from model.redis_conn import run_commands, run_script_batch
+from model.redis_mux import Mux
 
 JOIN_HORIZON = 180 * DAY
 
@@ -54,10 +55,12 @@ def recorded_key(payment_id: str) -> str:
 
 class JoinState:
     """Each payment's ref, labels waiting for their payment, and which payments the history
-    already holds."""
+    already holds. With a ``mux``, a batch's calls go through that pipelined connection
+    (the stream worker), else through redis-py (back-fills)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
         self.redis = redis
+        self.mux = mux
         self._remember = redis.register_script(_REMEMBER_PAYMENT)
         self._join = redis.register_script(_JOIN_OR_QUEUE)
 
@@ -70,7 +73,7 @@ class JoinState:
             return []
         return await run_script_batch(self.redis, self._remember, [
             ([payment_key(payment_id), pending_key(payment_id)],
-             [ref.encode(), int(JOIN_HORIZON)]) for payment_id, ref in payments])
+             [ref.encode(), int(JOIN_HORIZON)]) for payment_id, ref in payments], self.mux)
 
     async def refs_or_queue(self, labels: list[tuple[str, bytes]]) -> list[PaymentRef | None]:
         """For each (payment_id, encoded label): the payment's ref, or None after queueing
@@ -79,7 +82,7 @@ class JoinState:
             return []
         refs = await run_script_batch(self.redis, self._join, [
             ([payment_key(payment_id), pending_key(payment_id)], [raw, int(JOIN_HORIZON)])
-            for payment_id, raw in labels])
+            for payment_id, raw in labels], self.mux)
         return [PaymentRef.decode(ref) if ref else None for ref in refs]
 
     async def remember_refs(self, refs: list[tuple[str, PaymentRef]], chunk: int = 5000) -> None:
@@ -93,20 +96,16 @@ class JoinState:
 
     async def forget_waiting(self, payment_ids: list[str]) -> None:
         """Drop the queues of labels that waited for these payments, once applied."""
-        if payment_ids:
-            pipe = self.redis.pipeline(transaction=False)
-            for p in payment_ids:  # one key per call: on a cluster they live on every node
-                pipe.delete(pending_key(p))
-            await pipe.execute()
+        if payment_ids:  # one key per call: on a cluster they live on every node
+            await run_commands(self.redis, [("DEL", pending_key(p)) for p in payment_ids],
+                               self.mux)
 
     async def promised_parts(self, payment_ids: list[str]) -> dict[str, str]:
         """The history part each payment was promised to, for those that have one."""
         if not payment_ids:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for p in payment_ids:
-            pipe.get(recorded_key(p))
-        parts = await pipe.execute()
+        parts = await run_commands(self.redis, [("GET", recorded_key(p)) for p in payment_ids],
+                                   self.mux)
         return {p: part.decode() for p, part in zip(payment_ids, parts, strict=True)
                 if part is not None}
 
@@ -114,7 +113,5 @@ class JoinState:
         """Promise these payments to the part file about to be written: if it is on disk
         afterwards they are recorded, if it is not (a crash before its rename) they are
         not, and the next attempt writes them again."""
-        pipe = self.redis.pipeline(transaction=False)
-        for pid in payment_ids:
-            pipe.set(recorded_key(pid), part, ex=int(JOIN_HORIZON))
-        await pipe.execute()
+        await run_commands(self.redis, [("SET", recorded_key(pid), part, "EX", int(JOIN_HORIZON))
+                                        for pid in payment_ids], self.mux)

@@ -477,8 +477,9 @@ class _Script:
 
 
 class OnlineStore:
-    """The online features in Redis. With a ``mux``, ``observe`` goes through that
-    pipelined connection (the scoring path); everything else through ``redis``."""
+    """The online features in Redis. With a ``mux``, ``observe`` and labels go through
+    that pipelined connection (the scoring path, the stream worker); back-fills and scans
+    through ``redis``."""
 
     def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
         self.redis = redis
@@ -586,7 +587,7 @@ class OnlineStore:
               labels_key(u.payment.terminal_id, u.payment_id)],
              [u.payment_id, "1" if u.is_fraud else "0", _exact(u.reported_at),
               repr(float(u.payment.ts))])
-            for u in updates])
+            for u in updates], self.mux)
 
     async def _card_steps(self, updates: Sequence[LabelUpdate], spells: list[Any]) -> None:
         """The card's fraud set from each payment's spell, unless the card already holds
@@ -594,7 +595,7 @@ class OnlineStore:
         await run_script_batch(self.redis, self._label_card, [
             ([card_fraud_known_key(u.payment.card_id), card_label_count_key(u.payment.card_id)],
              [u.payment_id, start.decode() if start else "", seen, _exact(u.reported_at)])
-            for u, (start, seen) in zip(updates, spells, strict=True)])
+            for u, (start, seen) in zip(updates, spells, strict=True)], self.mux)
 
     async def holds_cards(self) -> bool:
         """Whether the store knows any card (on a cluster, on any node)."""

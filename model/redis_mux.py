@@ -10,7 +10,8 @@ their writes and reads share system calls. Packing and parsing are hiredis's.
 Ordering is the whole trick, so it is kept even when a caller gives up: a caller that
 times out leaves its slot in the queue, and its reply, when it comes, is dropped. If the
 connection breaks, every call in flight fails with ``ConnectionError`` and the next call
-connects again. Everything else (admin, the stream, back-fills) uses redis-py.
+connects again. The stream worker's per-payment calls use it too (``evalsha_many``,
+``execute_many``); everything else (admin, back-fills) uses redis-py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 Arg = str | bytes | int | float
+Call = tuple[Sequence[Arg], Sequence[Arg]]  # a script's keys and arguments
 
 
 class RedisMux:
@@ -65,11 +67,29 @@ class RedisMux:
             await self.connect()
         return await asyncio.gather(*self._send(commands), return_exceptions=True)
 
-    async def evalsha(self, script: bytes, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """Run a Lua script by its digest, loading it first if Redis does not have it."""
+    def _sha(self, script: bytes) -> str:
         sha = self._shas.get(script)
         if sha is None:
             sha = self._shas[script] = hashlib.sha1(script).hexdigest()
+        return sha
+
+    async def evalsha_many(self, script: bytes, calls: Sequence[Call]) -> list[Any]:
+        """Run a Lua script once per (keys, args), all in one write; the replies in order.
+        Raises the first error, as a redis-py pipeline does."""
+        sha = self._sha(script)
+        commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        replies = await self.execute_many(commands)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:  # those never ran: load the script and run just them
+            await self.execute("SCRIPT", "LOAD", script)
+            for i, reply in zip(missing, await self.execute_many(
+                    [commands[i] for i in missing]), strict=True):
+                replies[i] = reply
+        return raise_first(replies)
+
+    async def evalsha(self, script: bytes, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """Run a Lua script by its digest, loading it first if Redis does not have it."""
+        sha = self._sha(script)
         try:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -176,6 +196,14 @@ class RedisMux:
             fut = self._pending.popleft()
             if not fut.done():
                 fut.set_exception(exc)
+
+
+def raise_first(replies: list[Any]) -> list[Any]:
+    """``execute_many``'s replies, or the first error among them raised."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return replies
 
 
 def pairs(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -285,6 +313,11 @@ class ClusterMux:
                 raise
             await self.refresh()
             return await self._node(keys[0] if keys else None).evalsha(script, keys, args)
+
+    async def evalsha_many(self, script: bytes, calls: Sequence[Call]) -> list[Any]:
+        """Each call to its node, all concurrently; raises the first error."""
+        return list(await asyncio.gather(*(self.evalsha(script, keys, args)
+                                           for keys, args in calls)))
 
     async def close(self) -> None:
         for node in [self.seed, *self._nodes.values()]:
