@@ -119,6 +119,33 @@ def test_a_script_unknown_to_redis_is_loaded_and_run(stack, node0):
     assert run(go()) == ([k1.encode(), b"a1"], [k2.encode(), b"a2"])
 
 
+def test_a_batch_of_script_calls_runs_each_once_in_order_even_after_a_script_flush(
+        stack, node0):
+    """The stream worker's batches: a script Redis lost is loaded, and only the calls that
+    did not run are run again (the script here is not idempotent: each counts once)."""
+    script = b"return redis.call('INCRBY', KEYS[1], ARGV[1])"
+    keys = [here(stack, node0, f"mux:many{i}") for i in range(40)]
+    wrong = here(stack, node0, "mux:many:str")
+
+    async def go():
+        mux = RedisMux(stack.redis_url)
+        first = await mux.evalsha_many(script, [([k], [i]) for i, k in enumerate(keys)])
+        node0.script_flush()
+        second = await mux.evalsha_many(script, [([k], [100]) for k in keys])
+        await mux.execute("SET", wrong, "x")
+        with pytest.raises(ResponseError, match=r"WRONGTYPE|not an integer"):
+            await mux.evalsha_many(script, [([keys[0]], [1]), ([wrong], [1]),
+                                            ([keys[1]], [1])])
+        await mux.close()
+        return first, second
+
+    first, second = run(go())
+    assert first == list(range(40))
+    assert second == [i + 100 for i in range(40)]
+    # the batch with an error ran its other calls, once each
+    assert [int(node0.get(k)) for k in keys[:3]] == [101, 102, 102]
+
+
 @pytest.mark.skipif(Settings().redis_cluster,
                     reason="a Redis Cluster has one database: there is none to select")
 def test_the_database_in_the_url_is_selected(stack, redis_db):
@@ -207,8 +234,8 @@ def test_cluster_mux_sends_each_call_to_the_node_serving_its_key(stack, redis_db
     async def go():
         mux = ClusterMux(stack.redis_url)
         replies = await mux.execute_many([("SET", k, f"v{i}") for i, k in enumerate(keys)])
-        scripted = await asyncio.gather(*(
-            mux.evalsha(b"return redis.call('GET', KEYS[1])", [k], []) for k in keys))
+        scripted = await mux.evalsha_many(b"return redis.call('GET', KEYS[1])",
+                                          [([k], []) for k in keys])
         await mux.close()
         return replies, scripted
 
