@@ -68,7 +68,7 @@ from model.idempotency import (
 )
 from model.policy import LIST_KEYS, LIST_LOOKUP_LUA, list_values
 from model.redis_conn import run_script_batch
-from model.redis_mux import Arg, Mux
+from model.redis_mux import Mux, Step, raise_first
 from model.schemas import Payment
 
 # Keep members this long past the longest window, so late (out-of-order) events still
@@ -401,6 +401,10 @@ return 1
 """
 
 
+_OBSERVE_CARD_B, _OBSERVE_TERMINAL_B, _FORGET_CARD_B, _LIST_LOOKUP_B = (
+    s.encode() for s in (_OBSERVE_CARD, _OBSERVE_TERMINAL, _FORGET_CARD, LIST_LOOKUP_LUA))
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentRef:
     """What a label needs to know of its payment to update the features."""
@@ -462,20 +466,6 @@ def _hit(raw: bytes, payment: Payment) -> tuple[str, str, str]:
     return kind, entity, str(getattr(payment, entity))
 
 
-class _Script:
-    """A Lua script run through the pipelined connection, or through redis-py."""
-
-    def __init__(self, source: str, redis: Redis, mux: Mux | None) -> None:
-        self.source = source.encode()
-        self.mux = mux
-        self.script = redis.register_script(source)
-
-    async def __call__(self, keys: list[str], args: list[Arg]) -> Any:
-        if self.mux is not None:
-            return await self.mux.evalsha(self.source, keys, args)
-        return await self.script(keys=keys, args=args)
-
-
 class OnlineStore:
     """The online features in Redis. With a ``mux``, ``observe`` and labels go through
     that pipelined connection (the scoring path, the stream worker); back-fills and scans
@@ -484,17 +474,19 @@ class OnlineStore:
     def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
         self.redis = redis
         self.mux = mux
-        self._card = _Script(_OBSERVE_CARD, redis, mux)
-        self._terminal = _Script(_OBSERVE_TERMINAL, redis, mux)
-        self._forget_card = _Script(_FORGET_CARD, redis, mux)
-        self._lists = _Script(LIST_LOOKUP_LUA, redis, mux)
+        # what ``_run`` sends through redis-py, when there is no mux
+        self._scripts = {source.encode(): redis.register_script(source) for source in (
+            _OBSERVE_CARD, _OBSERVE_TERMINAL, _FORGET_CARD, LIST_LOOKUP_LUA)}
         self._label_terminal = redis.register_script(_LABEL_TERMINAL)
         self._label_card = redis.register_script(_LABEL_CARD)
 
-    async def _command(self, *args: Arg) -> Any:
+    async def _run(self, steps: Sequence[Step]) -> list[Any]:
+        """Scripts and commands, all in flight together; raises the first error."""
         if self.mux is not None:
-            return await self.mux.execute(*args)
-        return await self.redis.execute_command(*args)
+            return raise_first(await self.mux.run_steps(steps))
+        return list(await asyncio.gather(*(
+            self._scripts[script](keys=keys, args=args) if script is not None
+            else self.redis.execute_command(*keys) for script, keys, args in steps)))
 
     async def observe(
         self, payment: Payment, payload_hash: str = "", check_lists: bool = False,
@@ -512,36 +504,38 @@ class OnlineStore:
         pid, card, terminal = payment.payment_id, payment.card_id, payment.terminal_id
         member = card_member(pid, payment.amount, terminal, payment.country,
                              payment.merchant_category)
-        calls = [
-            self._card([card_key(card), card_fraud_known_key(card), decision_key(card, pid),
-                        card_state_key(card), card_seen_key(card)],
-                       [payload_hash, repr(ts), pid, member, terminal, payment.country or "",
-                        payment.merchant_category or "", pending_ms]),
-            self._terminal([terminal_key(terminal), terminal_fraud_known_key(terminal),
-                            terminal_fraud_paid_key(terminal)], [repr(ts), pid]),
+        steps: list[Step] = [
+            (_OBSERVE_CARD_B, [card_key(card), card_fraud_known_key(card),
+                               decision_key(card, pid), card_state_key(card),
+                               card_seen_key(card)],
+             [payload_hash, repr(ts), pid, member, terminal, payment.country or "",
+              payment.merchant_category or "", pending_ms]),
+            (_OBSERVE_TERMINAL_B, [terminal_key(terminal), terminal_fraud_known_key(terminal),
+                                   terminal_fraud_paid_key(terminal)], [repr(ts), pid]),
         ]
         if check_lists:
-            calls.append(self._lists(LIST_KEYS, [list_values(payment)]))
+            steps.append((_LIST_LOOKUP_B, LIST_KEYS, [list_values(payment)]))
         if payload_hash:
-            calls.append(self._command("SET", owner_key(pid), card, "NX", "GET", "EX",
-                                       int(IDEMPOTENCY_WINDOW)))
-        replies = await asyncio.gather(*calls)
+            steps.append((None, ("SET", owner_key(pid), card, "NX", "GET", "EX",
+                                 int(IDEMPOTENCY_WINDOW)), ()))
+        replies = await self._run(steps)
         card_res, (tcounts, tfraud, fresh, term_added) = replies[0], replies[1]
         owner = replies[-1] if payload_hash else None
         if owner is not None and owner != card.encode():
             # First scored on another card: nothing of this call may stay counted.
             if card_res[0] == 1:
-                await self._forget_card([card_key(card), decision_key(card, pid),
-                                         card_state_key(card), card_seen_key(card)], [member])
+                await self._run([(_FORGET_CARD_B, [card_key(card), decision_key(card, pid),
+                                                   card_state_key(card), card_seen_key(card)],
+                                  [member])])
             if term_added:
-                await self._command("ZREM", terminal_key(terminal), pid)
+                await self._run([(None, ("ZREM", terminal_key(terminal), pid), ())])
             return Observation(conflict=True)
         if card_res[0] == 0:
             if term_added and _hash_of(card_res[1]) != payload_hash:
                 # Another payload under this id, with another terminal: not counted there.
                 # (Left: were both calls in flight at once with the same terminal, and this
                 # one's terminal script ran first, this takes the first call's entry back.)
-                await self._command("ZREM", terminal_key(terminal), pid)
+                await self._run([(None, ("ZREM", terminal_key(terminal), pid), ())])
             return Observation(previous=card_res[1])
         _, counts, sums, prev, seen, cfraud, tenths, recorded_at = card_res
         agg = Aggregates(
