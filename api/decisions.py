@@ -14,7 +14,6 @@ import logging
 
 from api.background import raise_if_cancelled
 from model.idempotency import DecisionStore
-from model.schemas import ScoreResponse
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +25,12 @@ class DecisionRecorder:
         self.window = window
         self.timeout = timeout
         self.max_batch = max_batch
-        self._queue: list[tuple[str, str, str, ScoreResponse]] = []
+        self._queue: list[tuple[str, str, str, bytes]] = []
         self._waiting = asyncio.Event()
 
-    def add(self, card_id: str, payment_id: str, payload_hash: str,
-            response: ScoreResponse) -> None:
-        self._queue.append((card_id, payment_id, payload_hash, response))
+    def add(self, card_id: str, payment_id: str, payload_hash: str, answer: bytes) -> None:
+        """``answer``: the response's JSON, as sent to the caller."""
+        self._queue.append((card_id, payment_id, payload_hash, answer))
         self._waiting.set()
 
     async def run(self) -> None:
@@ -48,9 +47,7 @@ class DecisionRecorder:
                 self._waiting.clear()
             try:
                 async with asyncio.timeout(self.timeout):
-                    await self.store.record_decisions(
-                        (card, pid, phash, r.model_dump_json().encode())
-                        for card, pid, phash, r in batch)
+                    await self.store.record_decisions(batch)
             except asyncio.CancelledError:
                 # Shutting down mid-write: back in the queue, for the final flush.
                 self._queue[:0] = batch

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from api.auth import check_key, check_signature
 from api.deps import Services
-from api.scoring import score_one
+from api.scoring import score_answer
 from model.schemas import Payment
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,10 @@ async def score_request(svc: Services, header: Header, body: bytes) -> Answer:
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
         deadline_ms = _deadline(header("x-deadline-ms"))
-        result = await score_one(payment, svc, deadline_ms)
+        _, body = await score_answer(payment, svc, deadline_ms)
     except (HTTPException, RequestValidationError) as exc:
         return error_answer(exc)
-    return 200, result.model_dump_json().encode(), [JSON]
+    return 200, body, [JSON]
 
 
 def _deadline(raw: str | None) -> int | None:

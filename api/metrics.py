@@ -7,6 +7,7 @@ lag of any live process, the queue as any live process read it, the PSI most rec
 measured by any live process (a process that exits cleanly takes its gauges with it).
 """
 
+import functools
 import os
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -60,3 +61,10 @@ def forget(gauge: Gauge, *labels: str) -> None:
         gauge.labels(*labels).set(float("nan"))
     else:
         gauge.remove(*labels)
+
+
+@functools.cache
+def decided(decision: str, degraded: bool) -> Counter:
+    """The decisions counter of one (decision, degraded): looked up once, not per payment
+    (``labels`` formats and hashes its values under a lock on every call)."""
+    return DECISIONS.labels(decision, str(degraded).lower())

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import HTTPException, status
 
 from api.deps import Services
-from api.metrics import DECISIONS, REPLAYS, SCORE_LATENCY, STALE_ANSWERS
+from api.metrics import REPLAYS, SCORE_LATENCY, STALE_ANSWERS, decided
 from api.publisher import ENQUEUE_TIMEOUT
 from model.idempotency import PENDING_MARGIN_MS
 from model.online_features import Observation
@@ -46,6 +46,12 @@ def conflict(payment_id: str, why: str) -> HTTPException:
 
 
 async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) -> ScoreResponse:
+    return (await score_answer(payment, svc, deadline_ms))[0]
+
+
+async def score_answer(payment: Payment, svc: Services,
+                 deadline_ms: int | None) -> tuple[ScoreResponse, bytes]:
+    """The answer, and its JSON: serialised once, for the caller and for replays."""
     started = time.perf_counter()
     budget = (deadline_ms or svc.settings.default_deadline_ms) / 1000
     not_in_future(payment.ts, "timestamp", svc)
@@ -68,7 +74,9 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     if obs.conflict:
         raise conflict(payment.payment_id, "already scored with another card")
     if obs.previous is not None:
-        return await replay(payment, phash, obs.previous, svc, started + budget * FEATURE_BUDGET)
+        first = await replay(payment, phash, obs.previous, svc,
+                             started + budget * FEATURE_BUDGET)
+        return first, first.model_dump_json().encode()
 
     scorer = svc.models.scorer
     features = obs.features or {}
@@ -105,7 +113,8 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     )
     # Kept even when degraded, so that a retry gets this same answer. Off the response's
     # path: a retry racing it waits for it (see ``replay``).
-    svc.decisions.add(payment.card_id, payment.payment_id, phash, response)
+    body = response.model_dump_json().encode()
+    svc.decisions.add(payment.card_id, payment.payment_id, phash, body)
     remaining = budget - (time.perf_counter() - started)
     await svc.publisher.publish_scored(ScoredPayment(
         payment=payment, features=features, score=score, decision=decision,
@@ -115,8 +124,8 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
         else datetime.now(UTC),
     ), enqueue_timeout=max(min(ENQUEUE_TIMEOUT, remaining), 0.001))
     SCORE_LATENCY.observe(time.perf_counter() - started)
-    DECISIONS.labels(decision, str(degraded).lower()).inc()
-    return response
+    decided(decision, degraded).inc()
+    return response, body
 
 
 async def replay(payment: Payment, phash: str, previous: bytes, svc: Services,

@@ -61,8 +61,11 @@ def api(workers: int | None = typer.Option(None, min=1, help="API processes behi
         shutil.rmtree(shared, ignore_errors=True)
         shared.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared.resolve())
+    # No proxy-headers layer: nothing here reads the client's address, and it was one
+    # more ASGI call per request. No Server header: it tells callers what to attack.
     uvicorn.run("api.main:app_factory", factory=True, host=s.api_host, port=s.api_port,
-                workers=workers, log_level="warning", access_log=False)
+                workers=workers, log_level="warning", access_log=False,
+                proxy_headers=False, server_header=False)
 
 
 @app.command()

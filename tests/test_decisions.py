@@ -33,7 +33,7 @@ def test_a_batch_cut_off_by_shutdown_is_kept_for_the_final_flush(stack, redis_db
         recorder = DecisionRecorder(DecisionStore(stuck), window=0.001)
         runner = asyncio.create_task(recorder.run())
         for pid in ids:
-            recorder.add("card-1", pid, "hash", answer(pid))
+            recorder.add("card-1", pid, "hash", answer(pid).model_dump_json().encode())
         await asyncio.sleep(0.2)
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
