@@ -541,8 +541,13 @@ def _feature_parity(store: HistoryStore, run_id: str,
     # second scoring reached them at its first attempt, so its card's later payments
     # cannot be held to exact equality. (The terminal's windows end 7 days ago:
     # the run's own payments are not in them.) Labels count whatever their payment's answer.
+    # "Later" counts from the degraded payment's arrival, not from its scored_at: that is
+    # the API's clock when it gave up, and its script may have run in Redis just before,
+    # ahead of a payment whose scored_at is then earlier (seen once in a chaos run: the
+    # next payment on the card saw it, the history's order did not).
     degraded = payments["degraded"].fillna(False).astype(bool)
-    after = degraded.groupby(payments["card_id"]).cumsum().astype(bool) & ~degraded
+    first_degraded = payments["ts"].where(degraded).groupby(payments["card_id"]).transform("min")
+    after = (payments["scored"] >= first_degraded).fillna(False) & ~degraded
     since = payments["card_id"].map(rescored or {})
     after |= (payments["scored"] >= since).fillna(False) & ~degraded
     offline = compute_features(payments, labels)
