@@ -163,7 +163,7 @@ def write_doc(report: dict[str, Any], run: ChaosRun, args: argparse.Namespace,
         f"payments; differing: {', '.join(t['parity_differing_features']) or 'none'} |",
         f"| label-fresh features lagging / leading the history | "
         f"{t['parity_label_fresh_lagging']} / {t['parity_label_fresh_leading']} |",
-        f"| not compared: answered degraded / later on a card that had a degraded answer | "
+        f"| not compared: answered degraded / on a card after its first degraded payment arrived | "
         f"{t['parity_skipped_degraded']} / {t['parity_skipped_after_degraded']} |",
         f"| answer time at the client, p50 / p99 / max (from the due time, retries "
         f"included) | {t['client_p50_ms']:.1f} / {t['client_p99_ms']:.1f} / "
