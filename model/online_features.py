@@ -475,8 +475,8 @@ class OnlineStore:
         self.redis = redis
         self.mux = mux
         # what ``_run`` sends through redis-py, when there is no mux
-        self._scripts = {source.encode(): redis.register_script(source) for source in (
-            _OBSERVE_CARD, _OBSERVE_TERMINAL, _FORGET_CARD, LIST_LOOKUP_LUA)}
+        self._scripts = {source: redis.register_script(source) for source in (
+            _OBSERVE_CARD_B, _OBSERVE_TERMINAL_B, _FORGET_CARD_B, _LIST_LOOKUP_B)}
         self._label_terminal = redis.register_script(_LABEL_TERMINAL)
         self._label_card = redis.register_script(_LABEL_CARD)
 

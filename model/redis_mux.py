@@ -331,9 +331,8 @@ class ClusterMux:
             for script, keys, args in steps), return_exceptions=True))
 
     async def evalsha_many(self, script: bytes, calls: Sequence[Call]) -> list[Any]:
-        """Each call to its node, all concurrently; raises the first error."""
-        return list(await asyncio.gather(*(self.evalsha(script, keys, args)
-                                           for keys, args in calls)))
+        """Each call to its node, all concurrently; raises the first error once all ran."""
+        return raise_first(await self.run_steps([(script, keys, args) for keys, args in calls]))
 
     async def close(self) -> None:
         for node in [self.seed, *self._nodes.values()]:
