@@ -155,17 +155,24 @@ def small_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(stack: Settings, small_history: Path) -> str:
-    """The test home's history holds the small simulated history, and a model is current."""
+def trained(stack: Settings, small_history: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The test home's history holds the small simulated history, and a model is current:
+    trained as of the small history's newest event, whatever tests wrote to the shared
+    history before (payments dated today would otherwise move the split past it)."""
     from model.history import HistoryStore
     from model.registry import Registry
+    from training.dataset import load, newest_event
     from training.importer import import_history
     from training.train import TrainConfig, train
 
+    own = HistoryStore(tmp_path_factory.mktemp("small-history"))
+    import_history(own, small_history)
+    cutoff = newest_event(*load(own))
     import_history(HistoryStore(stack.history_dir), small_history)
     result = train(HistoryStore(stack.history_dir), Registry(stack.models_dir),
                    TrainConfig(test_days=7, maturity_days=5, max_iter=60,
-                               baselines=False))
+                               baselines=False, cutoff=cutoff))
     assert result.promoted
     return result.version
 
