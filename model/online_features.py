@@ -137,6 +137,9 @@ def _lua_list(values: Iterable[float]) -> str:
 # Bounds are formatted with 17 significant digits: the exact double Python would compute.
 # Window tests are written as the same expressions as in model.point_in_time.
 _EXACT = "local function exact(x) return string.format('%.17g', x) end\n"
+# The aggregates are integers (counts, thousandths, tenths): printed as such, which is
+# cheaper in Redis than the 17 digits of a double and reads back as the same number.
+_INT = "local function int(x) return string.format('%d', x) end\n"
 
 # The card's windows are kept as running aggregates (``card_state_key``): per window its
 # count and amount sum, the 30-day tenths and squared tenths, and the newest payment's
@@ -157,7 +160,7 @@ _OBSERVE_CARD = (
     f"local CARD_SPANS = {_lua_list(CARD_WINDOWS.values())}\n"
     f"local CARD_FRAUD, SLACK = {CARD_FRAUD_WINDOW!r}, {SLACK!r}\n"
     f"local STATE_FIELDS = {{{', '.join(repr(f) for f in _STATE_FIELDS)}}}\n"
-    + CHECK_LUA + _EXACT
+    + CHECK_LUA + _EXACT + _INT
     + f"""
 local ts = tonumber(ARGV[2])
 local own = ARGV[3] .. '|'
@@ -171,6 +174,8 @@ local function tenth(milli) return math.floor((milli + 50) / 100) end  -- to_ten
 local counts, sums = {{}}, {{}}
 for i = 1, W do counts[i] = 0; sums[i] = 0 end
 local prev, seen_t, seen_c, seen_m = nil, 0, 0, 0
+local SEEN = {{'t|' .. ARGV[5], 'c|' .. ARGV[6], 'm|' .. ARGV[7]}}
+local had = nil  -- the card's newest times of SEEN, when read
 local tenths, tenths_sq = 0, 0
 local st = redis.call('HMGET', KEYS[4], unpack(STATE_FIELDS))
 local last = tonumber(st[1])
@@ -196,10 +201,10 @@ if last ~= nil and ts >= last and last > ts - CARD_HORIZON and not retry then
     end
   end
   if last > ts - CARD_HORIZON then prev = last end
-  local seen = redis.call('HMGET', KEYS[5], 't|' .. ARGV[5], 'c|' .. ARGV[6], 'm|' .. ARGV[7])
-  if seen[1] and tonumber(seen[1]) > ts - CARD_HORIZON then seen_t = 1 end
-  if seen[2] and tonumber(seen[2]) > ts - CARD_HORIZON then seen_c = 1 end
-  if seen[3] and tonumber(seen[3]) > ts - CARD_HORIZON then seen_m = 1 end
+  had = redis.call('HMGET', KEYS[5], unpack(SEEN))
+  if had[1] and tonumber(had[1]) > ts - CARD_HORIZON then seen_t = 1 end
+  if had[2] and tonumber(had[2]) > ts - CARD_HORIZON then seen_c = 1 end
+  if had[3] and tonumber(had[3]) > ts - CARD_HORIZON then seen_m = 1 end
 else
   -- the card's earlier payments in (ts - 30d, ts], summed
   local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. exact(ts - CARD_HORIZON), ARGV[2],
@@ -236,11 +241,11 @@ if not retry then
   local function start_at_ts()
     local flat = {{'last', ARGV[2]}}
     for i = 1, W do
-      flat[#flat + 1] = 'n' .. i; flat[#flat + 1] = exact(counts[i] + 1)
-      flat[#flat + 1] = 'm' .. i; flat[#flat + 1] = exact(sums[i] + milli)
+      flat[#flat + 1] = 'n' .. i; flat[#flat + 1] = int(counts[i] + 1)
+      flat[#flat + 1] = 'm' .. i; flat[#flat + 1] = int(sums[i] + milli)
     end
-    flat[#flat + 1] = 'u'; flat[#flat + 1] = exact(tenths + u)
-    flat[#flat + 1] = 'uu'; flat[#flat + 1] = exact(tenths_sq + u * u)
+    flat[#flat + 1] = 'u'; flat[#flat + 1] = int(tenths + u)
+    flat[#flat + 1] = 'uu'; flat[#flat + 1] = int(tenths_sq + u * u)
     redis.call('HSET', KEYS[4], unpack(flat))
   end
   local keep_seen = true
@@ -249,7 +254,13 @@ if not retry then
       -- no aggregates yet: those of the windows ending at ts, from the sums just made
       start_at_ts()
       redis.call('DEL', KEYS[5])
-      for v, t in pairs(newest) do redis.call('HSET', KEYS[5], v, exact(t)) end
+      local flat = {{}}
+      for v, t in pairs(newest) do
+        flat[#flat + 1] = v; flat[#flat + 1] = exact(t)
+        if #flat >= 1000 then redis.call('HSET', KEYS[5], unpack(flat)); flat = {{}} end
+      end
+      if #flat > 0 then redis.call('HSET', KEYS[5], unpack(flat)) end
+      had = {{newest[SEEN[1]] or false, newest[SEEN[2]] or false, newest[SEEN[3]] or false}}
     else
       keep_seen = false  -- later payments exist: the next one at the newest time starts them
     end
@@ -260,21 +271,25 @@ if not retry then
     local flat = {{}}
     for i, span in ipairs(CARD_SPANS) do
       if ts > last - span then
-        flat[#flat + 1] = 'n' .. i; flat[#flat + 1] = exact(tonumber(st[1 + i]) + 1)
-        flat[#flat + 1] = 'm' .. i; flat[#flat + 1] = exact(tonumber(st[1 + W + i]) + milli)
+        flat[#flat + 1] = 'n' .. i; flat[#flat + 1] = int(tonumber(st[1 + i]) + 1)
+        flat[#flat + 1] = 'm' .. i; flat[#flat + 1] = int(tonumber(st[1 + W + i]) + milli)
         if span == CARD_HORIZON then
-          flat[#flat + 1] = 'u'; flat[#flat + 1] = exact(tonumber(st[2 + 2 * W]) + u)
-          flat[#flat + 1] = 'uu'; flat[#flat + 1] = exact(tonumber(st[3 + 2 * W]) + u * u)
+          flat[#flat + 1] = 'u'; flat[#flat + 1] = int(tonumber(st[2 + 2 * W]) + u)
+          flat[#flat + 1] = 'uu'; flat[#flat + 1] = int(tonumber(st[3 + 2 * W]) + u * u)
         end
       end
     end
     if #flat > 0 then redis.call('HSET', KEYS[4], unpack(flat)) end
   end
   if keep_seen then
-    for _, v in ipairs({{'t|' .. ARGV[5], 'c|' .. ARGV[6], 'm|' .. ARGV[7]}}) do
-      local had = tonumber(redis.call('HGET', KEYS[5], v) or '-1e300')
-      if ts > had then redis.call('HSET', KEYS[5], v, ARGV[2]) end
+    had = had or redis.call('HMGET', KEYS[5], unpack(SEEN))
+    local flat = {{}}
+    for k = 1, 3 do
+      if not had[k] or ts > tonumber(had[k]) then
+        flat[#flat + 1] = SEEN[k]; flat[#flat + 1] = ARGV[2]
+      end
     end
+    if #flat > 0 then redis.call('HSET', KEYS[5], unpack(flat)) end
   end
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 end
