@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from api.background import raise_if_cancelled
-from model.idempotency import DecisionStore
+from stores.idempotency import DecisionStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,6 @@ class DecisionRecorder:
                 raise_if_cancelled(exc)
                 # The payments stay pending until their mark expires (their deadline plus
                 # PENDING_MARGIN_MS): a retry meanwhile gets 409 ("retry"); after, it is
-                # scored again, which counts nothing twice (``model.idempotency``).
+                # scored again, which counts nothing twice (``stores.idempotency``).
                 log.warning("%d decisions not kept for replays: %s", len(batch),
                             type(exc).__name__)

@@ -15,9 +15,10 @@ from api.monitor import Monitor
 from api.publisher import Publisher
 from model.api_keys import ApiKey
 from model.config import Settings
-from model.online_features import OnlineStore
-from model.policy import Policy, PolicyStore, RuleSet
-from model.reviews import ReviewQueue
+from model.policy import Policy, RuleSet
+from stores.online_features import OnlineStore
+from stores.policy_store import PolicyStore
+from stores.reviews import ReviewQueue
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,15 @@ from api.reviews import resend_verdicts
 from api.reviews import router as reviews_router
 from api.routes import admin, router
 from api.spool import Spool
-from model import redis_conn
 from model.api_keys import load_keys
 from model.config import Settings, get_settings
-from model.freshness import FreshnessBoard
-from model.idempotency import DecisionStore
-from model.online_features import OnlineStore
-from model.policy import PolicyStore
 from model.registry import Registry
-from model.reviews import ReviewQueue
+from stores import redis_client
+from stores.freshness import FreshnessBoard
+from stores.idempotency import DecisionStore
+from stores.online_features import OnlineStore
+from stores.policy_store import PolicyStore
+from stores.reviews import ReviewQueue
 
 log = logging.getLogger(__name__)
 # How long start-up waits for Kafka before serving without it (spooling).
@@ -71,12 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The scoring path's calls share one pipelined connection per Redis server
-        # (``model.redis_mux``); the pool serves the rest (rules, lists, audit). Bounded:
+        # (``stores.redis_mux``); the pool serves the rest (rules, lists, audit). Bounded:
         # under a burst, calls queue for a connection instead of opening hundreds of them.
-        redis = redis_conn.client(settings, pool_size=settings.redis_pool_size)
-        mux = redis_conn.scoring_mux(settings)
+        redis = redis_client.client(settings, pool_size=settings.redis_pool_size)
+        mux = redis_client.scoring_mux(settings)
         # Redis down at start: the API starts, degraded
-        await _bounded("reading the Redis cluster's slots", redis_conn.ready(redis))
+        await _bounded("reading the Redis cluster's slots", redis_client.ready(redis))
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",

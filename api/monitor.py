@@ -31,10 +31,10 @@ from api.metrics import (
 )
 from model.config import Settings
 from model.drift import psi
-from model.freshness import DAY, FreshnessBoard, FreshState
-from model.reviews import ReviewQueue
 from model.schemas import Freshness
 from model.scorer import Scorer
+from stores.freshness import DAY, FreshnessBoard, FreshState
+from stores.reviews import ReviewQueue
 
 log = logging.getLogger(__name__)
 DRIFT_EVERY = 15.0

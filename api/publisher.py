@@ -3,7 +3,7 @@ are never lost: each is in the write-ahead spool until Kafka acknowledges it, an
 Kafka did not take is sent again once it is back (see ``api.spool``).
 
 Scored payments are gathered per partition, up to ``BATCH_EVENTS`` or ``BATCH_LINGER``
-seconds, and sent as one message (``model.events``): the producer, the brokers and the
+seconds, and sent as one message (``stores.events``): the producer, the brokers and the
 stream worker's consumer each pay per message, and that cost was most of what carrying a
 payment cost. The spool still holds one line per payment, acknowledged with its batch.
 
@@ -22,8 +22,8 @@ from aiokafka import AIOKafkaProducer
 from api.background import raise_if_cancelled
 from api.metrics import PUBLISH_FAILURES, SPOOLED
 from api.spool import Segment, Spool
-from model.events import encode, encode_batch, key_of, partition_of
 from model.schemas import Label, ScoredPayment
+from stores.events import encode, encode_batch, key_of, partition_of
 
 log = logging.getLogger(__name__)
 # How long handing an event to the producer may take before it is left to the spool (the

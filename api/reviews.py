@@ -1,4 +1,4 @@
-"""The analysts' review queue over HTTP: list, claim, decide (``model.reviews``).
+"""The analysts' review queue over HTTP: list, claim, decide (``stores.reviews``).
 
 Every route needs a key with the ``review`` scope; the key's name is the analyst recorded
 in the audit and in the label.
@@ -19,8 +19,8 @@ from api.background import raise_if_cancelled
 from api.deps import Services, get_services
 from api.metrics import REVIEW_VERDICTS
 from api.publisher import Publisher
-from model.reviews import Case, ReviewError, ReviewQueue
 from model.schemas import Identifier
+from stores.reviews import Case, CaseNotFound, ReviewError, ReviewQueue
 
 log = logging.getLogger(__name__)
 AUTH = {401: {"description": "missing or wrong API key or signature"},
@@ -88,7 +88,7 @@ def _analyst(request: Request) -> str:
 
 
 def _refused(exc: ReviewError) -> HTTPException:
-    return HTTPException(exc.status, detail=exc.detail)
+    return HTTPException(404 if isinstance(exc, CaseNotFound) else 409, detail=exc.detail)
 
 
 @router.get("", response_model=list[CaseOut])

@@ -14,9 +14,9 @@ from fastapi import HTTPException, status
 from api.deps import Services
 from api.metrics import REPLAYS, SCORE_LATENCY, STALE_ANSWERS, decided
 from api.publisher import ENQUEUE_TIMEOUT
-from model.idempotency import PENDING_MARGIN_MS
-from model.online_features import Observation
 from model.schemas import Payment, ScoredPayment, ScoreResponse
+from stores.idempotency import PENDING_MARGIN_MS
+from stores.online_features import Observation
 
 log = logging.getLogger(__name__)
 # Share of the deadline the Redis round trip may use; the rest covers scoring and answering.

@@ -168,11 +168,11 @@ def prepare(s, home: Path, today: datetime) -> tuple[str, str, str]:  # type: ig
     back-filled from that month. Returns (an API key of scopes score and admin, the first
     model's version, the current one's)."""
     from model.api_keys import create_key
-    from model.history import HistoryStore
-    from model.label_join import JoinState
-    from model.online_features import OnlineStore
     from model.registry import Registry
     from ops import services
+    from stores.history import HistoryStore
+    from stores.label_join import JoinState
+    from stores.online_features import OnlineStore
     from training.backfill import backfill_online
     from training.importer import import_history
     from training.simulator import SimulationConfig, simulate
@@ -192,9 +192,9 @@ def prepare(s, home: Path, today: datetime) -> tuple[str, str, str]:  # type: ig
                     TrainConfig(force=True, seed=1, maturity_days=BENCH_MATURITY_DAYS))
 
     async def warm() -> None:
-        from model import redis_conn
+        from stores import redis_client
 
-        r = redis_conn.client(s)
+        r = redis_client.client(s)
         await backfill_online(HistoryStore(s.history_dir), OnlineStore(r), JoinState(r))
         await r.aclose()
 
@@ -216,11 +216,11 @@ def main(
 ) -> None:
     home = fresh_home("bench")
     from model.config import Settings
-    from model.online_features import OnlineStore
     from model.registry import Registry
     from model.schemas import Payment
     from model.scorer import Scorer
     from ops import services
+    from stores.online_features import OnlineStore
     from training.simulator import SimulationConfig, simulate
     from training.traffic import payment_body
 
@@ -246,10 +246,10 @@ def main(
 
         async def feature_step() -> tuple[list[float], list[dict[str, float]]]:
             """As the API does it: the Lua script on the pipelined connection, lists too."""
-            from model import redis_conn
+            from stores import redis_client
 
 
-            r, mux = redis_conn.client(s), redis_conn.scoring_mux(s)
+            r, mux = redis_client.client(s), redis_client.scoring_mux(s)
             store = OnlineStore(r, mux)
             out, vectors = [], []
             for p in rows:

@@ -28,10 +28,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from model.config import Settings
-from model.online_features import OnlineStore
-from model.redis_conn import client, scoring_mux
 from model.schemas import Payment
 from ops import services
+from stores.online_features import OnlineStore
+from stores.redis_client import client, scoring_mux
 
 console = Console()
 DAY = 86_400.0

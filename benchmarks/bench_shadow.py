@@ -90,11 +90,11 @@ def main(
 
     from model.api_keys import create_key
     from model.config import Settings
-    from model.history import HistoryStore
-    from model.label_join import JoinState
-    from model.online_features import OnlineStore
     from model.registry import Registry
     from ops import services
+    from stores.history import HistoryStore
+    from stores.label_join import JoinState
+    from stores.online_features import OnlineStore
     from training.backfill import backfill_online
     from training.importer import import_history
     from training.simulator import SimulationConfig, simulate
@@ -120,9 +120,9 @@ def main(
                                                      maturity_days=BENCH_MATURITY_DAYS)))
 
             async def warm() -> None:
-                from model import redis_conn
+                from stores import redis_client
 
-                r = redis_conn.client(s)
+                r = redis_client.client(s)
                 await backfill_online(store, OnlineStore(r), JoinState(r))
                 await r.aclose()
 

@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model.config import Settings  # noqa: E402
-from model.history import FEATURE_PREFIX, HistoryStore  # noqa: E402
 from model.registry import Registry  # noqa: E402
 from model.scorer import Scorer  # noqa: E402
 from ops import services  # noqa: E402
+from stores.history import FEATURE_PREFIX, HistoryStore  # noqa: E402
 from training.evaluate import EvalConfig, EvalSet, evaluate  # noqa: E402
 from training.simulator import SimulationConfig, simulate  # noqa: E402
 

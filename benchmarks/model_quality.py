@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 
 from model.features import DAY, FEATURE_NAMES, matrix, to_milli
-from model.history import HistoryStore
 from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import _active, _Events, compute_aggregates
+from stores.history import HistoryStore
 from training.dataset import load, newest_event
 from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate
 from training.importer import import_history

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
     redis_pool_size: int = Field(default=32, ge=1)
     # ``redis_url`` names any node of a Redis Cluster; keys are laid out for it (see
-    # ``model.online_features``). Started locally, the cluster has this many primaries.
+    # ``stores.online_features``). Started locally, the cluster has this many primaries.
     redis_cluster: bool = False
     redis_cluster_nodes: int = Field(default=3, ge=3)
 

@@ -2,7 +2,7 @@
 
 A feature is a formula over *window aggregates*: counts and sums of a card's or a
 terminal's earlier payments, and of the fraud labels known about them. The API reads the
-aggregates from Redis (``model.online_features``), training and backtests compute them from
+aggregates from Redis (``stores.online_features``), training and backtests compute them from
 the history (``model.point_in_time``); both hand them to :func:`compute`, so the formulas
 exist once. Which payments fall in which window is defined here in words and constants;
 Redis and numpy select them independently, and a test replays the same events through both

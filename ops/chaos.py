@@ -45,10 +45,10 @@ import pandas as pd
 
 from model.config import Settings
 from model.features import FEATURE_NAMES
-from model.history import FEATURE_PREFIX, HistoryStore
-from model.online_features import card_fraud_known_key, terminal_fraud_known_key
 from model.point_in_time import compute_features
 from ops import services
+from stores.history import FEATURE_PREFIX, HistoryStore
+from stores.online_features import card_fraud_known_key, terminal_fraud_known_key
 
 TARGETS = ("api", "stream", "redis", "kafka")
 # Restarted in this order: what the others need first.

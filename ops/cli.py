@@ -323,7 +323,7 @@ def history_import(
     history are skipped, so importing the same file again adds nothing."""
     from rich.progress import TaskID, TaskProgressColumn
 
-    from model.history import HistoryStore
+    from stores.history import HistoryStore
     from training.importer import ImportError_, import_history
     from training.importer import Progress as Step
 
@@ -365,18 +365,18 @@ def history_backfill_online(
 ) -> None:
     """Load the recent history into the online feature store (Redis), and open again the
     review cases of the last 30 days that have no label yet (a lost Redis lost them)."""
-    from model import redis_conn
-    from model.history import HistoryStore
-    from model.label_join import JoinState
-    from model.online_features import OnlineStore
-    from model.reviews import ReviewQueue
+    from stores import redis_client
+    from stores.history import HistoryStore
+    from stores.label_join import JoinState
+    from stores.online_features import OnlineStore
+    from stores.reviews import ReviewQueue
     from training.backfill import backfill_if_empty, backfill_online
 
     s = get_settings()
     warm = backfill_if_empty if if_empty else backfill_online
 
     async def run() -> object:
-        redis = redis_conn.client(s)
+        redis = redis_client.client(s)
         try:
             return await warm(HistoryStore(s.history_dir), OnlineStore(redis),
                               JoinState(redis), ReviewQueue(redis))
@@ -399,7 +399,7 @@ def history_backfill_online(
 @history_app.command("stats")
 def history_stats() -> None:
     """Payments, fraud (by each payment's latest label) and decisions per day."""
-    from model.history import HistoryStore
+    from stores.history import HistoryStore
 
     df = HistoryStore(get_settings().history_dir).query(
         "SELECT strftime(p.ts, '%Y-%m-%d') AS day, count(*) AS payments, "
@@ -461,8 +461,8 @@ def train(
                                               "forest baselines"),
 ) -> None:
     """Retrain from the history; promote the new model only on a significant gain."""
-    from model.history import HistoryStore
     from model.registry import Registry
+    from stores.history import HistoryStore
     from training.train import TrainConfig, TrainingError
     from training.train import train as run_training
 
@@ -522,8 +522,8 @@ def retrain_worker(
     Settings: FRAUDSTREAM_RETRAIN_* , FRAUDSTREAM_SHADOW_DAYS, FRAUDSTREAM_MATURITY_DAYS."""
     import logging
 
-    from model.history import HistoryStore
     from model.registry import Registry
+    from stores.history import HistoryStore
     from training.retrain import Busy, RetrainPolicy, RetrainWorker
     from training.train import TrainConfig
 
@@ -589,8 +589,8 @@ def backtest(
     = None,
 ) -> None:
     """Score a past period, point in time, as the live system would have; report and plot."""
-    from model.history import HistoryStore
     from model.registry import Registry, RegistryError
+    from stores.history import HistoryStore
     from training.backtest import BacktestConfig, BacktestError
     from training.backtest import backtest as run_backtest
     from training.importer import ImportError_
@@ -641,9 +641,9 @@ def replay(
 ) -> None:
     """Send a file through the live API, labels as reported, and compare every decision
     with the backtest of the same payments."""
-    from model import redis_conn
-    from model.history import HistoryStore
     from model.registry import Registry
+    from stores import redis_client
+    from stores.history import HistoryStore
     from training.backtest import BacktestConfig, BacktestError, load_file
     from training.backtest import backtest as run_backtest
     from training.importer import ImportError_
@@ -667,7 +667,7 @@ def replay(
     frame = traffic_frame(payments, labels)
 
     async def go() -> object:
-        redis = redis_conn.client(s) if exact else None
+        redis = redis_client.client(s) if exact else None
         try:
             with _progress() as bar:
                 task = bar.add_task(f"replaying to {s.api_url} at {rate:g}/s", total=len(frame))
@@ -860,8 +860,8 @@ def model_compare(
     k: int = typer.Option(100, min=1, help="cards investigators check per day"),
 ) -> None:
     """Champion against challenger on the shadow-scored payments whose labels matured."""
-    from model.history import HistoryStore
     from model.registry import Registry
+    from stores.history import HistoryStore
     from training.evaluate import EvalConfig
     from training.retrain import RetrainPolicy, RetrainWorker
     from training.shadow import CompareError, compare

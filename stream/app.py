@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisClusterException, RedisError
 
 from model.config import Settings, get_settings
-from model.events import decode_label, decode_scored
+from stores.events import decode_label, decode_scored
 from stream.recording import Recorder
 
 log = logging.getLogger(__name__)

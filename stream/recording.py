@@ -9,11 +9,11 @@ safe to repeat from wherever it stopped:
    is not means a crash came between the two, and the rows are written again. The raw
    history holds each payment and each label once.
 2. a payment decided ``review`` becomes a case in the analysts' queue (created once, never
-   reopened: ``model.reviews``), and what the stream has applied is noted for the
-   freshness of answers (``model.freshness``).
+   reopened: ``stores.reviews``), and what the stream has applied is noted for the
+   freshness of answers (``stores.freshness``).
 3. a payment's ref is set and the labels waiting for it are read, applied, and only then
    dropped from their queue. Applying a label is idempotent and does not depend on the
-   order labels arrive in (``model.online_features``), so applying one twice, or a
+   order labels arrive in (``stores.online_features``), so applying one twice, or a
    chargeback after the analyst's later verdict, ends in the state the history says. A
    label from elsewhere closes its payment's open review case.
 """
@@ -26,16 +26,16 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from model import redis_conn
 from model.config import Settings
-from model.events import decode_label, encode
-from model.freshness import FreshnessBoard
-from model.history import HistoryStore, label_row, new_part_name, scored_row
-from model.label_join import JoinState
-from model.online_features import LabelUpdate, OnlineStore, PaymentRef
 from model.registry import Registry
-from model.reviews import ReviewQueue
 from model.schemas import Label, ScoredPayment
+from stores import redis_client
+from stores.events import decode_label, encode
+from stores.freshness import FreshnessBoard
+from stores.history import HistoryStore, label_row, new_part_name, scored_row
+from stores.label_join import JoinState
+from stores.online_features import LabelUpdate, OnlineStore, PaymentRef
+from stores.reviews import ReviewQueue
 from stream.shadow import ShadowScorer
 
 # What stream workers of the first layout wrote as the promise of a recorded payment.
@@ -52,10 +52,10 @@ class Recorder:
     """The stores the agents write to, built once per worker, and what a batch does."""
 
     def __init__(self, settings: Settings) -> None:
-        self.redis = redis_conn.client(settings)
+        self.redis = redis_client.client(settings)
         # A batch's per-payment calls (the join, the promises, the labels) go through the
         # pipelined connection: through redis-py they cost more CPU than all the rest.
-        self.mux = redis_conn.scoring_mux(settings)
+        self.mux = redis_client.scoring_mux(settings)
         self.online = OnlineStore(self.redis, self.mux)
         self.join = JoinState(self.redis, self.mux)
         self.history = HistoryStore(settings.history_dir)
@@ -68,7 +68,7 @@ class Recorder:
         labels that waited for them applied. Returns the rows written to the history."""
         if not events:
             return 0
-        await redis_conn.ready(self.redis)
+        await redis_client.ready(self.redis)
         rows = {pid: scored_row(e) for pid, e in events.items()}
         await self.shadow.annotate(rows)
         written = await self._write_once(rows, self.history.holds_payment,
@@ -90,7 +90,7 @@ class Recorder:
     async def apply(self, labels: list[Label], received: datetime) -> int:
         """Labels: into the history once, and applied to the features now or, when their
         payment has not reached the stream yet, queued for it. Returns the rows written."""
-        await redis_conn.ready(self.redis)
+        await redis_client.ready(self.redis)
         rows = {label_record_id(lb): label_row(lb, received) for lb in labels}
         written = await self._write_once(rows, self.history.holds_label,
                                          self.history.append_labels)

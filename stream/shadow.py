@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from model.history import FEATURE_PREFIX
 from model.registry import Registry
 from model.scorer import Scorer
+from stores.history import FEATURE_PREFIX
 
 log = logging.getLogger(__name__)
 

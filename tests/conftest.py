@@ -35,7 +35,7 @@ def payment(ts: str = "2026-11-20T10:00:00Z", **kw: Any) -> dict[str, Any]:
 
 def history_row(settings: Settings, payment_id: str) -> Any:
     """The payment's row in the history (the deduplicated view), or None."""
-    from model.history import HistoryStore
+    from stores.history import HistoryStore
 
     rows = HistoryStore(settings.history_dir).query(
         "SELECT * FROM payments WHERE payment_id = ?", [payment_id])
@@ -160,8 +160,8 @@ def trained(stack: Settings, small_history: Path,
     """The test home's history holds the small simulated history, and a model is current:
     trained as of the small history's newest event, whatever tests wrote to the shared
     history before (payments dated today would otherwise move the split past it)."""
-    from model.history import HistoryStore
     from model.registry import Registry
+    from stores.history import HistoryStore
     from training.dataset import load, newest_event
     from training.importer import import_history
     from training.train import TrainConfig, train

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model import redis_conn
-from model.history import HistoryStore
 from model.registry import Registry
+from stores import redis_client
+from stores.history import HistoryStore
 from training.backtest import BacktestConfig, BacktestError, backtest, load_file
 from training.importer import import_history
 from training.replay import compare, replay, traffic_frame
@@ -96,7 +96,7 @@ def test_replay_through_the_live_api_agrees_with_the_backtest(stream_worker, tra
     services.start_api(stream_worker)
     try:
         async def go():
-            redis = redis_conn.client(stream_worker)
+            redis = redis_client.client(stream_worker)
             try:
                 return await replay(stream_worker.api_url, api_keys["all"][0],
                                     traffic_frame(payments, labels), 400.0, redis)

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import serve_app
-from model.online_features import card_key
+from stores.online_features import card_key
 from tests.conftest import eventually, history_row, payment, uid
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,10 @@ import socket
 import pytest
 
 from api.decisions import DecisionRecorder
-from model.idempotency import DecisionStore, decision_key
-from model.redis_conn import client, scoring_mux
-from model.redis_mux import RedisMux
 from model.schemas import ScoreResponse
+from stores.idempotency import DecisionStore, decision_key
+from stores.redis_client import client, scoring_mux
+from stores.redis_mux import RedisMux
 from tests.conftest import uid
 
 pytestmark = pytest.mark.integration

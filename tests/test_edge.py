@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app, serve_app
-from model.online_features import card_key
+from stores.online_features import card_key
 from tests.conftest import payment, uid
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from model.history import HistoryStore
 from ops.cli import app
+from stores.history import HistoryStore
 from training.importer import ImportError_, import_history
 
 GOOD = """tx,ts,card,terminal_id,amount,is_fraud,label_reported_at,label_source

@@ -16,8 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from model.config import Settings
-from model.history import HistoryStore
 from ops import services
+from stores.history import HistoryStore
 from tests.conftest import KAFKA_BROKERS, eventually, payment, uid
 
 pytestmark = [

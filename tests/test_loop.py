@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from model.events import encode, encode_batch, key_of
-from model.history import HistoryStore
-from model.label_join import pending_key
-from model.online_features import card_key, terminal_fraud_known_key
 from model.registry import Registry
 from model.schemas import Label, Payment, ScoredPayment
+from stores.events import encode, encode_batch, key_of
+from stores.history import HistoryStore
+from stores.label_join import pending_key
+from stores.online_features import card_key, terminal_fraud_known_key
 from tests.conftest import eventually, history_row, payment, uid
 from training.train import TrainConfig, train
 

@@ -14,9 +14,9 @@ import pytest
 
 from model.config import Settings
 from model.drift import psi, reference
-from model.history import HistoryStore
 from model.registry import Registry, RegistryError
 from model.schemas import Freshness
+from stores.history import HistoryStore
 from tests.conftest import cli, eventually, history_row, payment
 from training.retrain import Busy, RetrainPolicy, RetrainWorker, run_lock
 from training.train import TrainConfig, train
@@ -207,7 +207,7 @@ def test_a_worker_killed_mid_run_frees_the_lock_and_its_run_is_marked_abandoned(
     child = textwrap.dedent(f"""
         import time
         import training.retrain as retrain
-        from model.history import HistoryStore
+        from stores.history import HistoryStore
         from model.registry import Registry
         retrain.train = lambda *args, **kwargs: time.sleep(600)
         retrain.RetrainWorker(HistoryStore({str(store.root)!r}), Registry({str(reg.root)!r}),
@@ -404,11 +404,11 @@ def test_healthz_turns_amber_for_old_labels_and_an_old_review_queue():
 
 
 def test_freshness_board_keeps_the_newest_and_counts_label_delays(stack):
-    from model import redis_conn
-    from model.freshness import FRESH_KEY, LABEL_DELAY_KEY, FreshnessBoard
+    from stores import redis_client
+    from stores.freshness import FRESH_KEY, LABEL_DELAY_KEY, FreshnessBoard
 
     async def go():
-        redis = redis_conn.client(stack)
+        redis = redis_client.client(stack)
         await redis.delete(FRESH_KEY, LABEL_DELAY_KEY)
         board = FreshnessBoard(redis)
         t = datetime(2026, 11, 1, tzinfo=UTC).timestamp()

@@ -30,9 +30,9 @@ def test_review_queue_notebook_shows_the_oldest_case_with_its_card_and_terminal(
                                                                                   trained):
     import asyncio
 
-    from model import redis_conn
-    from model.history import HistoryStore
-    from model.reviews import ReviewQueue
+    from stores import redis_client
+    from stores.history import HistoryStore
+    from stores.reviews import ReviewQueue
 
     notebook = NOTEBOOK.parent / "review_queue.ipynb"
     # Imported payments were never scored: no score, no reasons.
@@ -47,7 +47,7 @@ def test_review_queue_notebook_shows_the_oldest_case_with_its_card_and_terminal(
             for r in recent.to_dict("records")]
 
     async def enqueue():
-        redis = redis_conn.client(stack)
+        redis = redis_client.client(stack)
         try:
             await ReviewQueue(redis).enqueue(rows)
         finally:

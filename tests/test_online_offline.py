@@ -15,10 +15,10 @@ import pytest
 
 from model.config import Settings
 from model.features import DAY, FEATURE_NAMES
-from model.online_features import LabelUpdate, OnlineStore, PaymentRef
 from model.point_in_time import compute_features
-from model.redis_conn import client, scoring_mux
 from model.schemas import Payment
+from stores.online_features import LabelUpdate, OnlineStore, PaymentRef
+from stores.redis_client import client, scoring_mux
 from tests.conftest import cli, uid
 from training.simulator import SimulationConfig, simulate
 
@@ -121,7 +121,7 @@ def test_a_busy_card_keeps_exact_aggregates_through_late_payments_retries_and_ba
     """One card, 1,500 payments over 40 days: most in order (the aggregates' path), some
     late (summed), some sent twice (not counted twice), a back-fill between (the
     aggregates dropped and rebuilt). Every served vector equals the point-in-time one."""
-    from model.online_features import card_state_key
+    from stores.online_features import card_state_key
 
     run = uid("busy")
     rng = np.random.default_rng(11)

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from model.history import HistoryStore
 from ops import services
+from stores.history import HistoryStore
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
@@ -127,8 +127,8 @@ def test_stream_worker_rides_out_a_redis_outage(stream_worker):
 
     from aiokafka import AIOKafkaProducer
 
-    from model.events import encode, key_of
     from model.schemas import Payment, ScoredPayment
+    from stores.events import encode, key_of
 
     def event() -> ScoredPayment:
         return ScoredPayment(payment=Payment(**payment()), features={}, score=None,

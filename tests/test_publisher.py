@@ -14,8 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from api.publisher import BATCH_EVENTS, Publisher
 from api.spool import Spool
 from model.config import Settings
-from model.events import decode_scored, encode, encode_batch, key_of, partition_of
 from model.schemas import Payment, ScoredPayment
+from stores.events import decode_scored, encode, encode_batch, key_of, partition_of
 from tests.conftest import payment, uid
 
 pytestmark = pytest.mark.integration

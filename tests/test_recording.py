@@ -14,11 +14,11 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from model.config import Settings
-from model.history import HistoryStore
-from model.label_join import pending_key
 from model.labels import fraud_spells
-from model.online_features import card_fraud_known_key, terminal_fraud_known_key
 from model.schemas import Label, Payment, ScoredPayment
+from stores.history import HistoryStore
+from stores.label_join import pending_key
+from stores.online_features import card_fraud_known_key, terminal_fraud_known_key
 from stream.recording import Recorder
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError, ResponseError
 
 from model.config import Settings
-from model.redis_mux import ClusterMux, RedisMux
 from ops import services
+from stores.redis_mux import ClusterMux, RedisMux
 from tests.test_outages import BUSY_SECOND
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from model.events import encode, key_of
-from model.history import HistoryStore
 from model.schemas import Payment, ScoredPayment
 from ops import services
+from stores.events import encode, key_of
+from stores.history import HistoryStore
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from model.history import HistoryStore
-from model.online_features import card_fraud_known_key
+from stores.history import HistoryStore
+from stores.online_features import card_fraud_known_key
 from tests.conftest import eventually, payment, uid
 
 pytestmark = pytest.mark.integration
@@ -133,8 +133,8 @@ def test_review_case_claim_verdict_exactly_once(api_client, stream_worker, analy
 def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
     import asyncio
 
-    from model import redis_conn
-    from model.reviews import DECIDED_KEY, OPEN_KEY, WAITING_KEY, ReviewError, ReviewQueue
+    from stores import redis_client
+    from stores.reviews import DECIDED_KEY, OPEN_KEY, WAITING_KEY, ReviewError, ReviewQueue
 
     def row(pid: str, ts: datetime) -> dict:
         return {"payment_id": pid, "ts": ts, "card_id": "c", "terminal_id": "t",
@@ -142,7 +142,7 @@ def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
                 "reasons": ["x"]}
 
     async def go():
-        redis = redis_conn.client(stack)
+        redis = redis_client.client(stack)
         await redis.delete(OPEN_KEY, WAITING_KEY, DECIDED_KEY)
         queue = ReviewQueue(redis)
         t0 = 1_800_000_000.0
@@ -235,9 +235,9 @@ def test_a_lost_queue_is_opened_again_from_the_history(api_client, stream_worker
     import asyncio
     import time
 
-    from model import redis_conn
-    from model.history import HistoryStore
-    from model.reviews import OPEN_KEY, WAITING_KEY, ReviewQueue, case_key
+    from stores import redis_client
+    from stores.history import HistoryStore
+    from stores.reviews import OPEN_KEY, WAITING_KEY, ReviewQueue, case_key
     from training.backfill import restore_review_queue
 
     card = uid("card")
@@ -260,7 +260,7 @@ def test_a_lost_queue_is_opened_again_from_the_history(api_client, stream_worker
     assert api_client.get(f"/v1/reviews/{waiting}", headers=ana).status_code == 404
 
     async def restore() -> int:
-        redis = redis_conn.client(stream_worker)
+        redis = redis_client.client(stream_worker)
         try:
             return await restore_review_queue(HistoryStore(stream_worker.history_dir),
                                               ReviewQueue(redis), until=time.time())
@@ -279,8 +279,8 @@ def test_a_lost_queue_is_opened_again_from_the_history(api_client, stream_worker
 def test_the_queue_lists_by_terminal_score_and_analyst(stack):
     import asyncio
 
-    from model import redis_conn
-    from model.reviews import ReviewQueue
+    from stores import redis_client
+    from stores.reviews import ReviewQueue
 
     terminal, other = uid("term"), uid("term")
 
@@ -290,7 +290,7 @@ def test_the_queue_lists_by_terminal_score_and_analyst(stack):
                 "currency": "EUR", "score": score, "model_version": "v", "reasons": []}
 
     async def go():
-        redis = redis_conn.client(stack)
+        redis = redis_client.client(stack)
         queue = ReviewQueue(redis)
         low, high, elsewhere = uid("pay"), uid("pay"), uid("pay")
         await queue.enqueue([row(high, terminal, 0.9, 2), row(low, terminal, 0.2, 1),

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from model.events import encode, key_of
-from model.history import HistoryStore
 from ops import services
+from stores.events import encode, key_of
+from stores.history import HistoryStore
 from tests.conftest import eventually
 from tests.test_restarts import scored
 

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from model.history import HistoryStore
 from model.registry import Registry
+from stores.history import HistoryStore
 from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate, paired_gain
 from training.importer import import_history
 from training.simulator import SimulationConfig, simulate

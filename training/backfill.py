@@ -18,11 +18,11 @@ from model.features import (
     FRESH_FRAUD_WINDOW,
     TERMINAL_HORIZON,
 )
-from model.history import HistoryStore
-from model.label_join import JOIN_HORIZON, JoinState
 from model.labels import fraud_known_since, fraud_spells
-from model.online_features import OnlineStore, PaymentRef
-from model.reviews import ReviewQueue
+from stores.history import HistoryStore
+from stores.label_join import JOIN_HORIZON, JoinState
+from stores.online_features import OnlineStore, PaymentRef
+from stores.reviews import ReviewQueue
 from training.dataset import load
 
 # How far back a lost review queue is rebuilt from the history.

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from model.features import DAY, FEATURE_NAMES, TERMINAL_HORIZON
-from model.history import HistoryStore
 from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
 from model.registry import ModelVersion, Registry
 from model.scorer import Thresholds
+from stores.history import HistoryStore
 from training.dataset import load, newest_event
 from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate
 from training.importer import import_history

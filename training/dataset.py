@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from model.history import HistoryStore
 from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
+from stores.history import HistoryStore
 
 
 @dataclass(frozen=True)

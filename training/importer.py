@@ -43,8 +43,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from model.history import HistoryStore
 from model.schemas import looks_like_pan
+from stores.history import HistoryStore
 
 REQUIRED = ("payment_id", "timestamp", "card_id", "terminal_id", "amount")
 OPTIONAL = ("currency", "country", "channel", "merchant_category", "is_fraud",

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from redis.asyncio import Redis
 
-from model.online_features import card_fraud_known_key
+from stores.online_features import card_fraud_known_key
 from training.traffic import TrafficReport, send_traffic
 
 SETTLE_TIMEOUT = 30.0
@@ -64,7 +64,7 @@ def _exact_time(epoch: pd.Series) -> pd.Series:
 
 def settle_in(redis: Redis) -> Callable[[list[pd.Series]], asyncio.Future[None]]:
     """Waits until every fraud label given is in the features in Redis. The card's step of a
-    label is applied after the terminal's (``model.online_features``): the card's is awaited."""
+    label is applied after the terminal's (``stores.online_features``): the card's is awaited."""
 
     async def settle(labels: list[pd.Series]) -> None:
         deadline = time.monotonic() + SETTLE_TIMEOUT

@@ -38,8 +38,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from model.features import DAY
-from model.history import HistoryStore
 from model.registry import Registry
+from stores.history import HistoryStore
 from training.dataset import load
 from training.shadow import compare, significant_enough
 from training.train import TrainConfig, TrainingError, observed_maturity_days, train

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from model.features import DAY
-from model.history import HistoryStore
 from model.registry import Registry
+from stores.history import HistoryStore
 from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate, paired_gain
 
 PRIMARY_METRIC = "average_precision"

@@ -41,10 +41,10 @@ from sklearn.preprocessing import StandardScaler
 
 from model.drift import references
 from model.features import DAY, FEATURE_NAMES, TERMINAL_HORIZON
-from model.history import HistoryStore
 from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
 from model.registry import ModelVersion, Registry
+from stores.history import HistoryStore
 from training.dataset import load, newest_event
 from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate, paired_gain
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from model.features import DAY
-from model.online_features import PaymentRef
-from model.redis_conn import run_commands, run_script_batch
-from model.redis_mux import Mux
+from stores.online_features import PaymentRef
+from stores.redis_client import run_commands, run_script_batch
+from stores.redis_mux import Mux
 
 JOIN_HORIZON = 180 * DAY
 

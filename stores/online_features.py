@@ -10,7 +10,7 @@ another, so every script below touches one slot and runs on a cluster as on one 
                            timestamp (written when scored)
 - ``fs3:cfk:{c:<card>}``   the card's payments now known as fraud, by when it became known
 - ``fs3:cfv:{c:<card>}``   hash: per payment, how many labels its ``cfk`` entry reflects
-- ``fs:dec:{c:<card>}:<payment_id>``  the idempotency record (``model.idempotency``)
+- ``fs:dec:{c:<card>}:<payment_id>``  the idempotency record (``stores.idempotency``)
 - ``fs3:term:{t:<terminal>}`` sorted set: payment ids by event timestamp (written when scored)
 - ``fs3:tfk:{t:<terminal>}``  the terminal's payments now known as fraud, scored by the time
                               their fraud became known (see ``model.labels``)
@@ -28,7 +28,7 @@ one write per node serving them):
 - the payment_id's owner (``SET NX GET``): the card it was first scored on. A payment_id
   sent again with another card is a conflict the card's script cannot see from its slot;
   its card and terminal entries are then taken back (``_FORGET_CARD``);
-- the allow/block lists (``model.policy``), in their own slot.
+- the allow/block lists (``stores.policy_store``), in their own slot.
 
 Each script returns aggregates, not rows: the card's 30-day history is summed inside Redis,
 next to the data. The formulas on top are ``model.features.compute``, the same the
@@ -59,17 +59,18 @@ from model.features import (
     compute,
     to_milli,
 )
-from model.idempotency import (
+from model.policy import list_values
+from model.schemas import Payment
+from stores.idempotency import (
     CHECK_LUA,
     IDEMPOTENCY_WINDOW,
     PENDING_MARGIN_MS,
     decision_key,
     owner_key,
 )
-from model.policy import LIST_KEYS, LIST_LOOKUP_LUA, list_values
-from model.redis_conn import run_script_batch
-from model.redis_mux import Mux, Step, raise_first
-from model.schemas import Payment
+from stores.policy_store import LIST_KEYS, LIST_LOOKUP_LUA
+from stores.redis_client import run_script_batch
+from stores.redis_mux import Mux, Step, raise_first
 
 # Keep members this long past the longest window, so late (out-of-order) events still
 # find the history they need.
@@ -513,7 +514,7 @@ class OnlineStore:
         With a ``payload_hash``, a payment_id seen before is not counted again: the
         previous record is returned instead. With ``check_lists``, the payment's entities
         are looked up in the allow/block lists in the same trip. ``pending_ms``: how long
-        a retry of this payment_id waits for this call's answer (``model.idempotency``).
+        a retry of this payment_id waits for this call's answer (``stores.idempotency``).
         """
         ts = payment.ts
         pid, card, terminal = payment.payment_id, payment.card_id, payment.terminal_id

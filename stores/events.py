@@ -9,7 +9,7 @@ stream worker sees both. A message may also be a single payment (an object): wha
 spool resends, and what earlier versions wrote. Batching is what makes a payment cheap to
 carry: Kafka, the producer and the stream worker's consumer each pay per message.
 
-The stream joins a label to its payment through Redis (``model.label_join.JoinState``),
+The stream joins a label to its payment through Redis (``stores.label_join.JoinState``),
 so the join does not depend on partitioning.
 """
 

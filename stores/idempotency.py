@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from model.features import DAY
-from model.redis_mux import Mux
+from stores.redis_mux import Mux
 
 # How long a payment_id's answer is kept for replays (gateways retry within minutes).
 IDEMPOTENCY_WINDOW = DAY

@@ -1,7 +1,7 @@
 """Connections to Redis, a single server or a cluster, as the settings say.
 
 Everything but the scoring path uses redis-py (``client``); the scoring path uses one
-pipelined connection per server (``scoring_mux``, see ``model.redis_mux``).
+pipelined connection per server (``scoring_mux``, see ``stores.redis_mux``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from model.config import Settings
-from model.redis_mux import ClusterMux, Mux, RedisMux, raise_first
+from stores.redis_mux import ClusterMux, Mux, RedisMux, raise_first
 
 
 def password(settings: Settings) -> str | None:

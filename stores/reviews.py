@@ -41,8 +41,8 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 
-from model.redis_mux import Mux, pairs
 from model.schemas import Label
+from stores.redis_mux import Mux, pairs
 
 OPEN_KEY = "fs:{rq}:open"
 WAITING_KEY = "fs:{rq}:waiting"
@@ -62,12 +62,23 @@ def case_key(payment_id: str) -> str:
 
 
 class ReviewError(Exception):
-    """A request the queue refuses; ``status`` is the HTTP status that says why."""
+    """A request the queue refuses: ``CaseNotFound`` or ``CaseConflict``."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, detail: str) -> None:
         super().__init__(detail)
-        self.status = status
         self.detail = detail
+
+
+class CaseNotFound(ReviewError):
+    """No review case for this payment."""
+
+
+class CaseConflict(ReviewError):
+    """The case is claimed by another analyst, decided otherwise, or closed by a label."""
+
+
+# The scripts' error replies start with one of these words.
+_REFUSALS: dict[str, type[ReviewError]] = {"NOCASE": CaseNotFound, "CONFLICT": CaseConflict}
 
 
 @dataclass(frozen=True)
@@ -147,24 +158,24 @@ return added
 """
 
 # Shared by claim and decide (ARGV[1] payment_id, ARGV[2] analyst, ARGV[3] now): the case,
-# and a refusal while another analyst's claim holds. Errors are "CODE message".
+# and a refusal while another analyst's claim holds. Errors are "WORD message" (``_REFUSALS``).
 _FIND_CASE = """
 local key = 'fs:{rq}:case:' .. ARGV[1]
 local status = redis.call('HGET', key, 'status')
-if not status then return redis.error_reply('404 no review case for this payment') end
+if not status then return redis.error_reply('NOCASE no review case for this payment') end
 """
 _NOT_HELD_BY_OTHERS = """
 local holder = redis.call('HGET', key, 'claimed_by')
 local until_ = tonumber(redis.call('HGET', key, 'claimed_until') or '0')
 if status == 'claimed' and holder ~= ARGV[2] and until_ > tonumber(ARGV[3]) then
-  return redis.error_reply('409 claimed by ' .. holder .. ' until ' .. until_)
+  return redis.error_reply('CONFLICT claimed by ' .. holder .. ' until ' .. until_)
 end
 """
 
 # ARGV: payment_id, analyst, now, claim seconds, audit maxlen.
 _CLAIM = _FIND_CASE + """
 if status == 'decided' then
-  return redis.error_reply('409 already decided by ' .. redis.call('HGET', key, 'decided_by'))
+  return redis.error_reply('CONFLICT already decided by ' .. redis.call('HGET', key, 'decided_by'))
 end
 """ + _NOT_HELD_BY_OTHERS + """
 local new_until = tonumber(ARGV[3]) + tonumber(ARGV[4])
@@ -180,11 +191,11 @@ _DECIDE = _FIND_CASE + """
 if status == 'decided' then
   local closed_by = redis.call('HGET', key, 'closed_by')
   if closed_by then
-    return redis.error_reply('409 already closed by a ' .. closed_by .. ' label')
+    return redis.error_reply('CONFLICT already closed by a ' .. closed_by .. ' label')
   end
   local verdict = redis.call('HGET', key, 'verdict')
   if verdict ~= ARGV[4] then
-    return redis.error_reply('409 already decided ' .. verdict .. ' by ' ..
+    return redis.error_reply('CONFLICT already decided ' .. verdict .. ' by ' ..
                              redis.call('HGET', key, 'decided_by'))
   end
   return redis.call('HGETALL', key)
@@ -238,7 +249,7 @@ class ReviewQueue:
     def __init__(self, redis: Redis, claim_seconds: float = 900.0,
                  mux: Mux | None = None) -> None:
         self.redis = redis
-        self.mux = mux  # the API's periodic reads: see ``model.policy.PolicyStore``
+        self.mux = mux  # the API's periodic reads: see ``stores.policy_store.PolicyStore``
         self.claim_seconds = claim_seconds
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
@@ -375,6 +386,7 @@ class ReviewQueue:
             return await script(keys=keys, args=args)
         except ResponseError as exc:
             code, _, detail = str(exc).partition(" ")
-            if code in ("404", "409"):
-                raise ReviewError(int(code), detail) from exc
+            refusal = _REFUSALS.get(code)
+            if refusal is not None:
+                raise refusal(detail) from exc
             raise

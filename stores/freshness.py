@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from model.redis_mux import Mux, pairs
+from stores.redis_mux import Mux, pairs
 
 FRESH_KEY = "fs:fresh"
 LABEL_DELAY_KEY = "fs:label_delay"
@@ -65,7 +65,7 @@ class FreshState:
 class FreshnessBoard:
     def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
         self.redis = redis
-        self.mux = mux  # the API's periodic reads: see ``model.policy.PolicyStore``
+        self.mux = mux  # the API's periodic reads: see ``stores.policy_store.PolicyStore``
         self._max = redis.register_script(_MAX)
 
     async def note_recorded(self, newest_scored_at: float, newest_payment_ts: float) -> None:

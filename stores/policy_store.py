@@ -1,0 +1,108 @@
+"""Where the fraud team's lists and rules live: Redis, with an audit of every change.
+
+Lists are Redis sets (``list_key``), looked up inside the scoring round trip itself
+(``LIST_LOOKUP_LUA``), so a list change applies to the very next payment on every worker.
+Rules are a small JSON document with a version number; each API worker reloads them when
+the version changes. What a rule set means is ``model.policy``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from model.policy import KINDS, LIST_ENTITIES, LIST_SEP, ListKind, Policy, RuleSet
+from stores.redis_mux import Mux
+
+# Every key of the policy shares the hash tag {policy}: on a Redis Cluster the rules, the
+# lists and their audit live in one slot, so the lookup below is one script.
+
+
+def list_key(kind: str, entity: str) -> str:
+    """Redis set of the values of ``entity`` (card_id, country...) on the allow/block list."""
+    return f"fs:{{policy}}:list:{kind}:{entity}"
+
+
+LIST_KEYS = [list_key(kind, entity) for entity in LIST_ENTITIES for kind in KINDS]
+
+# KEYS: LIST_KEYS; ARGV[1]: the payment's values of LIST_ENTITIES (``list_values``). The
+# hits come back as 'kind|entity' strings.
+LIST_LOOKUP_LUA = (
+    "local hits = {}\n"
+    "local entities = {" + ", ".join(f"'{e}'" for e in LIST_ENTITIES) + "}\n"
+    "local kinds = {" + ", ".join(f"'{k}'" for k in KINDS) + "}\n"
+    "local i = 0\n"
+    "for value in string.gmatch(ARGV[1] .. '" + LIST_SEP + "', '([^" + LIST_SEP
+    + "]*)" + LIST_SEP + "') do\n"
+    "  i = i + 1\n"
+    "  if value ~= '' then\n"
+    "    for k, kind in ipairs(kinds) do\n"
+    "      if redis.call('SISMEMBER', KEYS[(i - 1) * #kinds + k], value) == 1 then\n"
+    "        hits[#hits + 1] = kind .. '|' .. entities[i]\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return hits\n"
+)
+
+
+RULES_KEY = "fs:{policy}:rules"
+AUDIT_KEY = "fs:{policy}:audit"
+
+class PolicyStore:
+    """Rules and lists in Redis, with an audit trail of every change."""
+
+    def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
+        self.redis = redis
+        # The API polls the version through its own pipelined connection (see
+        # ``stores.redis_mux``): a call there ends cleanly when its task is cancelled, which
+        # redis-py's cluster client, polled twice a second, once failed to do at shutdown.
+        self.mux = mux
+
+    async def load(self) -> Policy:
+        raw = await self.redis.hgetall(RULES_KEY)
+        if not raw:
+            return Policy(RuleSet(), 0)
+        return Policy(RuleSet.model_validate_json(raw[b"rules"]), int(raw[b"version"]))
+
+    async def version(self) -> int:
+        if self.mux is not None:
+            v = await self.mux.execute("HGET", RULES_KEY, "version")
+        else:
+            v = await self.redis.hget(RULES_KEY, "version")
+        return int(v) if v else 0
+
+    async def save(self, rules: RuleSet, actor: str) -> int:
+        """Replace the rule set; returns its new version."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(RULES_KEY, "version", 1)
+            pipe.hset(RULES_KEY, "rules", rules.model_dump_json())
+            version = (await pipe.execute())[0]
+        await self._audit("rules", actor, {"version": version, "rules": len(rules.rules)})
+        return int(version)
+
+    async def set_listed(self, kind: ListKind, entity: str, value: str, listed: bool,
+                         actor: str, reason: str = "") -> bool:
+        key = list_key(kind, entity)
+        changed = await (self.redis.sadd(key, value) if listed else self.redis.srem(key, value))
+        await self._audit("list", actor, {"kind": kind, "entity": entity,
+                                          "action": "add" if listed else "remove",
+                                          "reason": reason, "changed": bool(changed)})
+        return bool(changed)
+
+    async def members(self, kind: ListKind, entity: str) -> list[str]:
+        return sorted(v.decode() for v in await self.redis.smembers(list_key(kind, entity)))
+
+    async def audit(self, count: int = 100) -> list[dict[str, Any]]:
+        entries = await self.redis.xrevrange(AUDIT_KEY, count=count)
+        return [{"id": i.decode(), **orjson.loads(f[b"entry"])} for i, f in entries]
+
+    async def _audit(self, what: str, actor: str, detail: dict[str, Any]) -> None:
+        # List values are left out of the audit: a card token is enough to find it again,
+        # and the trail should not become a second copy of the lists.
+        entry = {"what": what, "actor": actor, "at": datetime.now(UTC).isoformat(), **detail}
+        await self.redis.xadd(AUDIT_KEY, {"entry": orjson.dumps(entry)}, maxlen=10_000)
