@@ -32,11 +32,12 @@ Kafka or the API's spool stays in ``fs:{rq}:unsent`` until it does.
 from __future__ import annotations
 
 import asyncio
+import builtins  # ReviewQueue.list shadows list in the annotations after it
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -110,7 +111,8 @@ class Case:
         def num(name: str) -> float | None:
             return float(h[name]) if h.get(name) not in (None, "") else None
 
-        status: Status = h["status"]  # type: ignore[assignment]
+        # The scripts below write only these values.
+        status = cast(Status, h["status"])
         claimed_until = num("claimed_until")
         if status == "claimed" and (claimed_until is None or claimed_until <= now):
             status = "open"  # the claim lapsed: anyone may take the case
@@ -122,7 +124,7 @@ class Case:
             enqueued_at=float(h["enqueued_at"]), status=status,
             claimed_by=(h.get("claimed_by") or None) if status == "claimed" else None,
             claimed_until=claimed_until if status == "claimed" else None,
-            verdict=h.get("verdict") or None,  # type: ignore[arg-type]
+            verdict=cast(Verdict | None, h.get("verdict") or None),
             note=h.get("note") or None, decided_by=h.get("decided_by") or None,
             decided_at=num("decided_at"),
         )
@@ -291,7 +293,9 @@ class ReviewQueue:
             keys=[OPEN_KEY, DECIDED_KEY, AUDIT_KEY, WAITING_KEY], args=argv))
 
     async def get(self, payment_id: str, now: float | None = None) -> Case | None:
-        raw = await self.redis.hgetall(case_key(payment_id))
+        # The client answers bytes (it is made without decode_responses): the casts here
+        # and below narrow redis-py's types, which allow str too.
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(case_key(payment_id)))
         return Case.from_hash(raw, now if now is not None else time.time()) if raw else None
 
     async def list(self, status: Literal["open", "claimed", "decided", "pending"] = "pending",
@@ -305,7 +309,8 @@ class ReviewQueue:
         out: list[Case] = []
         start, page = 0, max(limit, 200)
         while len(out) < limit:
-            ids = await self.redis.zrange(source, start, start + page - 1)
+            ids = cast(builtins.list[bytes],
+                       await self.redis.zrange(source, start, start + page - 1))
             if not ids:
                 break
             start += page
@@ -348,11 +353,12 @@ class ReviewQueue:
     async def label_sent(self, payment_id: str) -> None:
         await self.redis.srem(UNSENT_KEY, payment_id)
 
-    async def unsent(self, older_than: float, now: float | None = None) -> list[Case]:
+    async def unsent(self, older_than: float,
+                     now: float | None = None) -> builtins.list[Case]:
         """Decided cases whose label is not known durable, decided over ``older_than`` s ago."""
         now = now if now is not None else time.time()
         cases = []
-        for pid in await self.redis.smembers(UNSENT_KEY):
+        for pid in cast(set[bytes], await self.redis.smembers(UNSENT_KEY)):
             case = await self.get(pid.decode(), now)
             if case is None:
                 await self.redis.srem(UNSENT_KEY, pid)
@@ -374,16 +380,19 @@ class ReviewQueue:
             oldest = float(head[0][1]) if head else None
         return int(size), (now - oldest) if oldest is not None else None
 
-    async def audit(self, count: int = 100) -> list[dict[str, str]]:
+    async def audit(self, count: int = 100) -> builtins.list[dict[str, str]]:
         """Who claimed and decided what, newest first."""
-        entries = await self.redis.xrevrange(AUDIT_KEY, count=count)
+        entries = cast(builtins.list[tuple[bytes, dict[bytes, bytes]]],
+                       await self.redis.xrevrange(AUDIT_KEY, count=count))
         return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[bytes]:
+    async def _run(self, script: Any, keys: builtins.list[str],
+                   args: builtins.list[Any]) -> builtins.list[bytes]:
         from redis.exceptions import ResponseError
 
         try:
-            return await script(keys=keys, args=args)
+            flat: builtins.list[bytes] = await script(keys=keys, args=args)
+            return flat
         except ResponseError as exc:
             code, _, detail = str(exc).partition(" ")
             refusal = _REFUSALS.get(code)
