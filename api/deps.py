@@ -62,4 +62,5 @@ class Services:
 async def get_services(request: Request) -> Services:
     # async on purpose: FastAPI runs a plain ``def`` dependency in a thread pool, a hop
     # that costs more than the whole Redis round trip.
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services

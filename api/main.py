@@ -61,6 +61,7 @@ class ConfigurationError(RuntimeError):
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     assert settings.api_keys_file is not None and settings.spool_dir is not None
+    spool_dir = settings.spool_dir  # narrowed, for the lifespan below
     api_keys = load_keys(settings.api_keys_file)
     if settings.auth_enabled and not api_keys:
         raise ConfigurationError(
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request_timeout_ms=5000,
             retry_backoff_ms=200,
         )
-        publisher = Publisher(producer, Spool(settings.spool_dir), settings.topic_scored,
+        publisher = Publisher(producer, Spool(spool_dir), settings.topic_scored,
                               settings.topic_labels)
         try:
             # Kafka down, or still starting (it may accept connections and then keep

@@ -23,7 +23,7 @@ from model.schemas import Identifier
 from stores.reviews import Case, CaseNotFound, ReviewError, ReviewQueue
 
 log = logging.getLogger(__name__)
-AUTH = {401: {"description": "missing or wrong API key or signature"},
+AUTH: dict[int | str, dict[str, Any]] = {401: {"description": "missing or wrong API key or signature"},
         403: {"description": "the key lacks the review scope"}}
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"],
                    dependencies=[Depends(require("review"))],
