@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -144,7 +145,7 @@ class Publisher:
         await asyncio.to_thread(self.label_spool.sync)
         return False
 
-    def _delivered_all(self, fut: asyncio.Future, segs: list[Segment]) -> None:  # type: ignore[type-arg]
+    def _delivered_all(self, fut: asyncio.Future[Any], segs: list[Segment]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             for seg in segs:
                 self._failed(seg, None if fut.cancelled() else fut.exception())

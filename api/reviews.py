@@ -19,11 +19,12 @@ from api.background import raise_if_cancelled
 from api.deps import Services, get_services
 from api.metrics import REVIEW_VERDICTS
 from api.publisher import Publisher
+from api.routes import Responses
 from model.schemas import Identifier
 from stores.reviews import Case, CaseNotFound, ReviewError, ReviewQueue
 
 log = logging.getLogger(__name__)
-AUTH: dict[int | str, dict[str, Any]] = {401: {"description": "missing or wrong API key or signature"},
+AUTH: Responses = {401: {"description": "missing or wrong API key or signature"},
         403: {"description": "the key lacks the review scope"}}
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"],
                    dependencies=[Depends(require("review"))],

@@ -23,8 +23,9 @@ Deadline = Annotated[int | None, Header(
     description="Answer within this many milliseconds, degraded if need be.")]
 
 # Typed as FastAPI's ``responses`` parameter, which reads the keys as status codes.
-CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": "payment_id already scored with a different payload"}}
-AUTH: dict[int | str, dict[str, Any]] = {401: {"description": "missing or wrong API key or signature"},
+Responses = dict[int | str, dict[str, Any]]
+CONFLICT: Responses = {409: {"description": "payment_id already scored with a different payload"}}
+AUTH: Responses = {401: {"description": "missing or wrong API key or signature"},
         403: {"description": "the key lacks the scope"}}
 
 
