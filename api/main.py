@@ -28,6 +28,7 @@ from api.spool import Spool
 from model.api_keys import load_keys
 from model.config import Settings, get_settings
 from model.registry import Registry
+from model.version import VERSION
 from stores import redis_client
 from stores.freshness import FreshnessBoard
 from stores.idempotency import DecisionStore
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="fraudstream",
-        version="0.2.0",
+        version=VERSION,
         summary="Real-time payment fraud scoring",
         description="Send `X-API-Key` on every call but `/healthz` and `/metrics`.",
         lifespan=lifespan,
