@@ -6,7 +6,6 @@ in the audit and in the label.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -15,11 +14,11 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require
-from api.background import raise_if_cancelled
 from api.deps import Services, get_services
 from api.metrics import REVIEW_VERDICTS
 from api.publisher import Publisher
 from api.routes import Responses
+from model.periodic import every
 from model.schemas import Identifier
 from stores.reviews import Case, CaseNotFound, ReviewError, ReviewQueue
 
@@ -161,15 +160,15 @@ async def verdict(payment_id: PaymentId, body: VerdictIn, request: Request,
 
 
 async def resend_verdicts(reviews: ReviewQueue, publisher: Publisher,
-                          every: float = 5.0) -> None:
+                          period: float = 5.0) -> None:
     """A verdict fixed in Redis whose label never became durable (the API died between
     the two): send it again. It is the same label, recorded once."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            for case in await reviews.unsent(RESEND_AFTER_SECONDS):
-                await publisher.publish_label(case.label())
-                await reviews.label_sent(case.payment_id)
-                log.info("verdict on %s sent again", case.payment_id)
-        except Exception as exc:  # Redis or the disk away: next round
-            raise_if_cancelled(exc)
+
+    async def resend() -> None:
+        for case in await reviews.unsent(RESEND_AFTER_SECONDS):
+            await publisher.publish_label(case.label())
+            await reviews.label_sent(case.payment_id)
+            log.info("verdict on %s sent again", case.payment_id)
+
+    # Redis or the disk away: the next round tries again.
+    await every(period, resend, failed="verdicts not resent", log=log, level=logging.DEBUG)
