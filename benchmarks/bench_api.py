@@ -153,7 +153,8 @@ def fresh_home(name: str) -> Path:
     """var/NAME emptied, and the settings of a stack of its own there (free ports, its own
     Kafka and Redis data); vegeta checked first."""
     if shutil.which("vegeta") is None:
-        raise typer.Exit("vegeta not found: ./scripts/setup.sh --bench builds it")
+        # SystemExit prints the message and exits 1 (typer.Exit takes a code, not text).
+        raise SystemExit("vegeta not found: ./scripts/setup.sh --bench builds it")
     home = ROOT / "var" / name
     shutil.rmtree(home, ignore_errors=True)
     from ops.services import isolated_env
@@ -228,7 +229,7 @@ def main(
     if pin:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
-            raise typer.Exit("--pin needs at least 2 cores")
+            raise SystemExit("--pin needs at least 2 cores")
         PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
     try:
         rate_list = [int(r) for r in rates.split(",")]
@@ -241,8 +242,11 @@ def main(
         # ---- the steps alone -------------------------------------------------------------
         traffic = simulate(SimulationConfig(days=7, cards=3000, terminals=300, seed=99,
                                             start=today - timedelta(days=7), id_prefix="step"))
-        scorer = Scorer.from_version(Registry(s.models_dir).current())
-        rows = [Payment(**payment_body(r)) for _, r in traffic.head(2000).iterrows()]
+        current_model = Registry(s.models_dir).current()
+        assert current_model is not None  # prepare() trained and promoted one
+        scorer = Scorer.from_version(current_model)
+        rows = [Payment.model_validate(payment_body(r))
+                for _, r in traffic.head(2000).iterrows()]
 
         async def feature_step() -> tuple[list[float], list[dict[str, float]]]:
             """As the API does it: the Lua script on the pipelined connection, lists too."""

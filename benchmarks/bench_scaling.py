@@ -99,9 +99,10 @@ def main(
 
     s = Settings()
     cores = sorted(os.sched_getaffinity(0))
-    plan = [Layout(*map(int, x.split("x"))) for x in layouts.split(",")]
+    plan = [Layout(int(api), int(stream))
+            for api, stream in (x.split("x") for x in layouts.split(","))]
     if max(layout.stream for layout in plan) > s.kafka_partitions:
-        raise typer.Exit(f"{s.kafka_partitions} partitions: at most that many stream workers "
+        raise SystemExit(f"{s.kafka_partitions} partitions: at most that many stream workers "
                          "have work (FRAUDSTREAM_KAFKA_PARTITIONS)")
     rate_list = sorted(int(r) for r in rates.split(","))
     extra_workers: list[services.Proc] = []

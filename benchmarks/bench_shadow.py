@@ -83,7 +83,7 @@ def main(
     if pin:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
-            raise typer.Exit("--pin needs at least 2 cores")
+            raise SystemExit("--pin needs at least 2 cores")  # typer.Exit takes a code
         bench_api.PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
     home = fresh_home("bench-shadow")
     os.environ["FRAUDSTREAM_MODEL_POLL_SECONDS"] = "0.5"

@@ -181,7 +181,8 @@ def write(results: pd.DataFrame, args: argparse.Namespace, elapsed: float) -> No
         runs = results[results["scenario"] == scenario]
         info = runs.iloc[0]
         for model in MODELS:
-            row = part.loc[(scenario, model)]
+            # groupby(level=0) gives the level's values; pandas-stubs types them as tuples
+            row = part.loc[(scenario, model)]  # type: ignore[index]
             own = runs[runs["model"] == model]
             cells = []
             for key, _ in metrics:
