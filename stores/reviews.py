@@ -35,11 +35,11 @@ import asyncio
 import builtins  # ReviewQueue.list shadows list in the annotations after it
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import orjson
+from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
 from model.schemas import Label
@@ -82,10 +82,14 @@ class CaseConflict(ReviewError):
 _REFUSALS: dict[str, type[ReviewError]] = {"NOCASE": CaseNotFound, "CONFLICT": CaseConflict}
 
 
-@dataclass(frozen=True)
-class Case:
+class Case(BaseModel):
+    """A review case, as the queue keeps it and the API returns it (``api.reviews``
+    names it ``CaseOut`` in its OpenAPI document): times are UTC datetimes."""
+
+    model_config = ConfigDict(frozen=True)
+
     payment_id: str
-    ts: float
+    paid_at: datetime
     card_id: str
     terminal_id: str
     amount: float
@@ -94,15 +98,14 @@ class Case:
     model_version: str | None
     degraded: bool
     reasons: list[str]
-    enqueued_at: float
+    enqueued_at: datetime
     status: Status
-    claimed_by: str | None = None
-    claimed_until: float | None = None
-    verdict: Verdict | None = None
-    note: str | None = None
-    decided_by: str | None = None
-    decided_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    claimed_by: str | None
+    claimed_until: datetime | None
+    verdict: Verdict | None
+    note: str | None
+    decided_by: str | None
+    decided_at: datetime | None
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes], now: float) -> Case:
@@ -111,29 +114,33 @@ class Case:
         def num(name: str) -> float | None:
             return float(h[name]) if h.get(name) not in (None, "") else None
 
+        def at(ts: float | None) -> datetime | None:
+            return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
         # The scripts below write only these values.
         status = cast(Status, h["status"])
         claimed_until = num("claimed_until")
         if status == "claimed" and (claimed_until is None or claimed_until <= now):
             status = "open"  # the claim lapsed: anyone may take the case
         return cls(
-            payment_id=h["payment_id"], ts=float(h["ts"]), card_id=h["card_id"],
+            payment_id=h["payment_id"], paid_at=datetime.fromtimestamp(float(h["ts"]), UTC),
+            card_id=h["card_id"],
             terminal_id=h["terminal_id"], amount=float(h["amount"]), currency=h["currency"],
             score=num("score"), model_version=h.get("model_version") or None,
             degraded=h.get("degraded") == "1", reasons=orjson.loads(h.get("reasons", "[]")),
-            enqueued_at=float(h["enqueued_at"]), status=status,
+            enqueued_at=datetime.fromtimestamp(float(h["enqueued_at"]), UTC), status=status,
             claimed_by=(h.get("claimed_by") or None) if status == "claimed" else None,
-            claimed_until=claimed_until if status == "claimed" else None,
+            claimed_until=at(claimed_until) if status == "claimed" else None,
             verdict=cast(Verdict | None, h.get("verdict") or None),
             note=h.get("note") or None, decided_by=h.get("decided_by") or None,
-            decided_at=num("decided_at"),
+            decided_at=at(num("decided_at")),
         )
 
     def label(self) -> Label:
         """The label this case's verdict makes: the same label however often it is asked."""
         assert self.verdict is not None and self.decided_at is not None
         return Label(payment_id=self.payment_id, is_fraud=self.verdict == "fraud",
-                     source="analyst", reported_at=datetime.fromtimestamp(self.decided_at, UTC),
+                     source="analyst", reported_at=self.decided_at,
                      analyst=self.decided_by, note=self.note)
 
 
@@ -362,7 +369,8 @@ class ReviewQueue:
             case = await self.get(pid.decode(), now)
             if case is None:
                 await self.redis.srem(UNSENT_KEY, pid)
-            elif case.decided_at is not None and case.decided_at <= now - older_than:
+            elif case.decided_at is not None and \
+                    case.decided_at.timestamp() <= now - older_than:
                 cases.append(case)
         return cases
 
