@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from api.background import raise_if_cancelled
+from model.periodic import raise_if_cancelled
 from stores.idempotency import DecisionStore
 
 log = logging.getLogger(__name__)

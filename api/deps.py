@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from api.background import raise_if_cancelled
 from api.decisions import DecisionRecorder
 from api.model_holder import ModelHolder
 from api.monitor import Monitor
 from api.publisher import Publisher
 from model.api_keys import ApiKey
 from model.config import Settings
+from model.periodic import every
 from model.policy import Policy, RuleSet
 from stores.online_features import OnlineStore
 from stores.policy_store import PolicyStore
@@ -36,14 +35,9 @@ class PolicyHolder:
             log.info("rules version %d in force (%d rules)", self.policy.version,
                      len(self.policy.rules.rules))
 
-    async def watch(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.refresh()
-            except Exception as exc:  # Redis away: keep the rules we have
-                raise_if_cancelled(exc)
-                log.warning("rules not refreshed: %s", type(exc).__name__)
+    async def watch(self, period: float) -> None:
+        # Redis away: the rules we have stay in force.
+        await every(period, self.refresh, failed="rules not refreshed", log=log)
 
 
 @dataclass
@@ -62,4 +56,5 @@ class Services:
 async def get_services(request: Request) -> Services:
     # async on purpose: FastAPI runs a plain ``def`` dependency in a thread pool, a hop
     # that costs more than the whole Redis round trip.
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services

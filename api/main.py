@@ -28,6 +28,7 @@ from api.spool import Spool
 from model.api_keys import load_keys
 from model.config import Settings, get_settings
 from model.registry import Registry
+from model.version import VERSION
 from stores import redis_client
 from stores.freshness import FreshnessBoard
 from stores.idempotency import DecisionStore
@@ -61,6 +62,7 @@ class ConfigurationError(RuntimeError):
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     assert settings.api_keys_file is not None and settings.spool_dir is not None
+    spool_dir = settings.spool_dir  # narrowed, for the lifespan below
     api_keys = load_keys(settings.api_keys_file)
     if settings.auth_enabled and not api_keys:
         raise ConfigurationError(
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request_timeout_ms=5000,
             retry_backoff_ms=200,
         )
-        publisher = Publisher(producer, Spool(settings.spool_dir), settings.topic_scored,
+        publisher = Publisher(producer, Spool(spool_dir), settings.topic_scored,
                               settings.topic_labels)
         try:
             # Kafka down, or still starting (it may accept connections and then keep
@@ -154,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="fraudstream",
-        version="0.2.0",
+        version=VERSION,
         summary="Real-time payment fraud scoring",
         description="Send `X-API-Key` on every call but `/healthz` and `/metrics`.",
         lifespan=lifespan,

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from api.metrics import MODEL_INFO, MODEL_RELOADS
+from model.periodic import every
 from model.registry import Registry
 from model.scorer import Scorer
 
@@ -46,7 +47,5 @@ class ModelHolder:
         log.info("model %s in use (was %s)", scorer.version, old.version if old else None)
         return True
 
-    async def watch(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            await self.refresh()
+    async def watch(self, period: float) -> None:
+        await every(period, self.refresh, failed="model not refreshed", log=log)

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from api.background import raise_if_cancelled
 from api.metrics import (
     LABEL_DELAY,
     LABEL_LAG,
@@ -31,6 +30,7 @@ from api.metrics import (
 )
 from model.config import Settings
 from model.drift import psi
+from model.periodic import every
 from model.schemas import Freshness
 from model.scorer import Scorer
 from stores.freshness import DAY, FreshnessBoard, FreshState
@@ -128,18 +128,15 @@ class Monitor:
             PSI.labels(name).set(value)
 
     async def run(self, holder: Any) -> None:
-        last_drift = 0.0
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.poll()
-            except Exception as exc:  # Redis away: keep the last known state
-                raise_if_cancelled(exc)
-                log.debug("freshness not read: %s", type(exc).__name__)
-            if time.monotonic() - last_drift >= DRIFT_EVERY:
-                last_drift = time.monotonic()
-                scorer = holder.scorer
-                self.drift(scorer, holder.reference)
+        """Freshness and the review queue once a second (Redis away: the last known state
+        stays), drift every ``DRIFT_EVERY`` seconds, the first a second after start."""
+
+        async def drift() -> None:
+            self.drift(holder.scorer, holder.reference)
+
+        await asyncio.gather(
+            every(1.0, self.poll, failed="freshness not read", log=log, level=logging.DEBUG),
+            every(DRIFT_EVERY, drift, failed="drift not computed", log=log, delay=1.0))
 
     def warnings(self) -> list[str]:
         """Why /healthz is amber (empty: green)."""

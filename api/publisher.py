@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from api.background import raise_if_cancelled
 from api.metrics import PUBLISH_FAILURES, SPOOLED
 from api.spool import Segment, Spool
+from model.periodic import every
 from model.schemas import Label, ScoredPayment
 from stores.events import encode, encode_batch, key_of, partition_of
 
@@ -144,7 +145,7 @@ class Publisher:
         await asyncio.to_thread(self.label_spool.sync)
         return False
 
-    def _delivered_all(self, fut: asyncio.Future, segs: list[Segment]) -> None:  # type: ignore[type-arg]
+    def _delivered_all(self, fut: asyncio.Future[Any], segs: list[Segment]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             for seg in segs:
                 self._failed(seg, None if fut.cancelled() else fut.exception())
@@ -180,25 +181,22 @@ class Publisher:
                 sent += len(entries)
         return sent
 
-    async def keep_synced(self, every: float = 0.05) -> None:
-        while True:
-            await asyncio.sleep(every)
+    async def keep_synced(self, period: float = 0.05) -> None:
+        async def sync() -> None:
             if self.spool.needs_sync:
                 await asyncio.to_thread(self.spool.sync)
 
-    async def keep_draining(self, every: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(every)
-            if self.kafka_ok and self.labels_ok and not any(
-                    spool.holds_failed or spool.undelivered()
-                    for spool in (self.spool, self.label_spool)):
-                continue
-            try:
-                sent = await asyncio.wait_for(self.drain(), timeout=30)
-            except Exception as exc:
-                raise_if_cancelled(exc)
-                log.warning("spool not drained yet: %s", type(exc).__name__)
-                continue
-            if sent:
-                log.info("spools drained: %d events sent to Kafka", sent)
-            self.kafka_ok = self.labels_ok = True
+        await every(period, sync, failed="spool not synced", log=log)
+
+    async def keep_draining(self, period: float = 1.0) -> None:
+        await every(period, self._drain_if_needed, failed="spool not drained yet", log=log)
+
+    async def _drain_if_needed(self) -> None:
+        if self.kafka_ok and self.labels_ok and not any(
+                spool.holds_failed or spool.undelivered()
+                for spool in (self.spool, self.label_spool)):
+            return
+        sent = await asyncio.wait_for(self.drain(), timeout=30)
+        if sent:
+            log.info("spools drained: %d events sent to Kafka", sent)
+        self.kafka_ok = self.labels_ok = True

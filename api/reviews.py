@@ -6,24 +6,23 @@ in the audit and in the label.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require
-from api.background import raise_if_cancelled
 from api.deps import Services, get_services
 from api.metrics import REVIEW_VERDICTS
 from api.publisher import Publisher
+from api.routes import Responses
+from model.periodic import every
 from model.schemas import Identifier
 from stores.reviews import Case, CaseNotFound, ReviewError, ReviewQueue
 
 log = logging.getLogger(__name__)
-AUTH = {401: {"description": "missing or wrong API key or signature"},
+AUTH: Responses = {401: {"description": "missing or wrong API key or signature"},
         403: {"description": "the key lacks the review scope"}}
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"],
                    dependencies=[Depends(require("review"))],
@@ -35,39 +34,11 @@ PaymentId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 RESEND_AFTER_SECONDS = 10.0
 
 
-class CaseOut(BaseModel):
-    payment_id: str
-    paid_at: datetime
-    card_id: str
-    terminal_id: str
-    amount: float
-    currency: str
-    score: float | None
-    model_version: str | None
-    degraded: bool
-    reasons: list[str]
-    enqueued_at: datetime
-    status: Literal["open", "claimed", "decided"]
-    claimed_by: str | None
-    claimed_until: datetime | None
-    verdict: Literal["fraud", "legitimate"] | None
-    note: str | None
-    decided_by: str | None
-    decided_at: datetime | None
-
+# The store's Case, under the name the OpenAPI document has always given it.
+class CaseOut(Case):
     @classmethod
     def of(cls, case: Case) -> CaseOut:
-        def at(ts: float | None) -> datetime | None:
-            return None if ts is None else datetime.fromtimestamp(ts, UTC)
-
-        return cls(payment_id=case.payment_id, paid_at=at(case.ts),  # type: ignore[arg-type]
-                   card_id=case.card_id, terminal_id=case.terminal_id, amount=case.amount,
-                   currency=case.currency, score=case.score, model_version=case.model_version,
-                   degraded=case.degraded, reasons=case.reasons,
-                   enqueued_at=at(case.enqueued_at),  # type: ignore[arg-type]
-                   status=case.status, claimed_by=case.claimed_by,
-                   claimed_until=at(case.claimed_until), verdict=case.verdict, note=case.note,
-                   decided_by=case.decided_by, decided_at=at(case.decided_at))
+        return cls.model_validate(case, from_attributes=True)
 
 
 class VerdictIn(BaseModel):
@@ -160,15 +131,15 @@ async def verdict(payment_id: PaymentId, body: VerdictIn, request: Request,
 
 
 async def resend_verdicts(reviews: ReviewQueue, publisher: Publisher,
-                          every: float = 5.0) -> None:
+                          period: float = 5.0) -> None:
     """A verdict fixed in Redis whose label never became durable (the API died between
     the two): send it again. It is the same label, recorded once."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            for case in await reviews.unsent(RESEND_AFTER_SECONDS):
-                await publisher.publish_label(case.label())
-                await reviews.label_sent(case.payment_id)
-                log.info("verdict on %s sent again", case.payment_id)
-        except Exception as exc:  # Redis or the disk away: next round
-            raise_if_cancelled(exc)
+
+    async def resend() -> None:
+        for case in await reviews.unsent(RESEND_AFTER_SECONDS):
+            await publisher.publish_label(case.label())
+            await reviews.label_sent(case.payment_id)
+            log.info("verdict on %s sent again", case.payment_id)
+
+    # Redis or the disk away: the next round tries again.
+    await every(period, resend, failed="verdicts not resent", log=log, level=logging.DEBUG)

@@ -22,8 +22,10 @@ Deadline = Annotated[int | None, Header(
     alias="X-Deadline-Ms", gt=0, le=60_000,
     description="Answer within this many milliseconds, degraded if need be.")]
 
-CONFLICT = {409: {"description": "payment_id already scored with a different payload"}}
-AUTH = {401: {"description": "missing or wrong API key or signature"},
+# Typed as FastAPI's ``responses`` parameter, which reads the keys as status codes.
+Responses = dict[int | str, dict[str, Any]]
+CONFLICT: Responses = {409: {"description": "payment_id already scored with a different payload"}}
+AUTH: Responses = {401: {"description": "missing or wrong API key or signature"},
         403: {"description": "the key lacks the scope"}}
 
 

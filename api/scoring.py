@@ -107,7 +107,9 @@ async def score_answer(payment: Payment, svc: Services,
 
     elapsed = time.perf_counter() - started
     response = ScoreResponse(
-        payment_id=payment.payment_id, decision=decision, score=score, reasons=reasons,
+        payment_id=payment.payment_id, decision=decision, score=score,
+        # pydantic makes the dicts Reasons (the model, policy and freshness give dicts)
+        reasons=reasons,  # type: ignore[arg-type]
         model_version=scorer.version if scorer else None, rules_version=policy.version,
         degraded=degraded, freshness=freshness, latency_ms=round(elapsed * 1000, 3),
     )

@@ -28,9 +28,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -43,6 +44,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 console = Console()
+
+if TYPE_CHECKING:  # imported where used: the path to the project is set up above
+    from model.config import Settings
 
 
 BENCH_MATURITY_DAYS = 7.0
@@ -153,7 +157,8 @@ def fresh_home(name: str) -> Path:
     """var/NAME emptied, and the settings of a stack of its own there (free ports, its own
     Kafka and Redis data); vegeta checked first."""
     if shutil.which("vegeta") is None:
-        raise typer.Exit("vegeta not found: ./scripts/setup.sh --bench builds it")
+        # SystemExit prints the message and exits 1 (typer.Exit takes a code, not text).
+        raise SystemExit("vegeta not found: ./scripts/setup.sh --bench builds it")
     home = ROOT / "var" / name
     shutil.rmtree(home, ignore_errors=True)
     from ops.services import isolated_env
@@ -162,7 +167,7 @@ def fresh_home(name: str) -> Path:
     return home
 
 
-def prepare(s, home: Path, today: datetime) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
+def prepare(s: Settings, home: Path, today: datetime) -> tuple[str, str, str]:
     """Redis, Kafka and the stream worker started under ``home``; two models trained on a
     simulated month (the second current; the first for reload tests); the online store
     back-filled from that month. Returns (an API key of scopes score and admin, the first
@@ -228,7 +233,7 @@ def main(
     if pin:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
-            raise typer.Exit("--pin needs at least 2 cores")
+            raise SystemExit("--pin needs at least 2 cores")
         PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
     try:
         rate_list = [int(r) for r in rates.split(",")]
@@ -241,8 +246,11 @@ def main(
         # ---- the steps alone -------------------------------------------------------------
         traffic = simulate(SimulationConfig(days=7, cards=3000, terminals=300, seed=99,
                                             start=today - timedelta(days=7), id_prefix="step"))
-        scorer = Scorer.from_version(Registry(s.models_dir).current())
-        rows = [Payment(**payment_body(r)) for _, r in traffic.head(2000).iterrows()]
+        current_model = Registry(s.models_dir).current()
+        assert current_model is not None  # prepare() trained and promoted one
+        scorer = Scorer.from_version(current_model)
+        rows = [Payment.model_validate(payment_body(r))
+                for _, r in traffic.head(2000).iterrows()]
 
         async def feature_step() -> tuple[list[float], list[dict[str, float]]]:
             """As the API does it: the Lua script on the pipelined connection, lists too."""
@@ -262,9 +270,10 @@ def main(
             return out, vectors
 
         feat_ms, observed = asyncio.run(feature_step())
-        assert scorer.forest is not None
+        forest = scorer.forest
+        assert forest is not None
         X = np.array([scorer.vector(f) for f in observed[:300]])
-        compiled_us = _timed_us(lambda x: scorer.forest.explain(x), X)
+        compiled_us = _timed_us(lambda x: forest.explain(x), X)
         sklearn_us = _timed_us(lambda x: scorer.estimator.predict_proba(x[None, :]), X[:100])
         steps = Table("step (alone)", "p50", "p99", title="the steps of one payment")
         pct = np.percentile
@@ -367,7 +376,7 @@ def main(
         services.stop_all(s)
 
 
-async def _stream_lag(s) -> int:  # type: ignore[no-untyped-def]
+async def _stream_lag(s: Settings) -> int:
     """Scored payments in Kafka that the stream worker has not committed yet."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -427,7 +436,7 @@ def _floor(rates: list[int], duration: float, repeat: int,
     return {r: {m: statistics.median(x[m] for x in v) for m in v[0]} for r, v in out.items()}
 
 
-def _timed_us(fn, X) -> list[float]:  # type: ignore[no-untyped-def]
+def _timed_us(fn: Callable[[np.ndarray], object], X: np.ndarray) -> list[float]:
     out = []
     for _ in range(3):
         for x in X:
@@ -437,7 +446,7 @@ def _timed_us(fn, X) -> list[float]:  # type: ignore[no-untyped-def]
     return out
 
 
-def _flip(s, key: str, a: str, b: str, duration: float) -> None:  # type: ignore[no-untyped-def]
+def _flip(s: Settings, key: str, a: str, b: str, duration: float) -> None:
     """During a run: promote the other model, then change the rules, several times."""
     from model.registry import Registry
 
@@ -454,8 +463,14 @@ def _flip(s, key: str, a: str, b: str, duration: float) -> None:  # type: ignore
             time.sleep(1.5)
 
 
-def _write_doc(path: Path, machine_desc: str, med, cpu_med, floor, repeat, duration,  # type: ignore[no-untyped-def]
-               feat_ms, compiled_us, sklearn_us, reload_check) -> None:
+Medians = dict[tuple[int, int], dict[str, float]]  # (workers, rate) -> measure -> median
+Floor = dict[int, dict[str, float]]  # rate -> measure -> median
+
+
+def _write_doc(path: Path, machine_desc: str, med: Medians, cpu_med: Medians,
+               floor: Floor, repeat: int, duration: float, feat_ms: list[float],
+               compiled_us: list[float], sklearn_us: list[float],
+               reload_check: dict[str, float]) -> None:
     lines = [
         "# Benchmarks", "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} with `python benchmarks/bench_api.py` "
@@ -516,7 +531,7 @@ def _write_doc(path: Path, machine_desc: str, med, cpu_med, floor, repeat, durat
     console.print(f"wrote {path}")
 
 
-def _plot(path: Path, med, floor) -> None:  # type: ignore[no-untyped-def]
+def _plot(path: Path, med: Medians, floor: Floor) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

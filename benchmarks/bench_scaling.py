@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import typer
@@ -42,6 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_api  # noqa: E402  -- the stack, the load generator and CPU accounting
 
 console = Console()
+
+if TYPE_CHECKING:  # imported where used: the path to the project is set up above
+    from model.config import Settings
+    from ops.services import Proc
 # The processes the CPU is accounted to, in the tables' order.
 ROLES = ["API", "stream workers", "Redis", "Kafka", "load generator"]
 # Projected core utilisation: the API's answers wait in its queue, so its cores are kept
@@ -99,9 +104,10 @@ def main(
 
     s = Settings()
     cores = sorted(os.sched_getaffinity(0))
-    plan = [Layout(*map(int, x.split("x"))) for x in layouts.split(",")]
+    plan = [Layout(int(api), int(stream))
+            for api, stream in (x.split("x") for x in layouts.split(","))]
     if max(layout.stream for layout in plan) > s.kafka_partitions:
-        raise typer.Exit(f"{s.kafka_partitions} partitions: at most that many stream workers "
+        raise SystemExit(f"{s.kafka_partitions} partitions: at most that many stream workers "
                          "have work (FRAUDSTREAM_KAFKA_PARTITIONS)")
     rate_list = sorted(int(r) for r in rates.split(","))
     extra_workers: list[services.Proc] = []
@@ -198,13 +204,13 @@ def main(
         services.stop_all(s)
 
 
-def _lag(s) -> int:  # type: ignore[no-untyped-def]
+def _lag(s: Settings) -> int:
     import asyncio
 
     return asyncio.run(bench_api._stream_lag(s))
 
 
-def _stream_workers(s, n: int) -> list:  # type: ignore[no-untyped-def]
+def _stream_workers(s: Settings, n: int) -> list[Proc]:
     """Stream workers beyond the first, in its consumer group; returns once every worker
     holds some of the partitions."""
     from ops import services

@@ -33,6 +33,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -57,6 +58,10 @@ from bench_api import (  # noqa: E402
 )
 
 console = Console()
+
+if TYPE_CHECKING:  # imported where used: the path to the project is set up above
+    from stores.history import HistoryStore
+    from training.train import TrainConfig
 
 
 def scoring_ms(results: Path) -> np.ndarray:
@@ -83,7 +88,7 @@ def main(
     if pin:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
-            raise typer.Exit("--pin needs at least 2 cores")
+            raise SystemExit("--pin needs at least 2 cores")  # typer.Exit takes a code
         bench_api.PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
     home = fresh_home("bench-shadow")
     os.environ["FRAUDSTREAM_MODEL_POLL_SECONDS"] = "0.5"
@@ -116,7 +121,7 @@ def main(
             champion = train(store, registry, TrainConfig(
                 force=True, baselines=False, maturity_days=BENCH_MATURITY_DAYS))
             challenger = registry.register(
-                *_refit(store, registry, TrainConfig(force=True, baselines=False, seed=1,
+                *_refit(store, TrainConfig(force=True, baselines=False, seed=1,
                                                      maturity_days=BENCH_MATURITY_DAYS)))
 
             async def warm() -> None:
@@ -272,7 +277,7 @@ def pooled_p99_ratio(on: list[np.ndarray], off: list[np.ndarray], draws: int = 2
     return point, float(low), float(high)
 
 
-def _refit(store, registry, cfg):  # type: ignore[no-untyped-def]
+def _refit(store: HistoryStore, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     """A second model without touching the champion: trained into a scratch registry."""
     import tempfile
 

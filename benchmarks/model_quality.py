@@ -109,6 +109,7 @@ def previous_features(payments: pd.DataFrame, labels: pd.DataFrame) -> np.ndarra
 def run(scenario: Scenario, seed: int, bootstrap: int) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="fraudstream-quality-") as scratch:
         home = Path(scratch)
+        # scenario.config: SimulationConfig fields, of several types (dict[str, object])
         cfg = SimulationConfig(seed=seed, start=datetime(2025, 3, 1, tzinfo=UTC),
                                **scenario.config)  # type: ignore[arg-type]
         simulate(cfg).to_parquet(home / "sim.parquet")
@@ -181,7 +182,8 @@ def write(results: pd.DataFrame, args: argparse.Namespace, elapsed: float) -> No
         runs = results[results["scenario"] == scenario]
         info = runs.iloc[0]
         for model in MODELS:
-            row = part.loc[(scenario, model)]
+            # groupby(level=0) gives the level's values; pandas-stubs types them as tuples
+            row = part.loc[(scenario, model)]  # type: ignore[index]
             own = runs[runs["model"] == model]
             cells = []
             for key, _ in metrics:

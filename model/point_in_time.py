@@ -113,18 +113,19 @@ class _Events:
     def __init__(self, key: np.ndarray, t: np.ndarray) -> None:
         # Times become ranks among the distinct event times, so that (key, time) packs
         # into one int64 and one sorted array answers every query by binary search.
-        self.times = np.unique(t)
+        self.times: np.ndarray = np.unique(t)
         self.stride = np.int64(len(self.times) + 1)
-        self.packed = np.sort(key.astype(np.int64) * self.stride
+        self.packed: np.ndarray = np.sort(key.astype(np.int64) * self.stride
                               + np.searchsorted(self.times, t, side="left"))
         n_keys = int(key.max(initial=-1)) + 2
-        self.key_start = np.searchsorted(self.packed, np.arange(n_keys) * self.stride)
+        self.key_start: np.ndarray = np.searchsorted(self.packed, np.arange(n_keys) * self.stride)
 
     def at_or_before(self, query_key: np.ndarray, query_t: np.ndarray) -> np.ndarray:
         rank = _search(self.times, query_t, "right")  # distinct times <= t
         key = np.minimum(query_key, len(self.key_start) - 1)  # keys with no event
         upto = query_key.astype(np.int64) * self.stride + rank
-        return _search(self.packed, upto, "left") - self.key_start[key]
+        counts: np.ndarray = _search(self.packed, upto, "left") - self.key_start[key]
+        return counts
 
 
 def _search(a: np.ndarray, v: np.ndarray, side: Literal["left", "right"]) -> np.ndarray:
@@ -160,8 +161,9 @@ def _active(key: np.ndarray, start: np.ndarray, end: np.ndarray,
     """For each query, how many intervals ``[start, end)`` of its key contain its time."""
     keep = start < end
     key, start, end = key[keep], start[keep], end[keep]
-    return (_count_at_or_before(key, start, query_key, query_t)
-            - _count_at_or_before(key, end, query_key, query_t))
+    active: np.ndarray = (_count_at_or_before(key, start, query_key, query_t)
+                          - _count_at_or_before(key, end, query_key, query_t))
+    return active
 
 
 def _card_windows(

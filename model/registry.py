@@ -218,7 +218,8 @@ class Registry:
 
     def worker_status(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.root / WORKER_STATUS_FILE).read_text())
+            status: dict[str, Any] = json.loads((self.root / WORKER_STATUS_FILE).read_text())
+            return status
         except FileNotFoundError:
             return None
 

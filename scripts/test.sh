@@ -14,6 +14,8 @@ echo "lint: ruff"
 python -m ruff check .
 echo "lint: layers (import-linter; the contracts are in pyproject.toml)"
 lint-imports --no-cache
+echo "types: mypy"
+mypy
 # Each run bounded as a whole too (a test is, by pytest-timeout): a hang fails it in minutes.
 guard=(timeout --kill-after=30 "${FRAUDSTREAM_TEST_RUN_TIMEOUT:-1200}")
 for run in ${FRAUDSTREAM_TEST_RUNS:-single cluster}; do

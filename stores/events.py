@@ -53,4 +53,4 @@ def key_of(event: ScoredPayment | Label) -> bytes:
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` (murmur2, as the Java
     client and aiokafka compute it)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions

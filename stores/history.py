@@ -77,7 +77,7 @@ def _day(value: datetime) -> str:
 
 def _day_numbers(column: pa.ChunkedArray) -> np.ndarray:
     """UTC day of each timestamp as numpy days since the epoch (for grouping a batch)."""
-    micros = column.cast(_TS).cast(pa.int64()).to_numpy()
+    micros: np.ndarray = column.cast(_TS).cast(pa.int64()).to_numpy()
     return (micros // 86_400_000_000).astype("datetime64[D]")
 
 

@@ -64,5 +64,6 @@ class DecisionStore:
                 raise reply
 
     async def previous_decision(self, card_id: str, payment_id: str) -> bytes | None:
-        return await self.mux.execute(  # type: ignore[no-any-return]
+        previous: bytes | None = await self.mux.execute(
             "GET", decision_key(card_id, payment_id))
+        return previous

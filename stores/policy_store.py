@@ -9,7 +9,7 @@ the version changes. What a rule set means is ``model.policy``.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -95,10 +95,14 @@ class PolicyStore:
         return bool(changed)
 
     async def members(self, kind: ListKind, entity: str) -> list[str]:
-        return sorted(v.decode() for v in await self.redis.smembers(list_key(kind, entity)))
+        # The client answers bytes (it is made without decode_responses); redis-py's types
+        # allow str too.
+        values = cast(set[bytes], await self.redis.smembers(list_key(kind, entity)))
+        return sorted(v.decode() for v in values)
 
     async def audit(self, count: int = 100) -> list[dict[str, Any]]:
-        entries = await self.redis.xrevrange(AUDIT_KEY, count=count)
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       await self.redis.xrevrange(AUDIT_KEY, count=count))
         return [{"id": i.decode(), **orjson.loads(f[b"entry"])} for i, f in entries]
 
     async def _audit(self, what: str, actor: str, detail: dict[str, Any]) -> None:

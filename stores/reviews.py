@@ -32,13 +32,14 @@ Kafka or the API's spool stays in ``fs:{rq}:unsent`` until it does.
 from __future__ import annotations
 
 import asyncio
+import builtins  # ReviewQueue.list shadows list in the annotations after it
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
+from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
 from model.schemas import Label
@@ -81,10 +82,14 @@ class CaseConflict(ReviewError):
 _REFUSALS: dict[str, type[ReviewError]] = {"NOCASE": CaseNotFound, "CONFLICT": CaseConflict}
 
 
-@dataclass(frozen=True)
-class Case:
+class Case(BaseModel):
+    """A review case, as the queue keeps it and the API returns it (``api.reviews``
+    names it ``CaseOut`` in its OpenAPI document): times are UTC datetimes."""
+
+    model_config = ConfigDict(frozen=True)
+
     payment_id: str
-    ts: float
+    paid_at: datetime
     card_id: str
     terminal_id: str
     amount: float
@@ -93,15 +98,14 @@ class Case:
     model_version: str | None
     degraded: bool
     reasons: list[str]
-    enqueued_at: float
+    enqueued_at: datetime
     status: Status
-    claimed_by: str | None = None
-    claimed_until: float | None = None
-    verdict: Verdict | None = None
-    note: str | None = None
-    decided_by: str | None = None
-    decided_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    claimed_by: str | None
+    claimed_until: datetime | None
+    verdict: Verdict | None
+    note: str | None
+    decided_by: str | None
+    decided_at: datetime | None
 
     @classmethod
     def from_hash(cls, raw: Mapping[bytes, bytes], now: float) -> Case:
@@ -110,28 +114,33 @@ class Case:
         def num(name: str) -> float | None:
             return float(h[name]) if h.get(name) not in (None, "") else None
 
-        status: Status = h["status"]  # type: ignore[assignment]
+        def at(ts: float | None) -> datetime | None:
+            return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+        # The scripts below write only these values.
+        status = cast(Status, h["status"])
         claimed_until = num("claimed_until")
         if status == "claimed" and (claimed_until is None or claimed_until <= now):
             status = "open"  # the claim lapsed: anyone may take the case
         return cls(
-            payment_id=h["payment_id"], ts=float(h["ts"]), card_id=h["card_id"],
+            payment_id=h["payment_id"], paid_at=datetime.fromtimestamp(float(h["ts"]), UTC),
+            card_id=h["card_id"],
             terminal_id=h["terminal_id"], amount=float(h["amount"]), currency=h["currency"],
             score=num("score"), model_version=h.get("model_version") or None,
             degraded=h.get("degraded") == "1", reasons=orjson.loads(h.get("reasons", "[]")),
-            enqueued_at=float(h["enqueued_at"]), status=status,
+            enqueued_at=datetime.fromtimestamp(float(h["enqueued_at"]), UTC), status=status,
             claimed_by=(h.get("claimed_by") or None) if status == "claimed" else None,
-            claimed_until=claimed_until if status == "claimed" else None,
-            verdict=h.get("verdict") or None,  # type: ignore[arg-type]
+            claimed_until=at(claimed_until) if status == "claimed" else None,
+            verdict=cast(Verdict | None, h.get("verdict") or None),
             note=h.get("note") or None, decided_by=h.get("decided_by") or None,
-            decided_at=num("decided_at"),
+            decided_at=at(num("decided_at")),
         )
 
     def label(self) -> Label:
         """The label this case's verdict makes: the same label however often it is asked."""
         assert self.verdict is not None and self.decided_at is not None
         return Label(payment_id=self.payment_id, is_fraud=self.verdict == "fraud",
-                     source="analyst", reported_at=datetime.fromtimestamp(self.decided_at, UTC),
+                     source="analyst", reported_at=self.decided_at,
                      analyst=self.decided_by, note=self.note)
 
 
@@ -291,7 +300,9 @@ class ReviewQueue:
             keys=[OPEN_KEY, DECIDED_KEY, AUDIT_KEY, WAITING_KEY], args=argv))
 
     async def get(self, payment_id: str, now: float | None = None) -> Case | None:
-        raw = await self.redis.hgetall(case_key(payment_id))
+        # The client answers bytes (it is made without decode_responses): the casts here
+        # and below narrow redis-py's types, which allow str too.
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(case_key(payment_id)))
         return Case.from_hash(raw, now if now is not None else time.time()) if raw else None
 
     async def list(self, status: Literal["open", "claimed", "decided", "pending"] = "pending",
@@ -305,7 +316,8 @@ class ReviewQueue:
         out: list[Case] = []
         start, page = 0, max(limit, 200)
         while len(out) < limit:
-            ids = await self.redis.zrange(source, start, start + page - 1)
+            ids = cast(builtins.list[bytes],
+                       await self.redis.zrange(source, start, start + page - 1))
             if not ids:
                 break
             start += page
@@ -348,15 +360,17 @@ class ReviewQueue:
     async def label_sent(self, payment_id: str) -> None:
         await self.redis.srem(UNSENT_KEY, payment_id)
 
-    async def unsent(self, older_than: float, now: float | None = None) -> list[Case]:
+    async def unsent(self, older_than: float,
+                     now: float | None = None) -> builtins.list[Case]:
         """Decided cases whose label is not known durable, decided over ``older_than`` s ago."""
         now = now if now is not None else time.time()
         cases = []
-        for pid in await self.redis.smembers(UNSENT_KEY):
+        for pid in cast(set[bytes], await self.redis.smembers(UNSENT_KEY)):
             case = await self.get(pid.decode(), now)
             if case is None:
                 await self.redis.srem(UNSENT_KEY, pid)
-            elif case.decided_at is not None and case.decided_at <= now - older_than:
+            elif case.decided_at is not None and \
+                    case.decided_at.timestamp() <= now - older_than:
                 cases.append(case)
         return cases
 
@@ -374,16 +388,19 @@ class ReviewQueue:
             oldest = float(head[0][1]) if head else None
         return int(size), (now - oldest) if oldest is not None else None
 
-    async def audit(self, count: int = 100) -> list[dict[str, str]]:
+    async def audit(self, count: int = 100) -> builtins.list[dict[str, str]]:
         """Who claimed and decided what, newest first."""
-        entries = await self.redis.xrevrange(AUDIT_KEY, count=count)
+        entries = cast(builtins.list[tuple[bytes, dict[bytes, bytes]]],
+                       await self.redis.xrevrange(AUDIT_KEY, count=count))
         return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[bytes]:
+    async def _run(self, script: Any, keys: builtins.list[str],
+                   args: builtins.list[Any]) -> builtins.list[bytes]:
         from redis.exceptions import ResponseError
 
         try:
-            return await script(keys=keys, args=args)
+            flat: builtins.list[bytes] = await script(keys=keys, args=args)
+            return flat
         except ResponseError as exc:
             code, _, detail = str(exc).partition(" ")
             refusal = _REFUSALS.get(code)

@@ -8,6 +8,7 @@ terminal's first: features unlike the ones the model was trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pandas as pd
 
@@ -95,7 +96,7 @@ async def restore_review_queue(history: HistoryStore, reviews: ReviewQueue, unti
         return 0
     records = [{**r, "reasons": [] if r["reasons"] is None else list(r["reasons"]),
                 "score": None if pd.isna(r["score"]) else r["score"]}
-               for r in rows.to_dict("records")]
+               for r in cast(list[dict[str, Any]], rows.to_dict("records"))]  # str columns
     return await reviews.enqueue(records)
 
 

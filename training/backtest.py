@@ -116,8 +116,8 @@ def load_file(path: Path, mapping: dict[str, str] | None = None,
 
 
 def _versions(registry: Registry, cfg: BacktestConfig) -> list[ModelVersion]:
-    names = list(cfg.versions) or ([registry.current_version()]
-                                   if registry.current_version() else [])
+    current = registry.current_version()
+    names = list(cfg.versions) or ([current] if current else [])
     if not names:
         raise BacktestError("no model to backtest: none is current; name one with --model")
     return [registry.get(name) for name in names]

@@ -20,9 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-METRICS = ("auc_roc", "average_precision", "card_precision_at_k", "recall_at_budget",
-           "fraud_amount_per_alert")
-
 
 @dataclass(frozen=True)
 class EvalConfig:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,8 +37,8 @@ def traffic_frame(payments: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """The payments (epoch ``ts``) with their latest fraud label, as the traffic sender
     takes them, in timestamp order."""
     fraud = labels[labels["is_fraud"].astype(bool)].sort_values("reported_at")
-    fraud = fraud.groupby("payment_id").head(1).set_index("payment_id")["reported_at"]
-    reported = payments["payment_id"].map(fraud)
+    first = fraud.groupby("payment_id").head(1).set_index("payment_id")["reported_at"]
+    reported = payments["payment_id"].map(first)
     frame = pd.DataFrame({
         "payment_id": payments["payment_id"],
         "timestamp": _exact_time(payments["ts"]),
@@ -48,7 +48,8 @@ def traffic_frame(payments: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
         "currency": payments.get("currency", "EUR"),
         "is_fraud": reported.notna(),
         "label_reported_at": _exact_time(reported),
-        "label_source": np.where(reported.notna(), "chargeback", None),
+        # numpy's stubs take no None here; numpy makes an object array, None where unlabelled
+        "label_source": np.where(reported.notna(), "chargeback", None),  # type: ignore[call-overload]
     })
     for optional in ("country", "channel", "merchant_category"):
         if optional in payments.columns:
@@ -62,7 +63,7 @@ def _exact_time(epoch: pd.Series) -> pd.Series:
     return pd.to_datetime(micros, unit="us", utc=True)
 
 
-def settle_in(redis: Redis) -> Callable[[list[pd.Series]], asyncio.Future[None]]:
+def settle_in(redis: Redis) -> Callable[[list[pd.Series]], Awaitable[None]]:
     """Waits until every fraud label given is in the features in Redis. The card's step of a
     label is applied after the terminal's (``stores.online_features``): the card's is awaited."""
 
@@ -82,7 +83,7 @@ def settle_in(redis: Redis) -> Callable[[list[pd.Series]], asyncio.Future[None]]
             if waiting:
                 await asyncio.sleep(0.02)
 
-    return settle  # type: ignore[return-value]
+    return settle
 
 
 @dataclass(frozen=True)

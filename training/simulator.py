@@ -852,12 +852,12 @@ def simulate(
     parts = []
     if len(hit["stolen_card"]):
         stolen, gone_from, gone_to = _stolen_card(config, world, hit["stolen_card"])
-        lo = np.full(config.cards, np.inf)
-        up = np.full(config.cards, -np.inf)
-        lo[hit["stolen_card"]] = gone_from
-        up[hit["stolen_card"]] = gone_to
+        since = np.full(config.cards, np.inf)
+        until = np.full(config.cards, -np.inf)
+        since[hit["stolen_card"]] = gone_from
+        until[hit["stolen_card"]] = gone_to
         # Merchant-initiated subscriptions still go through; the owner pays nothing.
-        gone = (legit.ts >= lo[legit.card]) & (legit.ts < up[legit.card])
+        gone = (legit.ts >= since[legit.card]) & (legit.ts < until[legit.card])
         legit = legit.take(~gone | (legit.kind == _SUBSCRIPTION))
         parts.append(stolen)
     if "compromised_terminal" in config.patterns:

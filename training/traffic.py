@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -83,7 +84,8 @@ async def send_traffic(
         raise ValueError("rate must be > 0 payments per second")
     report = TrafficReport()
     labels = traffic[traffic["is_fraud"].astype(bool)].sort_values("label_reported_at")
-    label_rows = list(labels.itertuples(index=False))
+    # Rows as named tuples: pandas' stubs type their fields as any scalar.
+    label_rows: list[Any] = list(labels.itertuples(index=False))
     next_label = 0
     limit = asyncio.Semaphore(concurrency)
 
@@ -125,6 +127,7 @@ async def send_traffic(
 
         tasks: list[asyncio.Task[None]] = []
         t0 = time.perf_counter()
+        row: Any
         for i, row in enumerate(traffic.itertuples(index=False)):
             delay = t0 + i / rate - time.perf_counter()
             if delay > 0:
