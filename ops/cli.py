@@ -544,7 +544,7 @@ def retrain_worker(
             report = worker.tick(force=force)
         except Busy as exc:
             raise fail(str(exc)) from exc
-        console.print("; ".join(report.actions) or worker._idle_status(report.now))
+        console.print("; ".join(report.actions) or worker.idle_status(report.now))
         if report.run is not None and report.run["status"] == "failed":
             raise fail(f"run failed: {report.run.get('error')}")
         return
