@@ -67,13 +67,13 @@ def restart_api(s: Any, workers: int = 1) -> None:
     """A fresh API process (with --pin, on its own core; what else runs then goes to the
     other cores): an overloaded run leaves a backlog of requests whose callers gave up,
     which would otherwise weigh on the next run."""
-    from ops import services
+    from fraudstream_dev import launcher as services
 
     proc = services.api_proc(s)
     proc.stop()
     proc.spawn([*taskset("api"), sys.executable, "-m", "ops.cli", "api",
                 "--workers", str(workers)])
-    services.wait_until(lambda: services._http_ok(f"{s.api_url}/healthz"), "API", 60, proc)
+    services.wait_until(lambda: services.http_ok(f"{s.api_url}/healthz"), "API", 60, proc)
     if PIN:
         pin_running([services.stream_proc(s).pid(), services.redis_proc(s).pid(),
                      services.kafka_proc(s).pid()])
@@ -156,7 +156,7 @@ def fresh_home(name: str) -> Path:
         raise typer.Exit("vegeta not found: ./scripts/setup.sh --bench builds it")
     home = ROOT / "var" / name
     shutil.rmtree(home, ignore_errors=True)
-    from ops.services import isolated_env
+    from fraudstream_dev.testenv import isolated_env
 
     os.environ.update(isolated_env(home, f"fraudstream-{name}"))
     return home
@@ -167,9 +167,9 @@ def prepare(s, home: Path, today: datetime) -> tuple[str, str, str]:  # type: ig
     simulated month (the second current; the first for reload tests); the online store
     back-filled from that month. Returns (an API key of scopes score and admin, the first
     model's version, the current one's)."""
+    from fraudstream_dev import launcher as services
     from model.api_keys import create_key
     from model.registry import Registry
-    from ops import services
     from stores.history import HistoryStore
     from stores.label_join import JoinState
     from stores.online_features import OnlineStore
@@ -215,11 +215,11 @@ def main(
                                          "others (to see the API's own cost)"),
 ) -> None:
     home = fresh_home("bench")
+    from fraudstream_dev import launcher as services
     from model.config import Settings
     from model.registry import Registry
     from model.schemas import Payment
     from model.scorer import Scorer
-    from ops import services
     from stores.online_features import OnlineStore
     from training.simulator import SimulationConfig, simulate
     from training.traffic import payment_body
@@ -403,12 +403,12 @@ def _floor(rates: list[int], duration: float, repeat: int,
     binary = home / "floor"
     subprocess.run([go, "build", "-o", str(binary), "."], cwd=ROOT / "benchmarks" / "floor",
                    check=True, env={**os.environ, "GOFLAGS": "-mod=mod"})
-    from ops.services import free_port
+    from fraudstream_dev.launcher import free_port
 
     address = f"127.0.0.1:{free_port()}"
     server = subprocess.Popen([*taskset("api"), str(binary), address])
     try:
-        from ops.services import wait_until
+        from fraudstream_dev.launcher import wait_until
 
         wait_until(lambda: _answers(f"http://{address}/"), "the floor server", 10)
         targets = home / "floor.jsonl"

@@ -92,8 +92,8 @@ def main(
     out_doc: Path = typer.Option(ROOT / "docs" / "scaling.md"),
 ) -> None:
     home = bench_api.fresh_home("bench-scaling")
+    from fraudstream_dev import launcher as services
     from model.config import Settings
-    from ops import services
     from training.simulator import SimulationConfig, simulate
     from training.traffic import payment_body
 
@@ -143,7 +143,7 @@ def main(
                         api.spawn([*bench_api.taskset("api"), sys.executable, "-m", "ops.cli",
                                    "api", "--workers", str(layout.api)])
                         services.wait_until(
-                            lambda: services._http_ok(f"{s.api_url}/healthz"), "API", 60, api)
+                            lambda: services.http_ok(f"{s.api_url}/healthz"), "API", 60, api)
                         stream_pids = [services.stream_proc(s).pid(),
                                        *(w.pid() for w in extra_workers)]
                         if bench_api.PIN:
@@ -207,7 +207,7 @@ def _lag(s) -> int:  # type: ignore[no-untyped-def]
 def _stream_workers(s, n: int) -> list:  # type: ignore[no-untyped-def]
     """Stream workers beyond the first, in its consumer group; returns once every worker
     holds some of the partitions."""
-    from ops import services
+    from fraudstream_dev import launcher as services
 
     workers = []
     ports = [s.stream_web_port]

@@ -88,10 +88,10 @@ def main(
     home = fresh_home("bench-shadow")
     os.environ["FRAUDSTREAM_MODEL_POLL_SECONDS"] = "0.5"
 
+    from fraudstream_dev import launcher as services
     from model.api_keys import create_key
     from model.config import Settings
     from model.registry import Registry
-    from ops import services
     from stores.history import HistoryStore
     from stores.label_join import JoinState
     from stores.online_features import OnlineStore

@@ -1,6 +1,6 @@
 """Chaos run: payments and labels at a fixed rate for a set time while the API, the stream
 worker, Kafka and Redis are killed (SIGKILL, then restarted) or hung (SIGSTOP/SIGCONT), one
-at a time and two at once; then the audit of ``ops.chaos`` from the raw stores. Writes
+at a time and two at once; then the audit of ``fraudstream_dev.chaos`` from the raw stores. Writes
 ``docs/reliability.md`` and ``docs/reliability.png`` (a timeline with the faults).
 
 The whole stack is its own (a temporary home, free ports), brought up with
@@ -30,9 +30,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.config import Settings  # noqa: E402
-from ops import services  # noqa: E402
-from ops.chaos import (  # noqa: E402
+from fraudstream_dev import launcher as services  # noqa: E402
+from fraudstream_dev import testenv  # noqa: E402
+from fraudstream_dev.chaos import (  # noqa: E402
     ChaosConfig,
     ChaosRun,
     FaultLog,
@@ -42,6 +42,7 @@ from ops.chaos import (  # noqa: E402
     seeded_schedule,
     wait_recorded,
 )
+from model.config import Settings  # noqa: E402
 
 DOCS = ROOT / "docs"
 
@@ -53,7 +54,7 @@ def machine() -> str:
 def bring_up(home: Path) -> tuple[Settings, dict[str, str], dict[str, str]]:
     from model.api_keys import create_key
 
-    env = services.isolated_env(home, "fraudstream-chaos")
+    env = testenv.isolated_env(home, "fraudstream-chaos")
     os.environ.update(env)
     settings = Settings()
     assert settings.api_keys_file is not None

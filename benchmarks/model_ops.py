@@ -42,10 +42,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fraudstream_dev import launcher as services  # noqa: E402
+from fraudstream_dev import testenv  # noqa: E402
 from model.config import Settings  # noqa: E402
 from model.registry import Registry  # noqa: E402
 from model.scorer import Scorer  # noqa: E402
-from ops import services  # noqa: E402
 from stores.history import FEATURE_PREFIX, HistoryStore  # noqa: E402
 from training.evaluate import EvalConfig, EvalSet, evaluate  # noqa: E402
 from training.simulator import SimulationConfig, simulate  # noqa: E402
@@ -73,7 +74,7 @@ def build_traffic(args: argparse.Namespace, start: datetime) -> pd.DataFrame:
 
 def env_for(home: Path, args: argparse.Namespace) -> dict[str, str]:
     return {
-        **services.isolated_env(home, "fraudstream-modelops"),
+        **testenv.isolated_env(home, "fraudstream-modelops"),
         "FRAUDSTREAM_RETRAIN_CLOCK": "events",
         "FRAUDSTREAM_RETRAIN_EVERY_HOURS": str(args.every_days * 24),
         "FRAUDSTREAM_RETRAIN_MIN_NEW_LABELS": str(args.min_new_labels),

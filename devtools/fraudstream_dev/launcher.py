@@ -1,4 +1,5 @@
-"""Start, check and stop the real components: Kafka (KRaft), Redis, the stream worker, the API.
+"""Start, check and stop the real components on this machine: Kafka (KRaft), Redis, the
+stream worker, the API, the retrain worker.
 
 Each process runs detached with its log under ``<home>/logs`` and its pid under
 ``<home>/run``, so ``fraudstream down`` can stop what ``fraudstream up`` started.
@@ -6,11 +7,8 @@ Each process runs detached with its log under ``<home>/logs`` and its pid under
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -22,13 +20,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from model.config import Settings
+from stores import topics
 
 KAFKA_VERSION = "4.1.1"
-POM = Path(__file__).resolve().parent.parent / "scripts" / "kafka" / "pom.xml"
+# In the repository beside this distribution: devtools is installed editable from it.
+POM = Path(__file__).resolve().parents[2] / "scripts" / "kafka" / "pom.xml"
 
 
 class ServiceError(RuntimeError):
@@ -137,27 +136,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def isolated_env(home: Path, stream_id: str, kafka_brokers: int | None = None
-                 ) -> dict[str, str]:
-    """Settings (as FRAUDSTREAM_* variables) for a whole stack of its own: its own home
-    and free ports, so it runs beside any other (tests, benchmarks). Of the shape the
-    environment asks for: as many brokers as its ``FRAUDSTREAM_KAFKA_BOOTSTRAP`` lists, a
-    Redis Cluster if ``FRAUDSTREAM_REDIS_CLUSTER`` says so (read by the stack itself)."""
-    api_port = free_port()
-    brokers = kafka_brokers or len(Settings().kafka_brokers)
-    return {
-        "FRAUDSTREAM_HOME": str(home),
-        "FRAUDSTREAM_KAFKA_BOOTSTRAP": ",".join(f"127.0.0.1:{free_port()}"
-                                                for _ in range(brokers)),
-        "FRAUDSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "FRAUDSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "FRAUDSTREAM_STREAM_WEB_PORT": str(free_port()),
-        "FRAUDSTREAM_STREAM_ID": stream_id,
-        "FRAUDSTREAM_API_PORT": str(api_port),
-        "FRAUDSTREAM_API_URL": f"http://127.0.0.1:{api_port}",
-    }
-
-
 # ---- Kafka ---------------------------------------------------------------------------
 def kafka_libs_dir() -> Path:
     root = os.environ.get("FRAUDSTREAM_KAFKA_LIBS")
@@ -182,11 +160,6 @@ def ensure_kafka_libs() -> Path:
     )
     tmp.replace(libs)
     return libs
-
-
-def _host_port(bootstrap: str) -> tuple[str, int]:
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    return host or "127.0.0.1", int(port)
 
 
 def kafka_addresses(settings: Settings) -> list[tuple[str, int]]:
@@ -324,79 +297,8 @@ def wait_kafka_ready(settings: Settings, timeout: float, proc: Proc | None = Non
                      brokers: int = 1) -> None:
     """Ready means the brokers answer requests: they create (or list) our topics, every
     partition's leader listens, and at least ``brokers`` of them have joined."""
-    quiet = logging.getLogger("aiokafka")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # refused connections are expected while it starts
-    try:
-        wait_until(lambda: kafka_answers(settings, brokers), "Kafka", timeout, proc)
-    finally:
-        quiet.setLevel(level)
-
-
-def kafka_answers(settings: Settings, brokers: int = 1) -> bool:
-    try:
-        asyncio.run(asyncio.wait_for(ensure_topics(settings, brokers), timeout=10))
-        return True
-    except Exception:
-        return False
-
-
-async def ensure_topics(settings: Settings, min_brokers: int = 1) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
-                                request_timeout_ms=5000)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        factor, min_isr = settings.kafka_replication
-        wanted = [
-            NewTopic(name=t, num_partitions=settings.kafka_partitions,
-                     replication_factor=factor,
-                     topic_configs={"min.insync.replicas": str(min_isr)})
-            for t in (settings.topic_scored, settings.topic_labels,
-                      settings.topic_dead_letters)
-            if t not in existing
-        ]
-        brokers = (await admin.describe_cluster())["brokers"]
-        # Topics created with fewer brokers than copies would stay short of copies. Once
-        # they exist, a broker down must not keep a stream worker from starting.
-        if len(brokers) < max(min_brokers, factor if wanted else 1):
-            raise ServiceError("not every broker has joined the cluster yet")
-        if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(wanted)
-        described = await admin.describe_topics([settings.topic_scored, settings.topic_labels])
-        unready = unready_partitions(described)
-        if unready:
-            raise ServiceError(f"no leader yet: {', '.join(unready[:6])}")
-    finally:
-        await admin.close()
-    # A consumer talks to each partition's leader: a leader named in the metadata but not
-    # listening yet (brokers restarting together) ended a stream worker's start with
-    # NodeNotReadyError. Brokers that lead nothing of ours may be down.
-    leaders = {p["leader"] for t in described for p in t["partitions"]}
-    live = {b["node_id"]: (b["host"], b["port"]) for b in brokers}
-    for leader in sorted(leaders):
-        try:
-            socket.create_connection(live[leader], timeout=2).close()
-        except (KeyError, OSError) as exc:
-            raise ServiceError(f"broker {leader} leads partitions but is not listening "
-                               "yet") from exc
-
-
-def unready_partitions(described: list[dict[str, Any]]) -> list[str]:
-    """The topics and partitions (``topic[n]``) of a metadata answer that a consumer cannot
-    read yet: an error, or no leader."""
-    unready = []
-    for topic in described:
-        if topic.get("error_code", 0) != 0 or not topic.get("partitions"):
-            unready.append(str(topic.get("topic")))
-            continue
-        unready += [f"{topic['topic']}[{p['partition']}]" for p in topic["partitions"]
-                    if p.get("error_code", 0) != 0 or p.get("leader", -1) < 0]
-    return unready
+    with topics.quiet_kafka_client():
+        wait_until(lambda: topics.kafka_answers(settings, brokers), "Kafka", timeout, proc)
 
 
 # ---- Redis ---------------------------------------------------------------------------
@@ -483,10 +385,10 @@ def stop_redis(settings: Settings) -> None:
 def redis_nodes(settings: Settings) -> list:  # type: ignore[type-arg]
     """A synchronous client of each server (each node of a local cluster)."""
     host = urlparse(settings.redis_url).hostname or "127.0.0.1"
-    return [_redis_node(settings, host, port) for port, _ in redis_ports(settings)]
+    return [redis_node(settings, host, port) for port, _ in redis_ports(settings)]
 
 
-def _redis_node(settings: Settings, host: str, port: int):  # type: ignore[no-untyped-def]
+def redis_node(settings: Settings, host: str, port: int):  # type: ignore[no-untyped-def]
     import redis
 
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
@@ -495,13 +397,13 @@ def _redis_node(settings: Settings, host: str, port: int):  # type: ignore[no-un
 
 def _redis_node_answers(settings: Settings, host: str, port: int) -> bool:
     try:
-        return bool(_redis_node(settings, host, port).ping())
+        return bool(redis_node(settings, host, port).ping())
     except Exception:
         return False
 
 
 def _create_cluster(settings: Settings, host: str, ports: list[int], timeout: float) -> None:
-    first = _redis_node(settings, host, ports[0])
+    first = redis_node(settings, host, ports[0])
     if int(first.cluster("info")["cluster_slots_assigned"]) == 0:
         env = {**os.environ}
         if settings.redis_password is not None:  # through the environment, not argv
@@ -515,25 +417,12 @@ def _create_cluster(settings: Settings, host: str, ports: list[int], timeout: fl
 
     def every_node_ok() -> bool:
         try:
-            return all(_redis_node(settings, host, p).cluster("info")["cluster_state"] == "ok"
+            return all(redis_node(settings, host, p).cluster("info")["cluster_state"] == "ok"
                        for p in ports)
         except Exception:
             return False
 
     wait_until(every_node_ok, "Redis Cluster", timeout)
-
-
-def redis_client(settings: Settings):  # type: ignore[no-untyped-def]
-    """A synchronous client (tests, status checks): a ``RedisCluster`` on a cluster."""
-    import redis
-
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    # Bounded: a server that accepts and never answers (stopped, or hung) fails the call
-    # instead of holding a test or a status check forever.
-    timeouts = {"socket_timeout": 10, "socket_connect_timeout": 5}
-    if settings.redis_cluster:
-        return redis.RedisCluster.from_url(settings.redis_url, password=password, **timeouts)
-    return redis.Redis.from_url(settings.redis_url, password=password, **timeouts)
 
 
 # ---- fraudstream's own processes -----------------------------------------------------
@@ -570,7 +459,7 @@ def start_stream(settings: Settings, timeout: float = 90.0) -> None:
         # Behind the API for CPU, like Kafka: it catches up on what it lagged once the
         # burst is over.
         proc.spawn(_cli("stream"), nice=settings.background_nice)
-    wait_until(lambda: _http_ok(f"http://127.0.0.1:{settings.stream_web_port}/ready/"),
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{settings.stream_web_port}/ready/"),
                "stream worker", timeout, proc)
 
 
@@ -578,10 +467,10 @@ def start_api(settings: Settings, timeout: float = 60.0) -> None:
     proc = api_proc(settings)
     if not proc.running():
         proc.spawn(_cli("api"))
-    wait_until(lambda: _http_ok(f"{settings.api_url}/healthz"), "API", timeout, proc)
+    wait_until(lambda: http_ok(f"{settings.api_url}/healthz"), "API", timeout, proc)
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     import httpx
 
     try:

@@ -43,10 +43,11 @@ import aiohttp
 import numpy as np
 import pandas as pd
 
+from fraudstream_dev import launcher
+from fraudstream_dev.testenv import redis_client
 from model.config import Settings
 from model.features import FEATURE_NAMES
 from model.point_in_time import compute_features
-from ops import services
 from stores.history import FEATURE_PREFIX, HistoryStore
 from stores.online_features import card_fraud_known_key, terminal_fraud_known_key
 
@@ -286,14 +287,14 @@ class _Load:
 
 
 # ---- the faults ---------------------------------------------------------------------------
-def _proc(settings: Settings, target: str) -> services.Proc:
-    return {"api": services.api_proc, "stream": services.stream_proc,
-            "redis": services.redis_proc, "kafka": services.kafka_proc}[target](settings)
+def _proc(settings: Settings, target: str) -> launcher.Proc:
+    return {"api": launcher.api_proc, "stream": launcher.stream_proc,
+            "redis": launcher.redis_proc, "kafka": launcher.kafka_proc}[target](settings)
 
 
 def _start(settings: Settings, target: str) -> None:
-    {"api": services.start_api, "stream": services.start_stream,
-     "redis": services.start_redis, "kafka": services.start_kafka}[target](settings)
+    {"api": launcher.start_api, "stream": launcher.start_stream,
+     "redis": launcher.start_redis, "kafka": launcher.start_kafka}[target](settings)
 
 
 def _signal_all(settings: Settings, targets: tuple[str, ...], sig: int) -> None:
@@ -502,7 +503,7 @@ def _q(values: pd.Series, q: float) -> float:
 def _labels_in_features(settings: Settings, accepted: pd.DataFrame) -> dict[str, int]:
     """Each accepted fraud label in its terminal's and card's fraud sets, and nothing else
     of the run's there."""
-    client = services.redis_client(settings)
+    client = redis_client(settings)
     try:
         missing = unexpected = 0
         for key_of, column in ((terminal_fraud_known_key, "terminal_id"),
