@@ -27,7 +27,6 @@ The audit reads the raw Parquet files and Redis, not the de-duplicating views:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import signal
@@ -299,10 +298,7 @@ def _start(settings: Settings, target: str) -> None:
 
 def _signal_all(settings: Settings, targets: tuple[str, ...], sig: int) -> None:
     for target in targets:
-        pid = _proc(settings, target).pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):  # died since: nothing to signal
-                os.kill(pid, sig)
+        _proc(settings, target).signal(sig)  # not running (died since): nothing to signal
 
 
 async def _inject(settings: Settings, fault: Fault, clock: Callable[[], float],

@@ -1,8 +1,9 @@
 """Start, check and stop the real components on this machine: Kafka (KRaft), Redis, the
 stream worker, the API, the retrain worker.
 
-Each process runs detached with its log under ``<home>/logs`` and its pid under
-``<home>/run``, so ``fraudstream down`` can stop what ``fraudstream up`` started.
+Each process runs detached with its log under ``<home>/logs`` and its pid and start time
+under ``<home>/run``, so ``fraudstream down`` can stop what ``fraudstream up`` started, and
+nothing else: a pid the kernel has since given to another process is left alone.
 """
 
 from __future__ import annotations
@@ -34,8 +35,26 @@ class ServiceError(RuntimeError):
     pass
 
 
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks after boot, /proc/<pid>/stat field 22), or None
+    if there is no such process or it is a zombie (exited, not reaped: not running).
+
+    A pid names a process only while it lives; with its start time it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: reaped while being read
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ")" itself.
+    fields = stat.rpartition(") ")[2].split()
+    if not fields or fields[0] == "Z":
+        return None
+    return int(fields[22 - 3])
+
+
 @dataclass(frozen=True)
 class Proc:
+    """A process of the local stack, known by its pidfile: "<pid> <start time>"."""
+
     name: str
     home: Path
 
@@ -48,21 +67,16 @@ class Proc:
         return self.home / "logs" / f"{self.name}.log"
 
     def pid(self) -> int | None:
+        """The pid, if the process the pidfile names still runs: a process at that pid
+        with another start time (the pid reused) is not it. A pidfile without a start
+        time (written before they were kept) names nothing that can be told apart, so
+        nothing."""
         try:
-            pid = int(self.pidfile.read_text().strip())
+            pid_text, started_text = self.pidfile.read_text().split()
+            pid, started = int(pid_text), int(started_text)
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        # A zombie child still answers kill(0); it is not running. The zombie may be reaped
-        # while its stat is read (by another thread's Popen): the kernel then answers ESRCH.
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[-1]
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        return None if state.startswith("Z") else pid
+        return pid if start_time(pid) == started else None
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -81,21 +95,52 @@ class Proc:
             preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         log.close()
-        self.pidfile.write_text(str(proc.pid))
+        # Read while the child cannot have been reaped yet (nothing waited for it): an
+        # exited child is a zombie, whose start time reads as None, so "0": not running.
+        started = start_time(proc.pid) or 0
+        partial = self.pidfile.with_suffix(".partial")
+        partial.write_text(f"{proc.pid} {started}\n")
+        partial.replace(self.pidfile)  # a reader sees the old file or the whole new one
         return proc.pid
 
-    def stop(self, timeout: float = 30.0) -> bool:
+    def signal(self, sig: int) -> bool:
+        """Send ``sig`` if the process the pidfile names runs; False if it does not.
+
+        Through a pidfd, opened before the identity is checked: it keeps naming the process
+        checked even if that exits and its pid is reused before the signal goes."""
         pid = self.pid()
         if pid is None:
+            return False
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except OSError:  # a kernel without pidfds (before 5.3): checked, then signalled
+            try:
+                os.kill(pid, sig)
+                return True
+            except ProcessLookupError:
+                return False
+        try:
+            if self.pid() != pid:  # exited (and maybe reused) between the reads
+                return False
+            signal.pidfd_send_signal(fd, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(fd)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM, then SIGKILL after ``timeout``; True if it was running."""
+        if not self.signal(signal.SIGTERM):
             self.pidfile.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.pid() is not None:
             _reap()
             time.sleep(0.1)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
+        if self.signal(signal.SIGKILL):
             time.sleep(0.2)
         _reap()
         self.pidfile.unlink(missing_ok=True)
