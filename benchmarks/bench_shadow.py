@@ -29,7 +29,6 @@ import io
 import os
 import statistics
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,17 +39,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import bench_api  # noqa: E402
-from bench_api import (  # noqa: E402
+import common
+from common import (
     BENCH_MATURITY_DAYS,
-    _stream_lag,
+    ROOT,
     cpu_seconds,
     fresh_home,
     machine,
+    stream_lag,
     summarise,
     vegeta,
     write_targets,
@@ -84,7 +80,7 @@ def main(
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
             raise typer.Exit("--pin needs at least 2 cores")
-        bench_api.PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
+        common.PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
     home = fresh_home("bench-shadow")
     os.environ["FRAUDSTREAM_MODEL_POLL_SECONDS"] = "0.5"
 
@@ -146,7 +142,7 @@ def main(
             for rnd in range(repeat):
                 # Each order half the time: a round must not always follow the same mode.
                 for mode in (("off", "on") if rnd % 2 == 0 else ("on", "off")):
-                    bench_api.restart_api(s)
+                    common.restart_api(s)
                     if mode == "on":
                         registry.set_challenger(challenger.version, since=time.time())
                     else:
@@ -169,7 +165,7 @@ def main(
                     res, gen_cpu = vegeta(targets, rate, duration, home / "results.bin")
                     own = scoring_ms(home / "results.bin")
                     # The stream's share: what it spends on these payments, lag included.
-                    services.wait_until(lambda: asyncio.run(_stream_lag(s)) == 0,
+                    services.wait_until(lambda: asyncio.run(stream_lag(s)) == 0,
                                         "the stream worker to catch up", 600)
                     spent = {k: v - before[k] for k, v in cpu_seconds(pids).items()}
                     row = summarise(res, duration)

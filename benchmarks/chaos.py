@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,12 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from fraudstream_dev import launcher as services  # noqa: E402
-from fraudstream_dev import testenv  # noqa: E402
-from fraudstream_dev.chaos import (  # noqa: E402
+from fraudstream_dev import launcher as services
+from fraudstream_dev import testenv
+from fraudstream_dev.chaos import (
     ChaosConfig,
     ChaosRun,
     FaultLog,
@@ -42,13 +38,12 @@ from fraudstream_dev.chaos import (  # noqa: E402
     seeded_schedule,
     wait_recorded,
 )
-from model.config import Settings  # noqa: E402
+from model.config import Settings
+
+from common import ROOT
+from common import short_machine as machine
 
 DOCS = ROOT / "docs"
-
-
-def machine() -> str:
-    return f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def bring_up(home: Path) -> tuple[Settings, dict[str, str], dict[str, str]]:
