@@ -131,7 +131,7 @@ def write_doc(report: dict[str, Any], run: ChaosRun, args: argparse.Namespace,
         "followed by an analyst's verdict through the review queue (fraud or legitimate, "
         f"alternately), while the {schedule} schedule killed "
         "or hung parts of the stack. The audit reads the raw Parquet files and Redis, not "
-        "the de-duplicating views (see `ops/chaos.py`).",
+        "the de-duplicating views (see `devtools/fraudstream_dev/chaos.py`).",
         "",
         "![timeline](reliability.png)",
         "",
