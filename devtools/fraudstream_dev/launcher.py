@@ -20,11 +20,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from model.config import Settings
 from stores import topics
+
+if TYPE_CHECKING:  # imported where a client is made: the launcher itself needs no Redis
+    import redis
 
 KAFKA_VERSION = "4.1.1"
 # In the repository beside this distribution: devtools is installed editable from it.
@@ -368,11 +373,11 @@ def redis_ports(settings: Settings) -> list[tuple[int, int]]:
         return [(url.port or 6379, 0)]
     saved = settings.home / "redis" / "ports.json"
     if saved.exists():
-        ports = [tuple(p) for p in json.loads(saved.read_text())]
-        if ports[0][0] != (url.port or 6379):
+        kept = [(int(port), int(bus)) for port, bus in json.loads(saved.read_text())]
+        if kept[0][0] != (url.port or 6379):
             raise ServiceError(f"{saved.parent} holds a cluster whose first node is on port "
-                               f"{ports[0][0]}, not the port of FRAUDSTREAM_REDIS_URL")
-        return ports  # type: ignore[return-value]
+                               f"{kept[0][0]}, not the port of FRAUDSTREAM_REDIS_URL")
+        return kept
     ports = [(url.port or 6379, free_port())]
     ports += [(free_port(), free_port()) for _ in range(1, settings.redis_cluster_nodes)]
     saved.parent.mkdir(parents=True, exist_ok=True)
@@ -415,7 +420,7 @@ def start_redis(settings: Settings, timeout: float = 30.0) -> None:
         conf.chmod(0o600)
         proc.spawn(["redis-server", str(conf)])
     for proc, (port, _) in nodes:
-        wait_until(lambda port=port: _redis_node_answers(settings, host, port),  # type: ignore[misc]
+        wait_until(partial(_redis_node_answers, settings, host, port),
                    f"Redis on port {port}", timeout, proc)
     if settings.redis_cluster:
         _create_cluster(settings, host, [port for _, (port, _) in nodes], timeout)
@@ -427,13 +432,13 @@ def stop_redis(settings: Settings) -> None:
         proc.stop()
 
 
-def redis_nodes(settings: Settings) -> list:  # type: ignore[type-arg]
+def redis_nodes(settings: Settings) -> list[redis.Redis]:
     """A synchronous client of each server (each node of a local cluster)."""
     host = urlparse(settings.redis_url).hostname or "127.0.0.1"
     return [redis_node(settings, host, port) for port, _ in redis_ports(settings)]
 
 
-def redis_node(settings: Settings, host: str, port: int):  # type: ignore[no-untyped-def]
+def redis_node(settings: Settings, host: str, port: int) -> redis.Redis:
     import redis
 
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
