@@ -140,7 +140,7 @@ class ReplayConfig:
     label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS  # when the file gives none
     rate: float = 400.0  # payments per second
     exact: bool = True  # labels due are in the features before later payments are sent
-    api_key: str | None = None  # scopes score, labels
+    api_key: str | None = None  # scopes score, labels; None: ``replay_file``'s default_key
 
 
 @dataclass(frozen=True)
@@ -156,10 +156,12 @@ ReplayProgress = Callable[[str, int | None, int], None]
 
 
 def replay_file(settings: Settings, cfg: ReplayConfig,
-                progress: ReplayProgress | None = None) -> ReplayResult:
+                progress: ReplayProgress | None = None,
+                default_key: Callable[[], str | None] = lambda: None) -> ReplayResult:
     """Backtest the file's payments with the current model, send them through the live API
     (labels as reported), compare every decision and keep the differing ones under
-    ``<home>/replays``. ``ReplayError`` if any of it cannot be done."""
+    ``<home>/replays``. ``ReplayError`` if any of it cannot be done. Without
+    ``cfg.api_key``, the key is asked of ``default_key`` once the file is checked."""
     report_step = progress or (lambda step, total, n: None)
     registry = Registry(settings.models_dir)
     version = registry.current_version()
@@ -174,13 +176,14 @@ def replay_file(settings: Settings, cfg: ReplayConfig,
     except (BacktestError, ImportError_) as exc:
         raise ReplayError(f"{cfg.file}: {exc}") from exc
     frame = traffic_frame(payments, labels)
+    api_key = cfg.api_key or default_key()
     step = f"replaying to {settings.api_url} at {cfg.rate:g}/s"
     report_step(step, len(frame), 0)
 
     async def go() -> TrafficReport:
         redis = redis_client.client(settings) if cfg.exact else None
         try:
-            return await replay(settings.api_url, cfg.api_key, frame, cfg.rate, redis,
+            return await replay(settings.api_url, api_key, frame, cfg.rate, redis,
                                 progress=lambda n: report_step(step, len(frame), n))
         finally:
             if redis is not None:

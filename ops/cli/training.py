@@ -289,7 +289,7 @@ def replay(
 
     s = get_settings()
     cfg = ReplayConfig(file=file, mapping=renames(mapping), label_delay_days=label_delay_days,
-                       rate=rate, exact=exact, api_key=api_key or demo_key(s))
+                       rate=rate, exact=exact, api_key=api_key)
     with ExitStack() as shown:
         tasks: dict[str, TaskID] = {}
         bar = None
@@ -308,7 +308,7 @@ def replay(
                 bar.advance(tasks[step], done)
 
         try:
-            result = replay_file(s, cfg, progress)
+            result = replay_file(s, cfg, progress, default_key=lambda: demo_key(s))
         except ReplayError as exc:
             raise fail(str(exc)) from exc
     agreement, report = result.agreement, result.report
