@@ -57,3 +57,25 @@ def test_without_the_development_tools_their_commands_are_absent():
     assert "api" in shown and not LAUNCHER_COMMANDS & shown
     assert seen["up_exit"] == 2  # "No such command"
     assert seen["devtools_imported"] == []
+
+
+BROKEN_PLUGIN = """
+import importlib.metadata as md
+
+everything = md.entry_points
+broken = md.EntryPoints([md.EntryPoint(name="broken", value="no_such_module:register",
+                                       group="fraudstream.commands")])
+md.entry_points = lambda **select: (broken if select.get("group") == "fraudstream.commands"
+                                    else everything(**select))
+from ops.cli import main
+
+main()
+"""
+
+
+def test_a_plugin_that_fails_to_load_leaves_the_service_commands():
+    done = subprocess.run([sys.executable, "-c", BROKEN_PLUGIN, "--help"], capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "200"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "no_such_module:register not loaded: ModuleNotFoundError" in done.stderr
+    assert "retrain-worker" in done.stdout and " up " not in done.stdout

@@ -25,7 +25,13 @@ app = typer.Typer(help="fraudstream: real-time payment fraud detection.", no_arg
 
 def _add_plugin_commands(app: typer.Typer) -> None:
     for entry in entry_points(group=PLUGIN_GROUP):
-        entry.load()(app)
+        # A broken plugin (a development tool half installed) must not take the service's
+        # own commands down with it: said, and left out.
+        try:
+            entry.load()(app)
+        except Exception as exc:
+            err.print(f"[yellow]warning:[/] commands of {entry.value} not loaded: "
+                      f"{type(exc).__name__}: {exc}")
 
 
 # In this order, the order of ``fraudstream --help``: the running service first.
