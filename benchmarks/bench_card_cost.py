@@ -27,9 +27,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from fraudstream_dev import launcher as services
+from fraudstream_dev import testenv
 from model.config import Settings
 from model.schemas import Payment
-from ops import services
 from stores.online_features import OnlineStore
 from stores.redis_client import client, scoring_mux
 
@@ -38,7 +39,7 @@ DAY = 86_400.0
 
 
 def redis_cpu(settings: Settings) -> float:
-    info = services.redis_client(settings).info("cpu")
+    info = testenv.redis_client(settings).info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
@@ -76,7 +77,7 @@ async def one_level(settings: Settings, history: int, measure: int) -> tuple[flo
 def main(levels: str = "10,100,1000,10000", measure: int = 2000, repeat: int = 3,
          out: Path | None = None) -> None:
     home = Path(tempfile.mkdtemp(prefix="fraudstream-cardcost-"))
-    os.environ.update(services.isolated_env(home, "fraudstream-cardcost"))
+    os.environ.update(testenv.isolated_env(home, "fraudstream-cardcost"))
     settings = Settings()
     services.start_redis(settings)
     sizes = [int(x) for x in levels.split(",")]

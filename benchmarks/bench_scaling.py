@@ -6,13 +6,13 @@ and the same figures projected for N hosts.
                                        [--duration 8] [--repeat 3] [--p99 10]
 
 A layout "AxS" runs A API processes (uvicorn workers behind one port) and S stream workers
-(one consumer group). The stack is bench_api's: its own Redis, Kafka and trained model
-under var/bench-scaling, vegeta as the open-loop load generator on the same machine. For each
-layout the rates are tried in increasing order, each ``repeat`` times (a fresh API each
-time, the stream worker caught up before each); a rate passes when the median p99 is
-within the target and no request failed. The ladder goes on past the target (the CPU per
-payment under more load is what the projection needs) and stops at the first rate with
-failed requests or a p99 ten times the target.
+(one consumer group). The stack is that of benchmarks/common.py: its own Redis, Kafka and
+trained model under var/bench-scaling, vegeta as the open-loop load generator on the same
+machine. For each layout the rates are tried in increasing order, each ``repeat`` times
+(a fresh API each time, the stream worker caught up before each); a rate passes when the
+median p99 is within the target and no request failed. The ladder goes on past the
+target (the CPU per payment under more load is what the projection needs) and stops at the
+first rate with failed requests or a p99 ten times the target.
 
 Pinning, where it fits: with fewer API processes than cores, the API gets the last cores
 and everything else (Redis, Kafka, stream workers, the load generator) the others; with as
@@ -36,17 +36,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_api  # noqa: E402  -- the stack, the load generator and CPU accounting
+import common  # the stack, the load generator and CPU accounting
+from common import ROOT
 
 console = Console()
 
 if TYPE_CHECKING:  # imported where used: the path to the project is set up above
+    from fraudstream_dev.launcher import Proc
+
     from model.config import Settings
-    from ops.services import Proc
 # The processes the CPU is accounted to, in the tables' order.
 ROLES = ["API", "stream workers", "Redis", "Kafka", "load generator"]
 # Projected core utilisation: the API's answers wait in its queue, so its cores are kept
@@ -96,9 +94,9 @@ def main(
     p99: float = typer.Option(10.0, help="the latency target (ms)"),
     out_doc: Path = typer.Option(ROOT / "docs" / "scaling.md"),
 ) -> None:
-    home = bench_api.fresh_home("bench-scaling")
+    home = common.fresh_home("bench-scaling")
+    from fraudstream_dev import launcher as services
     from model.config import Settings
-    from ops import services
     from training.simulator import SimulationConfig, simulate
     from training.traffic import payment_body
 
@@ -114,7 +112,7 @@ def main(
     try:
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         with console.status("starting Redis and Kafka, training a model on simulated history"):
-            key, _, current = bench_api.prepare(s, home, today)
+            key, _, current = common.prepare(s, home, today)
         console.print(f"model {current}; {len(cores)} cores")
         bodies = [orjson.dumps(payment_body(r)) for _, r in simulate(SimulationConfig(
             days=7, cards=12000, terminals=300, seed=7, start=today - timedelta(days=7),
@@ -124,8 +122,8 @@ def main(
         # The machine's own floor at the same rates: an empty endpoint, pinned like one API
         # process (the ratio to it is what travels between machines and days).
         if len(cores) > 1:
-            bench_api.PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
-        floor = bench_api._floor(rate_list, duration, repeat, home)
+            common.PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
+        floor = common.floor(rate_list, duration, repeat, home)
         used = 0
         total_runs = len(plan) * len(rate_list) * repeat
         with Progress(console=console) as progress:
@@ -133,12 +131,12 @@ def main(
             for layout in plan:
                 extra_workers = _stream_workers(s, layout.stream)
                 api_cores = cores[-layout.api:] if layout.api < len(cores) else []
-                bench_api.PIN.clear()
+                common.PIN.clear()
                 if api_cores:
-                    bench_api.PIN.update(api=",".join(map(str, api_cores)),
+                    common.PIN.update(api=",".join(map(str, api_cores)),
                                          others=",".join(map(str, cores[:-layout.api])))
-                    layout.pinned = (f"API on core(s) {bench_api.PIN['api']}, the rest on "
-                                     f"{bench_api.PIN['others']}")
+                    layout.pinned = (f"API on core(s) {common.PIN['api']}, the rest on "
+                                     f"{common.PIN['others']}")
                 else:
                     layout.pinned = "not pinned"
                 for rate in rate_list:
@@ -146,14 +144,14 @@ def main(
                     layout.steps.append(step)
                     for rnd in range(repeat):
                         api.stop()
-                        api.spawn([*bench_api.taskset("api"), sys.executable, "-m", "ops.cli",
+                        api.spawn([*common.taskset("api"), sys.executable, "-m", "ops.cli",
                                    "api", "--workers", str(layout.api)])
                         services.wait_until(
-                            lambda: services._http_ok(f"{s.api_url}/healthz"), "API", 60, api)
+                            lambda: services.http_ok(f"{s.api_url}/healthz"), "API", 60, api)
                         stream_pids = [services.stream_proc(s).pid(),
                                        *(w.pid() for w in extra_workers)]
-                        if bench_api.PIN:
-                            bench_api.pin_running([*stream_pids, services.redis_proc(s).pid(),
+                        if common.PIN:
+                            common.pin_running([*stream_pids, services.redis_proc(s).pid(),
                                                    services.kafka_proc(s).pid()])
                         time.sleep(1)
                         n = int(rate * duration)
@@ -164,16 +162,16 @@ def main(
                                  for b in bodies[used:used + n]]
                         used += n
                         targets = home / "targets.jsonl"
-                        bench_api.write_targets(targets, chunk, url, key)
+                        common.write_targets(targets, chunk, url, key)
                         pids = {"API": api.pid(), "Redis": services.redis_proc(s).pid(),
                                 "Kafka": services.kafka_proc(s).pid(),
                                 **{f"stream {i}": p for i, p in enumerate(stream_pids)}}
-                        before = bench_api.cpu_seconds(pids)
-                        res, vegeta_cpu = bench_api.vegeta(targets, rate, duration,
+                        before = common.cpu_seconds(pids)
+                        res, vegeta_cpu = common.vegeta(targets, rate, duration,
                                                            home / "results.bin")
                         spent = {k: v - before[k]
-                                 for k, v in bench_api.cpu_seconds(pids).items()}
-                        row = bench_api.summarise(res, duration)
+                                 for k, v in common.cpu_seconds(pids).items()}
+                        row = common.summarise(res, duration)
                         step.runs.append(row)
                         per = 1e3 / max(row["sent"], 1)
                         step.cpu.append({
@@ -207,13 +205,13 @@ def main(
 def _lag(s: Settings) -> int:
     import asyncio
 
-    return asyncio.run(bench_api._stream_lag(s))
+    return asyncio.run(common.stream_lag(s))
 
 
 def _stream_workers(s: Settings, n: int) -> list[Proc]:
     """Stream workers beyond the first, in its consumer group; returns once every worker
     holds some of the partitions."""
-    from ops import services
+    from fraudstream_dev import launcher as services
 
     workers = []
     ports = [s.stream_web_port]
@@ -268,7 +266,7 @@ def _report(plan: list[Layout], floor: dict[int, dict[str, float]], p99: float,
         "# Scaling", "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} with `python benchmarks/bench_scaling.py` "
         f"(median of {repeat} runs of {duration:g} s per rate).", "",
-        f"Machine: {bench_api.machine()}.", "",
+        f"Machine: {common.machine()}.", "",
         "A layout `AxS` is A API processes (uvicorn workers on one port) and S stream workers "
         "(one consumer group). Each rate is tried in increasing order; a rate passes when "
         f"the median p99 is at most {p99:g} ms with no failed request; the ladder goes on "

@@ -29,11 +29,9 @@ import io
 import os
 import statistics
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -41,27 +39,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import bench_api  # noqa: E402
-from bench_api import (  # noqa: E402
+import common
+from common import (
     BENCH_MATURITY_DAYS,
-    _stream_lag,
+    ROOT,
     cpu_seconds,
     fresh_home,
     machine,
+    stream_lag,
     summarise,
     vegeta,
     write_targets,
 )
 
 console = Console()
-
-if TYPE_CHECKING:  # imported where used: the path to the project is set up above
-    from stores.history import HistoryStore
-    from training.train import TrainConfig
 
 
 def scoring_ms(results: Path) -> np.ndarray:
@@ -88,15 +79,15 @@ def main(
     if pin:
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
-            raise SystemExit("--pin needs at least 2 cores")  # typer.Exit takes a code
-        bench_api.PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
+            raise SystemExit("--pin needs at least 2 cores")
+        common.PIN.update(api=str(cores[-1]), others=",".join(map(str, cores[:-1])))
     home = fresh_home("bench-shadow")
     os.environ["FRAUDSTREAM_MODEL_POLL_SECONDS"] = "0.5"
 
+    from fraudstream_dev import launcher as services
     from model.api_keys import create_key
     from model.config import Settings
     from model.registry import Registry
-    from ops import services
     from stores.history import HistoryStore
     from stores.label_join import JoinState
     from stores.online_features import OnlineStore
@@ -121,7 +112,7 @@ def main(
             champion = train(store, registry, TrainConfig(
                 force=True, baselines=False, maturity_days=BENCH_MATURITY_DAYS))
             challenger = registry.register(
-                *_refit(store, TrainConfig(force=True, baselines=False, seed=1,
+                *_refit(store, registry, TrainConfig(force=True, baselines=False, seed=1,
                                                      maturity_days=BENCH_MATURITY_DAYS)))
 
             async def warm() -> None:
@@ -151,7 +142,7 @@ def main(
             for rnd in range(repeat):
                 # Each order half the time: a round must not always follow the same mode.
                 for mode in (("off", "on") if rnd % 2 == 0 else ("on", "off")):
-                    bench_api.restart_api(s)
+                    common.restart_api(s)
                     if mode == "on":
                         registry.set_challenger(challenger.version, since=time.time())
                     else:
@@ -174,7 +165,7 @@ def main(
                     res, gen_cpu = vegeta(targets, rate, duration, home / "results.bin")
                     own = scoring_ms(home / "results.bin")
                     # The stream's share: what it spends on these payments, lag included.
-                    services.wait_until(lambda: asyncio.run(_stream_lag(s)) == 0,
+                    services.wait_until(lambda: asyncio.run(stream_lag(s)) == 0,
                                         "the stream worker to catch up", 600)
                     spent = {k: v - before[k] for k, v in cpu_seconds(pids).items()}
                     row = summarise(res, duration)
@@ -277,7 +268,7 @@ def pooled_p99_ratio(on: list[np.ndarray], off: list[np.ndarray], draws: int = 2
     return point, float(low), float(high)
 
 
-def _refit(store: HistoryStore, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+def _refit(store, registry, cfg):  # type: ignore[no-untyped-def]
     """A second model without touching the champion: trained into a scratch registry."""
     import tempfile
 

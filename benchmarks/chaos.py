@@ -1,6 +1,6 @@
 """Chaos run: payments and labels at a fixed rate for a set time while the API, the stream
 worker, Kafka and Redis are killed (SIGKILL, then restarted) or hung (SIGSTOP/SIGCONT), one
-at a time and two at once; then the audit of ``ops.chaos`` from the raw stores. Writes
+at a time and two at once; then the audit of ``fraudstream_dev.chaos`` from the raw stores. Writes
 ``docs/reliability.md`` and ``docs/reliability.png`` (a timeline with the faults).
 
 The whole stack is its own (a temporary home, free ports), brought up with
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,12 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from model.config import Settings  # noqa: E402
-from ops import services  # noqa: E402
-from ops.chaos import (  # noqa: E402
+from fraudstream_dev import launcher as services
+from fraudstream_dev import testenv
+from fraudstream_dev.chaos import (
     ChaosConfig,
     ChaosRun,
     FaultLog,
@@ -42,18 +38,18 @@ from ops.chaos import (  # noqa: E402
     seeded_schedule,
     wait_recorded,
 )
+from model.config import Settings
+
+from common import ROOT
+from common import short_machine as machine
 
 DOCS = ROOT / "docs"
-
-
-def machine() -> str:
-    return f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def bring_up(home: Path) -> tuple[Settings, dict[str, str], dict[str, str]]:
     from model.api_keys import create_key
 
-    env = services.isolated_env(home, "fraudstream-chaos")
+    env = testenv.isolated_env(home, "fraudstream-chaos")
     os.environ.update(env)
     settings = Settings()
     assert settings.api_keys_file is not None
@@ -135,7 +131,7 @@ def write_doc(report: dict[str, Any], run: ChaosRun, args: argparse.Namespace,
         "followed by an analyst's verdict through the review queue (fraud or legitimate, "
         f"alternately), while the {schedule} schedule killed "
         "or hung parts of the stack. The audit reads the raw Parquet files and Redis, not "
-        "the de-duplicating views (see `ops/chaos.py`).",
+        "the de-duplicating views (see `devtools/fraudstream_dev/chaos.py`).",
         "",
         "![timeline](reliability.png)",
         "",

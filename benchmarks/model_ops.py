@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,24 +38,21 @@ import httpx
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from fraudstream_dev import launcher as services
+from fraudstream_dev import testenv
+from model.config import Settings
+from model.registry import Registry
+from model.scorer import Scorer
+from stores.history import FEATURE_PREFIX, HistoryStore
+from training.evaluate import EvalConfig, EvalSet, evaluate
+from training.simulator import SimulationConfig, simulate
 
-from model.config import Settings  # noqa: E402
-from model.registry import Registry  # noqa: E402
-from model.scorer import Scorer  # noqa: E402
-from ops import services  # noqa: E402
-from stores.history import FEATURE_PREFIX, HistoryStore  # noqa: E402
-from training.evaluate import EvalConfig, EvalSet, evaluate  # noqa: E402
-from training.simulator import SimulationConfig, simulate  # noqa: E402
+from common import ROOT
+from common import short_machine as machine
 
 DOCS = ROOT / "docs"
 DAY = 86_400.0
 WAVE = "card_testing"
-
-
-def machine() -> str:
-    return f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def build_traffic(args: argparse.Namespace, start: datetime) -> pd.DataFrame:
@@ -73,7 +69,7 @@ def build_traffic(args: argparse.Namespace, start: datetime) -> pd.DataFrame:
 
 def env_for(home: Path, args: argparse.Namespace) -> dict[str, str]:
     return {
-        **services.isolated_env(home, "fraudstream-modelops"),
+        **testenv.isolated_env(home, "fraudstream-modelops"),
         "FRAUDSTREAM_RETRAIN_CLOCK": "events",
         "FRAUDSTREAM_RETRAIN_EVERY_HOURS": str(args.every_days * 24),
         "FRAUDSTREAM_RETRAIN_MIN_NEW_LABELS": str(args.min_new_labels),

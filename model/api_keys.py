@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -66,3 +67,30 @@ def create_key(path: Path, name: str, scopes: set[Scope], signing: bool = False
         json.dump(payload, fh, indent=2)
     os.replace(tmp, path)
     return key, secret
+
+
+def parse_scopes(names: list[str]) -> set[Scope]:
+    """The scopes named; ``ValueError`` naming those that are none."""
+    bad = [n for n in names if n not in SCOPES]
+    if bad:
+        raise ValueError(f"unknown scope(s) {bad}; use {', '.join(SCOPES)}")
+    return {s for s in SCOPES if s in names}
+
+
+@dataclass(frozen=True)
+class DemoKey:
+    key: str
+    stash: Path  # where it is kept, readable by its owner only
+    created: bool  # now, by this call
+
+
+def demo_key(keys_file: Path) -> DemoKey:
+    """The key of the demo and replay traffic (scopes score, labels): created once, then
+    read from its stash beside the key file."""
+    stash = keys_file.with_name("demo-client.key")
+    if stash.exists():
+        return DemoKey(stash.read_text().strip(), stash, created=False)
+    key, _ = create_key(keys_file, "demo-client", {"score", "labels"})
+    stash.touch(mode=0o600)
+    stash.write_text(key)
+    return DemoKey(key, stash, created=True)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything fraudstream needs on a fresh machine; quick when already done.
 #   OS packages: redis-server, python3-venv (and a JDK + Maven if missing, for Kafka)
-#   Python:      this project and its dev extras, in the project's own virtual
-#                environment ./.venv (a stock Debian/Ubuntu python3 refuses system-wide
-#                pip installs, PEP 668; the venv also keeps the project off the system)
+#   Python:      this project with its dev extras, and its development tools (devtools/:
+#                the local launcher, the test environment, the chaos harness), in the
+#                project's own virtual environment ./.venv (a stock Debian/Ubuntu
+#                python3 refuses system-wide pip installs, PEP 668; the venv also keeps
+#                the project off the system)
 #   Kafka:       the broker's jars, assembled once with Maven into ~/.cache/fraudstream
 #   --bench:     also the benchmarks' load generator (vegeta, built with Go)
 set -euo pipefail
@@ -29,12 +31,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 VPY=.venv/bin/python
-echo "setup: installing fraudstream into .venv (pip install -e .[dev])"
+echo "setup: installing fraudstream and its devtools into .venv (pip install -e .[dev] -e ./devtools)"
 "$VPY" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+"$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]" -e ./devtools
 
 echo "setup: Kafka jars"
-"$VPY" -c "from ops.services import ensure_kafka_libs; print('  ', ensure_kafka_libs())"
+"$VPY" -c "from fraudstream_dev.launcher import ensure_kafka_libs; print('  ', ensure_kafka_libs())"
 if [ "${1:-}" = "--bench" ]; then
   # The latency benchmark's load generator (vegeta) and its empty-endpoint floor need Go.
   command -v go >/dev/null || { echo "setup: --bench needs Go (apt-get install golang)"; exit 1; }

@@ -309,6 +309,18 @@ class HistoryStore:
     def payment_ids(self) -> set[str]:
         return set(self.query("SELECT payment_id FROM payments")["payment_id"])
 
+    def daily_stats(self) -> pd.DataFrame:
+        """Per day: payments, those scored by the API, fraud (by each payment's latest
+        label) and declined."""
+        return self.query(
+            "SELECT strftime(p.ts, '%Y-%m-%d') AS day, count(*) AS payments, "
+            "count(*) FILTER (WHERE p.source = 'api') AS scored, "
+            "count(l.payment_id) AS fraud_now, "
+            "count(*) FILTER (WHERE p.decision = 'decline') AS declined "
+            "FROM payments p LEFT JOIN (SELECT payment_id FROM label_state WHERE is_fraud) l "
+            "USING (payment_id) GROUP BY day ORDER BY day"
+        )
+
 
 def scored_row(event: ScoredPayment) -> dict[str, Any]:
     """The history row of a scored payment: the payment, outcome and exact features."""

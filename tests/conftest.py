@@ -64,7 +64,7 @@ def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.2
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     home = tmp_path_factory.mktemp("fraudstream-home")
-    from ops.services import isolated_env
+    from fraudstream_dev.testenv import isolated_env
 
     env = {
         **isolated_env(home, "fraudstream-test", kafka_brokers=KAFKA_BROKERS),
@@ -87,7 +87,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Settings]:
     """Real Kafka (KRaft) and Redis."""
-    from ops import services
+    from fraudstream_dev import launcher as services
 
     try:
         services.start_redis(settings)
@@ -99,7 +99,7 @@ def stack(settings: Settings) -> Iterator[Settings]:
 
 @pytest.fixture(scope="session")
 def stream_worker(stack: Settings) -> Iterator[Settings]:
-    from ops import services
+    from fraudstream_dev import launcher as services
 
     services.start_stream(stack, timeout=120)
     yield stack
@@ -109,7 +109,7 @@ def stream_worker(stack: Settings) -> Iterator[Settings]:
 @pytest.fixture()
 def redis_db(stack: Settings) -> Iterator[Any]:
     """A synchronous client of the test Redis."""
-    from ops.services import redis_client
+    from fraudstream_dev.testenv import redis_client
 
     client = redis_client(stack)
     yield client

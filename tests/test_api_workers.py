@@ -10,8 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fraudstream_dev import launcher as services
 from model.registry import Registry
-from ops import services
 from tests.conftest import cli, eventually, payment
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, 
     proc.stop()
     proc.spawn([sys.executable, "-m", "ops.cli", "api", "--workers", "2"])
     try:
-        services.wait_until(lambda: services._http_ok(f"{stream_worker.api_url}/healthz"),
+        services.wait_until(lambda: services.http_ok(f"{stream_worker.api_url}/healthz"),
                             "API", 90, proc)
         with httpx.Client(base_url=stream_worker.api_url,
                           headers={"X-API-Key": api_keys["all"][0]}) as client:

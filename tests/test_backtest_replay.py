@@ -75,7 +75,7 @@ def test_backtest_explains_what_it_cannot_do(split_history, tmp_path):
 @pytest.mark.integration
 def test_replay_through_the_live_api_agrees_with_the_backtest(stream_worker, trained,
                                                               api_keys, tmp_path):
-    from ops import services
+    from fraudstream_dev import launcher as services
 
     run = uuid.uuid4().hex[:6]
     frame = simulate(SimulationConfig(days=8, cards=120, terminals=15, seed=21,

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from fraudstream_dev import launcher as services
+from fraudstream_dev import testenv
+from fraudstream_dev.chaos import ChaosConfig, Fault, audit, run_chaos, wait_recorded
 from model.config import Settings
-from ops import services
-from ops.chaos import ChaosConfig, Fault, audit, run_chaos, wait_recorded
 
 pytestmark = pytest.mark.integration
 Headers = dict[str, str]
@@ -24,7 +25,7 @@ def chaos_stack(trained: str, stack: Settings, tmp_path: Path,
                 monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Settings, Headers, Headers]]:
     from model.api_keys import create_key
 
-    env = {**services.isolated_env(tmp_path / "home", "fraudstream-chaos"),
+    env = {**testenv.isolated_env(tmp_path / "home", "fraudstream-chaos"),
            # the session's trained model, read only
            "FRAUDSTREAM_REGISTRY_DIR": str(stack.models_dir)}
     for name, value in env.items():

@@ -15,8 +15,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from fraudstream_dev import launcher as services
 from model.config import Settings
-from ops import services
+from stores import topics
 from stores.history import HistoryStore
 from tests.conftest import KAFKA_BROKERS, eventually, payment, uid
 
@@ -90,7 +91,7 @@ def test_a_broker_killed_mid_run_loses_nothing_and_refuses_nothing(api_client, s
         assert not victim.running()
         # A stream worker (re)started now starts: the partitions are led by the two
         # brokers left (what `fraudstream stream` waits on).
-        eventually(lambda: services.kafka_answers(stream_worker), 60, every=1.0)
+        eventually(lambda: topics.kafka_answers(stream_worker), 60, every=1.0)
     finally:
         services.start_kafka(stream_worker, timeout=120)
     # Back, it catches up and every partition has its three copies in sync again.

@@ -182,9 +182,10 @@ def test_a_new_redis_is_warmed_from_the_history_and_one_in_use_is_left_alone(
         trained, stack, tmp_path, monkeypatch):
     """``up`` runs ``history backfill-online --if-empty``: a Redis that knows no card (new,
     flushed, or a switch to a Redis Cluster) gets the history; a store in use does not."""
-    from ops import services
+    from fraudstream_dev import launcher as services
+    from fraudstream_dev import testenv
 
-    for name, value in services.isolated_env(tmp_path / "home", "fraudstream-warm").items():
+    for name, value in testenv.isolated_env(tmp_path / "home", "fraudstream-warm").items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("FRAUDSTREAM_DATA_DIR", str(stack.history_dir))
     fresh = Settings()

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from ops import services
+from fraudstream_dev import launcher as services
 from stores.history import HistoryStore
 from tests.conftest import eventually
 

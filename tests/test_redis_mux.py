@@ -10,8 +10,8 @@ import pytest
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError, ResponseError
 
+from fraudstream_dev import launcher as services
 from model.config import Settings
-from ops import services
 from stores.redis_mux import ClusterMux, RedisMux
 from tests.test_outages import BUSY_SECOND
 
@@ -24,7 +24,7 @@ def node0(stack):
     from urllib.parse import urlparse
 
     url = urlparse(stack.redis_url)
-    client = services._redis_node(stack, url.hostname, url.port)
+    client = services.redis_node(stack, url.hostname, url.port)
     yield client
     client.close()
 

@@ -9,8 +9,8 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from fraudstream_dev import launcher as services
 from model.schemas import Payment, ScoredPayment
-from ops import services
 from stores.events import encode, key_of
 from stores.history import HistoryStore
 from tests.conftest import eventually
@@ -77,7 +77,7 @@ def test_api_killed_right_after_answering_loses_no_scored_payment(stream_worker,
     # Long batches: the producer still holds the last payments when the process dies.
     proc.spawn([sys.executable, "-m", "ops.cli", "api"],
                env={"FRAUDSTREAM_KAFKA_LINGER_MS": "3000"})
-    services.wait_until(lambda: services._http_ok(f"{stream_worker.api_url}/healthz"), "API",
+    services.wait_until(lambda: services.http_ok(f"{stream_worker.api_url}/healthz"), "API",
                         60, proc)
     store = HistoryStore(stream_worker.history_dir)
     run = f"crash{uuid.uuid4().hex[:6]}"

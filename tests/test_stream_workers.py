@@ -15,7 +15,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ops import services
+from fraudstream_dev import launcher as services
 from stores.events import encode, key_of
 from stores.history import HistoryStore
 from tests.conftest import eventually

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from ops import services
+from fraudstream_dev import launcher as services
+from stores import topics
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +46,12 @@ def test_a_partition_without_a_leader_or_with_an_error_is_not_ready():
         {"topic": "labels", "error_code": 0, "partitions": [part(0, 2, error=5), part(1, 3)]},
         {"topic": "new", "error_code": 5, "partitions": []},
     ]
-    assert services.unready_partitions(described) == ["scored[1]", "labels[0]", "new"]
-    assert services.unready_partitions(
+    assert topics.unready_partitions(described) == ["scored[1]", "labels[0]", "new"]
+    assert topics.unready_partitions(
         [{"topic": "scored", "error_code": 0, "partitions": [part(0, 1), part(1, 2)]}]) == []
 
 
 def test_kafka_is_ready_once_every_partition_has_a_listening_leader(stack):
     # What `fraudstream stream` waits on before starting faust.
-    assert services.kafka_answers(stack)
-    assert not services.kafka_answers(stack, brokers=len(stack.kafka_brokers) + 1)
+    assert topics.kafka_answers(stack)
+    assert not topics.kafka_answers(stack, brokers=len(stack.kafka_brokers) + 1)

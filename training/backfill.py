@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import pandas as pd
 
+from model.config import Settings
 from model.features import (
     CARD_FRAUD_WINDOW,
     CARD_HORIZON,
@@ -20,6 +21,7 @@ from model.features import (
     TERMINAL_HORIZON,
 )
 from model.labels import fraud_known_since, fraud_spells
+from stores import redis_client
 from stores.history import HistoryStore
 from stores.label_join import JOIN_HORIZON, JoinState
 from stores.online_features import OnlineStore, PaymentRef
@@ -108,3 +110,16 @@ async def backfill_if_empty(history: HistoryStore, online: OnlineStore,
     if await online.holds_cards():
         return None
     return await backfill_online(history, online, join, reviews)
+
+
+async def warm_online(settings: Settings, if_empty: bool = False) -> BackfillResult | None:
+    """``backfill_online`` (or, with ``if_empty``, ``backfill_if_empty``) of the Redis and
+    the history the settings name, on a client of its own. Raises ``OSError`` when Redis
+    does not answer."""
+    redis = redis_client.client(settings)
+    try:
+        warm = backfill_if_empty if if_empty else backfill_online
+        return await warm(HistoryStore(settings.history_dir), OnlineStore(redis),
+                          JoinState(redis), ReviewQueue(redis))
+    finally:
+        await redis.aclose()

@@ -31,7 +31,7 @@ from model.scorer import Thresholds
 from stores.history import HistoryStore
 from training.dataset import load, newest_event
 from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate
-from training.importer import import_history
+from training.importer import DEFAULT_LABEL_DELAY_DAYS, import_history
 
 # Context before the period: the longest window any feature reaches back.
 CONTEXT = TERMINAL_HORIZON + DAY
@@ -47,7 +47,7 @@ class BacktestConfig:
     end: float | None = None
     file: Path | None = None  # or: the payments (and labels) of this file
     mapping: dict[str, str] = field(default_factory=dict)
-    label_delay_days: float = 14.0
+    label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS
     versions: tuple[str, ...] = ()  # default: the current model
     k: int = 100
     alert_rate: float = 0.01
@@ -103,7 +103,8 @@ def _context(payments: pd.DataFrame, labels: pd.DataFrame, start: float) -> pd.S
 
 
 def load_file(path: Path, mapping: dict[str, str] | None = None,
-              label_delay_days: float = 14.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+              label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A brought file's payments and labels, checked exactly as ``history import`` checks."""
     with tempfile.TemporaryDirectory(prefix="fraudstream-file-") as scratch:
         brought = HistoryStore(Path(scratch))

@@ -71,6 +71,10 @@ class ImportError_(ValueError):
     """The file cannot be imported; the message names the column and rows at fault."""
 
 
+# How long after a payment its label is taken to be reported, when the file says nothing.
+DEFAULT_LABEL_DELAY_DAYS = 14.0
+
+
 @dataclass(frozen=True)
 class ImportResult:
     payments: int
@@ -460,7 +464,7 @@ def import_history(
     store: HistoryStore,
     path: Path,
     mapping: dict[str, str] | None = None,
-    label_delay_days: float = 14.0,
+    label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS,
     *,
     chunk_rows: int = CHUNK_ROWS,
     progress: ProgressCallback | None = None,

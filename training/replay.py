@@ -17,13 +17,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from redis.asyncio import Redis
 
+from model.config import Settings
+from model.registry import Registry
+from stores import redis_client
+from stores.history import HistoryStore
 from stores.online_features import card_fraud_known_key
+from training.backtest import BacktestConfig, BacktestError, backtest, load_file
+from training.importer import DEFAULT_LABEL_DELAY_DAYS, ImportError_
 from training.traffic import TrafficReport, send_traffic
 
 SETTLE_TIMEOUT = 30.0
@@ -124,3 +132,69 @@ async def replay(api_url: str, api_key: str | None, frame: pd.DataFrame, rate: f
         api_url, frame, rate, headers={"X-API-Key": api_key} if api_key else None,
         progress=progress, keep_answers=True,
         settle=settle_in(redis) if redis is not None else None, card_order=redis is not None)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    file: Path  # payments (and labels) not yet in the history
+    mapping: dict[str, str] = field(default_factory=dict)  # source column -> ours
+    label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS  # when the file gives none
+    rate: float = 400.0  # payments per second
+    exact: bool = True  # labels due are in the features before later payments are sent
+    api_key: str | None = None  # scopes score, labels; None: ``replay_file``'s default_key
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    version: str  # the model compared
+    report: TrafficReport
+    agreement: Agreement
+    differences_file: Path | None  # the differing payments (CSV), if any differ
+
+
+# (step, total or None, payments done since the last call)
+ReplayProgress = Callable[[str, int | None, int], None]
+
+
+def replay_file(settings: Settings, cfg: ReplayConfig,
+                progress: ReplayProgress | None = None,
+                default_key: Callable[[], str | None] = lambda: None) -> ReplayResult:
+    """Backtest the file's payments with the current model, send them through the live API
+    (labels as reported), compare every decision and keep the differing ones under
+    ``<home>/replays``. ``ReplayError`` if any of it cannot be done. Without
+    ``cfg.api_key``, the key is asked of ``default_key`` once the file is checked."""
+    report_step = progress or (lambda step, total, n: None)
+    registry = Registry(settings.models_dir)
+    version = registry.current_version()
+    if version is None:
+        raise ReplayError("no current model: train or promote one first")
+    try:
+        payments, labels = load_file(cfg.file, cfg.mapping, cfg.label_delay_days)
+        report_step("backtest of the same payments…", None, 0)
+        bt = backtest(HistoryStore(settings.history_dir), registry, BacktestConfig(
+            file=cfg.file, mapping=cfg.mapping, label_delay_days=cfg.label_delay_days,
+            versions=(version,), bootstrap=0))
+    except (BacktestError, ImportError_) as exc:
+        raise ReplayError(f"{cfg.file}: {exc}") from exc
+    frame = traffic_frame(payments, labels)
+    api_key = cfg.api_key or default_key()
+    step = f"replaying to {settings.api_url} at {cfg.rate:g}/s"
+    report_step(step, len(frame), 0)
+
+    async def go() -> TrafficReport:
+        redis = redis_client.client(settings) if cfg.exact else None
+        try:
+            return await replay(settings.api_url, api_key, frame, cfg.rate, redis,
+                                progress=lambda n: report_step(step, len(frame), n))
+        finally:
+            if redis is not None:
+                await redis.aclose()
+
+    report = asyncio.run(go())
+    agreement = compare(report, bt.decisions, version)
+    out = None
+    if agreement.different_decision:
+        out = settings.home / "replays" / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-differences.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        agreement.differences.to_csv(out, index=False)
+    return ReplayResult(version, report, agreement, out)

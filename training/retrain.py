@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from model.config import Settings
 from model.features import DAY
 from model.registry import Registry
 from stores.history import HistoryStore
@@ -61,6 +62,21 @@ class RetrainPolicy:
     maturity_days: float | None = None
     clock: Literal["wall", "events"] = "wall"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(shadow=True))
+
+
+    @classmethod
+    def from_settings(cls, settings: Settings, baselines: bool | None = None) -> RetrainPolicy:
+        """The retrain worker's policy as the ``FRAUDSTREAM_*`` settings give it; ``baselines``
+        overrides ``retrain_baselines``."""
+        return cls(
+            every_hours=settings.retrain_every_hours,
+            min_new_labels=settings.retrain_min_new_labels,
+            shadow_days=settings.shadow_days, max_shadow_days=settings.max_shadow_days,
+            min_shadow_fraud=settings.min_shadow_fraud, maturity_days=settings.maturity_days,
+            clock=settings.retrain_clock,
+            train=TrainConfig(shadow=True, test_days=settings.retrain_test_days,
+                              baselines=(settings.retrain_baselines if baselines is None
+                                         else baselines)))
 
 
 @dataclass
@@ -244,7 +260,7 @@ class RetrainWorker:
             time.sleep(check_seconds)
             try:
                 report = self.tick()
-                line = "; ".join(report.actions) or self._idle_status(report.now)
+                line = "; ".join(report.actions) or self.idle_status(report.now)
                 self.registry.write_worker_status({
                     "at": time.time(), "pid": os.getpid(), "clock": report.now,
                     "clock_iso": _iso(report.now), "status": line})
@@ -254,7 +270,8 @@ class RetrainWorker:
             except Exception:
                 log.exception("retrain tick failed; trying again next tick")
 
-    def _idle_status(self, now: float) -> str:
+    def idle_status(self, now: float) -> str:
+        """What a tick that did nothing reports: when the next run is due, and why."""
         last = self.last_run()
         if last is None:
             return "no run yet"

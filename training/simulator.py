@@ -80,6 +80,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -936,3 +937,13 @@ def _payment_ids(prefix: str, n: int) -> pd.Series:
         return pd.Series(pd.array(pc.binary_join_element_wise(f"{prefix}_", digits, ""),
                                   dtype=dtype))
     return pd.Series([f"{prefix}_{i:07d}" for i in range(n)])
+
+
+def write_traffic(traffic: pd.DataFrame, out: Path) -> None:
+    """The simulated history to a ``.csv`` or ``.parquet`` file (by its suffix), in the
+    history-import format."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        traffic.to_csv(out, index=False)
+    else:
+        traffic.to_parquet(out, index=False)

@@ -158,3 +158,11 @@ async def send_traffic(
         await asyncio.gather(*tasks)
         report.elapsed_s = time.perf_counter() - t0
     return report
+
+
+def spread_sample(traffic: pd.DataFrame, count: int) -> pd.DataFrame:
+    """``count`` payments spread evenly over the traffic's period (all of it if 0), so that
+    labels mature while they are sent."""
+    if not count:
+        return traffic
+    return traffic.iloc[::max(1, len(traffic) // count)].head(count)

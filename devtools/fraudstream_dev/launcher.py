@@ -1,16 +1,15 @@
-"""Start, check and stop the real components: Kafka (KRaft), Redis, the stream worker, the API.
+"""Start, check and stop the real components on this machine: Kafka (KRaft), Redis, the
+stream worker, the API, the retrain worker.
 
-Each process runs detached with its log under ``<home>/logs`` and its pid under
-``<home>/run``, so ``fraudstream down`` can stop what ``fraudstream up`` started.
+Each process runs detached with its log under ``<home>/logs`` and its pid and start time
+under ``<home>/run``, so ``fraudstream down`` can stop what ``fraudstream up`` started, and
+nothing else: a pid the kernel has since given to another process is left alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -21,22 +20,46 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from model.config import Settings
+from stores import topics
+
+if TYPE_CHECKING:  # imported where a client is made: the launcher itself needs no Redis
+    import redis
 
 KAFKA_VERSION = "4.1.1"
-POM = Path(__file__).resolve().parent.parent / "scripts" / "kafka" / "pom.xml"
+# In the repository beside this distribution: devtools is installed editable from it.
+POM = Path(__file__).resolve().parents[2] / "scripts" / "kafka" / "pom.xml"
 
 
 class ServiceError(RuntimeError):
     pass
 
 
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks after boot, /proc/<pid>/stat field 22), or None
+    if there is no such process or it is a zombie (exited, not reaped: not running).
+
+    A pid names a process only while it lives; with its start time it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: reaped while being read
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ")" itself.
+    fields = stat.rpartition(") ")[2].split()
+    if not fields or fields[0] == "Z":
+        return None
+    return int(fields[22 - 3])
+
+
 @dataclass(frozen=True)
 class Proc:
+    """A process of the local stack, known by its pidfile: "<pid> <start time>"."""
+
     name: str
     home: Path
 
@@ -49,21 +72,16 @@ class Proc:
         return self.home / "logs" / f"{self.name}.log"
 
     def pid(self) -> int | None:
+        """The pid, if the process the pidfile names still runs: a process at that pid
+        with another start time (the pid reused) is not it. A pidfile without a start
+        time (written before they were kept) names nothing that can be told apart, so
+        nothing."""
         try:
-            pid = int(self.pidfile.read_text().strip())
+            pid_text, started_text = self.pidfile.read_text().split()
+            pid, started = int(pid_text), int(started_text)
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        # A zombie child still answers kill(0); it is not running. The zombie may be reaped
-        # while its stat is read (by another thread's Popen): the kernel then answers ESRCH.
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[-1]
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        return None if state.startswith("Z") else pid
+        return pid if start_time(pid) == started else None
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -82,21 +100,52 @@ class Proc:
             preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         log.close()
-        self.pidfile.write_text(str(proc.pid))
+        # Read while the child cannot have been reaped yet (nothing waited for it): an
+        # exited child is a zombie, whose start time reads as None, so "0": not running.
+        started = start_time(proc.pid) or 0
+        partial = self.pidfile.with_suffix(".partial")
+        partial.write_text(f"{proc.pid} {started}\n")
+        partial.replace(self.pidfile)  # a reader sees the old file or the whole new one
         return proc.pid
 
-    def stop(self, timeout: float = 30.0) -> bool:
+    def signal(self, sig: int) -> bool:
+        """Send ``sig`` if the process the pidfile names runs; False if it does not.
+
+        Through a pidfd, opened before the identity is checked: it keeps naming the process
+        checked even if that exits and its pid is reused before the signal goes."""
         pid = self.pid()
         if pid is None:
+            return False
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except OSError:  # a kernel without pidfds (before 5.3): checked, then signalled
+            try:
+                os.kill(pid, sig)
+                return True
+            except ProcessLookupError:
+                return False
+        try:
+            if self.pid() != pid:  # exited (and maybe reused) between the reads
+                return False
+            signal.pidfd_send_signal(fd, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(fd)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM, then SIGKILL after ``timeout``; True if it was running."""
+        if not self.signal(signal.SIGTERM):
             self.pidfile.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.pid() is not None:
             _reap()
             time.sleep(0.1)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
+        if self.signal(signal.SIGKILL):
             time.sleep(0.2)
         _reap()
         self.pidfile.unlink(missing_ok=True)
@@ -137,27 +186,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def isolated_env(home: Path, stream_id: str, kafka_brokers: int | None = None
-                 ) -> dict[str, str]:
-    """Settings (as FRAUDSTREAM_* variables) for a whole stack of its own: its own home
-    and free ports, so it runs beside any other (tests, benchmarks). Of the shape the
-    environment asks for: as many brokers as its ``FRAUDSTREAM_KAFKA_BOOTSTRAP`` lists, a
-    Redis Cluster if ``FRAUDSTREAM_REDIS_CLUSTER`` says so (read by the stack itself)."""
-    api_port = free_port()
-    brokers = kafka_brokers or len(Settings().kafka_brokers)
-    return {
-        "FRAUDSTREAM_HOME": str(home),
-        "FRAUDSTREAM_KAFKA_BOOTSTRAP": ",".join(f"127.0.0.1:{free_port()}"
-                                                for _ in range(brokers)),
-        "FRAUDSTREAM_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "FRAUDSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "FRAUDSTREAM_STREAM_WEB_PORT": str(free_port()),
-        "FRAUDSTREAM_STREAM_ID": stream_id,
-        "FRAUDSTREAM_API_PORT": str(api_port),
-        "FRAUDSTREAM_API_URL": f"http://127.0.0.1:{api_port}",
-    }
-
-
 # ---- Kafka ---------------------------------------------------------------------------
 def kafka_libs_dir() -> Path:
     root = os.environ.get("FRAUDSTREAM_KAFKA_LIBS")
@@ -182,11 +210,6 @@ def ensure_kafka_libs() -> Path:
     )
     tmp.replace(libs)
     return libs
-
-
-def _host_port(bootstrap: str) -> tuple[str, int]:
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    return host or "127.0.0.1", int(port)
 
 
 def kafka_addresses(settings: Settings) -> list[tuple[str, int]]:
@@ -324,79 +347,8 @@ def wait_kafka_ready(settings: Settings, timeout: float, proc: Proc | None = Non
                      brokers: int = 1) -> None:
     """Ready means the brokers answer requests: they create (or list) our topics, every
     partition's leader listens, and at least ``brokers`` of them have joined."""
-    quiet = logging.getLogger("aiokafka")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # refused connections are expected while it starts
-    try:
-        wait_until(lambda: kafka_answers(settings, brokers), "Kafka", timeout, proc)
-    finally:
-        quiet.setLevel(level)
-
-
-def kafka_answers(settings: Settings, brokers: int = 1) -> bool:
-    try:
-        asyncio.run(asyncio.wait_for(ensure_topics(settings, brokers), timeout=10))
-        return True
-    except Exception:
-        return False
-
-
-async def ensure_topics(settings: Settings, min_brokers: int = 1) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
-                                request_timeout_ms=5000)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        factor, min_isr = settings.kafka_replication
-        wanted = [
-            NewTopic(name=t, num_partitions=settings.kafka_partitions,
-                     replication_factor=factor,
-                     topic_configs={"min.insync.replicas": str(min_isr)})
-            for t in (settings.topic_scored, settings.topic_labels,
-                      settings.topic_dead_letters)
-            if t not in existing
-        ]
-        brokers = (await admin.describe_cluster())["brokers"]
-        # Topics created with fewer brokers than copies would stay short of copies. Once
-        # they exist, a broker down must not keep a stream worker from starting.
-        if len(brokers) < max(min_brokers, factor if wanted else 1):
-            raise ServiceError("not every broker has joined the cluster yet")
-        if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(wanted)
-        described = await admin.describe_topics([settings.topic_scored, settings.topic_labels])
-        unready = unready_partitions(described)
-        if unready:
-            raise ServiceError(f"no leader yet: {', '.join(unready[:6])}")
-    finally:
-        await admin.close()
-    # A consumer talks to each partition's leader: a leader named in the metadata but not
-    # listening yet (brokers restarting together) ended a stream worker's start with
-    # NodeNotReadyError. Brokers that lead nothing of ours may be down.
-    leaders = {p["leader"] for t in described for p in t["partitions"]}
-    live = {b["node_id"]: (b["host"], b["port"]) for b in brokers}
-    for leader in sorted(leaders):
-        try:
-            socket.create_connection(live[leader], timeout=2).close()
-        except (KeyError, OSError) as exc:
-            raise ServiceError(f"broker {leader} leads partitions but is not listening "
-                               "yet") from exc
-
-
-def unready_partitions(described: list[dict[str, Any]]) -> list[str]:
-    """The topics and partitions (``topic[n]``) of a metadata answer that a consumer cannot
-    read yet: an error, or no leader."""
-    unready = []
-    for topic in described:
-        if topic.get("error_code", 0) != 0 or not topic.get("partitions"):
-            unready.append(str(topic.get("topic")))
-            continue
-        unready += [f"{topic['topic']}[{p['partition']}]" for p in topic["partitions"]
-                    if p.get("error_code", 0) != 0 or p.get("leader", -1) < 0]
-    return unready
+    with topics.quiet_kafka_client():
+        wait_until(lambda: topics.kafka_answers(settings, brokers), "Kafka", timeout, proc)
 
 
 # ---- Redis ---------------------------------------------------------------------------
@@ -421,11 +373,11 @@ def redis_ports(settings: Settings) -> list[tuple[int, int]]:
         return [(url.port or 6379, 0)]
     saved = settings.home / "redis" / "ports.json"
     if saved.exists():
-        ports = [tuple(p) for p in json.loads(saved.read_text())]
-        if ports[0][0] != (url.port or 6379):
+        kept = [(int(port), int(bus)) for port, bus in json.loads(saved.read_text())]
+        if kept[0][0] != (url.port or 6379):
             raise ServiceError(f"{saved.parent} holds a cluster whose first node is on port "
-                               f"{ports[0][0]}, not the port of FRAUDSTREAM_REDIS_URL")
-        return ports  # type: ignore[return-value]
+                               f"{kept[0][0]}, not the port of FRAUDSTREAM_REDIS_URL")
+        return kept
     ports = [(url.port or 6379, free_port())]
     ports += [(free_port(), free_port()) for _ in range(1, settings.redis_cluster_nodes)]
     saved.parent.mkdir(parents=True, exist_ok=True)
@@ -468,7 +420,7 @@ def start_redis(settings: Settings, timeout: float = 30.0) -> None:
         conf.chmod(0o600)
         proc.spawn(["redis-server", str(conf)])
     for proc, (port, _) in nodes:
-        wait_until(lambda port=port: _redis_node_answers(settings, host, port),  # type: ignore[misc]
+        wait_until(partial(_redis_node_answers, settings, host, port),
                    f"Redis on port {port}", timeout, proc)
     if settings.redis_cluster:
         _create_cluster(settings, host, [port for _, (port, _) in nodes], timeout)
@@ -480,13 +432,13 @@ def stop_redis(settings: Settings) -> None:
         proc.stop()
 
 
-def redis_nodes(settings: Settings) -> list:  # type: ignore[type-arg]
+def redis_nodes(settings: Settings) -> list[redis.Redis]:
     """A synchronous client of each server (each node of a local cluster)."""
     host = urlparse(settings.redis_url).hostname or "127.0.0.1"
-    return [_redis_node(settings, host, port) for port, _ in redis_ports(settings)]
+    return [redis_node(settings, host, port) for port, _ in redis_ports(settings)]
 
 
-def _redis_node(settings: Settings, host: str, port: int):  # type: ignore[no-untyped-def]
+def redis_node(settings: Settings, host: str, port: int) -> redis.Redis:
     import redis
 
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
@@ -495,13 +447,13 @@ def _redis_node(settings: Settings, host: str, port: int):  # type: ignore[no-un
 
 def _redis_node_answers(settings: Settings, host: str, port: int) -> bool:
     try:
-        return bool(_redis_node(settings, host, port).ping())
+        return bool(redis_node(settings, host, port).ping())
     except Exception:
         return False
 
 
 def _create_cluster(settings: Settings, host: str, ports: list[int], timeout: float) -> None:
-    first = _redis_node(settings, host, ports[0])
+    first = redis_node(settings, host, ports[0])
     if int(first.cluster("info")["cluster_slots_assigned"]) == 0:
         env = {**os.environ}
         if settings.redis_password is not None:  # through the environment, not argv
@@ -515,25 +467,12 @@ def _create_cluster(settings: Settings, host: str, ports: list[int], timeout: fl
 
     def every_node_ok() -> bool:
         try:
-            return all(_redis_node(settings, host, p).cluster("info")["cluster_state"] == "ok"
+            return all(redis_node(settings, host, p).cluster("info")["cluster_state"] == "ok"
                        for p in ports)
         except Exception:
             return False
 
     wait_until(every_node_ok, "Redis Cluster", timeout)
-
-
-def redis_client(settings: Settings):  # type: ignore[no-untyped-def]
-    """A synchronous client (tests, status checks): a ``RedisCluster`` on a cluster."""
-    import redis
-
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    # Bounded: a server that accepts and never answers (stopped, or hung) fails the call
-    # instead of holding a test or a status check forever.
-    timeouts = {"socket_timeout": 10, "socket_connect_timeout": 5}
-    if settings.redis_cluster:
-        return redis.RedisCluster.from_url(settings.redis_url, password=password, **timeouts)
-    return redis.Redis.from_url(settings.redis_url, password=password, **timeouts)
 
 
 # ---- fraudstream's own processes -----------------------------------------------------
@@ -570,7 +509,7 @@ def start_stream(settings: Settings, timeout: float = 90.0) -> None:
         # Behind the API for CPU, like Kafka: it catches up on what it lagged once the
         # burst is over.
         proc.spawn(_cli("stream"), nice=settings.background_nice)
-    wait_until(lambda: _http_ok(f"http://127.0.0.1:{settings.stream_web_port}/ready/"),
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{settings.stream_web_port}/ready/"),
                "stream worker", timeout, proc)
 
 
@@ -578,10 +517,10 @@ def start_api(settings: Settings, timeout: float = 60.0) -> None:
     proc = api_proc(settings)
     if not proc.running():
         proc.spawn(_cli("api"))
-    wait_until(lambda: _http_ok(f"{settings.api_url}/healthz"), "API", timeout, proc)
+    wait_until(lambda: http_ok(f"{settings.api_url}/healthz"), "API", timeout, proc)
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     import httpx
 
     try:

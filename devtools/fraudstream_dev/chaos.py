@@ -27,14 +27,13 @@ The audit reads the raw Parquet files and Redis, not the de-duplicating views:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import signal
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -43,10 +42,11 @@ import aiohttp
 import numpy as np
 import pandas as pd
 
+from fraudstream_dev import launcher
+from fraudstream_dev.testenv import redis_client
 from model.config import Settings
 from model.features import FEATURE_NAMES
 from model.point_in_time import compute_features
-from ops import services
 from stores.history import FEATURE_PREFIX, HistoryStore
 from stores.online_features import card_fraud_known_key, terminal_fraud_known_key
 
@@ -95,7 +95,7 @@ def seeded_schedule(seed: int, duration: float, count: int) -> list[Fault]:
     for i in range(count):
         targets = tuple(sorted(rng.sample(TARGETS, 2 if rng.random() < 0.3 else 1)))
         out.append(Fault(at=step * i + rng.uniform(0.2, 0.5) * step,
-                         kind=rng.choice(("kill", "hang")),  # type: ignore[arg-type]
+                         kind=rng.choice(("kill", "hang")),
                          targets=targets, down=round(rng.uniform(1.0, min(5.0, step / 3)), 1)))
     return out
 
@@ -286,22 +286,19 @@ class _Load:
 
 
 # ---- the faults ---------------------------------------------------------------------------
-def _proc(settings: Settings, target: str) -> services.Proc:
-    return {"api": services.api_proc, "stream": services.stream_proc,
-            "redis": services.redis_proc, "kafka": services.kafka_proc}[target](settings)
+def _proc(settings: Settings, target: str) -> launcher.Proc:
+    return {"api": launcher.api_proc, "stream": launcher.stream_proc,
+            "redis": launcher.redis_proc, "kafka": launcher.kafka_proc}[target](settings)
 
 
 def _start(settings: Settings, target: str) -> None:
-    {"api": services.start_api, "stream": services.start_stream,
-     "redis": services.start_redis, "kafka": services.start_kafka}[target](settings)
+    {"api": launcher.start_api, "stream": launcher.start_stream,
+     "redis": launcher.start_redis, "kafka": launcher.start_kafka}[target](settings)
 
 
 def _signal_all(settings: Settings, targets: tuple[str, ...], sig: int) -> None:
     for target in targets:
-        pid = _proc(settings, target).pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):  # died since: nothing to signal
-                os.kill(pid, sig)
+        _proc(settings, target).signal(sig)  # not running (died since): nothing to signal
 
 
 async def _inject(settings: Settings, fault: Fault, clock: Callable[[], float],
@@ -455,7 +452,8 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
     again = pay[pay["answered_ok"] & (pay["attempts"] > 1)
                 & ~pay["replay"].fillna(False).astype(bool)]
     rescored = (run.t0_epoch + again["sent"]).groupby(again["card_id"]).min()
-    parity = _feature_parity(store, run.run_id, rescored.to_dict())
+    parity = _feature_parity(store, run.run_id,
+                             {str(k): float(v) for k, v in rescored.items()})
     answered = pay[pay["answered_ok"]]
     totals = {
         "requests": len(pay), "answered": int(pay["answered_ok"].sum()),
@@ -486,12 +484,18 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
     unanswered = pay[~pay["answered_ok"]]
     return {"run_id": run.run_id, "totals": totals,
             # What the gateway got for each payment it gave up on, attempt by attempt.
-            "unanswered": [{"payment_id": r.Index, "due_s": round(r.due, 3),
-                            "errors": list(r.errors)} for r in unanswered.itertuples()],
+            "unanswered": [{"payment_id": row.Index, "due_s": round(float(row.due), 3),
+                            "errors": list(row.errors)} for row in _rows(unanswered)],
             "per_fault": _per_fault(pay, run),
             "timeline": _timeline(pay, run), "faults": [
                 {"fault": f.fault.name, "start": f.start, "end": f.end, "error": f.error,
                  "ready_after_s": f.ready} for f in run.faults]}
+
+
+def _rows(frame: pd.DataFrame) -> Iterator[Any]:
+    """``itertuples`` rows, typed as what they are to the code reading them: named tuples of
+    the frame's columns, which pandas' stubs cannot name."""
+    return iter(frame.itertuples())
 
 
 def _q(values: pd.Series, q: float) -> float:
@@ -502,7 +506,7 @@ def _q(values: pd.Series, q: float) -> float:
 def _labels_in_features(settings: Settings, accepted: pd.DataFrame) -> dict[str, int]:
     """Each accepted fraud label in its terminal's and card's fraud sets, and nothing else
     of the run's there."""
-    client = services.redis_client(settings)
+    client = redis_client(settings)
     try:
         missing = unexpected = 0
         for key_of, column in ((terminal_fraud_known_key, "terminal_id"),
@@ -510,7 +514,7 @@ def _labels_in_features(settings: Settings, accepted: pd.DataFrame) -> dict[str,
             if not len(accepted):
                 continue
             for entity, group in accepted.groupby(column):
-                members = {m.decode() for m in client.zrange(key_of(entity), 0, -1)}
+                members = {m.decode() for m in client.zrange(key_of(str(entity)), 0, -1)}
                 labelled = set(group["payment_id"])
                 missing += len(labelled - members)
                 unexpected += len(members - labelled)
@@ -577,7 +581,7 @@ def _per_fault(pay: pd.DataFrame, run: ChaosRun) -> list[dict[str, Any]]:
     cfg = run.config
     starts = [f.start for f in run.faults] + [cfg.duration]
     rows = []
-    phases = [("steady", None, 0.0, starts[0])]
+    phases: list[tuple[str, FaultLog | None, float, float]] = [("steady", None, 0.0, starts[0])]
     phases += [(f.fault.name, f, f.start, starts[i + 1]) for i, f in enumerate(run.faults)]
     for name, fault, lo, hi in phases:
         win = pay[(pay["due"] >= lo) & (pay["due"] < hi)]

@@ -1,0 +1,56 @@
+"""``keys``: the API keys of the callers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from model.config import get_settings
+from ops.cli.output import console, fail
+
+app = typer.Typer(help="API keys of the callers.", no_args_is_help=True)
+
+
+@app.command("create")
+def keys_create(
+    name: str,
+    # typer reads the default, never mutates it
+    scope: Annotated[list[str], typer.Option(
+        help="score, labels, review or admin; repeat for more")] = ["score"],  # noqa: B006
+    signing: bool = typer.Option(False, help="also require an HMAC signature of each body"),
+) -> None:
+    """Create an API key; it is shown once, only its sha256 is kept."""
+    from model.api_keys import create_key, parse_scopes
+
+    try:
+        scopes = parse_scopes(scope)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    s = get_settings()
+    assert s.api_keys_file is not None
+    try:
+        key, secret = create_key(s.api_keys_file, name, scopes, signing)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"key {name!r} ({', '.join(sorted(scope))}) created; keep it now, it is "
+                  "not shown again:")
+    console.print(f"  X-API-Key: {key}")
+    if secret:
+        console.print(f"  signing secret: {secret}")
+    console.print("restart the API to load it")
+
+
+@app.command("list")
+def keys_list() -> None:
+    """Key names and scopes (never the keys)."""
+    from model.api_keys import load_keys
+
+    s = get_settings()
+    assert s.api_keys_file is not None
+    table = Table("name", "scopes", "signed", "sha256 (first 12)")
+    for digest, key in load_keys(s.api_keys_file).items():
+        table.add_row(key.name, ", ".join(sorted(key.scopes)),
+                      "yes" if key.signing_secret else "", digest[:12])
+    console.print(table)
