@@ -43,7 +43,6 @@ console = Console()
 
 if TYPE_CHECKING:  # imported where used: the path to the project is set up above
     from fraudstream_dev.launcher import Proc
-
     from model.config import Settings
 # The processes the CPU is accounted to, in the tables' order.
 ROLES = ["API", "stream workers", "Redis", "Kafka", "load generator"]

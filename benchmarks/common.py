@@ -25,7 +25,6 @@ import httpx
 import numpy as np
 import orjson
 import psutil
-import typer
 from rich.console import Console
 
 from model.config import Settings
