@@ -21,8 +21,10 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -45,6 +47,12 @@ from common import (
     write_targets,
 )
 from common import floor as measure_floor
+
+if TYPE_CHECKING:
+    from model.config import Settings
+
+Medians = dict[tuple[int, int], dict[str, float]]  # (workers, rate) -> measure -> median
+Floor = dict[int, dict[str, float]]  # rate -> measure -> median
 
 
 def main(
@@ -107,9 +115,10 @@ def main(
             return out, vectors
 
         feat_ms, observed = asyncio.run(feature_step())
-        assert scorer.forest is not None
+        forest = scorer.forest
+        assert forest is not None  # the project's models are tree ensembles
         X = np.array([scorer.vector(f) for f in observed[:300]])
-        compiled_us = _timed_us(lambda x: scorer.forest.explain(x), X)
+        compiled_us = _timed_us(lambda x: forest.explain(x), X)
         sklearn_us = _timed_us(lambda x: scorer.estimator.predict_proba(x[None, :]), X[:100])
         steps = Table("step (alone)", "p50", "p99", title="the steps of one payment")
         pct = np.percentile
@@ -212,7 +221,7 @@ def main(
         services.stop_all(s)
 
 
-def _timed_us(fn, X) -> list[float]:  # type: ignore[no-untyped-def]
+def _timed_us(fn: Callable[[np.ndarray], object], X: np.ndarray) -> list[float]:
     out = []
     for _ in range(3):
         for x in X:
@@ -222,7 +231,7 @@ def _timed_us(fn, X) -> list[float]:  # type: ignore[no-untyped-def]
     return out
 
 
-def _flip(s, key: str, a: str, b: str, duration: float) -> None:  # type: ignore[no-untyped-def]
+def _flip(s: Settings, key: str, a: str, b: str, duration: float) -> None:
     """During a run: promote the other model, then change the rules, several times."""
     from model.registry import Registry
 
@@ -239,8 +248,10 @@ def _flip(s, key: str, a: str, b: str, duration: float) -> None:  # type: ignore
             time.sleep(1.5)
 
 
-def _write_doc(path: Path, machine_desc: str, med, cpu_med, floor, repeat, duration,  # type: ignore[no-untyped-def]
-               feat_ms, compiled_us, sklearn_us, reload_check) -> None:
+def _write_doc(path: Path, machine_desc: str, med: Medians, cpu_med: Medians,
+               floor: Floor, repeat: int, duration: float, feat_ms: list[float],
+               compiled_us: list[float], sklearn_us: list[float],
+               reload_check: dict[str, float]) -> None:
     lines = [
         "# Benchmarks", "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} with `python benchmarks/bench_api.py` "
@@ -301,7 +312,7 @@ def _write_doc(path: Path, machine_desc: str, med, cpu_med, floor, repeat, durat
     console.print(f"wrote {path}")
 
 
-def _plot(path: Path, med, floor) -> None:  # type: ignore[no-untyped-def]
+def _plot(path: Path, med: Medians, floor: Floor) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -32,6 +32,7 @@ import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -51,6 +52,10 @@ from common import (
     vegeta,
     write_targets,
 )
+
+if TYPE_CHECKING:
+    from stores.history import HistoryStore
+    from training.train import TrainConfig
 
 console = Console()
 
@@ -112,7 +117,7 @@ def main(
             champion = train(store, registry, TrainConfig(
                 force=True, baselines=False, maturity_days=BENCH_MATURITY_DAYS))
             challenger = registry.register(
-                *_refit(store, registry, TrainConfig(force=True, baselines=False, seed=1,
+                *_refit(store, TrainConfig(force=True, baselines=False, seed=1,
                                                      maturity_days=BENCH_MATURITY_DAYS)))
 
             async def warm() -> None:
@@ -268,7 +273,7 @@ def pooled_p99_ratio(on: list[np.ndarray], off: list[np.ndarray], draws: int = 2
     return point, float(low), float(high)
 
 
-def _refit(store, registry, cfg):  # type: ignore[no-untyped-def]
+def _refit(store: HistoryStore, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     """A second model without touching the champion: trained into a scratch registry."""
     import tempfile
 
