@@ -194,7 +194,7 @@ def prepare(s, home: Path, today: datetime) -> tuple[str, str, str]:  # type: ig
     async def warm() -> None:
         from stores import redis_client
 
-        r = redis_client.client(s)
+        r = redis_client.connect(s)
         await backfill_online(HistoryStore(s.history_dir), OnlineStore(r), JoinState(r))
         await r.aclose()
 
@@ -249,15 +249,14 @@ def main(
             from stores import redis_client
 
 
-            r, mux = redis_client.client(s), redis_client.scoring_mux(s)
-            store = OnlineStore(r, mux)
+            r = redis_client.connect(s)
+            store = OnlineStore(r)
             out, vectors = [], []
             for p in rows:
                 t = time.perf_counter()
                 obs = await store.observe(p, "h" + p.payment_id, check_lists=True)
                 out.append((time.perf_counter() - t) * 1e3)
                 vectors.append(obs.features or {})
-            await mux.close()
             await r.aclose()
             return out, vectors
 

@@ -376,7 +376,7 @@ def history_backfill_online(
     warm = backfill_if_empty if if_empty else backfill_online
 
     async def run() -> object:
-        redis = redis_client.client(s)
+        redis = redis_client.connect(s)
         try:
             return await warm(HistoryStore(s.history_dir), OnlineStore(redis),
                               JoinState(redis), ReviewQueue(redis))
@@ -667,7 +667,7 @@ def replay(
     frame = traffic_frame(payments, labels)
 
     async def go() -> object:
-        redis = redis_client.client(s) if exact else None
+        redis = redis_client.connect(s) if exact else None
         try:
             with _progress() as bar:
                 task = bar.add_task(f"replaying to {s.api_url} at {rate:g}/s", total=len(frame))

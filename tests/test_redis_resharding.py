@@ -10,14 +10,27 @@ import asyncio
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from model.schemas import Payment
+from stores.online_features import (
+    LabelUpdate,
+    Observation,
+    OnlineStore,
+    PaymentRef,
+    card_key,
+    card_tag,
+    terminal_tag,
+)
+from stores.redis_client import RedisClient
 from stores.redis_mux import ClusterMux
 
 pytestmark = pytest.mark.integration
@@ -163,5 +176,134 @@ def test_ask_is_followed_without_reading_the_map_and_moved_reads_it_once(mini_cl
         serving = [a for lo, hi, a in mux._slots if lo <= slot <= hi]
         assert serving == [("127.0.0.1", mini_cluster.ports[dst])]
         await mux.close()
+
+    asyncio.run(go())
+
+
+class FinishOnTryAgain(ClusterMux):
+    """Ends the slot's migration the first time a call pauses on ``TRYAGAIN``: the moment
+    a scoring call is known to be waiting on a half-migrated slot, made to happen."""
+
+    def __init__(self, url: str, finish: Callable[[], None]) -> None:
+        super().__init__(url)
+        self.finish: Callable[[], None] | None = finish
+        self.pauses = 0
+
+    async def _pause(self, seconds: float) -> None:
+        self.pauses += 1
+        if self.finish is not None:
+            finish, self.finish = self.finish, None
+            finish()
+        await super()._pause(seconds)
+
+
+# The idempotency records' pending marks outlive the test: none expires between a payment
+# and its retry.
+HOLD_MS = 600_000
+
+
+def _same_slot_cards(run: str, avoid: set[int]) -> tuple[int, str, str]:
+    """Two card ids whose keys share one slot (that of no key in ``avoid``)."""
+    first = next(f"{run}a{i}" for i in range(1000)
+                 if key_slot(card_tag(f"{run}a{i}")[1:-1].encode()) not in avoid)
+    slot = key_slot(card_tag(first)[1:-1].encode())
+    second = next(f"{run}b{i}" for i in range(1_000_000)
+                  if key_slot(card_tag(f"{run}b{i}")[1:-1].encode()) == slot)
+    return slot, first, second
+
+
+def test_payments_are_scored_exactly_through_a_live_slot_migration(mini_cluster):
+    """Cards A and B share a slot; the same payments on twin cards elsewhere are the
+    reference. The slot is migrated with A's keys moved first: A's calls are then answered
+    ASK by the source, B's still served there, and the card script of a new payment on
+    either (its new idempotency key is on neither node) TRYAGAIN until the migration ends
+    and MOVED sends it to the new owner. Every answer equals the twin's."""
+    run = uuid.uuid4().hex[:8]
+    fixed = {key_slot(b"policy")}  # the lists' slot: not part of this migration
+    slot, card_a, card_b = _same_slot_cards(run, fixed)
+    twins = {card_a: f"{run}ta", card_b: f"{run}tb"}
+    terminals = {card: f"{run}term{i}" for i, card in enumerate([card_a, card_b, *twins.values()])}
+    assert slot not in {key_slot(card_tag(c)[1:-1].encode()) for c in twins.values()}
+    assert slot not in {key_slot(terminal_tag(t)[1:-1].encode()) for t in terminals.values()}
+    t0 = 1_790_000_000.0
+    src_dst: list[int] = []
+
+    def finish() -> None:
+        mini_cluster.end_migration(slot, src_dst[0])
+
+    def pay(card: str, k: int) -> Payment:
+        return Payment(payment_id=f"{card}_p{k}", timestamp=t0 + 600 * k, card_id=card,
+                       terminal_id=terminals[card], amount=10.0 + 7 * k, currency="EUR",
+                       country="FR" if k % 2 else "DE", merchant_category="5411")
+
+    async def both(store: OnlineStore, card: str, k: int) -> tuple[Observation, Observation]:
+        # the card, and its twin, the same payment
+        async with asyncio.timeout(2.0):
+            return (await store.observe(pay(card, k), f"h{k}", True, HOLD_MS),
+                    await store.observe(pay(twins[card], k), f"h{k}", True, HOLD_MS))
+
+    async def go() -> None:
+        mux = FinishOnTryAgain(mini_cluster.url, finish)
+        admin = RedisCluster.from_url(mini_cluster.url)
+        store = OnlineStore(RedisClient(mux, admin))
+        answers: dict[str, list[Observation]] = {card_a: [], card_b: []}
+        twin_answers: dict[str, list[Observation]] = {card_a: [], card_b: []}
+
+        def keep(card: str, pair: tuple[Observation, Observation]) -> None:
+            answers[card].append(pair[0])
+            twin_answers[card].append(pair[1])
+
+        for k in range(3):
+            for card in (card_a, card_b):
+                keep(card, await both(store, card, k))
+        # a chargeback on each card's first payment: every one of a card's keys exists
+        for card in (card_a, card_b, *twins.values()):
+            first = pay(card, 0)
+            await store.apply_label(LabelUpdate(
+                first.payment_id, PaymentRef(terminals[card], card, first.ts), True, t0 + 700))
+
+        src, dst = mini_cluster.begin_migration(slot)
+        src_dst.append(src)
+        moved = [k.decode() for k in mini_cluster.nodes[src].execute_command(
+            "CLUSTER", "GETKEYSINSLOT", slot, 1000) if card_tag(card_a).encode() in k]
+        # its payments, frauds, label counts, state, seen values, 3 decision records
+        assert len(moved) == 8
+        mini_cluster.migrate(src, moved)
+        assert all(where(mini_cluster, k) == [dst] for k in moved)
+        reads, slots = mux.map_reads, list(mux._slots)
+
+        # Half migrated. A's keys are on the target only: a retry of A's payment (all the
+        # keys its script names exist there) is answered through ASK, as is a script
+        # reading A's payments; the map still says the source.
+        retried = await store.observe(pay(card_a, 2), "h2", True, HOLD_MS)
+        assert retried.previous is not None and retried.previous.startswith(b"pending|h2")
+        assert await mux.evalsha(b"return redis.call('ZCARD', KEYS[1])",
+                                 [card_key(card_a)], []) == 3
+        assert (mux.map_reads, mux._slots, mux.pauses) == (reads, slots, 0)
+
+        # New payments on A and B at once: each card script TRYAGAIN (A's after ASK),
+        # the first pause ends the migration, and both are resent to the new owner.
+        got = await asyncio.gather(both(store, card_a, 3), both(store, card_b, 3))
+        keep(card_a, got[0])
+        keep(card_b, got[1])
+        assert mux.pauses >= 1 and mux.finish is None
+        assert mux.map_reads > reads
+        assert [a for lo, hi, a in mux._slots if lo <= slot <= hi] == \
+            [("127.0.0.1", mini_cluster.ports[dst])]
+        for k in (4, 5):  # the slot's new owner, straight from the new map
+            for card in (card_a, card_b):
+                keep(card, await both(store, card, k))
+        await mux.close()
+        await admin.aclose()
+
+        for card in (card_a, card_b):
+            assert [o.features for o in answers[card]] == \
+                [o.features for o in twin_answers[card]]
+            assert all(o.features is not None for o in answers[card])
+            assert [o.features["card_count_30d"] for o in answers[card]] == \
+                [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # type: ignore[index]
+            # the chargeback counted after the migration as before
+            assert answers[card][3].features["card_fraud_known_30d"] == 1.0  # type: ignore[index]
+        assert where(mini_cluster, card_key(card_b)) == [dst]
 
     asyncio.run(go())

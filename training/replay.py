@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from redis.asyncio import Redis
 
 from stores.online_features import card_fraud_known_key
+from stores.redis_client import RedisClient
 from training.traffic import TrafficReport, send_traffic
 
 SETTLE_TIMEOUT = 30.0
@@ -62,7 +62,7 @@ def _exact_time(epoch: pd.Series) -> pd.Series:
     return pd.to_datetime(micros, unit="us", utc=True)
 
 
-def settle_in(redis: Redis) -> Callable[[list[pd.Series]], asyncio.Future[None]]:
+def settle_in(redis: RedisClient) -> Callable[[list[pd.Series]], asyncio.Future[None]]:
     """Waits until every fraud label given is in the features in Redis. The card's step of a
     label is applied after the terminal's (``stores.online_features``): the card's is awaited."""
 
@@ -71,10 +71,7 @@ def settle_in(redis: Redis) -> Callable[[list[pd.Series]], asyncio.Future[None]]
         waiting = [(card_fraud_known_key(lb["card_id"]), lb["payment_id"])
                    for lb in labels if lb["is_fraud"]]
         while waiting:
-            pipe = redis.pipeline(transaction=False)
-            for key, pid in waiting:
-                pipe.zscore(key, pid)
-            found = await pipe.execute()
+            found = await redis.commands([("ZSCORE", key, pid) for key, pid in waiting])
             waiting = [w for w, score in zip(waiting, found, strict=True) if score is None]
             if waiting and time.monotonic() > deadline:
                 raise ReplayError(f"{len(waiting)} labels did not reach the features within "
@@ -117,7 +114,7 @@ def compare(report: TrafficReport, decisions: pd.DataFrame, version: str) -> Agr
 
 
 async def replay(api_url: str, api_key: str | None, frame: pd.DataFrame, rate: float,
-                 redis: Redis | None, progress: Callable[[int], None] | None = None
+                 redis: RedisClient | None, progress: Callable[[int], None] | None = None
                  ) -> TrafficReport:
     return await send_traffic(
         api_url, frame, rate, headers={"X-API-Key": api_key} if api_key else None,
