@@ -10,8 +10,9 @@ their writes and reads share system calls. Packing and parsing are hiredis's.
 Ordering is the whole trick, so it is kept even when a caller gives up: a caller that
 times out leaves its slot in the queue, and its reply, when it comes, is dropped. If the
 connection breaks, every call in flight fails with ``ConnectionError`` and the next call
-connects again. The stream worker's per-payment calls use it too (``evalsha_many``,
-``execute_many``); everything else (admin, back-fills) uses redis-py.
+connects again. Every store reaches it through ``stores.redis_client.RedisClient``, for
+all the calls of the API and the stream worker; only scans, back-fills, transactions and
+the audit streams use redis-py.
 """
 
 from __future__ import annotations

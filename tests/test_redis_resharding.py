@@ -14,11 +14,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError, ResponseError
 
 from model.schemas import Payment
 from stores.online_features import (
@@ -31,7 +33,7 @@ from stores.online_features import (
     terminal_tag,
 )
 from stores.redis_client import RedisClient
-from stores.redis_mux import ClusterMux
+from stores.redis_mux import ClusterMux, RedisMux
 
 pytestmark = pytest.mark.integration
 
@@ -305,5 +307,103 @@ def test_payments_are_scored_exactly_through_a_live_slot_migration(mini_cluster)
             # the chargeback counted after the migration as before
             assert answers[card][3].features["card_fraud_known_30d"] == 1.0  # type: ignore[index]
         assert where(mini_cluster, card_key(card_b)) == [dst]
+
+    asyncio.run(go())
+
+
+class FakeNode(RedisMux):
+    """A cluster node that answers from ``reply(command, asking)`` and keeps what it was
+    sent, write by write."""
+
+    def __init__(self, port: int, reply: Callable[[tuple[Any, ...], bool], Any]) -> None:
+        super().__init__(f"redis://127.0.0.1:{port}/0")
+        self.reply = reply
+        self.writes: list[list[tuple[Any, ...]]] = []
+
+    async def connect(self) -> None:
+        pass
+
+    async def execute(self, *args: Any) -> Any:
+        (reply,) = await self.execute_many([args])
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    async def execute_many(self, commands: Any) -> list[Any]:
+        self.writes.append([tuple(c) for c in commands])
+        out, asking = [], False
+        for command in commands:
+            out.append(self.reply(tuple(command), asking))
+            asking = command[0] == "ASKING"
+        return out
+
+
+def _fake_cluster(finished: list[bool]) -> tuple[ClusterMux, FakeNode, FakeNode]:
+    """Slot of ``{k}`` half migrated from port 1 to port 2 (``finished``: migrated): port 1
+    still holds ``{k}b``; ``{k}a`` and the script cache of port 2 went over."""
+    slot = key_slot(b"k")
+    loaded: set[bytes] = set()
+
+    def slots(port: int) -> list[Any]:
+        return [[0, 16383, [b"127.0.0.1", port]]]
+
+    def source(command: tuple[Any, ...], asking: bool) -> Any:
+        if command[:2] == ("CLUSTER", "SLOTS"):
+            return slots(2 if finished[0] else 1)
+        if finished[0]:
+            return ResponseError(f"MOVED {slot} 127.0.0.1:2")
+        if command == ("GET", "{k}b"):
+            return b"b"
+        return ResponseError(f"ASK {slot} 127.0.0.1:2")
+
+    def target(command: tuple[Any, ...], asking: bool) -> Any:
+        if command[0] == "SCRIPT":
+            loaded.add(command[-1])
+        if command[0] in ("ASKING", "SCRIPT"):
+            return b"OK"
+        if not (asking or finished[0]):
+            return ResponseError(f"MOVED {slot} 127.0.0.1:1")
+        if command[0] == "EVALSHA":
+            return b"ran" if loaded else NoScriptError("NOSCRIPT No matching script.")
+        return {"{k}a": b"a", "{k}b": b"b"}[command[1]]
+
+    mux = ClusterMux("redis://127.0.0.1:1/0")
+    src, dst = FakeNode(1, source), FakeNode(2, target)
+    mux.seed = src
+    mux._nodes = {("127.0.0.1", 1): src, ("127.0.0.1", 2): dst}
+    return mux, src, dst
+
+
+def test_ask_goes_once_to_the_named_node_after_asking_and_leaves_the_map():
+    finished = [False]
+    mux, src, dst = _fake_cluster(finished)
+
+    async def go() -> None:
+        await mux.connect()
+        assert (mux.map_reads, mux._slots) == (1, [(0, 16383, ("127.0.0.1", 1))])
+        script = b"return 'ran'"
+        replies = await mux.run_steps([(None, ("GET", "{k}a"), ()), (None, ("GET", "{k}b"), ()),
+                                       (script, ["{k}a"], [])])
+        assert replies == [b"a", b"b", b"ran"]
+        # one write to the source for the batch; then per redirected step ASKING + the
+        # step together (the script, unknown there, loaded and sent again after ASKING)
+        assert src.writes[1:] == [[("GET", "{k}a"), ("GET", "{k}b"),
+                                   ("EVALSHA", mux.seed._sha(script), 1, "{k}a")]]
+        sha = dst._sha(script)
+        assert sorted(dst.writes) == sorted([
+            [("ASKING",), ("GET", "{k}a")],
+            [("ASKING",), ("EVALSHA", sha, 1, "{k}a")],
+            [("SCRIPT", "LOAD", script)],
+            [("ASKING",), ("EVALSHA", sha, 1, "{k}a")]])
+        assert (mux.map_reads, mux._slots) == (1, [(0, 16383, ("127.0.0.1", 1))])
+
+        finished[0] = True
+        dst.writes.clear()
+        assert await mux.execute_many([("GET", "{k}a"), ("GET", "{k}b")]) == [b"a", b"b"]
+        # MOVED: the map read again, once for both, and the steps sent to the new owner
+        assert (mux.map_reads, mux._slots) == (2, [(0, 16383, ("127.0.0.1", 2))])
+        assert sorted(dst.writes) == [[("GET", "{k}a")], [("GET", "{k}b")]]
+        assert await mux.execute("GET", "{k}a") == b"a"
+        assert dst.writes[-1] == [("GET", "{k}a")] and mux.map_reads == 2
 
     asyncio.run(go())
