@@ -367,6 +367,8 @@ class ClusterMux:
     async def _resend(self, step: Step, reply: Exception, seen: int) -> Any:
         """The step sent again where ``reply`` says, until a node takes it; its reply, or
         the last redirection once ``MAX_REDIRECTS`` or ``TRYAGAIN_PAUSES`` are spent."""
+        # ``redirects`` counts the hops since the last pause: a call that waits out a
+        # migration goes source -> ASK -> target -> TRYAGAIN each time round.
         redirects = pauses = lost = 0
         while _redirected(reply) and redirects < MAX_REDIRECTS:
             message = str(reply) if isinstance(reply, ResponseError) else ""
@@ -379,6 +381,7 @@ class ClusterMux:
                     break
                 await self._pause(TRYAGAIN_PAUSES[pauses])
                 pauses += 1
+                redirects = 0
             else:  # MOVED, CLUSTERDOWN, or the node did not answer
                 if not message:
                     lost += 1

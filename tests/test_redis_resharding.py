@@ -33,7 +33,7 @@ from stores.online_features import (
     terminal_tag,
 )
 from stores.redis_client import RedisClient
-from stores.redis_mux import ClusterMux, RedisMux
+from stores.redis_mux import TRYAGAIN_PAUSES, ClusterMux, RedisMux
 
 pytestmark = pytest.mark.integration
 
@@ -407,3 +407,67 @@ def test_ask_goes_once_to_the_named_node_after_asking_and_leaves_the_map():
         assert dst.writes[-1] == [("GET", "{k}a")] and mux.map_reads == 2
 
     asyncio.run(go())
+
+
+def test_a_call_waits_out_a_migration_through_rounds_of_ask_and_tryagain():
+    """A script naming a new key of a slot being migrated: the source answers ASK (none of
+    its keys is there), the target TRYAGAIN (not all are there), round after round, until
+    the migration ends; then MOVED, and the reply."""
+    slot = key_slot(b"k")
+    finished = [False]
+    script = b"return 'ran'"
+
+    def source(command: tuple[Any, ...], asking: bool) -> Any:
+        if command[:2] == ("CLUSTER", "SLOTS"):
+            return [[0, 16383, [b"127.0.0.1", 2 if finished[0] else 1]]]
+        return ResponseError(f"{'MOVED' if finished[0] else 'ASK'} {slot} 127.0.0.1:2")
+
+    def target(command: tuple[Any, ...], asking: bool) -> Any:
+        if command[0] in ("ASKING", "SCRIPT"):
+            return b"OK"
+        if finished[0]:
+            return b"ran"
+        if asking:
+            return ResponseError("TRYAGAIN Multiple keys request during rehashing of slot")
+        return ResponseError(f"MOVED {slot} 127.0.0.1:1")
+
+    mux = ClusterMux("redis://127.0.0.1:1/0")
+    src, dst = FakeNode(1, source), FakeNode(2, target)
+    mux.seed = src
+    mux._nodes = {("127.0.0.1", 1): src, ("127.0.0.1", 2): dst}
+    paused: list[float] = []
+
+    async def pause(seconds: float) -> None:  # the migration ends during the 7th pause
+        paused.append(seconds)
+        finished[0] = len(paused) == 7
+
+    mux._pause = pause  # type: ignore[method-assign]
+
+    async def go() -> Any:
+        return await mux.evalsha(script, ["{k}a", "{k}new"], [])
+
+    assert asyncio.run(go()) == b"ran"
+    assert len(paused) == 7 and paused == sorted(paused)  # growing pauses
+    assert mux.map_reads == 2  # the first map, and the one MOVED read
+
+
+def test_tryagain_past_every_pause_is_the_reply():
+    slot = key_slot(b"k")
+
+    def source(command: tuple[Any, ...], asking: bool) -> Any:
+        if command[:2] == ("CLUSTER", "SLOTS"):
+            return [[0, 16383, [b"127.0.0.1", 1]]]
+        return ResponseError(f"TRYAGAIN slot {slot} being migrated")
+
+    mux = ClusterMux("redis://127.0.0.1:1/0")
+    mux.seed = FakeNode(1, source)
+    mux._nodes = {("127.0.0.1", 1): mux.seed}
+    paused: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        paused.append(seconds)
+
+    mux._pause = pause  # type: ignore[method-assign]
+    with pytest.raises(ResponseError, match="TRYAGAIN"):
+        asyncio.run(mux.execute("GET", "{k}a"))
+    assert paused == list(TRYAGAIN_PAUSES) and sum(paused) < 0.3
