@@ -81,9 +81,24 @@ class RedisMux:
         task (a payment's four calls as tasks cost more than their packing). A script
         Redis does not have is loaded, and only the calls that did not run are run again.
         Error replies are returned, not raised."""
+        if not steps:
+            return []
+        if self._writer is None:
+            await self.connect()
+        return await self._complete(steps, *self._begin(steps))
+
+    def _begin(self, steps: Sequence[Step]) -> tuple[list[Sequence[Arg]],
+                                                     list[asyncio.Future[Any]]]:
+        """The steps queued for this turn's write: their commands and reply futures."""
         commands = [(("EVALSHA", self._sha(script), len(keys), *keys, *args)
                      if script is not None else keys) for script, keys, args in steps]
-        replies = await self.execute_many(commands)
+        return commands, self._send(commands)
+
+    async def _complete(self, steps: Sequence[Step], commands: list[Sequence[Arg]],
+                        futures: list[asyncio.Future[Any]]) -> list[Any]:
+        """``_begin``'s replies; the scripts Redis did not have loaded, and only the steps
+        that did not run sent again."""
+        replies = list(await asyncio.gather(*futures, return_exceptions=True))
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             for script in {steps[i][0] for i in missing}:
@@ -348,10 +363,18 @@ class ClusterMux:
         for i, step in enumerate(steps):
             by_node.setdefault(self._node(_step_key(step)), []).append(i)
         replies: list[Any] = [None] * len(steps)
-        if len(by_node) == 1:  # the usual case on the scoring path's single slots
+        if len(by_node) == 1:  # a batch of one slot's calls, a cluster of one node
             ((node, where),) = by_node.items()
             groups = [await _on(node, steps)]
-        else:
+        elif all(node._writer is not None for node in by_node):
+            # A payment's calls on three nodes: each node's queued in this turn of the
+            # loop (one write each, all in flight together), then their replies awaited,
+            # without a task per node.
+            parts = [[steps[i] for i in where] for where in by_node.values()]
+            begun = [_begin(node, part) for node, part in zip(by_node, parts, strict=True)]
+            groups = [await _complete(node, part, started) for node, part, started in
+                      zip(by_node, parts, begun, strict=True)]
+        else:  # some node to connect to first
             groups = await asyncio.gather(*(
                 _on(node, [steps[i] for i in where]) for node, where in by_node.items()))
         for where, got in zip(by_node.values(), groups, strict=True):
@@ -443,6 +466,26 @@ async def _on(node: RedisMux, steps: Sequence[Step]) -> list[Any]:
     """``node.run_steps``, a connection failure given as every step's reply."""
     try:
         return await node.run_steps(steps)
+    except (ConnectionError, OSError) as exc:
+        return [exc] * len(steps)
+
+
+Begun = tuple[list[Sequence[Arg]], list[asyncio.Future[Any]]] | Exception
+
+
+def _begin(node: RedisMux, steps: Sequence[Step]) -> Begun:
+    try:
+        return node._begin(steps)
+    except ConnectionError as exc:  # too many calls in flight there
+        return exc
+
+
+async def _complete(node: RedisMux, steps: Sequence[Step], begun: Begun) -> list[Any]:
+    """``_begin``'s replies, a connection failure given as every step's reply."""
+    if isinstance(begun, Exception):
+        return [begun] * len(steps)
+    try:
+        return await node._complete(steps, *begun)
     except (ConnectionError, OSError) as exc:
         return [exc] * len(steps)
 

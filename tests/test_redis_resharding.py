@@ -312,30 +312,28 @@ def test_payments_are_scored_exactly_through_a_live_slot_migration(mini_cluster)
 
 
 class FakeNode(RedisMux):
-    """A cluster node that answers from ``reply(command, asking)`` and keeps what it was
-    sent, write by write."""
+    """A cluster node that answers from ``reply(command, asking)``: the mux's own code
+    runs, only the wire is faked. ``writes`` keeps what was sent, call by call."""
 
     def __init__(self, port: int, reply: Callable[[tuple[Any, ...], bool], Any]) -> None:
         super().__init__(f"redis://127.0.0.1:{port}/0")
         self.reply = reply
         self.writes: list[list[tuple[Any, ...]]] = []
+        self._writer = object()  # type: ignore[assignment]  # "connected"
 
-    async def connect(self) -> None:
-        pass
-
-    async def execute(self, *args: Any) -> Any:
-        (reply,) = await self.execute_many([args])
-        if isinstance(reply, BaseException):
-            raise reply
-        return reply
-
-    async def execute_many(self, commands: Any) -> list[Any]:
+    def _send(self, commands: Any) -> list[asyncio.Future[Any]]:
         self.writes.append([tuple(c) for c in commands])
-        out, asking = [], False
+        loop = asyncio.get_running_loop()
+        futures, asking = [], False
         for command in commands:
-            out.append(self.reply(tuple(command), asking))
+            reply, future = self.reply(tuple(command), asking), loop.create_future()
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+            futures.append(future)
             asking = command[0] == "ASKING"
-        return out
+        return futures
 
 
 def _fake_cluster(finished: list[bool]) -> tuple[ClusterMux, FakeNode, FakeNode]:
