@@ -426,7 +426,8 @@ class ClusterMux:
 
     def _address(self, message: str) -> tuple[str, int]:
         """The node in ``MOVED <slot> <host>:<port>`` or ``ASK <slot> <host>:<port>`` (an
-        empty host: the one the reply came from, which the seed's host stands for)."""
+        empty host, from a node that does not know its address: the seed's, as when the
+        slot map is read)."""
         host, _, port = message.split()[2].rpartition(":")
         return host or self.seed.host, int(port)
 
