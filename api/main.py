@@ -72,13 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The scoring path's calls share one pipelined connection per Redis server
-        # (``stores.redis_mux``); the pool serves the rest (rules, lists, audit). Bounded:
-        # under a burst, calls queue for a connection instead of opening hundreds of them.
-        redis = redis_client.client(settings, pool_size=settings.redis_pool_size)
-        mux = redis_client.scoring_mux(settings)
+        # Every call of a request shares one pipelined connection per Redis server
+        # (``stores.redis_client``); its redis-py pool, for rule changes and audits, is
+        # bounded: under a burst, calls queue for a connection instead of opening hundreds.
+        redis = redis_client.connect(settings, pool_size=settings.redis_pool_size)
         # Redis down at start: the API starts, degraded
-        await _bounded("reading the Redis cluster's slots", redis_client.ready(redis))
+        await _bounded("reading the Redis cluster's slots", redis.ready())
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
@@ -104,12 +103,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # loop within a second; the stream records each payment once.
         holder = ModelHolder(Registry(settings.models_dir))
         await holder.refresh()
-        policy = PolicyHolder(PolicyStore(redis, mux))
+        policy = PolicyHolder(PolicyStore(redis))
         await _bounded("loading rules and lists", policy.refresh())
-        store = OnlineStore(redis, mux)
-        decisions = DecisionRecorder(DecisionStore(mux))
-        reviews = ReviewQueue(redis, settings.review_claim_seconds, mux)
-        monitor = Monitor(settings, FreshnessBoard(redis, mux), reviews)
+        store = OnlineStore(redis)
+        decisions = DecisionRecorder(DecisionStore(redis))
+        reviews = ReviewQueue(redis, settings.review_claim_seconds)
+        monitor = Monitor(settings, FreshnessBoard(redis), reviews)
         tasks = [
             asyncio.create_task(monitor.run(holder)),
             asyncio.create_task(resend_verdicts(reviews, publisher)),
@@ -152,7 +151,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # this process's live gauges leave /metrics with it
                 multiprocess.mark_process_dead(os.getpid())
             await _bounded("closing Redis connections", redis.aclose())
-            await _bounded("closing the scoring connections", mux.close())
 
     app = FastAPI(
         title="fraudstream",

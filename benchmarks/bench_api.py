@@ -101,16 +101,14 @@ def main(
             """As the API does it: the Lua script on the pipelined connection, lists too."""
             from stores import redis_client
 
-
-            r, mux = redis_client.client(s), redis_client.scoring_mux(s)
-            store = OnlineStore(r, mux)
+            r = redis_client.connect(s)
+            store = OnlineStore(r)
             out, vectors = [], []
             for p in rows:
                 t = time.perf_counter()
                 obs = await store.observe(p, "h" + p.payment_id, check_lists=True)
                 out.append((time.perf_counter() - t) * 1e3)
                 vectors.append(obs.features or {})
-            await mux.close()
             await r.aclose()
             return out, vectors
 

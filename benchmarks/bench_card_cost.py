@@ -32,7 +32,7 @@ from fraudstream_dev import testenv
 from model.config import Settings
 from model.schemas import Payment
 from stores.online_features import OnlineStore
-from stores.redis_client import client, scoring_mux
+from stores.redis_client import connect
 
 console = Console()
 DAY = 86_400.0
@@ -44,8 +44,8 @@ def redis_cpu(settings: Settings) -> float:
 
 
 async def one_level(settings: Settings, history: int, measure: int) -> tuple[float, float]:
-    redis, mux = client(settings), scoring_mux(settings)
-    store = OnlineStore(redis, mux)
+    redis = connect(settings)
+    store = OnlineStore(redis)
     card = f"card_{uuid.uuid4().hex[:8]}"
     start = 1_790_000_000.0
     span = 29 * DAY  # the history fills the 30-day window
@@ -69,7 +69,6 @@ async def one_level(settings: Settings, history: int, measure: int) -> tuple[flo
     for j in range(measure):
         await store.observe(pay(history + j, t0 + j * 5.0), payload_hash="h")
     cpu1, redis1 = time.process_time(), redis_cpu(settings)
-    await mux.close()
     await redis.aclose()
     return 1000 * (redis1 - redis0) / measure, 1000 * (cpu1 - cpu0) / measure
 

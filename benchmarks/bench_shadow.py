@@ -123,7 +123,7 @@ def main(
             async def warm() -> None:
                 from stores import redis_client
 
-                r = redis_client.client(s)
+                r = redis_client.connect(s)
                 await backfill_online(store, OnlineStore(r), JoinState(r))
                 await r.aclose()
 

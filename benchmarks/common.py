@@ -181,7 +181,7 @@ def prepare(s: Settings, home: Path, today: datetime) -> tuple[str, str, str]:
     async def warm() -> None:
         from stores import redis_client
 
-        r = redis_client.client(s)
+        r = redis_client.connect(s)
         await backfill_online(HistoryStore(s.history_dir), OnlineStore(r), JoinState(r))
         await r.aclose()
 

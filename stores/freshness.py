@@ -17,13 +17,11 @@ by bucket of days (a label applied again after a crash counts again: an approxim
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
-from stores.redis_mux import Mux, pairs
+from stores.redis_client import RedisClient
+from stores.redis_mux import pairs
 
 FRESH_KEY = "fs:fresh"
 LABEL_DELAY_KEY = "fs:label_delay"
@@ -32,7 +30,7 @@ DAY = 86_400.0
 DELAY_BUCKETS = (1.0, 2.0, 3.0, 5.0, 7.0, 14.0, 30.0, 60.0, float("inf"))
 
 # Keep the maximum: batches of several workers, or redelivered ones, may arrive out of order.
-_MAX = """
+_MAX = b"""
 for i = 1, #ARGV, 2 do
   local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1e300')
   if tonumber(ARGV[i + 1]) > cur then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -63,37 +61,29 @@ class FreshState:
 
 
 class FreshnessBoard:
-    def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
+    """Written by the stream worker once per batch, read by the API once a second: both
+    through the pipelined connection."""
+
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
-        self.mux = mux  # the API's periodic reads: see ``stores.policy_store.PolicyStore``
-        self._max = redis.register_script(_MAX)
 
     async def note_recorded(self, newest_scored_at: float, newest_payment_ts: float) -> None:
-        await self._max(keys=[FRESH_KEY], args=["scored_at", repr(newest_scored_at),
-                                                "payment_ts", repr(newest_payment_ts)])
+        await self.redis.script(_MAX, [FRESH_KEY], ["scored_at", repr(newest_scored_at),
+                                                    "payment_ts", repr(newest_payment_ts)])
 
     async def note_labels(self, reported: Iterable[tuple[float, float]]) -> None:
         """(payment time, label reported time) of the labels just applied."""
-        pairs = list(reported)
-        if not pairs:
+        told = list(reported)
+        if not told:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for paid, told in pairs:
-                pipe.hincrby(LABEL_DELAY_KEY, delay_bucket(max(told - paid, 0.0) / DAY), 1)
-            await pipe.execute()
-        await self._max(keys=[FRESH_KEY], args=["label_ts", repr(max(t for _, t in pairs))])
+        await self.redis.run([
+            *((None, ("HINCRBY", LABEL_DELAY_KEY,
+                      delay_bucket(max(at - paid, 0.0) / DAY), 1), ()) for paid, at in told),
+            (_MAX, [FRESH_KEY], ["label_ts", repr(max(at for _, at in told))])])
 
     async def read(self) -> FreshState:
-        if self.mux is not None:
-            # (calls made together share one write)
-            fresh, delays = map(pairs, await asyncio.gather(
-                self.mux.execute("HGETALL", FRESH_KEY),
-                self.mux.execute("HGETALL", LABEL_DELAY_KEY)))
-        else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(FRESH_KEY)
-                pipe.hgetall(LABEL_DELAY_KEY)
-                fresh, delays = await pipe.execute()
+        fresh, delays = map(pairs, await self.redis.commands(
+            [("HGETALL", FRESH_KEY), ("HGETALL", LABEL_DELAY_KEY)]))
 
         def num(name: bytes) -> float | None:
             return float(fresh[name]) if name in fresh else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from model.features import DAY
-from stores.redis_mux import Mux
+from stores.redis_client import RedisClient
 
 # How long a payment_id's answer is kept for replays (gateways retry within minutes).
 IDEMPOTENCY_WINDOW = DAY
@@ -47,8 +47,8 @@ def owner_key(payment_id: str) -> str:
 class DecisionStore:
     """The answers given, through the scoring path's pipelined connection."""
 
-    def __init__(self, mux: Mux) -> None:
-        self.mux = mux
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
 
     async def record_decisions(
         self, decisions: Iterable[tuple[str, str, str, bytes]]
@@ -59,11 +59,9 @@ class DecisionStore:
                      b"done|" + payload_hash.encode() + b"|" + body,
                      "EX", int(IDEMPOTENCY_WINDOW))
                     for card_id, payment_id, payload_hash, body in decisions]
-        for reply in await self.mux.execute_many(commands):
-            if isinstance(reply, Exception):
-                raise reply
+        await self.redis.commands(commands)
 
     async def previous_decision(self, card_id: str, payment_id: str) -> bytes | None:
-        previous: bytes | None = await self.mux.execute(
+        previous: bytes | None = await self.redis.command(
             "GET", decision_key(card_id, payment_id))
         return previous

@@ -18,21 +18,18 @@ the queue after applying what it held cannot drop a newcomer.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from model.features import DAY
 from stores.online_features import PaymentRef
-from stores.redis_client import run_commands, run_script_batch
-from stores.redis_mux import Mux
+from stores.redis_client import RedisClient
 
 JOIN_HORIZON = 180 * DAY
 
-_REMEMBER_PAYMENT = """
+_REMEMBER_PAYMENT = b"""
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return redis.call('LRANGE', KEYS[2], 0, -1)
 """
 
-_JOIN_OR_QUEUE = """
+_JOIN_OR_QUEUE = b"""
 local ref = redis.call('GET', KEYS[1])
 if ref then return ref end
 redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -55,14 +52,11 @@ def recorded_key(payment_id: str) -> str:
 
 class JoinState:
     """Each payment's ref, labels waiting for their payment, and which payments the history
-    already holds. With a ``mux``, a batch's calls go through that pipelined connection
-    (the stream worker), else through redis-py (back-fills)."""
+    already holds. A batch's calls go in one write of the pipelined connection (the
+    stream worker); back-fills through redis-py's pipelines."""
 
-    def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
-        self.mux = mux
-        self._remember = redis.register_script(_REMEMBER_PAYMENT)
-        self._join = redis.register_script(_JOIN_OR_QUEUE)
 
     async def remember_payments(
         self, payments: list[tuple[str, PaymentRef]]
@@ -71,23 +65,23 @@ class JoinState:
         (still queued until ``forget_waiting``). One round trip for the whole batch."""
         if not payments:
             return []
-        return await run_script_batch(self.redis, self._remember, [
+        return await self.redis.scripts(_REMEMBER_PAYMENT, [
             ([payment_key(payment_id), pending_key(payment_id)],
-             [ref.encode(), int(JOIN_HORIZON)]) for payment_id, ref in payments], self.mux)
+             [ref.encode(), int(JOIN_HORIZON)]) for payment_id, ref in payments])
 
     async def refs_or_queue(self, labels: list[tuple[str, bytes]]) -> list[PaymentRef | None]:
         """For each (payment_id, encoded label): the payment's ref, or None after queueing
         the label for its payment. One round trip for the whole batch."""
         if not labels:
             return []
-        refs = await run_script_batch(self.redis, self._join, [
+        refs = await self.redis.scripts(_JOIN_OR_QUEUE, [
             ([payment_key(payment_id), pending_key(payment_id)], [raw, int(JOIN_HORIZON)])
-            for payment_id, raw in labels], self.mux)
+            for payment_id, raw in labels])
         return [PaymentRef.decode(ref) if ref else None for ref in refs]
 
     async def remember_refs(self, refs: list[tuple[str, PaymentRef]], chunk: int = 5000) -> None:
         """Back-fill: refs of payments already in the history, so their labels join."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.admin.pipeline(transaction=False)
         for i, (payment_id, ref) in enumerate(refs, 1):
             pipe.set(payment_key(payment_id), ref.encode(), ex=int(JOIN_HORIZON))
             if i % chunk == 0:
@@ -97,15 +91,13 @@ class JoinState:
     async def forget_waiting(self, payment_ids: list[str]) -> None:
         """Drop the queues of labels that waited for these payments, once applied."""
         if payment_ids:  # one key per call: on a cluster they live on every node
-            await run_commands(self.redis, [("DEL", pending_key(p)) for p in payment_ids],
-                               self.mux)
+            await self.redis.commands([("DEL", pending_key(p)) for p in payment_ids])
 
     async def promised_parts(self, payment_ids: list[str]) -> dict[str, str]:
         """The history part each payment was promised to, for those that have one."""
         if not payment_ids:
             return {}
-        parts = await run_commands(self.redis, [("GET", recorded_key(p)) for p in payment_ids],
-                                   self.mux)
+        parts = await self.redis.commands([("GET", recorded_key(p)) for p in payment_ids])
         return {p: part.decode() for p, part in zip(payment_ids, parts, strict=True)
                 if part is not None}
 
@@ -113,5 +105,5 @@ class JoinState:
         """Promise these payments to the part file about to be written: if it is on disk
         afterwards they are recorded, if it is not (a crash before its rename) they are
         not, and the next attempt writes them again."""
-        await run_commands(self.redis, [("SET", recorded_key(pid), part, "EX", int(JOIN_HORIZON))
-                                        for pid in payment_ids], self.mux)
+        await self.redis.commands([("SET", recorded_key(pid), part, "EX", int(JOIN_HORIZON))
+                                   for pid in payment_ids])

@@ -37,12 +37,9 @@ history's point-in-time features use.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from redis.asyncio import Redis
 
 from model.features import (
     CARD_FRAUD_WINDOW,
@@ -69,8 +66,8 @@ from stores.idempotency import (
     owner_key,
 )
 from stores.policy_store import LIST_KEYS, LIST_LOOKUP_LUA
-from stores.redis_client import run_script_batch
-from stores.redis_mux import Mux, Step, raise_first
+from stores.redis_client import RedisClient
+from stores.redis_mux import Step
 
 # Keep members this long past the longest window, so late (out-of-order) events still
 # find the history they need.
@@ -417,8 +414,9 @@ return 1
 """
 
 
-_OBSERVE_CARD_B, _OBSERVE_TERMINAL_B, _FORGET_CARD_B, _LIST_LOOKUP_B = (
-    s.encode() for s in (_OBSERVE_CARD, _OBSERVE_TERMINAL, _FORGET_CARD, LIST_LOOKUP_LUA))
+(_OBSERVE_CARD_B, _OBSERVE_TERMINAL_B, _FORGET_CARD_B, _LIST_LOOKUP_B, _LABEL_TERMINAL_B,
+ _LABEL_CARD_B) = (s.encode() for s in (_OBSERVE_CARD, _OBSERVE_TERMINAL, _FORGET_CARD,
+                                        LIST_LOOKUP_LUA, _LABEL_TERMINAL, _LABEL_CARD))
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,26 +481,11 @@ def _hit(raw: bytes, payment: Payment) -> tuple[str, str, str]:
 
 
 class OnlineStore:
-    """The online features in Redis. With a ``mux``, ``observe`` and labels go through
-    that pipelined connection (the scoring path, the stream worker); back-fills and scans
-    through ``redis``."""
+    """The online features in Redis: scoring and labels through ``redis``'s pipelined
+    connection (one write per payment), back-fills and scans through its redis-py."""
 
-    def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
-        self.mux = mux
-        # what ``_run`` sends through redis-py, when there is no mux
-        self._scripts = {source: redis.register_script(source) for source in (
-            _OBSERVE_CARD_B, _OBSERVE_TERMINAL_B, _FORGET_CARD_B, _LIST_LOOKUP_B)}
-        self._label_terminal = redis.register_script(_LABEL_TERMINAL)
-        self._label_card = redis.register_script(_LABEL_CARD)
-
-    async def _run(self, steps: Sequence[Step]) -> list[Any]:
-        """Scripts and commands, all in flight together; raises the first error."""
-        if self.mux is not None:
-            return raise_first(await self.mux.run_steps(steps))
-        return list(await asyncio.gather(*(
-            self._scripts[script](keys=keys, args=args) if script is not None
-            else self.redis.execute_command(*keys) for script, keys, args in steps)))
 
     async def observe(
         self, payment: Payment, payload_hash: str = "", check_lists: bool = False,
@@ -534,24 +517,24 @@ class OnlineStore:
         if payload_hash:
             steps.append((None, ("SET", owner_key(pid), card, "NX", "GET", "EX",
                                  int(IDEMPOTENCY_WINDOW)), ()))
-        replies = await self._run(steps)
+        replies = await self.redis.run(steps)
         card_res, (tcounts, tfraud, fresh, term_added) = replies[0], replies[1]
         owner = replies[-1] if payload_hash else None
         if owner is not None and owner != card.encode():
             # First scored on another card: nothing of this call may stay counted.
             if card_res[0] == 1:
-                await self._run([(_FORGET_CARD_B, [card_key(card), decision_key(card, pid),
+                await self.redis.run([(_FORGET_CARD_B, [card_key(card), decision_key(card, pid),
                                                    card_state_key(card), card_seen_key(card)],
                                   [member])])
             if term_added:
-                await self._run([(None, ("ZREM", terminal_key(terminal), pid), ())])
+                await self.redis.run([(None, ("ZREM", terminal_key(terminal), pid), ())])
             return Observation(conflict=True)
         if card_res[0] == 0:
             if term_added and _hash_of(card_res[1]) != payload_hash:
                 # Another payload under this id, with another terminal: not counted there.
                 # (Left: were both calls in flight at once with the same terminal, and this
                 # one's terminal script ran first, this takes the first call's entry back.)
-                await self._run([(None, ("ZREM", terminal_key(terminal), pid), ())])
+                await self.redis.run([(None, ("ZREM", terminal_key(terminal), pid), ())])
             return Observation(previous=card_res[1])
         _, counts, sums, prev, seen, cfraud, tenths, recorded_at = card_res
         agg = Aggregates(
@@ -591,25 +574,25 @@ class OnlineStore:
     async def _terminal_steps(self, updates: Sequence[LabelUpdate]) -> list[Any]:
         """Each label into its payment's labels; the terminal's fraud updated. Returns per
         label the payment's fraud spell start (or None) and how many labels it has."""
-        return await run_script_batch(self.redis, self._label_terminal, [
+        return await self.redis.scripts(_LABEL_TERMINAL_B, [
             ([terminal_fraud_known_key(u.payment.terminal_id),
               terminal_fraud_paid_key(u.payment.terminal_id),
               labels_key(u.payment.terminal_id, u.payment_id)],
              [u.payment_id, "1" if u.is_fraud else "0", _exact(u.reported_at),
               repr(float(u.payment.ts))])
-            for u in updates], self.mux)
+            for u in updates])
 
     async def _card_steps(self, updates: Sequence[LabelUpdate], spells: list[Any]) -> None:
         """The card's fraud set from each payment's spell, unless the card already holds
         one worked out from as many labels or more."""
-        await run_script_batch(self.redis, self._label_card, [
+        await self.redis.scripts(_LABEL_CARD_B, [
             ([card_fraud_known_key(u.payment.card_id), card_label_count_key(u.payment.card_id)],
              [u.payment_id, start.decode() if start else "", seen, _exact(u.reported_at)])
-            for u, (start, seen) in zip(updates, spells, strict=True)], self.mux)
+            for u, (start, seen) in zip(updates, spells, strict=True)])
 
     async def holds_cards(self) -> bool:
         """Whether the store knows any card (on a cluster, on any node)."""
-        async for _ in self.redis.scan_iter(match=f"{PREFIX}:card:*", count=1000):
+        async for _ in self.redis.admin.scan_iter(match=f"{PREFIX}:card:*", count=1000):
             return True
         return False
 
@@ -627,7 +610,7 @@ class OnlineStore:
         fraud now. Idempotent: members are keyed by payment_id.
         """
         count = 0
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.admin.pipeline(transaction=False)
         for pid, ts, card, terminal, amount, country, mcc in payments:
             pipe.zadd(card_key(card), {card_member(pid, amount, terminal, country, mcc): ts})
             pipe.expire(card_key(card), CARD_TTL)

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
 
 from model.policy import KINDS, LIST_ENTITIES, LIST_SEP, ListKind, Policy, RuleSet
-from stores.redis_mux import Mux
+from stores.redis_client import RedisClient
+from stores.redis_mux import pairs
 
 # Every key of the policy shares the hash tag {policy}: on a Redis Cluster the rules, the
 # lists and their audit live in one slot, so the lookup below is one script.
@@ -54,31 +54,28 @@ RULES_KEY = "fs:{policy}:rules"
 AUDIT_KEY = "fs:{policy}:audit"
 
 class PolicyStore:
-    """Rules and lists in Redis, with an audit trail of every change."""
+    """Rules and lists in Redis, with an audit trail of every change. The API's reads
+    (the version, polled twice a second, and the rules when it changes) go through the
+    pipelined connection: a call there ends cleanly when its task is cancelled, which
+    redis-py's cluster client once failed to do at shutdown. Changes and the audit go
+    through redis-py (a transaction, a stream)."""
 
-    def __init__(self, redis: Redis, mux: Mux | None = None) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
-        # The API polls the version through its own pipelined connection (see
-        # ``stores.redis_mux``): a call there ends cleanly when its task is cancelled, which
-        # redis-py's cluster client, polled twice a second, once failed to do at shutdown.
-        self.mux = mux
 
     async def load(self) -> Policy:
-        raw = await self.redis.hgetall(RULES_KEY)
+        raw = pairs(await self.redis.command("HGETALL", RULES_KEY))
         if not raw:
             return Policy(RuleSet(), 0)
         return Policy(RuleSet.model_validate_json(raw[b"rules"]), int(raw[b"version"]))
 
     async def version(self) -> int:
-        if self.mux is not None:
-            v = await self.mux.execute("HGET", RULES_KEY, "version")
-        else:
-            v = await self.redis.hget(RULES_KEY, "version")
+        v = await self.redis.command("HGET", RULES_KEY, "version")
         return int(v) if v else 0
 
     async def save(self, rules: RuleSet, actor: str) -> int:
         """Replace the rule set; returns its new version."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.admin.pipeline(transaction=True) as pipe:
             pipe.hincrby(RULES_KEY, "version", 1)
             pipe.hset(RULES_KEY, "rules", rules.model_dump_json())
             version = (await pipe.execute())[0]
@@ -88,25 +85,25 @@ class PolicyStore:
     async def set_listed(self, kind: ListKind, entity: str, value: str, listed: bool,
                          actor: str, reason: str = "") -> bool:
         key = list_key(kind, entity)
-        changed = await (self.redis.sadd(key, value) if listed else self.redis.srem(key, value))
+        changed = await self.redis.command("SADD" if listed else "SREM", key, value)
         await self._audit("list", actor, {"kind": kind, "entity": entity,
                                           "action": "add" if listed else "remove",
                                           "reason": reason, "changed": bool(changed)})
         return bool(changed)
 
     async def members(self, kind: ListKind, entity: str) -> list[str]:
-        # The client answers bytes (it is made without decode_responses); redis-py's types
-        # allow str too.
-        values = cast(set[bytes], await self.redis.smembers(list_key(kind, entity)))
-        return sorted(v.decode() for v in values)
+        return sorted(v.decode() for v in await self.redis.command(
+            "SMEMBERS", list_key(kind, entity)))
 
     async def audit(self, count: int = 100) -> list[dict[str, Any]]:
+        # The admin client answers bytes (made without decode_responses); redis-py's types
+        # allow str and None too.
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                       await self.redis.xrevrange(AUDIT_KEY, count=count))
+                       await self.redis.admin.xrevrange(AUDIT_KEY, count=count))
         return [{"id": i.decode(), **orjson.loads(f[b"entry"])} for i, f in entries]
 
     async def _audit(self, what: str, actor: str, detail: dict[str, Any]) -> None:
         # List values are left out of the audit: a card token is enough to find it again,
         # and the trail should not become a second copy of the lists.
         entry = {"what": what, "actor": actor, "at": datetime.now(UTC).isoformat(), **detail}
-        await self.redis.xadd(AUDIT_KEY, {"entry": orjson.dumps(entry)}, maxlen=10_000)
+        await self.redis.admin.xadd(AUDIT_KEY, {"entry": orjson.dumps(entry)}, maxlen=10_000)

@@ -10,8 +10,9 @@ their writes and reads share system calls. Packing and parsing are hiredis's.
 Ordering is the whole trick, so it is kept even when a caller gives up: a caller that
 times out leaves its slot in the queue, and its reply, when it comes, is dropped. If the
 connection breaks, every call in flight fails with ``ConnectionError`` and the next call
-connects again. The stream worker's per-payment calls use it too (``evalsha_many``,
-``execute_many``); everything else (admin, back-fills) uses redis-py.
+connects again. Every store reaches it through ``stores.redis_client.RedisClient``, for
+all the calls of the API and the stream worker; only scans, back-fills, transactions and
+the audit streams use redis-py.
 """
 
 from __future__ import annotations
@@ -80,12 +81,28 @@ class RedisMux:
         task (a payment's four calls as tasks cost more than their packing). A script
         Redis does not have is loaded, and only the calls that did not run are run again.
         Error replies are returned, not raised."""
+        if not steps:
+            return []
+        if self._writer is None:
+            await self.connect()
+        return await self._complete(steps, *self._begin(steps))
+
+    def _begin(self, steps: Sequence[Step]) -> tuple[list[Sequence[Arg]],
+                                                     list[asyncio.Future[Any]]]:
+        """The steps queued for this turn's write: their commands and reply futures."""
         commands = [(("EVALSHA", self._sha(script), len(keys), *keys, *args)
                      if script is not None else keys) for script, keys, args in steps]
-        replies = await self.execute_many(commands)
+        return commands, self._send(commands)
+
+    async def _complete(self, steps: Sequence[Step], commands: list[Sequence[Arg]],
+                        futures: list[asyncio.Future[Any]]) -> list[Any]:
+        """``_begin``'s replies; the scripts Redis did not have loaded, and only the steps
+        that did not run sent again."""
+        replies = list(await asyncio.gather(*futures, return_exceptions=True))
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             for script in {steps[i][0] for i in missing}:
+                # a step's first item is its script's source (``Step``)
                 await self.execute("SCRIPT", "LOAD", script)  # type: ignore[arg-type]
             for i, reply in zip(missing, await self.execute_many(
                     [commands[i] for i in missing]), strict=True):
@@ -160,7 +177,9 @@ class RedisMux:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         self._pending.extend(futures)
-        self._outbox.extend(hiredis.pack_command(tuple(c)) for c in commands)
+        # hiredis's stub types the command as a one-element tuple; it takes any length.
+        self._outbox.extend(hiredis.pack_command(tuple(c))  # type: ignore[arg-type]
+                            for c in commands)
         if not self._flush_scheduled:
             # One write for every call made in this turn of the event loop: requests that
             # arrived together share the system call (about 0.07 ms each here).
@@ -246,10 +265,20 @@ class ClusterMux:
     share one write per node, so a payment whose scripts live on three nodes costs three
     concurrent round trips, not three sequential ones.
 
-    The slot map is read from any node (``CLUSTER SLOTS``) at the first call and again when
-    a node answers ``MOVED`` (a slot migrated, a replica promoted) or cannot be reached;
-    such a call is sent once more to the node now serving it. Every script the scoring path
-    runs may be run twice (they check what they already recorded), so that retry is safe.
+    The slot map is read from any node (``CLUSTER SLOTS``) at the first call. A call whose
+    node answers otherwise than with its reply is sent again, as the cluster says:
+
+    - ``MOVED`` (the slot now lives elsewhere for good: a resharding ended, a replica was
+      promoted) or no answer: the map is read again and the call resent;
+    - ``ASK`` (the slot is being migrated and its keys are not all here): ``ASKING`` and
+      the call, once, to the node named; the map is left as it is, since the slot still
+      belongs to this node until the migration ends;
+    - ``TRYAGAIN`` (a call naming several keys of a slot being migrated, some here and
+      some there, or some not yet written anywhere): sent again after a short pause, until
+      the migration ends (then ``MOVED``) or ``TRYAGAIN_PAUSES`` have passed.
+
+    Every script the scoring path runs may be run twice (they check what they already
+    recorded), so resending is safe.
     """
 
     def __init__(self, url: str, password: str | None = None, connect_timeout: float = 0.25,
@@ -260,13 +289,19 @@ class ClusterMux:
         self._slots: list[tuple[int, int, tuple[str, int]]] = []
         self._nodes: dict[tuple[str, int], RedisMux] = {}
         self._lock = asyncio.Lock()
+        # How many times the map was read: a burst of calls answered MOVED together reads
+        # it once, not once each.
+        self.map_reads = 0
 
     async def connect(self) -> None:
         if not self._slots:
             await self.refresh()
 
-    async def refresh(self) -> None:
+    async def refresh(self, seen: int | None = None) -> None:
+        """Read the slot map; with ``seen``, only if nobody has since the caller's call."""
         async with self._lock:
+            if seen is not None and seen != self.map_reads:
+                return
             last: Exception | None = None
             for node in [self.seed, *self._nodes.values()]:
                 try:
@@ -281,12 +316,16 @@ class ClusterMux:
             self._slots = sorted(
                 (int(r[0]), int(r[1]), (r[2][0].decode() or self.seed.host, int(r[2][1])))
                 for r in rows)
+            self.map_reads += 1
 
     def _node(self, key: Arg | None) -> RedisMux:
         slot = key_slot(_as_bytes(key)) if key is not None else 0
         address = next((a for lo, hi, a in self._slots if lo <= slot <= hi), None)
         if address is None:
             raise ConnectionError(f"no Redis Cluster node serves slot {slot}")
+        return self._node_at(address)
+
+    def _node_at(self, address: tuple[str, int]) -> RedisMux:
         node = self._nodes.get(address)
         if node is None:
             password, timeout, in_flight = self._opts
@@ -296,43 +335,108 @@ class ClusterMux:
         return node
 
     async def execute(self, *args: Arg) -> Any:
-        return await self._one(args)
-
-    async def _one(self, command: Sequence[Arg]) -> Any:
-        await self.connect()
-        try:
-            return await self._node(command_key(command)).execute(*command)
-        except (ConnectionError, ResponseError) as exc:
-            if not _rerouted(exc):
-                raise
-            await self.refresh()
-            return await self._node(command_key(command)).execute(*command)
+        reply = (await self.run_steps([(None, args, ())]))[0]
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Each command to its node, all concurrently; error replies returned, not raised."""
-        return list(await asyncio.gather(*(self._one(c) for c in commands),
-                                         return_exceptions=True))
+        """Each command to its node, one write per node; error replies returned, not
+        raised."""
+        return await self.run_steps([(None, c, ()) for c in commands])
 
     async def evalsha(self, script: bytes, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        await self.connect()
-        node = self._node(keys[0] if keys else None)
-        try:
-            return await node.evalsha(script, keys, args)
-        except (ConnectionError, ResponseError) as exc:
-            if not _rerouted(exc):
-                raise
-            await self.refresh()
-            return await self._node(keys[0] if keys else None).evalsha(script, keys, args)
-
-    async def run_steps(self, steps: Sequence[Step]) -> list[Any]:
-        """Each step to its node, all concurrently; error replies returned, not raised."""
-        return list(await asyncio.gather(*(
-            self.evalsha(script, keys, args) if script is not None else self._one(keys)
-            for script, keys, args in steps), return_exceptions=True))
+        reply = (await self.run_steps([(script, keys, args)]))[0]
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     async def evalsha_many(self, script: bytes, calls: Sequence[Call]) -> list[Any]:
-        """Each call to its node, all concurrently; raises the first error once all ran."""
+        """Each call to its node, one write per node; raises the first error once all ran."""
         return raise_first(await self.run_steps([(script, keys, args) for keys, args in calls]))
+
+    async def run_steps(self, steps: Sequence[Step]) -> list[Any]:
+        """Each step to its node: one write (and one future per step, no task) per node.
+        The steps a node did not take (``MOVED``, ``ASK``, ``TRYAGAIN``, no answer) are
+        sent again where the cluster says, concurrently. Error replies are returned, not
+        raised."""
+        await self.connect()
+        seen = self.map_reads
+        by_node: dict[RedisMux, list[int]] = {}
+        for i, step in enumerate(steps):
+            by_node.setdefault(self._node(_step_key(step)), []).append(i)
+        replies: list[Any] = [None] * len(steps)
+        if len(by_node) == 1:  # a batch of one slot's calls, a cluster of one node
+            ((node, where),) = by_node.items()
+            groups = [await _on(node, steps)]
+        elif all(node._writer is not None for node in by_node):
+            # A payment's calls on three nodes: each node's queued in this turn of the
+            # loop (one write each, all in flight together), then their replies awaited,
+            # without a task per node.
+            parts = [[steps[i] for i in where] for where in by_node.values()]
+            begun = [_begin(node, part) for node, part in zip(by_node, parts, strict=True)]
+            groups = [await _complete(node, part, started) for node, part, started in
+                      zip(by_node, parts, begun, strict=True)]
+        else:  # some node to connect to first
+            groups = await asyncio.gather(*(
+                _on(node, [steps[i] for i in where]) for node, where in by_node.items()))
+        for where, got in zip(by_node.values(), groups, strict=True):
+            for i, reply in zip(where, got, strict=True):
+                replies[i] = reply
+        again = [i for i, reply in enumerate(replies) if _redirected(reply)]
+        if again:
+            for i, reply in zip(again, await asyncio.gather(*(
+                    self._resend(steps[i], replies[i], seen) for i in again)), strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _resend(self, step: Step, reply: Exception, seen: int) -> Any:
+        """The step sent again where ``reply`` says, until a node takes it; its reply, or
+        the last redirection once ``MAX_REDIRECTS`` or ``TRYAGAIN_PAUSES`` are spent."""
+        # ``redirects`` counts the hops since the last pause: a call that waits out a
+        # migration goes source -> ASK -> target -> TRYAGAIN each time round.
+        redirects = pauses = lost = 0
+        while _redirected(reply) and redirects < MAX_REDIRECTS:
+            message = str(reply) if isinstance(reply, ResponseError) else ""
+            if message.startswith("ASK "):
+                redirects += 1
+                reply = await _asking(self._node_at(self._address(message)), step)
+                continue
+            if message.startswith("TRYAGAIN"):
+                if pauses == len(TRYAGAIN_PAUSES):
+                    break
+                await self._pause(TRYAGAIN_PAUSES[pauses])
+                pauses += 1
+                redirects = 0
+            else:  # MOVED, CLUSTERDOWN, or the node did not answer
+                if not message:
+                    lost += 1
+                    if lost > 1:  # still no answer on the map read since: a node is down
+                        break
+                redirects += 1
+                try:
+                    await self.refresh(seen)
+                except ConnectionError as exc:
+                    return exc
+                seen = self.map_reads
+            try:
+                node = self._node_at(self._address(message)) if message.startswith(
+                    "MOVED ") else self._node(_step_key(step))
+            except ConnectionError as exc:
+                return exc
+            reply = (await _on(node, [step]))[0]
+        return reply
+
+    def _address(self, message: str) -> tuple[str, int]:
+        """The node in ``MOVED <slot> <host>:<port>`` or ``ASK <slot> <host>:<port>`` (an
+        empty host, from a node that does not know its address: the seed's, as when the
+        slot map is read)."""
+        host, _, port = message.split()[2].rpartition(":")
+        return host or self.seed.host, int(port)
+
+    async def _pause(self, seconds: float) -> None:
+        """Before sending again a step answered ``TRYAGAIN``."""
+        await asyncio.sleep(seconds)
 
     async def close(self) -> None:
         for node in [self.seed, *self._nodes.values()]:
@@ -341,13 +445,76 @@ class ClusterMux:
         self._slots = []
 
 
-def _rerouted(exc: Exception) -> bool:
-    """The call went to a node that no longer serves its slot, or that is gone."""
-    if isinstance(exc, ResponseError):
-        # ASK (a slot half-way through a migration) is not followed: the call fails and
-        # its payment degrades, as during any other Redis fault.
-        return str(exc).startswith(("MOVED", "CLUSTERDOWN"))
-    return True
+# Enough for a MOVED, then an ASK from the new owner, then a second MOVED (a slot migrated
+# twice in a row), with room to spare.
+MAX_REDIRECTS = 5
+# A slot's migration moves its keys a few at a time, milliseconds apart: about a quarter
+# of a second in all before the call fails (the scoring path's own deadline cuts it
+# shorter: the payment then degrades, as during any other Redis fault).
+TRYAGAIN_PAUSES = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128)
+
+
+def _step_key(step: Step) -> Arg | None:
+    script, keys, _ = step
+    if script is not None:
+        return keys[0] if keys else None
+    return command_key(keys)
+
+
+def _command(step: Step, sha: str) -> Sequence[Arg]:
+    script, keys, args = step
+    return ("EVALSHA", sha, len(keys), *keys, *args) if script is not None else keys
+
+
+async def _on(node: RedisMux, steps: Sequence[Step]) -> list[Any]:
+    """``node.run_steps``, a connection failure given as every step's reply."""
+    try:
+        return await node.run_steps(steps)
+    except (ConnectionError, OSError) as exc:
+        return [exc] * len(steps)
+
+
+Begun = tuple[list[Sequence[Arg]], list[asyncio.Future[Any]]] | Exception
+
+
+def _begin(node: RedisMux, steps: Sequence[Step]) -> Begun:
+    try:
+        return node._begin(steps)
+    except ConnectionError as exc:  # too many calls in flight there
+        return exc
+
+
+async def _complete(node: RedisMux, steps: Sequence[Step], begun: Begun) -> list[Any]:
+    """``_begin``'s replies, a connection failure given as every step's reply."""
+    if isinstance(begun, Exception):
+        return [begun] * len(steps)
+    try:
+        return await node._complete(steps, *begun)
+    except (ConnectionError, OSError) as exc:
+        return [exc] * len(steps)
+
+
+async def _asking(node: RedisMux, step: Step) -> Any:
+    """One step on the node importing its slot: ``ASKING`` then the step, in one write
+    (``ASKING`` holds for the connection's next command only, and nothing else can come
+    between two commands sent together)."""
+    sha = node._sha(step[0]) if step[0] is not None else ""
+    try:
+        _, reply = await node.execute_many([("ASKING",), _command(step, sha)])
+        if isinstance(reply, NoScriptError) and step[0] is not None:
+            await node.execute("SCRIPT", "LOAD", step[0])
+            _, reply = await node.execute_many([("ASKING",), _command(step, sha)])
+    except (ConnectionError, OSError) as exc:
+        return exc
+    return reply
+
+
+def _redirected(reply: Any) -> bool:
+    """The call went to a node that does not serve its slot (now, or for these keys), that
+    is gone, or that cannot serve it yet."""
+    if isinstance(reply, ResponseError):
+        return str(reply).startswith(("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"))
+    return isinstance(reply, (ConnectionError, OSError))
 
 
 Mux = RedisMux | ClusterMux

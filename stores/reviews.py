@@ -31,7 +31,6 @@ Kafka or the API's spool stays in ``fs:{rq}:unsent`` until it does.
 
 from __future__ import annotations
 
-import asyncio
 import builtins  # ReviewQueue.list shadows list in the annotations after it
 import time
 from collections.abc import Iterable, Mapping
@@ -40,10 +39,11 @@ from typing import Any, Literal, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict
-from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from model.schemas import Label
-from stores.redis_mux import Mux, pairs
+from stores.redis_client import RedisClient
+from stores.redis_mux import pairs
 
 OPEN_KEY = "fs:{rq}:open"
 WAITING_KEY = "fs:{rq}:waiting"
@@ -146,7 +146,7 @@ class Case(BaseModel):
 
 # A case is created once: a payment recorded again (redelivery, a stream restart) does not
 # reopen a case already decided. ARGV: now, then per case payment_id, ts, fields as JSON.
-_ENQUEUE = """
+_ENQUEUE = b"""
 local added = 0
 for i = 2, #ARGV, 3 do
   local key = 'fs:{rq}:case:' .. ARGV[i]
@@ -229,7 +229,7 @@ return redis.call('HGETALL', key)
 # A label from elsewhere (a chargeback, the cardholder) answers the case's question: the
 # case is closed with it, never reopened, and no analyst's label is made of it. ARGV: now,
 # decided ttl, audit maxlen, then per label payment_id, verdict, source, reported_at.
-_CLOSE_BY_LABEL = """
+_CLOSE_BY_LABEL = b"""
 local closed = 0
 for i = 4, #ARGV, 4 do
   local id = ARGV[i]
@@ -254,16 +254,17 @@ return closed
 """
 
 
+_CLAIM_B, _DECIDE_B = _CLAIM.encode(), _DECIDE.encode()
+
+
 class ReviewQueue:
-    def __init__(self, redis: Redis, claim_seconds: float = 900.0,
-                 mux: Mux | None = None) -> None:
+    """The cases, through the pipelined connection: the stream worker's per-batch scripts,
+    the API's periodic stats and the analysts' calls. The audit stream is read through
+    redis-py."""
+
+    def __init__(self, redis: RedisClient, claim_seconds: float = 900.0) -> None:
         self.redis = redis
-        self.mux = mux  # the API's periodic reads: see ``stores.policy_store.PolicyStore``
         self.claim_seconds = claim_seconds
-        self._enqueue = redis.register_script(_ENQUEUE)
-        self._claim = redis.register_script(_CLAIM)
-        self._decide = redis.register_script(_DECIDE)
-        self._close_by_label = redis.register_script(_CLOSE_BY_LABEL)
 
     async def enqueue(self, rows: Iterable[Mapping[str, Any]], now: float | None = None) -> int:
         """History rows of payments decided ``review``: a case each, unless one exists."""
@@ -282,7 +283,7 @@ class ReviewQueue:
             }).decode()]
         if len(argv) == 1:
             return 0
-        return int(await self._enqueue(keys=[OPEN_KEY, WAITING_KEY], args=argv))
+        return int(await self.redis.script(_ENQUEUE, [OPEN_KEY, WAITING_KEY], argv))
 
     async def close_by_labels(self, labels: Iterable[Label], now: float | None = None) -> int:
         """Close the open cases these labels answer (the first label decides; a case
@@ -296,13 +297,11 @@ class ReviewQueue:
                          label.source, label.reported_at.isoformat()]
         if len(argv) == 3:
             return 0
-        return int(await self._close_by_label(
-            keys=[OPEN_KEY, DECIDED_KEY, AUDIT_KEY, WAITING_KEY], args=argv))
+        return int(await self.redis.script(
+            _CLOSE_BY_LABEL, [OPEN_KEY, DECIDED_KEY, AUDIT_KEY, WAITING_KEY], argv))
 
     async def get(self, payment_id: str, now: float | None = None) -> Case | None:
-        # The client answers bytes (it is made without decode_responses): the casts here
-        # and below narrow redis-py's types, which allow str too.
-        raw = cast(dict[bytes, bytes], await self.redis.hgetall(case_key(payment_id)))
+        raw = pairs(await self.redis.command("HGETALL", case_key(payment_id)))
         return Case.from_hash(raw, now if now is not None else time.time()) if raw else None
 
     async def list(self, status: Literal["open", "claimed", "decided", "pending"] = "pending",
@@ -316,16 +315,14 @@ class ReviewQueue:
         out: list[Case] = []
         start, page = 0, max(limit, 200)
         while len(out) < limit:
-            ids = cast(builtins.list[bytes],
-                       await self.redis.zrange(source, start, start + page - 1))
+            ids = await self.redis.command("ZRANGE", source, start, start + page - 1)
             if not ids:
                 break
             start += page
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for pid in ids:
-                    pipe.hgetall(case_key(pid.decode()))
-                hashes = await pipe.execute()
-            for raw in hashes:
+            hashes = await self.redis.commands(
+                [("HGETALL", case_key(pid.decode())) for pid in ids])
+            for flat in hashes:
+                raw = pairs(flat)
                 if not raw:
                     continue  # a decided case expired
                 case = Case.from_hash(raw, now)
@@ -343,7 +340,7 @@ class ReviewQueue:
 
     async def claim(self, payment_id: str, analyst: str, now: float | None = None) -> Case:
         now = now if now is not None else time.time()
-        flat = await self._run(self._claim, [AUDIT_KEY],
+        flat = await self._run(_CLAIM_B, [AUDIT_KEY],
                                [payment_id, analyst, now, self.claim_seconds, AUDIT_MAXLEN])
         return Case.from_hash(pairs(flat), now)
 
@@ -351,24 +348,24 @@ class ReviewQueue:
                      now: float | None = None) -> Case:
         """Fix the case's verdict (or return the one fixed before, if the same)."""
         now = now if now is not None else time.time()
-        flat = await self._run(self._decide,
+        flat = await self._run(_DECIDE_B,
                                [OPEN_KEY, DECIDED_KEY, UNSENT_KEY, AUDIT_KEY, WAITING_KEY],
                                [payment_id, analyst, now, verdict, note,
                                 DECIDED_TTL_SECONDS, AUDIT_MAXLEN])
         return Case.from_hash(pairs(flat), now)
 
     async def label_sent(self, payment_id: str) -> None:
-        await self.redis.srem(UNSENT_KEY, payment_id)
+        await self.redis.command("SREM", UNSENT_KEY, payment_id)
 
     async def unsent(self, older_than: float,
                      now: float | None = None) -> builtins.list[Case]:
         """Decided cases whose label is not known durable, decided over ``older_than`` s ago."""
         now = now if now is not None else time.time()
         cases = []
-        for pid in cast(set[bytes], await self.redis.smembers(UNSENT_KEY)):
+        for pid in await self.redis.command("SMEMBERS", UNSENT_KEY):
             case = await self.get(pid.decode(), now)
             if case is None:
-                await self.redis.srem(UNSENT_KEY, pid)
+                await self.redis.command("SREM", UNSENT_KEY, pid)
             elif case.decided_at is not None and \
                     case.decided_at.timestamp() <= now - older_than:
                 cases.append(case)
@@ -377,29 +374,22 @@ class ReviewQueue:
     async def stats(self, now: float | None = None) -> tuple[int, float | None]:
         """Cases waiting, and how long the longest-waiting one has (seconds since queued)."""
         now = now if now is not None else time.time()
-        if self.mux is not None:
-            size, flat = await asyncio.gather(
-                self.mux.execute("ZCARD", OPEN_KEY),
-                self.mux.execute("ZRANGE", WAITING_KEY, 0, 0, "WITHSCORES"))
-            oldest = float(flat[1]) if flat else None
-        else:
-            size = await self.redis.zcard(OPEN_KEY)
-            head = await self.redis.zrange(WAITING_KEY, 0, 0, withscores=True)
-            oldest = float(head[0][1]) if head else None
+        size, flat = await self.redis.commands(
+            [("ZCARD", OPEN_KEY), ("ZRANGE", WAITING_KEY, 0, 0, "WITHSCORES")])
+        oldest = float(flat[1]) if flat else None
         return int(size), (now - oldest) if oldest is not None else None
 
     async def audit(self, count: int = 100) -> builtins.list[dict[str, str]]:
         """Who claimed and decided what, newest first."""
+        # bytes, as the admin client answers (see PolicyStore.audit)
         entries = cast(builtins.list[tuple[bytes, dict[bytes, bytes]]],
-                       await self.redis.xrevrange(AUDIT_KEY, count=count))
+                       await self.redis.admin.xrevrange(AUDIT_KEY, count=count))
         return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
 
-    async def _run(self, script: Any, keys: builtins.list[str],
+    async def _run(self, script: bytes, keys: builtins.list[str],
                    args: builtins.list[Any]) -> builtins.list[bytes]:
-        from redis.exceptions import ResponseError
-
         try:
-            flat: builtins.list[bytes] = await script(keys=keys, args=args)
+            flat: builtins.list[bytes] = await self.redis.script(script, keys, args)
             return flat
         except ResponseError as exc:
             code, _, detail = str(exc).partition(" ")

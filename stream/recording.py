@@ -52,12 +52,9 @@ class Recorder:
     """The stores the agents write to, built once per worker, and what a batch does."""
 
     def __init__(self, settings: Settings) -> None:
-        self.redis = redis_client.client(settings)
-        # A batch's per-payment calls (the join, the promises, the labels) go through the
-        # pipelined connection: through redis-py they cost more CPU than all the rest.
-        self.mux = redis_client.scoring_mux(settings)
-        self.online = OnlineStore(self.redis, self.mux)
-        self.join = JoinState(self.redis, self.mux)
+        self.redis = redis_client.connect(settings)
+        self.online = OnlineStore(self.redis)
+        self.join = JoinState(self.redis)
         self.history = HistoryStore(settings.history_dir)
         self.reviews = ReviewQueue(self.redis)
         self.freshness = FreshnessBoard(self.redis)
@@ -68,7 +65,6 @@ class Recorder:
         labels that waited for them applied. Returns the rows written to the history."""
         if not events:
             return 0
-        await redis_client.ready(self.redis)
         rows = {pid: scored_row(e) for pid, e in events.items()}
         await self.shadow.annotate(rows)
         written = await self._write_once(rows, self.history.holds_payment,
@@ -90,7 +86,6 @@ class Recorder:
     async def apply(self, labels: list[Label], received: datetime) -> int:
         """Labels: into the history once, and applied to the features now or, when their
         payment has not reached the stream yet, queued for it. Returns the rows written."""
-        await redis_client.ready(self.redis)
         rows = {label_record_id(lb): label_row(lb, received) for lb in labels}
         written = await self._write_once(rows, self.history.holds_label,
                                          self.history.append_labels)
@@ -101,7 +96,6 @@ class Recorder:
 
     async def close(self) -> None:
         await self.redis.aclose()
-        await self.mux.close()
 
     async def _apply(self, labels: list[tuple[Label, PaymentRef]]) -> None:
         await self.online.apply_labels([

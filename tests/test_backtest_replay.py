@@ -96,7 +96,7 @@ def test_replay_through_the_live_api_agrees_with_the_backtest(stream_worker, tra
     services.start_api(stream_worker)
     try:
         async def go():
-            redis = redis_client.client(stream_worker)
+            redis = redis_client.connect(stream_worker)
             try:
                 return await replay(stream_worker.api_url, api_keys["all"][0],
                                     traffic_frame(payments, labels), 400.0, redis)

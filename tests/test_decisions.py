@@ -8,7 +8,7 @@ import pytest
 from api.decisions import DecisionRecorder
 from model.schemas import ScoreResponse
 from stores.idempotency import DecisionStore, decision_key
-from stores.redis_client import client, scoring_mux
+from stores.redis_client import RedisClient, client, connect
 from stores.redis_mux import RedisMux
 from tests.conftest import uid
 
@@ -30,7 +30,7 @@ def test_a_batch_cut_off_by_shutdown_is_kept_for_the_final_flush(stack, redis_db
     async def go():
         redis = client(stack)
         stuck = RedisMux(f"redis://127.0.0.1:{port}/0", password="x", connect_timeout=5)
-        recorder = DecisionRecorder(DecisionStore(stuck), window=0.001)
+        recorder = DecisionRecorder(DecisionStore(RedisClient(stuck, redis)), window=0.001)
         runner = asyncio.create_task(recorder.run())
         for pid in ids:
             recorder.add("card-1", pid, "hash", answer(pid).model_dump_json().encode())
@@ -40,10 +40,10 @@ def test_a_batch_cut_off_by_shutdown_is_kept_for_the_final_flush(stack, redis_db
             await runner
         await stuck.close()
         # The final flush (here on a working connection) still has the whole batch.
-        live = scoring_mux(stack)
+        live = connect(stack)
         recorder.store = DecisionStore(live)
         await recorder.flush()
-        await live.close()
+        await live.aclose()
         await redis.aclose()
 
     try:

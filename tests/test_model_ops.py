@@ -408,8 +408,8 @@ def test_freshness_board_keeps_the_newest_and_counts_label_delays(stack):
     from stores.freshness import FRESH_KEY, LABEL_DELAY_KEY, FreshnessBoard
 
     async def go():
-        redis = redis_client.client(stack)
-        await redis.delete(FRESH_KEY, LABEL_DELAY_KEY)
+        redis = redis_client.connect(stack)
+        await redis.admin.delete(FRESH_KEY, LABEL_DELAY_KEY)
         board = FreshnessBoard(redis)
         t = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
         await board.note_recorded(100.0, t)

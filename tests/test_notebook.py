@@ -47,7 +47,7 @@ def test_review_queue_notebook_shows_the_oldest_case_with_its_card_and_terminal(
             for r in recent.to_dict("records")]
 
     async def enqueue():
-        redis = redis_client.client(stack)
+        redis = redis_client.connect(stack)
         try:
             await ReviewQueue(redis).enqueue(rows)
         finally:

@@ -1,6 +1,7 @@
 """The online store (Redis) and the offline point-in-time computation give the same
 features for the same sequence of payments and labels: label withdrawals, repeated labels,
-payments arriving out of timestamp order, and both of the API's connections included.
+payments arriving out of timestamp order, with and without the API's idempotency and list
+checks.
 
 Labels reach the store in reported order, as the clock passes them. One divergence is by
 design and left out: a payment arriving late (after payments with later timestamps) does
@@ -18,7 +19,7 @@ from model.features import DAY, FEATURE_NAMES
 from model.point_in_time import compute_features
 from model.schemas import Payment
 from stores.online_features import LabelUpdate, OnlineStore, PaymentRef
-from stores.redis_client import client, scoring_mux
+from stores.redis_client import connect
 from tests.conftest import cli, uid
 from training.simulator import SimulationConfig, simulate
 
@@ -54,12 +55,10 @@ def traffic_and_labels(seed: int, late: bool) -> tuple[pd.DataFrame, pd.DataFram
 
 
 async def replay_online(settings: Settings, traffic: pd.DataFrame, labels: pd.DataFrame,
-                        use_mux: bool) -> pd.DataFrame:
-    redis = client(settings)
-    mux = scoring_mux(settings) if use_mux else None
-    if mux is not None:
-        await mux.connect()
-    store = OnlineStore(redis, mux)
+                        checked: bool) -> pd.DataFrame:
+    redis = connect(settings)
+    await redis.ready()
+    store = OnlineStore(redis)
     ref = {p.payment_id: PaymentRef(p.terminal_id, p.card_id, p.ts)
            for p in traffic.itertuples(index=False)}
     label_rows = list(labels.sort_values(["reported_at", "is_fraud"], kind="stable")
@@ -78,19 +77,17 @@ async def replay_online(settings: Settings, traffic: pd.DataFrame, labels: pd.Da
                           country=p.country if isinstance(p.country, str) else None,
                           merchant_category=p.merchant_category
                           if isinstance(p.merchant_category, str) else None)
-        obs = await store.observe(payment, payload_hash="h" if use_mux else "",
-                                  check_lists=use_mux)
+        obs = await store.observe(payment, payload_hash="h" if checked else "",
+                                  check_lists=checked)
         assert obs.features is not None
         rows.append(obs.features)
-    if mux is not None:
-        await mux.close()
     await redis.aclose()
     return pd.DataFrame(rows, columns=list(FEATURE_NAMES), index=traffic.index)
 
 
-@pytest.mark.parametrize(("seed", "late", "use_mux"), [(5, False, False), (6, True, True),
+@pytest.mark.parametrize(("seed", "late", "checked"), [(5, False, False), (6, True, True),
                                                         (7, False, True)])
-def test_online_features_equal_offline_features(stack, seed, late, use_mux):
+def test_online_features_equal_offline_features(stack, seed, late, checked):
     traffic, labels = traffic_and_labels(seed, late)
     assert traffic["is_fraud"].sum() > 20
     assert ((traffic.groupby("card_id")["ts"].diff() < 0).sum() > 0) == late
@@ -100,7 +97,7 @@ def test_online_features_equal_offline_features(stack, seed, late, use_mux):
     traffic = traffic.assign(**{c: run + traffic[c] for c in
                                 ("payment_id", "card_id", "terminal_id")})
     labels = labels.assign(payment_id=run + labels["payment_id"])
-    online = asyncio.run(replay_online(stack, traffic, labels, use_mux))
+    online = asyncio.run(replay_online(stack, traffic, labels, checked))
     offline = compute_features(traffic, labels)
 
     assert online.shape == offline.shape == (len(traffic), len(FEATURE_NAMES))
@@ -144,8 +141,8 @@ def test_a_busy_card_keeps_exact_aggregates_through_late_payments_retries_and_ba
     labels = pd.DataFrame({"payment_id": [], "is_fraud": [], "reported_at": []})
 
     async def go() -> list[dict[str, float]]:
-        redis, mux = client(stack), scoring_mux(stack)
-        store = OnlineStore(redis, mux)
+        redis = connect(stack)
+        store = OnlineStore(redis)
         rows = []
         for k, p in enumerate(traffic.itertuples(index=False)):
             payment = Payment(payment_id=p.payment_id, timestamp=p.timestamp,
@@ -162,7 +159,6 @@ def test_a_busy_card_keeps_exact_aggregates_through_late_payments_retries_and_ba
                 assert not redis_db.exists(card_state_key(run))
             assert obs.features is not None
             rows.append(obs.features)
-        await mux.close()
         await redis.aclose()
         return rows
 
@@ -193,7 +189,7 @@ def test_a_new_redis_is_warmed_from_the_history_and_one_in_use_is_left_alone(
     services.start_redis(fresh)
     try:
         async def holds_cards() -> bool:
-            redis = client(fresh)
+            redis = connect(fresh)
             try:
                 return await OnlineStore(redis).holds_cards()
             finally:

@@ -117,11 +117,11 @@ def test_scored_batch_crashed_anywhere_then_retried_records_once_and_applies_lab
             owner, name, after = CRASH_POINTS[point]
             fail_once(getattr(rec, owner), name, after=after)
             attempts = await until_done(rec.record, events)
-            terms = [await rec.redis.zcard(terminal_fraud_known_key(f"{run}_term{t}"))
+            terms = [await rec.redis.admin.zcard(terminal_fraud_known_key(f"{run}_term{t}"))
                      for t in range(2)]
-            cards = [await rec.redis.zcard(card_fraud_known_key(f"{run}_card{c}"))
+            cards = [await rec.redis.admin.zcard(card_fraud_known_key(f"{run}_card{c}"))
                      for c in range(3)]
-            waiting = [await rec.redis.exists(pending_key(lb.payment_id)) for lb in early]
+            waiting = [await rec.redis.admin.exists(pending_key(lb.payment_id)) for lb in early]
             assert (terms, cards, waiting) == ([2, 1], [1, 2, 0], [0, 0, 0]), point
             return attempts, await until_done(rec.record, events)  # a redelivery
         finally:
@@ -172,7 +172,7 @@ def test_label_state_is_the_historys_whatever_order_labels_arrive_in(
             for k in range(1, len(reports) + 1):
                 batch = reports[:k] if arrival == "in order" else reports[:k][::-1]
                 await rec.apply(batch, T0)  # earlier ones again: redelivered
-                seen.append(await rec.redis.zscore(terminal_fraud_known_key(term), pid))
+                seen.append(await rec.redis.admin.zscore(terminal_fraud_known_key(term), pid))
             return seen
         finally:
             await rec.close()

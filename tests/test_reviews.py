@@ -142,8 +142,8 @@ def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
                 "reasons": ["x"]}
 
     async def go():
-        redis = redis_client.client(stack)
-        await redis.delete(OPEN_KEY, WAITING_KEY, DECIDED_KEY)
+        redis = redis_client.connect(stack)
+        await redis.admin.delete(OPEN_KEY, WAITING_KEY, DECIDED_KEY)
         queue = ReviewQueue(redis)
         t0 = 1_800_000_000.0
         first, older = uid("pay"), uid("pay")
@@ -186,7 +186,7 @@ def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
         await queue.decide(fourth, "ana", "fraud", now=t0 + 330)
         # decided ids are dropped once their cases have expired
         await queue.decide(older, "ana", "fraud", now=t0 + 400 + 100 * 86_400)
-        assert await redis.zrange(DECIDED_KEY, 0, -1) == [older.encode()]
+        assert await redis.admin.zrange(DECIDED_KEY, 0, -1) == [older.encode()]
         await redis.aclose()
 
     asyncio.run(go())
@@ -260,7 +260,7 @@ def test_a_lost_queue_is_opened_again_from_the_history(api_client, stream_worker
     assert api_client.get(f"/v1/reviews/{waiting}", headers=ana).status_code == 404
 
     async def restore() -> int:
-        redis = redis_client.client(stream_worker)
+        redis = redis_client.connect(stream_worker)
         try:
             return await restore_review_queue(HistoryStore(stream_worker.history_dir),
                                               ReviewQueue(redis), until=time.time())
@@ -290,7 +290,7 @@ def test_the_queue_lists_by_terminal_score_and_analyst(stack):
                 "currency": "EUR", "score": score, "model_version": "v", "reasons": []}
 
     async def go():
-        redis = redis_client.client(stack)
+        redis = redis_client.connect(stack)
         queue = ReviewQueue(redis)
         low, high, elsewhere = uid("pay"), uid("pay"), uid("pay")
         await queue.enqueue([row(high, terminal, 0.9, 2), row(low, terminal, 0.2, 1),

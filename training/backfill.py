@@ -116,7 +116,7 @@ async def warm_online(settings: Settings, if_empty: bool = False) -> BackfillRes
     """``backfill_online`` (or, with ``if_empty``, ``backfill_if_empty``) of the Redis and
     the history the settings name, on a client of its own. Raises ``OSError`` when Redis
     does not answer."""
-    redis = redis_client.client(settings)
+    redis = redis_client.connect(settings)
     try:
         warm = backfill_if_empty if if_empty else backfill_online
         return await warm(HistoryStore(settings.history_dir), OnlineStore(redis),

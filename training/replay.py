@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from redis.asyncio import Redis
 
 from model.config import Settings
 from model.registry import Registry
 from stores import redis_client
 from stores.history import HistoryStore
 from stores.online_features import card_fraud_known_key
+from stores.redis_client import RedisClient
 from training.backtest import BacktestConfig, BacktestError, backtest, load_file
 from training.importer import DEFAULT_LABEL_DELAY_DAYS, ImportError_
 from training.traffic import TrafficReport, send_traffic
@@ -71,7 +71,7 @@ def _exact_time(epoch: pd.Series) -> pd.Series:
     return pd.to_datetime(micros, unit="us", utc=True)
 
 
-def settle_in(redis: Redis) -> Callable[[list[pd.Series]], Awaitable[None]]:
+def settle_in(redis: RedisClient) -> Callable[[list[pd.Series]], Awaitable[None]]:
     """Waits until every fraud label given is in the features in Redis. The card's step of a
     label is applied after the terminal's (``stores.online_features``): the card's is awaited."""
 
@@ -80,10 +80,7 @@ def settle_in(redis: Redis) -> Callable[[list[pd.Series]], Awaitable[None]]:
         waiting = [(card_fraud_known_key(lb["card_id"]), lb["payment_id"])
                    for lb in labels if lb["is_fraud"]]
         while waiting:
-            pipe = redis.pipeline(transaction=False)
-            for key, pid in waiting:
-                pipe.zscore(key, pid)
-            found = await pipe.execute()
+            found = await redis.commands([("ZSCORE", key, pid) for key, pid in waiting])
             waiting = [w for w, score in zip(waiting, found, strict=True) if score is None]
             if waiting and time.monotonic() > deadline:
                 raise ReplayError(f"{len(waiting)} labels did not reach the features within "
@@ -126,7 +123,7 @@ def compare(report: TrafficReport, decisions: pd.DataFrame, version: str) -> Agr
 
 
 async def replay(api_url: str, api_key: str | None, frame: pd.DataFrame, rate: float,
-                 redis: Redis | None, progress: Callable[[int], None] | None = None
+                 redis: RedisClient | None, progress: Callable[[int], None] | None = None
                  ) -> TrafficReport:
     return await send_traffic(
         api_url, frame, rate, headers={"X-API-Key": api_key} if api_key else None,
@@ -182,7 +179,7 @@ def replay_file(settings: Settings, cfg: ReplayConfig,
     report_step(step, len(frame), 0)
 
     async def go() -> TrafficReport:
-        redis = redis_client.client(settings) if cfg.exact else None
+        redis = redis_client.connect(settings) if cfg.exact else None
         try:
             return await replay(settings.api_url, api_key, frame, cfg.rate, redis,
                                 progress=lambda n: report_step(step, len(frame), n))
