@@ -101,9 +101,9 @@ class RedisMux:
         replies = list(await asyncio.gather(*futures, return_exceptions=True))
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
-            for script in {steps[i][0] for i in missing}:
-                # a step's first item is its script's source (``Step``)
-                await self.execute("SCRIPT", "LOAD", script)  # type: ignore[arg-type]
+            # (only a script's step can be answered NOSCRIPT: its source is never None)
+            for script in {src for i in missing if (src := steps[i][0]) is not None}:
+                await self.execute("SCRIPT", "LOAD", script)
             for i, reply in zip(missing, await self.execute_many(
                     [commands[i] for i in missing]), strict=True):
                 replies[i] = reply
