@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from model.config import Settings
+from model.registry import Registry
 
 T = TypeVar("T")
 KAFKA_BROKERS = int(os.environ.get("FRAUDSTREAM_TEST_KAFKA_BROKERS", "1"))
@@ -43,6 +44,14 @@ def history_row(settings: Settings, payment_id: str) -> Any:
     rows = HistoryStore(settings.history_dir).query(
         "SELECT * FROM payments WHERE payment_id = ?", [payment_id])
     return rows.iloc[0] if len(rows) else None
+
+
+def dummy_model(registry: Registry, name: str) -> str:
+    """A registered version (not promoted) of a stand-in model: for what the registry and
+    the worker do with versions, not for scoring."""
+    return registry.register({"model": name}, {"features": ["amount"],
+                                               "thresholds": {"review": 0.5, "decline": 0.9}}
+                             ).version
 
 
 def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.2) -> T:
