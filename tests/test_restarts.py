@@ -32,19 +32,43 @@ def scored(i: int, run: str) -> ScoredPayment:
                          scored_at="2026-11-19T10:00:01Z")
 
 
-def produce(settings: Settings, events: list[ScoredPayment]) -> None:
-    """Send ``events`` to the scored topic; returns once the brokers acknowledged them."""
-    async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=20)
-        await producer.start()
-        try:
-            for ev in events:
-                await producer.send(settings.topic_scored, encode(ev), key=key_of(ev))
-            await producer.flush()
-        finally:
-            await producer.stop()
+class ScoredProducer:
+    """A producer of scored events to the scored topic, for synchronous tests: connected
+    once, so that sending a few hundred events later takes milliseconds, not a start."""
 
-    asyncio.run(go())
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runner = asyncio.Runner()
+        self.producer: AIOKafkaProducer | None = None
+
+    def __enter__(self) -> ScoredProducer:
+        async def start() -> AIOKafkaProducer:
+            producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                        linger_ms=20)
+            await producer.start()
+            return producer
+
+        self.runner.__enter__()
+        self.producer = self.runner.run(start())
+        return self
+
+    def send(self, events: list[ScoredPayment]) -> None:
+        """Returns once the brokers acknowledged every one of ``events``."""
+        async def go() -> None:
+            assert self.producer is not None
+            for ev in events:
+                await self.producer.send(self.settings.topic_scored, encode(ev),
+                                         key=key_of(ev))
+            await self.producer.flush()
+
+        self.runner.run(go())
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.producer is not None:
+                self.runner.run(self.producer.stop())
+        finally:
+            self.runner.close()
 
 
 @contextmanager
@@ -76,12 +100,13 @@ def test_worker_killed_mid_stream_loses_nothing_and_records_nothing_twice(
 
     proc = services.stream_proc(stream_worker)
     try:
-        produce(stream_worker, first)
-        eventually(lambda: recorded() > 0, 60, every=0.05)
-        with held(proc) as pid:
-            produce(stream_worker, rest)
-            at_kill = recorded()
-            os.kill(pid, signal.SIGKILL)  # no clean shutdown, no final commit
+        with ScoredProducer(stream_worker) as producer:
+            producer.send(first)
+            eventually(lambda: recorded() > 0, 60, every=0.05)
+            with held(proc) as pid:
+                producer.send(rest)
+                at_kill = recorded()
+                os.kill(pid, signal.SIGKILL)  # no clean shutdown, no final commit
         eventually(lambda: not proc.running(), 10)
         assert at_kill <= len(first) < len(events)
         assert recorded() == at_kill  # nothing written after the kill

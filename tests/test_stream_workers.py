@@ -17,7 +17,7 @@ from model.config import Settings
 from ops import services
 from stores.history import HistoryStore
 from tests.conftest import eventually
-from tests.test_restarts import held, produce, scored
+from tests.test_restarts import ScoredProducer, held, scored
 
 pytestmark = pytest.mark.integration
 SESSION_TIMEOUT = 12.0  # broker_session_timeout of stream.app
@@ -42,7 +42,6 @@ def test_second_worker_killed_mid_run_loses_nothing_and_doubles_nothing(
         # the group rebalances: each worker holds some of the partitions
         eventually(lambda: partitions(port) > 0
                    and partitions(stream_worker.stream_web_port) > 0, 120, every=0.5)
-        survivor_share = partitions(stream_worker.stream_web_port)
         run = f"two{uuid.uuid4().hex[:6]}"
         events = [scored(i, run) for i in range(4000)]
         # Most while both run; the rest (on every partition: the keys are random ids) while
@@ -55,18 +54,22 @@ def test_second_worker_killed_mid_run_loses_nothing_and_doubles_nothing(
             return int(store.query("SELECT count(DISTINCT payment_id) AS n FROM payments_raw "
                                    "WHERE payment_id LIKE ?", [f"{run}_%"])["n"][0])
 
-        produce(stream_worker, first)
-        eventually(lambda: recorded() > 0, 60, every=0.05)
-        with held(second) as pid:
-            produce(stream_worker, rest)
-            # Still the second's partitions: the group has not given up on it yet (it
-            # would after SESSION_TIMEOUT held), so only the kill hands them over.
-            assert partitions(stream_worker.stream_web_port) == survivor_share
-            os.kill(pid, signal.SIGKILL)  # no goodbye to the group, no final commit
-        killed = time.monotonic()
+        with ScoredProducer(stream_worker) as producer:
+            producer.send(first)
+            eventually(lambda: recorded() > 0, 60, every=0.05)
+            with held(second) as pid:
+                held_at = time.monotonic()
+                producer.send(rest)
+                at_kill = recorded()
+                os.kill(pid, signal.SIGKILL)  # no goodbye to the group, no final commit
+                killed = time.monotonic()
+        # The premise, not a race: held for less than the session timeout, the group had
+        # not given up on the second yet, so its partitions' share of ``rest`` could not be
+        # recorded by anyone before the kill. (The producer was connected before: the 200
+        # events take milliseconds.)
+        assert killed - held_at < SESSION_TIMEOUT, killed - held_at
+        assert at_kill < len(events)
         eventually(lambda: not second.running(), 10)
-        # The survivor may still record its own partitions' events, never the dead one's.
-        assert recorded() < len(events)
         # the survivor is given every partition once the group gives up on the dead member
         eventually(lambda: partitions(stream_worker.stream_web_port) >= 2 * stream_worker
                    .kafka_partitions, 60, every=0.2)
@@ -75,7 +78,8 @@ def test_second_worker_killed_mid_run_loses_nothing_and_doubles_nothing(
         raw = store.query("SELECT count(*) AS n FROM payments_raw WHERE payment_id LIKE ?",
                           [f"{run}_%"])["n"][0]
         assert raw == len(events)  # nothing doubled by the redelivered batches
-        print(f"partitions taken over {took_over:.1f} s after the kill")
+        print(f"held {killed - held_at:.2f} s, {at_kill} of {len(events)} recorded at the "
+              f"kill; partitions taken over {took_over:.1f} s after it")
         assert took_over <= SESSION_TIMEOUT + 10, took_over
     finally:
         second.stop()
