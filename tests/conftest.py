@@ -76,7 +76,7 @@ def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.2
 # What a module changes the settings to: its own home (history, registry, spool, logs) and
 # its own Kafka topics and consumer group; the servers' directories are the session's.
 MODULE_ENV = ("FRAUDSTREAM_HOME", "FRAUDSTREAM_STREAM_ID", "FRAUDSTREAM_TOPIC_SCORED",
-              "FRAUDSTREAM_TOPIC_LABELS", "FRAUDSTREAM_TOPIC_DEAD_LETTERS")
+              "FRAUDSTREAM_TOPIC_LABELS", "FRAUDSTREAM_TOPIC_DEAD_LETTERS", "FAUST_DATADIR")
 # Shared by every module's home: the pid files (one ``fraudstream down`` for the session),
 # the brokers' and Redis's data and configuration, the API keys.
 SHARED_DIRS = ("run", "kafka", "redis", "secrets")
@@ -147,6 +147,9 @@ def settings(servers_settings: Settings, request: pytest.FixtureRequest,
         "FRAUDSTREAM_TOPIC_SCORED": f"fraudstream.{name}.payments.scored",
         "FRAUDSTREAM_TOPIC_LABELS": f"fraudstream.{name}.labels",
         "FRAUDSTREAM_TOPIC_DEAD_LETTERS": f"fraudstream.{name}.dead-letters",
+        # faust's own directory, else ``<stream id>-data`` in the current directory: one
+        # per module left in the checkout
+        "FAUST_DATADIR": str(home / "faust"),
     })
     assert set(saved) == set(MODULE_ENV)
     from model.config import get_settings
