@@ -126,3 +126,14 @@ def test_worker_retrains_once_enough_labels_have_matured_since_the_last_run(smal
     assert worker.due(now) == "labels"
     worker.policy = replace(worker.policy, min_new_labels=expected + 1)
     assert worker.due(now) is None
+
+
+def test_the_policy_defaults_are_the_settings_defaults(monkeypatch):
+    import os
+
+    from model.config import Settings
+
+    for name in list(os.environ):
+        if name.startswith("FRAUDSTREAM_"):
+            monkeypatch.delenv(name)
+    assert RetrainPolicy() == RetrainPolicy.from_settings(Settings())

@@ -50,17 +50,23 @@ HOUR = 3_600.0
 LOCK_FILE = "retrain.lock"
 
 
+def _setting(name: str) -> Any:
+    """A setting's default: the policy's defaults are the ``FRAUDSTREAM_*`` settings'
+    (``model.config.Settings``), defined there once."""
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class RetrainPolicy:
-    every_hours: float = 24.0
-    min_new_labels: int = 200
-    shadow_days: float = 3.0
-    max_shadow_days: float = 14.0
-    min_shadow_fraud: int = 20
+    every_hours: float = _setting("retrain_every_hours")
+    min_new_labels: int = _setting("retrain_min_new_labels")
+    shadow_days: float = _setting("shadow_days")
+    max_shadow_days: float = _setting("max_shadow_days")
+    min_shadow_fraud: int = _setting("min_shadow_fraud")
     # Labels mature after this many days (None: the 90th percentile of observed delays).
     # Used to train and to compare in shadow.
-    maturity_days: float | None = None
-    clock: Literal["wall", "events"] = "wall"
+    maturity_days: float | None = _setting("maturity_days")
+    clock: Literal["wall", "events"] = _setting("retrain_clock")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(shadow=True))
 
 
