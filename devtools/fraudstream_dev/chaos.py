@@ -78,11 +78,12 @@ class Fault:
 
 def default_schedule(duration: float) -> list[Fault]:
     """Each part killed once and hung once, then two at once, spread over ``duration``."""
-    faults = [("kill", ("stream",)), ("hang", ("api",)), ("kill", ("redis",)),
-              ("kill", ("api",)), ("hang", ("redis",)), ("kill", ("kafka",)),
-              ("hang", ("stream",)), ("kill", ("api", "stream"))]
+    faults: list[tuple[Literal["kill", "hang"], tuple[str, ...]]] = [
+        ("kill", ("stream",)), ("hang", ("api",)), ("kill", ("redis",)),
+        ("kill", ("api",)), ("hang", ("redis",)), ("kill", ("kafka",)),
+        ("hang", ("stream",)), ("kill", ("api", "stream"))]
     step = duration / (len(faults) + 1)
-    return [Fault(at=step * (i + 0.5), kind=kind, targets=targets,  # type: ignore[arg-type]
+    return [Fault(at=step * (i + 0.5), kind=kind, targets=targets,
                   down=min(4.0, step / 3))
             for i, (kind, targets) in enumerate(faults)]
 
