@@ -22,8 +22,8 @@ stayed at aiokafka position 2015 = highwater 2015, faust read offset None, commi
 for two minutes (debug log of the survivor's consumer state, run r3 of the investigation).
 
 The fix: after the seek to committed, a partition without a committed offset (None or 0)
-is sought to the beginning, which is what ``consumer_auto_offset_reset="earliest"`` means
-for it. Re-reading is safe: a batch is recorded once however often it is delivered
+is sought to its earliest offset, which is what ``consumer_auto_offset_reset="earliest"``
+means for it. Re-reading is safe: a batch is recorded once however often it is delivered
 (``stream.recording``).
 """
 
@@ -50,7 +50,15 @@ async def seek_to_committed_or_beginning(consumer: aiokafka.AIOKafkaConsumer
     if uncommitted:
         log.info("no committed offset for %s: sought to the beginning",
                  ", ".join(f"{tp.topic}-{tp.partition}" for tp in uncommitted))
-        await consumer.seek_to_beginning(*uncommitted)
+        # Explicit offsets, not ``seek_to_beginning()``: that one leaves the position unset
+        # until the fetcher has reset it, and faust's livelock detector
+        # (``verify_event_path``) reads ``tp_state.position``, which asserts it is set: the
+        # worker crashed on it in one run. ``seek()`` sets the position at once.
+        earliest = await consumer.beginning_offsets(uncommitted)
+        assigned = consumer.assignment()  # (a rebalance may have come meanwhile)
+        for tp in uncommitted:
+            if tp in assigned:
+                consumer.seek(tp, earliest[tp])
     return committed
 
 

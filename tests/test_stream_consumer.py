@@ -31,10 +31,17 @@ class FakeAIOKafkaConsumer:
                 self.position[tp] = offset
         return dict(self.committed)
 
-    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
-        self.sought_to_beginning += tps
-        for tp in tps:
-            self.position[tp] = 0
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.committed)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        # the position is set at once (seek_to_beginning would leave it unset for a while,
+        # and faust's livelock detector asserts it is set)
+        self.sought_to_beginning.append(tp)
+        self.position[tp] = offset
 
 
 SCORED_0, SCORED_1, LABELS_0 = (TopicPartition("scored", 0), TopicPartition("scored", 1),
