@@ -25,6 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from model.config import Settings, get_settings
 from stores.events import decode_label, decode_scored
+from stream import consumer
 from stream.recording import Recorder
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,17 @@ async def until_done(step: Callable[..., Awaitable[Any]], *args: Any) -> None:
             delay = min(delay * 2, 5.0)
 
 
+class App(faust.App):
+    """faust's app on ``stream.consumer``'s transport: its consumer rewinds a partition
+    without a committed offset when faust seeks to the committed offsets, so records faust
+    dropped during a rebalance are fetched again (see there)."""
+
+    def _new_transport(self) -> Any:
+        return consumer.Transport(self.conf.broker_consumer, self)
+
+
 def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
-    app = faust.App(
+    app = App(
         settings.stream_id,
         broker=[f"kafka://{address}" for address in settings.kafka_brokers],
         value_serializer="raw",
