@@ -35,7 +35,9 @@ def redis_client(settings: Settings) -> Any:
     """A synchronous client (a ``RedisCluster`` on a cluster), to look into the store."""
     import redis
 
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    from stores.redis_client import password as configured_password
+
+    password = configured_password(settings)
     # Bounded: a server that accepts and never answers (stopped, or hung) fails the call
     # instead of holding a test or a status check forever.
     timeouts: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
