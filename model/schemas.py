@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Decision = Literal["approve", "review", "decline"]
 LabelSource = Literal["chargeback", "analyst", "customer_report", "import"]
 Channel = Literal["pos", "ecom", "moto", "atm"]
+ThreeDS = Literal["none", "attempted", "authenticated", "failed"]
+EntryMode = Literal["chip", "contactless", "magstripe", "keyed", "ecommerce", "card_on_file"]
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -72,6 +74,22 @@ class Payment(BaseModel):
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     channel: Channel | None = None
     merchant_category: str | None = Field(default=None, pattern=r"^\d{4}$")
+    # What a card-not-present gateway also knows; every one optional (a POS payment has no
+    # IP or e-mail). A missing field is a missing value in the features.
+    customer_id: Identifier | None = Field(default=None, description="the shopper's account")
+    device_id: Identifier | None = Field(default=None, description="device fingerprint")
+    ip: str | None = Field(default=None, max_length=64,
+                           description="the shopper's IP address; pseudonymised on arrival")
+    email: str | None = Field(default=None, max_length=254,
+                              description="the shopper's e-mail; pseudonymised on arrival")
+    card_bin: str | None = Field(default=None, pattern=r"^[0-9]{6,8}$",
+                                 description="the card's first 6-8 digits (issuer BIN)")
+    billing_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    shipping_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    merchant_id: Identifier | None = Field(default=None,
+                                           description="the merchant behind the terminal")
+    three_ds: ThreeDS | None = Field(default=None, description="3-D Secure result")
+    entry_mode: EntryMode | None = None
 
     @field_validator("timestamp")
     @classmethod
