@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     default_deadline_ms: int = Field(default=250, gt=0)
     rules_poll_seconds: float = Field(default=0.5, gt=0)
     spool_dir: Path | None = None
+    # The key of the pseudonyms that replace a payment's e-mail and IP address at the edge
+    # (``model.pseudonym``: HMAC-SHA256). Every process that scores or imports payments
+    # must use the same one, or the same e-mail gets another token. Unset: the key in
+    # ``pii_key_file``, generated there (mode 0600) on first use, for a local install.
+    pii_key: SecretStr | None = None  # at least 16 characters (checked by the loader)
+    pii_key_file: Path | None = None
 
     # Event times further ahead of this server's clock are refused (clock skew allowance).
     max_future_seconds: float = Field(default=300.0, ge=0)
@@ -121,6 +127,8 @@ class Settings(BaseSettings):
             self.api_keys_file = self.home / "secrets" / "api-keys.json"
         if self.spool_dir is None:
             self.spool_dir = self.home / "spool"
+        if self.pii_key_file is None:
+            self.pii_key_file = self.home / "secrets" / "pii.key"
         return self
 
     @property

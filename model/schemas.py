@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from model.pseudonym import EMAIL_TOKEN, IP_TOKEN
 
 Decision = Literal["approve", "review", "decline"]
 LabelSource = Literal["chargeback", "analyst", "customer_report", "import"]
@@ -17,6 +20,13 @@ EntryMode = Literal["chip", "contactless", "magstripe", "keyed", "ecommerce", "c
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
 _DIGITS = re.compile(r"^\d{12,19}$")
+# What may separate a card number's digit groups: ``4111 1111-1111.1111`` is still one.
+PAN_SEPARATORS = " -._/:"
+_NO_SEPARATORS = str.maketrans("", "", PAN_SEPARATORS)
+# The free-text fields of a payment, each refused when it holds a raw card number.
+PAN_CHECKED = ("payment_id", "card_id", "terminal_id", "customer_id", "device_id",
+               "merchant_id")
+_WHITESPACE = re.compile(r"\s")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -30,9 +40,43 @@ def luhn_valid(digits: str) -> bool:
 
 
 def looks_like_pan(value: str) -> bool:
-    """A 12-19 digit string passing the Luhn check is treated as a raw card number."""
-    compact = value.replace(" ", "").replace("-", "")
+    """A 12-19 digit string passing the Luhn check is treated as a raw card number, its
+    digits separated or not by spaces, dashes, dots, slashes, underscores or colons."""
+    compact = value.translate(_NO_SEPARATORS)
     return bool(_DIGITS.match(compact)) and luhn_valid(compact)
+
+
+def ip_problem(value: str) -> str | None:
+    """Why ``value`` is no IP address (IPv4, IPv6) nor an IP pseudonym; None if it is one.
+    The message never repeats the value."""
+    if IP_TOKEN.match(value):
+        return None
+    text = value.strip()
+    if "%" in text:
+        return "ip must be an IP address without a zone (scope) id"
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return "ip must be an IPv4 or IPv6 address"
+    return None
+
+
+def email_problem(value: str) -> str | None:
+    """Why ``value`` is no plausible e-mail address nor an e-mail pseudonym; None if it is
+    one. Surrounding whitespace is allowed (the pseudonym ignores it, and case). The
+    message never repeats the value."""
+    if EMAIL_TOKEN.match(value):
+        return None
+    text = value.strip()
+    if len(text) > 254 or _WHITESPACE.search(text) or text.count("@") != 1:
+        return "email must be one address: local@domain, no whitespace, at most 254 characters"
+    local, domain = text.split("@")
+    labels = domain.split(".")
+    if not local or len(labels) < 2 or not all(labels):
+        return "email must be one address: local@domain, the domain with a dot"
+    if looks_like_pan(local):
+        return "email looks like a raw card number (PAN) before its @"
+    return None
 
 
 def as_utc(value: datetime) -> datetime:
@@ -60,7 +104,28 @@ class Payment(BaseModel):
                     "country": "FR",
                     "channel": "pos",
                     "merchant_category": "5411",
-                }
+                },
+                {
+                    "payment_id": "pay_000124",
+                    "timestamp": "2026-11-22T10:16:30Z",
+                    "card_id": "card_8f2a",
+                    "terminal_id": "web_0007",
+                    "amount": 129.9,
+                    "currency": "EUR",
+                    "country": "FR",
+                    "channel": "ecom",
+                    "merchant_category": "5732",
+                    "customer_id": "cust_51c9",
+                    "device_id": "dev_a41f0c",
+                    "ip": "203.0.113.42",
+                    "email": "jane.doe@example.com",
+                    "card_bin": "411111",
+                    "billing_country": "FR",
+                    "shipping_country": "BE",
+                    "merchant_id": "merch_0311",
+                    "three_ds": "authenticated",
+                    "entry_mode": "ecommerce",
+                },
             ]
         },
     )
@@ -96,11 +161,28 @@ class Payment(BaseModel):
     def _utc(cls, v: datetime) -> datetime:
         return as_utc(v)
 
-    @field_validator("card_id")
+    @field_validator(*PAN_CHECKED)
     @classmethod
-    def _no_pan(cls, v: str) -> str:
-        if looks_like_pan(v):
-            raise ValueError("card_id looks like a raw card number (PAN); send the card token")
+    def _no_pan(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and looks_like_pan(v):
+            hint = "; send the card token" if info.field_name == "card_id" else ""
+            raise ValueError(f"{info.field_name} looks like a raw card number (PAN){hint}")
+        return v
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        problem = None if v is None else ip_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        problem = None if v is None else email_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @property
