@@ -51,6 +51,9 @@ class Services:
     decisions: DecisionRecorder
     reviews: ReviewQueue
     monitor: Monitor
+    # The pseudonyms' key (``stores.pii_key``): the e-mail and IP of every payment are
+    # replaced by their tokens before anything stores or sends it.
+    pii_key: bytes = field(repr=False)
 
 
 async def get_services(request: Request) -> Services:

@@ -29,7 +29,7 @@ from model.api_keys import load_keys
 from model.config import Settings, get_settings
 from model.registry import Registry
 from model.version import VERSION
-from stores import redis_client
+from stores import pii_key, redis_client
 from stores.freshness import FreshnessBoard
 from stores.idempotency import DecisionStore
 from stores.online_features import OnlineStore
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             f"no API keys in {settings.api_keys_file}: create one with "
             "`fraudstream keys create NAME --scope score`, or set FRAUDSTREAM_AUTH_ENABLED=false"
         )
+    # Read (or, for a local install, generated) before serving: every worker the same key.
+    pseudonym_key = pii_key.load(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -121,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(
             settings=settings, store=store, models=holder,
             publisher=publisher, policy=policy, api_keys=api_keys, decisions=decisions,
-            reviews=reviews, monitor=monitor,
+            reviews=reviews, monitor=monitor, pii_key=pseudonym_key,
         )
         # What start-up built (FastAPI's routes, pydantic's schemas, the libraries: about
         # 190k objects) lives as long as the process: taken out of the cyclic collector,

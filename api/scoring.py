@@ -14,6 +14,7 @@ from fastapi import HTTPException, status
 from api.deps import Services
 from api.metrics import REPLAYS, SCORE_LATENCY, STALE_ANSWERS, decided
 from api.publisher import ENQUEUE_TIMEOUT
+from model.pseudonym import pseudonymise
 from model.schemas import Payment, ScoredPayment, ScoreResponse
 from stores.idempotency import PENDING_MARGIN_MS
 from stores.online_features import Observation
@@ -51,8 +52,13 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
 
 async def score_answer(payment: Payment, svc: Services,
                  deadline_ms: int | None) -> tuple[ScoreResponse, bytes]:
-    """The answer, and its JSON: serialised once, for the caller and for replays."""
+    """The answer, and its JSON: serialised once, for the caller and for replays.
+
+    The e-mail and IP become their tokens first: Redis, the answers kept for replays, the
+    spool, Kafka and the history see only those (a retry with the same e-mail in another
+    case hashes alike)."""
     started = time.perf_counter()
+    payment = pseudonymise(payment, svc.pii_key)
     budget = (deadline_ms or svc.settings.default_deadline_ms) / 1000
     not_in_future(payment.ts, "timestamp", svc)
     phash = payload_hash(payment)

@@ -27,6 +27,10 @@ _NO_SEPARATORS = str.maketrans("", "", PAN_SEPARATORS)
 PAN_CHECKED = ("payment_id", "card_id", "terminal_id", "customer_id", "device_id",
                "merchant_id")
 _WHITESPACE = re.compile(r"\s")
+# The payment's optional details from a card-not-present gateway, each a column of the
+# history and of an import file under the same name.
+PAYMENT_DETAILS = ("customer_id", "device_id", "ip", "email", "card_bin", "billing_country",
+                   "shipping_country", "merchant_id", "three_ds", "entry_mode")
 
 
 def luhn_valid(digits: str) -> bool:

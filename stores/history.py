@@ -28,10 +28,12 @@ import pyarrow.parquet as pq
 
 from model.features import FEATURE_NAMES
 from model.labels import fraud_spells_sql, latest_label_sql
-from model.schemas import Label, ScoredPayment
+from model.schemas import PAYMENT_DETAILS, Label, ScoredPayment
 
 FEATURE_PREFIX = "f_"
 _TS = pa.timestamp("us", tz="UTC")
+# PAYMENT_DETAILS (``model.schemas``): one string column each (``ip`` and ``email`` hold
+# their pseudonyms, never the raw values); files written before they existed read null.
 
 PAYMENT_SCHEMA = pa.schema(
     [
@@ -44,6 +46,7 @@ PAYMENT_SCHEMA = pa.schema(
         ("country", pa.string()),
         ("channel", pa.string()),
         ("merchant_category", pa.string()),
+        *((name, pa.string()) for name in PAYMENT_DETAILS),
         ("score", pa.float64()),
         ("decision", pa.string()),
         ("model_version", pa.string()),
@@ -335,6 +338,7 @@ def scored_row(event: ScoredPayment) -> dict[str, Any]:
         "country": p.country,
         "channel": p.channel,
         "merchant_category": p.merchant_category,
+        **{name: getattr(p, name) for name in PAYMENT_DETAILS},
         "score": event.score,
         "decision": event.decision,
         "model_version": event.model_version,

@@ -27,6 +27,7 @@ from model.features import DAY, FEATURE_NAMES, TERMINAL_HORIZON
 from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
 from model.registry import ModelVersion, Registry
+from model.schemas import PAYMENT_DETAILS
 from model.scorer import Thresholds
 from stores.history import HistoryStore
 from training.dataset import load, newest_event
@@ -48,6 +49,8 @@ class BacktestConfig:
     file: Path | None = None  # or: the payments (and labels) of this file
     mapping: dict[str, str] = field(default_factory=dict)
     label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS
+    # with ``file``: the pseudonyms' key (``stores.pii_key``), for its e-mails and IPs
+    pii_key: bytes | None = field(default=None, repr=False)
     versions: tuple[str, ...] = ()  # default: the current model
     k: int = 100
     alert_rate: float = 0.01
@@ -72,7 +75,8 @@ def _period(cfg: BacktestConfig, store: HistoryStore,
     payments, labels = load(store)
     if cfg.file is not None:
         progress("checking the file", None)
-        file_payments, file_labels = load_file(cfg.file, cfg.mapping, cfg.label_delay_days)
+        file_payments, file_labels = load_file(cfg.file, cfg.mapping, cfg.label_delay_days,
+                                               pii_key=cfg.pii_key)
         first = float(file_payments["ts"].min())
         context = payments[_context(payments, labels, first)
                            & ~payments["payment_id"].isin(file_payments["payment_id"])]
@@ -103,14 +107,17 @@ def _context(payments: pd.DataFrame, labels: pd.DataFrame, start: float) -> pd.S
 
 
 def load_file(path: Path, mapping: dict[str, str] | None = None,
-              label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS
-              ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A brought file's payments and labels, checked exactly as ``history import`` checks."""
+              label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS, *,
+              pii_key: bytes | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A brought file's payments and labels, checked exactly as ``history import`` checks,
+    its e-mails and IPs pseudonymised with ``pii_key`` (none: a file with raw ones fails).
+    The payments carry the gateway's details too (``PAYMENT_DETAILS``, null if absent)."""
     with tempfile.TemporaryDirectory(prefix="fraudstream-file-") as scratch:
         brought = HistoryStore(Path(scratch))
-        import_history(brought, path, mapping or {}, label_delay_days)
+        import_history(brought, path, mapping or {}, label_delay_days, pii_key=pii_key)
         payments, labels = load(brought)
-        extra = brought.query("SELECT payment_id, currency, channel FROM payments")
+        extra = brought.query(f"SELECT payment_id, currency, channel, "
+                              f"{', '.join(PAYMENT_DETAILS)} FROM payments")
     if payments.empty:
         raise BacktestError(f"{path}: no payments")
     return payments.merge(extra, on="payment_id", how="left"), labels

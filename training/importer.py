@@ -16,6 +16,10 @@ renames:
 | label_reported_at   | no       | when the label became known; default: timestamp plus     |
 |                     |          | --label-delay-days                                        |
 | label_source        | no       | chargeback, analyst, customer_report; default import      |
+| customer_id, device_id, merchant_id | no | identifiers, as in the scoring API (no PAN)   |
+| ip, email           | no       | checked as the API checks them, stored as their pseudonyms |
+|                     |          | (``model.pseudonym``, the configured key): never raw       |
+| card_bin, billing_country, shipping_country, three_ds, entry_mode | no | as in the API  |
 
 The whole file is checked before anything is written: a bad file changes nothing. It is
 read in chunks (memory does not grow with the file): a first pass checks every row and
@@ -33,7 +37,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, get_args
 
 import duckdb
 import numpy as np
@@ -43,14 +47,35 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from model.schemas import looks_like_pan
+from model.pseudonym import EMAIL_TOKEN, IP_TOKEN, email_token, ip_token
+from model.schemas import (
+    PAN_SEPARATORS,
+    PAYMENT_DETAILS,
+    EntryMode,
+    ThreeDS,
+    email_problem,
+    ip_problem,
+    looks_like_pan,
+)
 from stores.history import HistoryStore
 
 REQUIRED = ("payment_id", "timestamp", "card_id", "terminal_id", "amount")
 OPTIONAL = ("currency", "country", "channel", "merchant_category", "is_fraud",
-            "label_reported_at", "label_source")
+            "label_reported_at", "label_source", *PAYMENT_DETAILS)
 LABEL_SOURCES = {"chargeback", "analyst", "customer_report", "import"}
 CHANNELS = {"pos", "ecom", "moto", "atm"}
+THREE_DS = set(get_args(ThreeDS))
+ENTRY_MODES = set(get_args(EntryMode))
+# The details' formats, as ``model.schemas.Payment`` has them.
+_IDENTIFIER = (r"^[A-Za-z0-9_.:\-]{1,64}$", "1 to 64 letters, digits or _ . : -")
+_COUNTRY = (r"^[A-Z]{2}$", "an ISO 3166 code of two capital letters")
+DETAIL_FORMATS = {"customer_id": _IDENTIFIER, "device_id": _IDENTIFIER,
+                  "merchant_id": _IDENTIFIER, "card_bin": (r"^[0-9]{6,8}$", "6 to 8 digits"),
+                  "billing_country": _COUNTRY, "shipping_country": _COUNTRY}
+DETAIL_CHOICES = {"three_ds": THREE_DS, "entry_mode": ENTRY_MODES}
+# Text columns refused when they hold a raw card number (card_id has its own message).
+PAN_COLUMNS = ("payment_id", "terminal_id", "customer_id", "device_id", "merchant_id")
+_SEPARATORS = "[" + "".join("\\" + c for c in PAN_SEPARATORS) + "]"
 TRUE = {"1", "1.0", "true", "t", "yes"}
 FALSE = {"0", "0.0", "false", "f", "no"}
 CHUNK_ROWS = 100_000
@@ -64,7 +89,7 @@ _NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 # The order in which problems are reported: the first failing check in this order names
 # the file's fault, as when the checks ran one after another on the whole file.
 _MALFORMED, _EMPTY, _DUPLICATE, _AMOUNT, _PAN, _TIMESTAMP, _CHANNEL, _IS_FRAUD, \
-    _REPORTED, _EARLY, _SOURCE = range(0, 110, 10)
+    _REPORTED, _EARLY, _SOURCE, _DETAIL = range(0, 120, 10)
 
 
 class ImportError_(ValueError):
@@ -301,11 +326,11 @@ def _timestamps(series: pd.Series) -> pd.Series:
 
 
 def _pans(cards: pd.Series) -> np.ndarray:
-    # Only values without letters and of a card number's length can be one; the exact
-    # test (the scoring API's own) runs on those few.
-    compact = cards.str.replace(" ", "", regex=False).str.replace("-", "", regex=False)
+    # Only values of digits and separators, of a card number's length, can be one; the
+    # exact test (the scoring API's own) runs on those few.
+    compact = cards.str.replace(_SEPARATORS, "", regex=True)
     length = compact.str.len()
-    maybe = (length >= 12) & (length <= 20) & ~cards.str.contains("[A-Za-z_]", regex=True)
+    maybe = (length >= 12) & (length <= 19) & compact.str.fullmatch("[0-9]+")
     pan = np.zeros(len(cards), dtype=bool)
     where = np.flatnonzero(maybe.to_numpy(dtype=bool, na_value=False))
     if len(where):
@@ -313,10 +338,27 @@ def _pans(cards: pd.Series) -> np.ndarray:
     return pan
 
 
+def _codes(series: pd.Series) -> pd.Series:
+    """As strings, a number written without its ".0" (a BIN read as a number)."""
+    if pd.api.types.is_float_dtype(series):
+        whole = series.notna() & (series == series.round())
+        out = _text(series)
+        out[whole] = series[whole].astype("int64").astype("str")
+        return out
+    return _text(series)
+
+
+def _each_value(values: pd.Series, check: Callable[[str], str | None]) -> pd.Series:
+    """``check`` of each distinct present value, spread over the rows (missing: None)."""
+    verdicts = {v: check(v) for v in values.dropna().unique()}
+    return values.map(verdicts)
+
+
 @dataclass
 class _Checker:
     label_delay_days: float
     now: pd.Timestamp
+    pii_key: bytes | None = field(default=None, repr=False)
     problems: _Problems = field(default_factory=_Problems)
     future_labels: int = 0
 
@@ -333,6 +375,13 @@ class _Checker:
         cards = _text(df["card_id"])
         problems.add(_PAN, "column 'card_id': raw card numbers (PAN)", _pans(cards), offset,
                      suffix="; tokenise cards before import")
+        details = self._details(df, offset)
+        for i, col in enumerate(PAN_COLUMNS):
+            if col not in df.columns:
+                continue
+            text = details[col] if col in details else _text(df[col])
+            problems.add(_PAN + 1 + i, f"column {col!r}: raw card numbers (PAN)",
+                         _pans(text), offset)
         ts = _timestamps(df["timestamp"])
         problems.add(_TIMESTAMP, "column 'timestamp': unreadable timestamp",
                      ts.isna() & df["timestamp"].notna(), offset)
@@ -359,8 +408,54 @@ class _Checker:
             "channel": pa.array(channel, type=pa.string(), from_pandas=True),
             "merchant_category": pa.array(opt("merchant_category"), type=pa.string(),
                                           from_pandas=True),
+            **{name: pa.array(details.get(name, opt(name)), type=pa.string(),
+                              from_pandas=True) for name in PAYMENT_DETAILS},
         })
         return payments, self._labels(df, ids, ts, opt, offset)
+
+    def _details(self, df: pd.DataFrame, offset: int) -> dict[str, pd.Series]:
+        """The card-not-present details the file has, checked as the scoring API checks
+        them; e-mails and IPs replaced by their pseudonyms."""
+        problems = self.problems
+        out: dict[str, pd.Series] = {}
+        for i, name in enumerate(PAYMENT_DETAILS):
+            if name not in df.columns:
+                continue
+            values = _codes(df[name]) if name == "card_bin" else _text(df[name])
+            order = _DETAIL + i
+            if name in DETAIL_FORMATS:
+                pattern, form = DETAIL_FORMATS[name]
+                problems.add(order, f"column {name!r}: not {form}",
+                             values.notna() & ~values.str.fullmatch(pattern).fillna(False),
+                             offset)
+            elif name in DETAIL_CHOICES:
+                problems.add(order, f"column {name!r}: not one of {sorted(DETAIL_CHOICES[name])}",
+                             values.notna() & ~values.isin(DETAIL_CHOICES[name]), offset)
+            elif name in ("ip", "email"):
+                values = self._pseudonymised(name, values, order, offset)
+            out[name] = values
+        return out
+
+    def _pseudonymised(self, name: str, values: pd.Series, order: int,
+                       offset: int) -> pd.Series:
+        """An ``ip`` or ``email`` column checked, each value as its token (missing or
+        invalid: missing; an invalid value fails the import anyway)."""
+        check, token, form = ((ip_problem, ip_token, IP_TOKEN) if name == "ip"
+                              else (email_problem, email_token, EMAIL_TOKEN))
+        verdict = _each_value(values, check)
+        bad = values.notna() & verdict.notna()
+        # The messages say what is wrong, never the value (it may be personal data).
+        for message in sorted(set(verdict[bad])):
+            problems_here = bad & (verdict == message)
+            self.problems.add(order, f"column {name!r}: {message}", problems_here, offset)
+        good = values.where(values.notna() & verdict.isna())
+        key = self.pii_key
+        if key is None:
+            raw = good.notna() & ~good.str.fullmatch(form.pattern).fillna(False)
+            self.problems.add(order, f"column {name!r}: raw values and no pseudonym key "
+                              "to replace them with (FRAUDSTREAM_PII_KEY)", raw, offset)
+            return good
+        return _each_value(good, lambda v: token(key, v))
 
     def _labels(self, df: pd.DataFrame, ids: pd.Series, ts: pd.Series,
                 opt: Callable[..., pd.Series], offset: int) -> pa.Table:
@@ -415,9 +510,10 @@ def _stage(directory: str) -> duckdb.DuckDBPyConnection:
     spill = str(Path(directory) / "spill").replace("'", "''")
     con.execute(f"SET temp_directory = '{spill}'")
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("""CREATE TABLE payments (row_no BIGINT, payment_id VARCHAR, ts TIMESTAMPTZ,
+    details = "".join(f", {name} VARCHAR" for name in PAYMENT_DETAILS)
+    con.execute(f"""CREATE TABLE payments (row_no BIGINT, payment_id VARCHAR, ts TIMESTAMPTZ,
         card_id VARCHAR, terminal_id VARCHAR, amount DOUBLE, currency VARCHAR,
-        country VARCHAR, channel VARCHAR, merchant_category VARCHAR)""")
+        country VARCHAR, channel VARCHAR, merchant_category VARCHAR{details})""")
     con.execute("""CREATE TABLE labels (payment_id VARCHAR, is_fraud BOOLEAN, source VARCHAR,
         reported_at TIMESTAMPTZ)""")
     return con
@@ -468,11 +564,15 @@ def import_history(
     *,
     chunk_rows: int = CHUNK_ROWS,
     progress: ProgressCallback | None = None,
+    pii_key: bytes | None = None,
 ) -> ImportResult:
-    """Check the whole file, then append its new payments and labels to the history."""
+    """Check the whole file, then append its new payments and labels to the history.
+
+    ``pii_key``: the pseudonyms' key (``stores.pii_key.load``), for a file with e-mails or
+    IP addresses; without it, a file holding raw ones is refused (tokens pass)."""
     report = progress or (lambda _: None)
     source = _open(Path(path), mapping or {})
-    checker = _Checker(label_delay_days, pd.Timestamp.now(tz="UTC"))
+    checker = _Checker(label_delay_days, pd.Timestamp.now(tz="UTC"), pii_key=pii_key)
     with tempfile.TemporaryDirectory(prefix="fraudstream-import-") as tmp:
         con = _stage(tmp)
         try:

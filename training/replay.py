@@ -26,7 +26,8 @@ import pandas as pd
 
 from model.config import Settings
 from model.registry import Registry
-from stores import redis_client
+from model.schemas import PAYMENT_DETAILS
+from stores import pii_key, redis_client
 from stores.history import HistoryStore
 from stores.online_features import card_fraud_known_key
 from stores.redis_client import RedisClient
@@ -59,7 +60,7 @@ def traffic_frame(payments: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
         # numpy's stubs take no None here; numpy makes an object array, None where unlabelled
         "label_source": np.where(reported.notna(), "chargeback", None),  # type: ignore[call-overload]
     })
-    for optional in ("country", "channel", "merchant_category"):
+    for optional in ("country", "channel", "merchant_category", *PAYMENT_DETAILS):
         if optional in payments.columns:
             frame[optional] = payments[optional]
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
@@ -166,12 +167,15 @@ def replay_file(settings: Settings, cfg: ReplayConfig,
     if version is None:
         raise ReplayError("no current model: train or promote one first")
     try:
-        payments, labels = load_file(cfg.file, cfg.mapping, cfg.label_delay_days)
+        # The API pseudonymises with the same key: it takes the file's tokens as they are.
+        key = pii_key.load(settings)
+        payments, labels = load_file(cfg.file, cfg.mapping, cfg.label_delay_days,
+                                     pii_key=key)
         report_step("backtest of the same payments…", None, 0)
         bt = backtest(HistoryStore(settings.history_dir), registry, BacktestConfig(
             file=cfg.file, mapping=cfg.mapping, label_delay_days=cfg.label_delay_days,
-            versions=(version,), bootstrap=0))
-    except (BacktestError, ImportError_) as exc:
+            pii_key=key, versions=(version,), bootstrap=0))
+    except (BacktestError, ImportError_, pii_key.PiiKeyError) as exc:
         raise ReplayError(f"{cfg.file}: {exc}") from exc
     frame = traffic_frame(payments, labels)
     api_key = cfg.api_key or default_key()

@@ -17,6 +17,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from model.schemas import PAYMENT_DETAILS
+
 
 @dataclass
 class TrafficReport:
@@ -33,6 +35,9 @@ class TrafficReport:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
+OPTIONAL_FIELDS = ("country", "channel", "merchant_category", *PAYMENT_DETAILS)
+
+
 def payment_body(row: pd.Series) -> dict[str, object]:
     body: dict[str, object] = {
         "payment_id": row["payment_id"],
@@ -42,7 +47,8 @@ def payment_body(row: pd.Series) -> dict[str, object]:
         "amount": float(row["amount"]),
         "currency": row["currency"],
     }
-    for optional in ("country", "channel", "merchant_category"):
+    # and the card-not-present gateway's details (``model.schemas.Payment``), where given
+    for optional in OPTIONAL_FIELDS:
         if isinstance(row.get(optional), str):
             body[optional] = row[optional]
     return body

@@ -50,6 +50,7 @@ def import_with_progress(file: Path, mapping: dict[str, str], label_delay_days: 
         TimeElapsedColumn,
     )
 
+    from stores import pii_key
     from stores.history import HistoryStore
     from training.importer import Progress as Step
     from training.importer import import_history
@@ -66,9 +67,14 @@ def import_with_progress(file: Path, mapping: dict[str, str], label_delay_days: 
             tasks[step.step] = bar.add_task(step.step, total=step.total)
         bar.update(tasks[step.step], completed=step.rows, total=step.total)
 
+    s = get_settings()
+    try:
+        key = pii_key.load(s)  # e-mails and IPs go into the history as their pseudonyms
+    except pii_key.PiiKeyError as exc:
+        raise fail(f"{exc}; nothing was imported") from exc
     with bar:
-        return import_history(HistoryStore(get_settings().history_dir), file, mapping,
-                              label_delay_days, progress=show)
+        return import_history(HistoryStore(s.history_dir), file, mapping,
+                              label_delay_days, progress=show, pii_key=key)
 
 
 def show_import(result: ImportResult) -> None:

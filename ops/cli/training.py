@@ -239,6 +239,7 @@ def backtest(
 ) -> None:
     """Score a past period, point in time, as the live system would have; report and plot."""
     from model.registry import Registry, RegistryError
+    from stores import pii_key
     from stores.history import HistoryStore
     from training.backtest import BacktestError
     from training.backtest import backtest as run_backtest
@@ -247,9 +248,13 @@ def backtest(
     if file is not None and (start or end):
         raise fail("give --file or --from/--to, not both")
     s = get_settings()
+    try:  # a file's e-mails and IPs become the pseudonyms the history holds
+        key = pii_key.load(s) if file is not None else None
+    except pii_key.PiiKeyError as exc:
+        raise fail(str(exc)) from exc
     cfg = BacktestConfig(start=utc(start), end=utc(end), file=file,
                          mapping=renames(mapping), label_delay_days=label_delay_days,
-                         versions=tuple(model), k=k)
+                         pii_key=key, versions=tuple(model), k=k)
     out = out or s.home / "backtests" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     with step_progress() as progress:
         try:
