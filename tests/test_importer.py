@@ -15,6 +15,11 @@ p3,2026-10-02T09:30:00Z,c2,t1,5.0,true,,
 """
 
 
+DETAIL_HEAD = "payment_id,timestamp,card_id,terminal_id,amount,customer_id,ip,email,card_bin," \
+    "three_ds,entry_mode\n"
+KEY = b"an-import-key-of-32-bytes-......"
+
+
 def write(tmp_path, text, name="h.csv"):
     path = tmp_path / name
     path.write_text(text)
@@ -92,11 +97,28 @@ def test_reimport_adds_nothing_and_says_what_it_skipped(tmp_path):
      "duplicate"),
     ("payment_id,timestamp,card_id,terminal_id,amount,is_fraud\np1,2026-10-01,c,t,3,maybe\n",
      "is_fraud"),
+    # the card-not-present details, checked as the scoring API checks them
+    (DETAIL_HEAD + "p1,2026-10-01,c,t,3,,203.0.113,,,,\n", "column 'ip': ip must be an IPv4"),
+    (DETAIL_HEAD + "p1,2026-10-01,c,t,3,,,jane@localhost,,,\n", "column 'email'"),
+    (DETAIL_HEAD + "p1,2026-10-01,c,t,3,,,,41111,,\n", "column 'card_bin': not 6 to 8 digits"),
+    (DETAIL_HEAD + "p1,2026-10-01,c,t,3,,,,,maybe,\n", "column 'three_ds'"),
+    (DETAIL_HEAD + "p1,2026-10-01,c,t,3,,,,,,tap\n", "column 'entry_mode'"),
+    (DETAIL_HEAD + "p1,2026-10-01,c,t,3,cust 1,,,,,\n", "column 'customer_id': not 1 to 64"),
+    (DETAIL_HEAD + "p1,2026-10-01,c,t,3,4111111111111111,,,,,\n",
+     "column 'customer_id': raw card numbers"),
+    (DETAIL_HEAD + "p1,2026-10-01,c,t,3,,,4111111111111111@example.com,,,\n",
+     "column 'email': email looks like a raw card number"),
+    (DETAIL_HEAD + "4111.1111.1111.1111,2026-10-01,c,t,3,,,,,,\n",
+     "column 'payment_id': raw card numbers"),
+    (DETAIL_HEAD + "p1,2026-10-01,4111_1111_1111_1111,t,3,,,,,,\n",
+     "column 'card_id': raw card numbers"),
+    ("payment_id,timestamp,card_id,terminal_id,amount,merchant_id,shipping_country\n"
+     "p1,2026-10-01,c,t,3,m1,be\n", "column 'shipping_country': not an ISO 3166"),
 ])
 def test_bad_files_are_refused_naming_the_problem_and_write_nothing(tmp_path, text, message):
     store = HistoryStore(tmp_path / "hist")
     with pytest.raises(ImportError_, match=message):
-        import_history(store, write(tmp_path, text), {"tx": "payment_id"})
+        import_history(store, write(tmp_path, text), {"tx": "payment_id"}, pii_key=KEY)
     assert not (tmp_path / "hist").exists()
 
 
@@ -275,3 +297,121 @@ def test_cli_shows_what_a_reimport_skipped(tmp_path, monkeypatch):
     assert again.exit_code == 0, again.output
     assert "imported 0 payments and 0 labels" in again.output
     assert "skipped 4 payments and 0 labels already in the history" in again.output
+
+
+# ---- the card-not-present details: e-mails and IPs stored as their pseudonyms ----------
+DETAILS = (DETAIL_HEAD
+           + "p1,2026-10-01T10:00:00Z,c1,t1,12.5,cu1,203.0.113.7, Jane@Example.com ,411111,"
+             "authenticated,ecommerce\n"
+           + "p2,2026-10-01T11:00:00Z,c1,t2,99.0,,2001:db8::1,jane@example.com,,,\n"
+           + "p3,2026-10-02T09:30:00Z,c2,t1,5.0,cu2,,,012345,none,chip\n")
+
+
+def nulls_as_none(frame):
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def test_raw_emails_and_ips_are_imported_as_their_tokens_only(tmp_path):
+    from model.pseudonym import email_token, ip_token
+
+    store = HistoryStore(tmp_path / "hist")
+    result = import_history(store, write(tmp_path, DETAILS), pii_key=KEY, chunk_rows=2)
+    assert result.payments == 3
+    got = nulls_as_none(store.query("SELECT payment_id, customer_id, ip, email, card_bin, "
+                                    "three_ds, entry_mode FROM payments ORDER BY 1"))
+    assert got.to_dict("records") == [
+        {"payment_id": "p1", "customer_id": "cu1", "ip": ip_token(KEY, "203.0.113.7"),
+         "email": email_token(KEY, "jane@example.com"), "card_bin": "411111",
+         "three_ds": "authenticated", "entry_mode": "ecommerce"},
+        {"payment_id": "p2", "customer_id": None, "ip": ip_token(KEY, "2001:db8::1"),
+         "email": email_token(KEY, "jane@example.com"), "card_bin": None, "three_ds": None,
+         "entry_mode": None},
+        {"payment_id": "p3", "customer_id": "cu2", "ip": None, "email": None,
+         "card_bin": "012345", "three_ds": "none", "entry_mode": "chip"},
+    ]
+    files = b"".join(p.read_bytes() for p in store.root.rglob("*.parquet")).lower()
+    text = store.query("SELECT * FROM payments_raw").astype(str).to_csv().lower()
+    for raw in ("jane@example.com", "203.0.113.7", "2001:db8::1"):
+        assert raw.encode() not in files and raw not in text, raw
+    # Another key, other tokens; a file of tokens imports as it is, with no key at all.
+    other = import_history(HistoryStore(tmp_path / "h2"), write(tmp_path, DETAILS, "o.csv"),
+                           pii_key=b"another-key-of-the-same-size-...")
+    assert other.payments == 3
+    theirs = HistoryStore(tmp_path / "h2").query("SELECT email FROM payments WHERE "
+                                                 "payment_id = 'p1'")["email"][0]
+    assert theirs != got["email"][0]
+    tokens = got.assign(timestamp="2026-10-01T10:00:00Z", card_id="c", terminal_id="t",
+                        amount=1.0)
+    tokens.to_parquet(tmp_path / "tokens.parquet")
+    again = HistoryStore(tmp_path / "h3")
+    import_history(again, tmp_path / "tokens.parquet")
+    same = nulls_as_none(again.query("SELECT ip, email FROM payments ORDER BY payment_id"))
+    assert same.values.tolist() == got[["ip", "email"]].values.tolist()
+
+
+def test_raw_emails_or_ips_without_a_key_are_refused(tmp_path):
+    with pytest.raises(ImportError_, match="column 'ip': raw values and no pseudonym key") \
+            as err:
+        import_history(HistoryStore(tmp_path / "hist"), write(tmp_path, DETAILS))
+    assert "203.0.113" not in str(err.value) and "jane" not in str(err.value)
+    assert not (tmp_path / "hist").exists()
+
+
+def test_cli_import_pseudonymises_with_the_homes_key(tmp_path, monkeypatch):
+    from model.pseudonym import email_token
+    from stores import pii_key
+
+    monkeypatch.setenv("FRAUDSTREAM_HOME", str(tmp_path / "home"))
+    from model.config import Settings, get_settings
+
+    get_settings.cache_clear()
+    out = CliRunner().invoke(app, ["history", "import", str(write(tmp_path, DETAILS))])
+    get_settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    key = pii_key.load(Settings())  # generated by the import, in the home's secrets
+    assert (tmp_path / "home" / "secrets" / "pii.key").exists()
+    emails = HistoryStore(tmp_path / "home" / "history").query(
+        "SELECT DISTINCT email FROM payments WHERE email IS NOT NULL")["email"].tolist()
+    assert emails == [email_token(key, "jane@example.com")]
+
+
+def test_a_history_and_files_without_the_details_still_import_and_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stores.history import PAYMENT_DETAILS, PAYMENT_SCHEMA
+    from training.backtest import load_file
+
+    store = HistoryStore(tmp_path / "hist")
+    # a part file as written before the details existed
+    old = pa.schema([f for f in PAYMENT_SCHEMA if f.name not in PAYMENT_DETAILS])
+    day = store.payments_dir / "day=2026-09-30"
+    day.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{
+        "payment_id": "old1", "ts": pd.Timestamp("2026-09-30T10:00:00Z"), "card_id": "c1",
+        "terminal_id": "t1", "amount": 3.0, "currency": "EUR", "source": "import"}],
+        schema=old), day / "part-old.parquet")
+    plain = rows(2).replace("\np1,", "\nq1,").replace("\np2,", "\nq2,")  # no details
+    assert import_history(store, write(tmp_path, plain), pii_key=KEY).payments == 2
+    assert import_history(store, write(tmp_path, DETAILS, "d.csv"), pii_key=KEY).payments == 3
+    got = store.query(f"SELECT payment_id, {', '.join(PAYMENT_DETAILS)} FROM payments "
+                      "ORDER BY payment_id")
+    assert got["payment_id"].tolist() == ["old1", "p1", "p2", "p3", "q1", "q2"]
+    by_id = got.set_index("payment_id")
+    assert by_id.loc[["old1", "q1", "q2"]].isna().all().all()
+    assert by_id.loc["p3", "entry_mode"] == "chip"
+    # and a brought file (backtest --file, replay) carries its details, tokens only
+    payments, _ = load_file(write(tmp_path, DETAILS, "b.csv"), pii_key=KEY)
+    assert set(PAYMENT_DETAILS) <= set(payments.columns)
+    assert payments.set_index("payment_id").loc["p1", "email"].startswith("em_")
+
+
+def test_a_bin_written_as_a_number_keeps_its_digits(tmp_path):
+    frame = pd.DataFrame({"payment_id": ["a", "b"], "timestamp": [1790000000, 1790003600],
+                          "card_id": ["c1", "c2"], "terminal_id": ["t1", "t1"],
+                          "amount": [1.0, 2.0], "card_bin": [411111.0, None]})
+    frame.to_parquet(tmp_path / "b.parquet")
+    store = HistoryStore(tmp_path / "hist")
+    import_history(store, tmp_path / "b.parquet")
+    bins = nulls_as_none(store.query("SELECT card_bin FROM payments ORDER BY payment_id"))
+    assert bins["card_bin"].tolist() == ["411111", None]
