@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import serve_app
+from model.schemas import Payment
 from stores.online_features import card_key
 from tests.conftest import eventually, history_row, payment, uid
 
@@ -214,6 +215,14 @@ def test_openapi_documents_the_contract(api_client):
     assert {"401", "403", "409", "422"} <= set(score["responses"])
     schemas = spec["components"]["schemas"]
     assert schemas["Payment"]["examples"][0]["payment_id"]
+    # a POS payment, and an ecom one with every optional field; both valid
+    pos, ecom = schemas["Payment"]["examples"]
+    assert pos["channel"] == "pos" and ecom["channel"] == "ecom"
+    assert set(ecom) == set(schemas["Payment"]["properties"])
+    for example in (pos, ecom):
+        Payment.model_validate(example)
+    for name in ("ip", "email", "card_bin", "three_ds", "entry_mode", "customer_id"):
+        assert name in schemas["Payment"]["properties"], name
     assert "replay" in schemas["ScoreResponse"]["properties"]
     for path in ("/v1/payments/score/batch", "/v1/labels", "/v1/admin/rules",
                  "/v1/admin/lists/{kind}/{entity}/{value}", "/v1/admin/audit"):

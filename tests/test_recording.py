@@ -189,3 +189,40 @@ def test_label_state_is_the_historys_whatever_order_labels_arrive_in(
     assert seen == expected
     assert expected == [(T0 + timedelta(days=2)).timestamp()] * 2 + [
         None, (T0 + timedelta(days=9)).timestamp()]  # not vacuous: start kept, withdrawn
+
+
+def test_the_details_of_a_payment_are_recorded_in_the_history(
+        recorder_settings: Settings) -> None:
+    from model.pseudonym import email_token, ip_token, pseudonymise
+    from stores.history import PAYMENT_DETAILS
+
+    run = f"det{uuid.uuid4().hex[:6]}"
+    key = b"a-recording-test-key-0123456789a"
+    base = scored(run, 0)
+    detailed = base.payment.model_copy(update={
+        "customer_id": f"{run}_cust", "device_id": f"{run}_dev", "ip": "198.51.100.23",
+        "email": "someone@example.net", "card_bin": "535522", "billing_country": "DE",
+        "shipping_country": "AT", "merchant_id": f"{run}_merch", "three_ds": "failed",
+        "entry_mode": "card_on_file"})
+    event = base.model_copy(update={"payment": pseudonymise(detailed, key)})
+    plain = scored(run, 1)  # no details: every column null
+
+    async def go() -> int:
+        rec = Recorder(recorder_settings)
+        try:
+            return await rec.record({e.payment.payment_id: e for e in (event, plain)})
+        finally:
+            await rec.close()
+
+    assert asyncio.run(go()) == 2
+    rows = HistoryStore(recorder_settings.history_dir).query(
+        f"SELECT payment_id, {', '.join(PAYMENT_DETAILS)} FROM payments "
+        "WHERE payment_id LIKE ? ORDER BY payment_id", [f"{run}_%"])
+    got = rows.set_index("payment_id")
+    first = got.loc[event.payment.payment_id]
+    assert first["ip"] == ip_token(key, "198.51.100.23")
+    assert first["email"] == email_token(key, "someone@example.net")
+    for name in PAYMENT_DETAILS:
+        if name not in ("ip", "email"):
+            assert first[name] == getattr(detailed, name), name
+    assert got.loc[plain.payment.payment_id].isna().all()
