@@ -93,6 +93,7 @@ def main(
     from model.api_keys import create_key
     from model.config import Settings
     from model.registry import Registry
+    from stores import pii_key
     from stores.history import HistoryStore
     from stores.label_join import JoinState
     from stores.online_features import OnlineStore
@@ -113,7 +114,7 @@ def main(
             hist = home / "history.parquet"
             simulate(SimulationConfig(days=30, cards=3000, terminals=300,
                                       start=today - timedelta(days=37))).to_parquet(hist)
-            import_history(store, hist)
+            import_history(store, hist, pii_key=pii_key.load(s))
             champion = train(store, registry, TrainConfig(
                 force=True, baselines=False, maturity_days=BENCH_MATURITY_DAYS))
             challenger = registry.register(

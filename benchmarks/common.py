@@ -157,6 +157,7 @@ def prepare(s: Settings, home: Path, today: datetime) -> tuple[str, str, str]:
     from fraudstream_dev import launcher as services
     from model.api_keys import create_key
     from model.registry import Registry
+    from stores import pii_key
     from stores.history import HistoryStore
     from stores.label_join import JoinState
     from stores.online_features import OnlineStore
@@ -170,7 +171,7 @@ def prepare(s: Settings, home: Path, today: datetime) -> tuple[str, str, str]:
     hist = home / "history.parquet"
     simulate(SimulationConfig(days=30, cards=3000, terminals=300,
                               start=today - timedelta(days=37))).to_parquet(hist)
-    import_history(HistoryStore(s.history_dir), hist)
+    import_history(HistoryStore(s.history_dir), hist, pii_key=pii_key.load(s))
     # The maturity set, not measured: measured on labels cut at today's date, it varies
     # with the day the benchmark runs and once left nothing of 30 days to train on.
     first = train(HistoryStore(s.history_dir), Registry(s.models_dir),

@@ -26,6 +26,11 @@ T = TypeVar("T")
 KAFKA_BROKERS = int(os.environ.get("FRAUDSTREAM_TEST_KAFKA_BROKERS", "1"))
 
 
+# The pseudonyms' key of imports into histories of a test's own (the API and the shared
+# trained history use the one generated in the session's secrets: ``stores.pii_key``).
+PII_KEY = b"the-tests-own-pseudonym-key-0001"
+
+
 def uid(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
@@ -242,18 +247,20 @@ def small_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_home(small_history: Path, tmp_path_factory: pytest.TempPathFactory
-                 ) -> tuple[Path, Path, str]:
+def trained_home(small_history: Path, tmp_path_factory: pytest.TempPathFactory,
+                 servers_settings: Settings) -> tuple[Path, Path, str]:
     """(history dir, registry dir, version): the small history imported and a model
-    trained on it and promoted, once per session, in directories no test writes to."""
+    trained on it and promoted, once per session, in directories no test writes to. Its
+    e-mails and IPs, if any, under the key the test API uses."""
     from model.registry import Registry
+    from stores import pii_key
     from stores.history import HistoryStore
     from training.importer import import_history
     from training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("trained")
     history, registry = root / "history", root / "registry"
-    import_history(HistoryStore(history), small_history)
+    import_history(HistoryStore(history), small_history, pii_key=pii_key.load(servers_settings))
     result = train(HistoryStore(history), Registry(registry),
                    TrainConfig(test_days=7, maturity_days=5, max_iter=60, baselines=False))
     assert result.promoted

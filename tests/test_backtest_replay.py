@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from model.registry import Registry
-from stores import redis_client
+from stores import pii_key, redis_client
 from stores.history import HistoryStore
+from tests.conftest import PII_KEY, eventually, history_row
 from training.backtest import BacktestConfig, BacktestError, backtest, load_file
 from training.importer import import_history
 from training.replay import compare, replay, traffic_frame
@@ -30,7 +31,7 @@ def split_history(tmp_path_factory, small_history):
     frame[frame["timestamp"] < CUT].to_parquet(home / "before.parquet")
     frame[frame["timestamp"] >= CUT].to_parquet(home / "week.parquet")
     store, registry = HistoryStore(home / "hist"), Registry(home / "reg")
-    import_history(store, home / "before.parquet")
+    import_history(store, home / "before.parquet", pii_key=PII_KEY)
     train(store, registry, TrainConfig(test_days=5, maturity_days=4, max_iter=40,
                                        baselines=False, bootstrap=20))
     return home, store, registry
@@ -39,7 +40,8 @@ def split_history(tmp_path_factory, small_history):
 def test_a_brought_file_scores_as_the_same_period_of_the_history(split_history):
     home, store, registry = split_history
     by_file = backtest(store, registry, BacktestConfig(file=home / "week.parquet",
-                                                       bootstrap=30), home / "report")
+                                                       pii_key=PII_KEY, bootstrap=30),
+                       home / "report")
     week = pd.read_parquet(home / "week.parquet")
     assert by_file.period["payments"] == len(week)
     assert by_file.period["fraud"] == int(week["is_fraud"].sum()) - int(
@@ -54,8 +56,8 @@ def test_a_brought_file_scores_as_the_same_period_of_the_history(split_history):
 
     # The same payments once imported: a period of the history gives the same scores.
     full = HistoryStore(home / "hist-full")
-    import_history(full, home / "before.parquet")
-    import_history(full, home / "week.parquet")
+    import_history(full, home / "before.parquet", pii_key=PII_KEY)
+    import_history(full, home / "week.parquet", pii_key=PII_KEY)
     by_period = backtest(full, registry, BacktestConfig(start=CUT.timestamp(), bootstrap=0))
     a = by_file.decisions.set_index("payment_id").sort_index()
     b = by_period.decisions.set_index("payment_id").sort_index()
@@ -85,12 +87,19 @@ def test_replay_through_the_live_api_agrees_with_the_backtest(stream_worker, tra
     # Cards and terminals of their own: the shared test history is no context for them.
     frame["card_id"] = f"rp{run}_" + frame["card_id"]
     frame["terminal_id"] = f"rp{run}_" + frame["terminal_id"]
+    # The gateway's details, the e-mail and IP raw: the file's tokens reach the API
+    frame["email"] = " Shopper." + frame["card_id"] + "@Example.com"
+    frame["ip"] = "198.51.100." + (frame.index % 250).astype(str)
+    frame["entry_mode"] = "ecommerce"
     path = tmp_path / "replay.parquet"
     frame.to_parquet(path)
-    payments, labels = load_file(path)
+    key = pii_key.load(stream_worker)
+    payments, labels = load_file(path, pii_key=key)
+    assert payments["email"].str.startswith("em_").all()
+    assert payments["ip"].str.startswith("ip_").all()
     version = Registry(stream_worker.models_dir).current_version()
     bt = backtest(HistoryStore(stream_worker.history_dir), Registry(stream_worker.models_dir),
-                  BacktestConfig(file=path, versions=(version,), bootstrap=0))
+                  BacktestConfig(file=path, pii_key=key, versions=(version,), bootstrap=0))
     assert bt.decisions[f"decision:{version}"].nunique() > 1  # not a constant answer
 
     services.start_api(stream_worker)
@@ -111,3 +120,8 @@ def test_replay_through_the_live_api_agrees_with_the_backtest(stream_worker, tra
     assert agreement.answered == len(frame)
     assert agreement.different_decision == 0, agreement.differences.head().to_string()
     assert agreement.max_score_difference < 1e-9
+    # what the API recorded of them: the file's tokens, as they were
+    last = payments.iloc[-1]
+    recorded = eventually(lambda: history_row(stream_worker, last["payment_id"]), 60)
+    assert (recorded["email"], recorded["ip"], recorded["entry_mode"]) == (
+        last["email"], last["ip"], "ecommerce")

@@ -10,7 +10,7 @@ import pytest
 
 from model.registry import Registry
 from stores.history import HistoryStore
-from tests.conftest import eventually
+from tests.conftest import PII_KEY, eventually
 from training.retrain import Busy, RetrainPolicy, RetrainWorker, run_lock
 from training.train import TrainConfig, train
 
@@ -71,7 +71,7 @@ def test_worker_retrains_on_schedule_and_puts_a_better_candidate_in_shadow(small
     from training.importer import import_history
 
     store = HistoryStore(tmp_path / "history")  # its own: the events clock is its newest
-    import_history(store, small_history)
+    import_history(store, small_history, pii_key=PII_KEY)
     reg = Registry(tmp_path / "registry")
     weak = train(store, reg, TrainConfig(test_days=7, maturity_days=5, max_iter=3,
                                          max_leaf_nodes=2, baselines=False))
@@ -104,7 +104,7 @@ def test_worker_retrains_once_enough_labels_have_matured_since_the_last_run(smal
     from training.importer import import_history
 
     store = HistoryStore(tmp_path / "history")
-    import_history(store, small_history)
+    import_history(store, small_history, pii_key=PII_KEY)
     reg = Registry(tmp_path / "registry")
     # no maturity set: the worker takes the one the last run trained with
     worker = RetrainWorker(store, reg, RetrainPolicy(every_hours=24 * 365, clock="events"))
