@@ -39,9 +39,18 @@ def email_token(key: bytes, email: str) -> str:
     return "em_" + _digest(key, "email", normalise_email(email), 24)
 
 
+def _address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address, an IPv4 one written as IPv6 (``::ffff:203.0.113.7``) as IPv4: one
+    host, one token."""
+    ip = ipaddress.ip_address(address.strip())
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def ip_network(address: str) -> str:
     """The coarse network an address belongs to: its /24 (IPv4) or /48 (IPv6)."""
-    ip = ipaddress.ip_address(address)
+    ip = _address(address)
     bits = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
@@ -49,7 +58,7 @@ def ip_network(address: str) -> str:
 def ip_token(key: bytes, address: str) -> str:
     if IP_TOKEN.match(address):
         return address
-    ip = ipaddress.ip_address(address.strip())
+    ip = _address(address)
     return ("ip_" + _digest(key, "net", ip_network(str(ip)), 16) + "."
             + _digest(key, "ip", str(ip), 16))
 

@@ -220,6 +220,7 @@ def test_the_same_email_gives_the_same_token_and_another_key_another():
     assert email_token(key, "jane@example.com") != email_token(key, "june@example.com")
     assert email_token(key, "jane@example.com") != email_token(other, "jane@example.com")
     assert ip_token(key, "2001:DB8::1") == ip_token(key, "2001:db8:0::1")
+    assert ip_token(key, "::ffff:" + RAW_IP) == ip_token(key, RAW_IP)  # one host, one token
     assert ip_token(key, RAW_IP) != ip_token(other, RAW_IP)
     # the network part names the /24: a neighbour shares it, another network does not
     assert ip_token(key, "203.0.113.9").split(".")[0] == ip_token(key, RAW_IP).split(".")[0]
