@@ -31,8 +31,8 @@ class PiiKeyError(RuntimeError):
 def load(settings: Settings) -> bytes:
     """The pseudonym key, as bytes for ``model.pseudonym``."""
     if settings.pii_key is not None:
-        key = settings.pii_key.get_secret_value()
-        if len(key.strip()) < MIN_LENGTH:
+        key = settings.pii_key.get_secret_value().strip()  # as the file's is read
+        if len(key) < MIN_LENGTH:
             raise PiiKeyError(f"FRAUDSTREAM_PII_KEY is shorter than {MIN_LENGTH} characters")
         return key.encode()
     assert settings.pii_key_file is not None
