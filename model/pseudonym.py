@@ -48,18 +48,21 @@ def _address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ip
 
 
-def ip_network(address: str) -> str:
-    """The coarse network an address belongs to: its /24 (IPv4) or /48 (IPv6)."""
-    ip = _address(address)
+def _network(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     bits = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+
+def ip_network(address: str) -> str:
+    """The coarse network an address belongs to: its /24 (IPv4) or /48 (IPv6)."""
+    return _network(_address(address))
 
 
 def ip_token(key: bytes, address: str) -> str:
     if IP_TOKEN.match(address):
         return address
     ip = _address(address)
-    return ("ip_" + _digest(key, "net", ip_network(str(ip)), 16) + "."
+    return ("ip_" + _digest(key, "net", _network(ip), 16) + "."
             + _digest(key, "ip", str(ip), 16))
 
 
@@ -85,9 +88,10 @@ def pseudonymise(payment: Payment, key: bytes) -> Payment:
     email, ip = payment.email, payment.ip
     if email is None and ip is None:
         return payment
+    # The token functions return a token as it is: only what changed is copied in.
     update: dict[str, str] = {}
-    if email is not None and not EMAIL_TOKEN.match(email):
-        update["email"] = email_token(key, email)
-    if ip is not None and not IP_TOKEN.match(ip):
-        update["ip"] = ip_token(key, ip)
+    if email is not None and (token := email_token(key, email)) != email:
+        update["email"] = token
+    if ip is not None and (token := ip_token(key, ip)) != ip:
+        update["ip"] = token
     return payment.model_copy(update=update) if update else payment
