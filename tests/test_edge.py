@@ -106,8 +106,10 @@ def redis_contents(client) -> bytes:
     return b"\n".join(v if isinstance(v, bytes) else str(v).encode() for v in out)
 
 
-def scored_messages(settings, payment_id: str) -> bytes:
-    """The raw messages of the module's scored topic, read until one holds ``payment_id``."""
+def scored_messages(settings, *payment_ids: str) -> bytes:
+    """The raw messages of the module's scored topic, read until every one of ``payment_ids``
+    is in them: the topic's partitions are fetched apart (on three brokers, from three), so
+    one payment's message says nothing of another's."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer
@@ -122,7 +124,7 @@ def scored_messages(settings, payment_id: str) -> bytes:
             for _ in range(60):
                 got = await consumer.getmany(timeout_ms=1000)
                 seen += [m.value for msgs in got.values() for m in msgs]
-                if any(payment_id.encode() in v for v in seen):
+                if all(any(p.encode() in v for v in seen) for p in payment_ids):
                     break
             return b"\n".join(seen)
         finally:
@@ -163,7 +165,8 @@ def test_a_payment_with_every_detail_scores_and_only_its_tokens_are_kept(
 
     raws = [RAW_EMAIL, RAW_EMAIL.lower(), "jane.doe+SHOP", RAW_IP, RAW_IP6,
             "batch.buyer@example.org", "198.51.100.7"]
-    kafka = scored_messages(stream_worker, batched["payment_id"])
+    kafka = scored_messages(stream_worker, body["payment_id"], v6["payment_id"],
+                            batched["payment_id"])
     assert email.encode() in kafka and ip.encode() in kafka and ip6.encode() in kafka
     from stores.history import HistoryStore
 
