@@ -53,6 +53,7 @@ from stores.online_features import card_fraud_known_key, terminal_fraud_known_ke
 TARGETS = ("api", "stream", "redis", "kafka")
 # Restarted in this order: what the others need first.
 _START_ORDER = ("redis", "kafka", "stream", "api")
+_STARTS = 5  # a restarted part that dies during start-up is started again, this often
 # Features that count labels reported lately: online they see a label once applied.
 LABEL_FRESH = ("card_fraud_known_30d", "terminal_fraud_fresh_7d")
 
@@ -150,6 +151,8 @@ class FaultLog:
     end: float | None = None  # every target restarted and ready (kill), or continued (hang)
     error: str | None = None
     ready: dict[str, float] = field(default_factory=dict)  # per target, for kills
+    # Starts that died during start-up (another fault took a part they need), per target.
+    crashed_starts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -316,9 +319,19 @@ async def _inject(settings: Settings, fault: Fault, clock: Callable[[], float],
             _signal_all(settings, fault.targets, signal.SIGKILL)
             await asyncio.sleep(fault.down)
             # Each part restarted on its own, as a supervisor would: the API does not wait
-            # for the stream worker's rebalance, the worker waits for Kafka by itself.
+            # for the stream worker's rebalance, the worker waits for Kafka by itself. A
+            # start that dies because the next fault took Kafka from a worker still joining
+            # its group is started again, as a supervisor does.
             async def restart(target: str) -> None:
-                await asyncio.to_thread(_start, settings, target)
+                for attempt in range(_STARTS):
+                    try:
+                        await asyncio.to_thread(_start, settings, target)
+                        break
+                    except launcher.ServiceError:
+                        if attempt == _STARTS - 1 or _proc(settings, target).running():
+                            raise  # not a crash, or crashing each time: the audit says so
+                        log.crashed_starts[target] = attempt + 1
+                        await asyncio.sleep(1.0)
                 log.ready[target] = clock() - log.start
 
             await asyncio.gather(*(restart(t) for t in _START_ORDER if t in fault.targets))
@@ -490,7 +503,8 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
             "per_fault": _per_fault(pay, run),
             "timeline": _timeline(pay, run), "faults": [
                 {"fault": f.fault.name, "start": f.start, "end": f.end, "error": f.error,
-                 "ready_after_s": f.ready} for f in run.faults]}
+                 "ready_after_s": f.ready, "crashed_starts": f.crashed_starts}
+                for f in run.faults]}
 
 
 def _rows(frame: pd.DataFrame) -> Iterator[Any]:
