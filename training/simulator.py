@@ -56,6 +56,31 @@ Fraud families (``PATTERNS``; each is tagged in ``fraud_pattern``, switched on b
     habit; night owls, subscription billing at night and travellers in other time zones
     are the legit look-alikes.
 
+Card-not-present preset (``SimulationConfig(preset="ecom")``; the default ``"pos"`` is
+the traffic above, unchanged, and has none of this)
+    Every payment gets the gateway's optional details (``model.schemas.PAYMENT_DETAILS``):
+    customers holding one card mostly, some two or three; one or two devices per customer;
+    a few IPs per customer, in a network shared by the neighbourhood (IPv6 /48s of
+    2001:db8::/32) or a mobile carrier's shared NAT (198.51.100.0/24); an e-mail per
+    customer (``u<n>@example.com``); a BIN per card from its country's few issuers, the
+    billing country the BIN's; the shipping country mostly the billing one; a merchant
+    behind several terminals; 3-D Secure and entry mode by channel. A card-present
+    payment has no device, IP, e-mail, shipping country or 3-D Secure; about 10% of the
+    online payments have no device. The card-present families' online fraud comes from
+    the fraudster's device and network. Five families of ``ECOM_PATTERNS`` are added
+    (``ecom_patterns`` switches them):
+
+    ``fraud_ring``: a few devices and IPs of one /24 (203.0.113.0/24) behind 20-60
+    stolen cards, each used one to three times with a new e-mail, shipped to two or
+    three drop countries. ``account_hijack``: a customer's card paid from a new device,
+    with a new e-mail and a foreign shipping country, a normal-looking payment then a
+    burst at 3-10x the usual amount. ``bin_enumeration``: 30-120 made-up card numbers of
+    one BIN in sequence, each tried with 0.50-2.00 at one merchant within an hour.
+    ``synthetic_identity``: a new customer (new card, e-mail, device) pays normally for
+    three to six weeks (legit: those were paid) and then busts out with large amounts
+    (the fraud). ``friendly_fraud``: genuine online payments later charged back (label
+    noise), from the card's usual device and IP.
+
 Amounts of the other families are kept below ``hard_limit``, so that "amount >= limit" is
 exactly the ``hard_limit`` family.
 
