@@ -70,7 +70,7 @@ the traffic above, unchanged, and has none of this)
     the fraudster's device and network. Five families of ``ECOM_PATTERNS`` are added
     (``ecom_patterns`` switches them):
 
-    ``fraud_ring``: a few devices and IPs of one /24 (203.0.113.0/24) behind 20-60
+    ``fraud_ring``: a few devices and IPs of one /24 (203.0.113.0/24) behind 30-80
     stolen cards, each used one to three times with a new e-mail, shipped to two or
     three drop countries. ``account_hijack``: a customer's card paid from a new device,
     with a new e-mail and a foreign shipping country, a normal-looking payment then a
@@ -1012,6 +1012,13 @@ def _build_ident(cfg: SimulationConfig, world: _World) -> _Ident:
                   term_merchant)
 
 
+def _drop_countries(world: _World) -> np.ndarray:
+    """Where fraudsters ship goods: countries fraud often comes from and no card lives in,
+    so that a drop is always abroad for the card."""
+    home = np.array([c[4] for c in _COUNTRIES]) > 0
+    return np.flatnonzero(~home & (world.country_fraud_w > 0.4))
+
+
 def _customer_name(c: int | np.integer) -> str:
     return f"cust_{int(c):05d}"
 
@@ -1028,14 +1035,15 @@ def _fraud_ring(cfg: SimulationConfig, world: _World, ident: _Ident) -> _Rows:
     rng = _family_rng(cfg, "fraud_ring")
     parts = []
     for r in range(_episodes(rng, cfg.fraud_rings_per_day, cfg.days)):
-        start = _episode_starts(rng, world, 1, room=3 * DAY)[0]
-        length = rng.uniform(3, 15) * DAY
-        devices = [f"dev_ring{r}_{k}" for k in range(int(rng.integers(2, 6)))]
+        # The whole ring inside the run, so that each device shows its many cards.
+        length = min(rng.uniform(3, 15) * DAY, world.span / 2)
+        start = _episode_starts(rng, world, 1, room=length)[0]
+        devices = [f"dev_ring{r}_{k}" for k in range(int(rng.integers(2, 5)))]
         ips = [f"{_RING_NET}.{h}" for h in
                rng.choice(np.arange(1, 255), int(rng.integers(2, 6)), replace=False)]
-        foreign = np.flatnonzero(world.country_fraud_w > 0.4)
-        drops = world.country_code[rng.choice(foreign, int(rng.integers(2, 4)), replace=False)]
-        cards = rng.choice(cfg.cards, min(cfg.cards, int(rng.integers(20, 61))), replace=False)
+        drops = world.country_code[rng.choice(_drop_countries(world), int(rng.integers(2, 4)),
+                                              replace=False)]
+        cards = rng.choice(cfg.cards, min(cfg.cards, int(rng.integers(30, 81))), replace=False)
         uses = 1 + rng.binomial(2, 0.35, len(cards))
         which = np.repeat(np.arange(len(cards)), uses)
         ts = start + rng.random(len(which)) * length
@@ -1070,8 +1078,7 @@ def _account_hijack(cfg: SimulationConfig, world: _World, ident: _Ident) -> _Row
     card = cards[ep]
     scale = np.where(rank == 0, rng.uniform(0.5, 1.5, len(ep)), rng.uniform(3, 10, len(ep)))
     amount = _cap(rng, world, world.card_mean[card] * scale)
-    foreign = np.flatnonzero(world.country_fraud_w > 0.4)
-    ship = world.country_code[rng.choice(foreign, e)]
+    ship = world.country_code[rng.choice(_drop_countries(world), e)]
     return _Rows.make(ts, card, world.popular_ecom(rng, len(ep)), amount,
                       _CODE["account_hijack"], cnp={
                           "customer_id": [_customer_name(ident.card_customer[c]) for c in card],
@@ -1217,6 +1224,8 @@ def _cnp_columns(cfg: SimulationConfig, world: _World, ident: _Ident,
                      for i in np.flatnonzero(fraudster)]
     subscription = rows.kind == _SUBSCRIPTION
     three_ds = np.array(_THREE_DS, dtype=object)[rng.choice(4, n, p=_ONLINE_3DS)]
+    # Fraudsters pick merchants that do not enforce 3-D Secure, or it is only attempted.
+    three_ds[fraudster] = np.where(rng.random(int(fraudster.sum())) < 0.7, "none", "attempted")
     three_ds[subscription] = "none"  # merchant-initiated: no shopper to authenticate
     entry = np.where(subscription | (rng.random(n) < 0.12), "card_on_file",
                      "ecommerce").astype(object)
