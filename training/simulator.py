@@ -539,10 +539,13 @@ class _Rows:
     amount: np.ndarray
     pattern: np.ndarray  # 0 legit, else _CODE of the family
     kind: np.ndarray  # legit kind (for analyst verdicts)
-    # "ecom" only: card-not-present details a family sets itself, per ``_CNP`` field an
-    # object array of strings, None (missing) or ``_USUAL`` (the card's own, drawn at the
-    # end). None for rows that leave everything to the card's own, as legit traffic does.
+    # "ecom" only: card-not-present details a family sets itself. ``cnp`` is a table of
+    # them, per ``_CNP`` field an object array of strings, None (missing) or ``_USUAL``
+    # (the card's own, drawn at the end); ``cnp_at`` is each row's entry in it, -1 for a
+    # row that leaves everything to the card's own, as legit traffic does. A table apart
+    # keeps the legit rows' millions of details out of every concat and take.
     cnp: dict[str, np.ndarray] | None = None
+    cnp_at: np.ndarray | None = None
 
     @classmethod
     def make(cls, ts: np.ndarray, card: np.ndarray, term: np.ndarray, amount: np.ndarray,
@@ -553,7 +556,8 @@ class _Rows:
             f: _object_column(cnp.get(f, _USUAL), n) for f in _CNP}
         return cls(ts.astype(float), card.astype(np.int64), term.astype(np.int64),
                    amount.astype(float), np.full(n, pattern, dtype=np.int8),
-                   np.broadcast_to(np.asarray(kind, dtype=np.int8), (n,)).copy(), details)
+                   np.broadcast_to(np.asarray(kind, dtype=np.int8), (n,)).copy(), details,
+                   None if cnp is None else np.arange(n, dtype=np.int64))
 
     @classmethod
     def concat(cls, parts: Sequence[_Rows]) -> _Rows:
@@ -562,15 +566,22 @@ class _Rows:
             for f in ("ts", "card", "term", "amount", "pattern", "kind"))
         rows = cls(ts, card, term, amount, pattern, kind)
         if any(p.cnp is not None for p in parts):
-            rows.cnp = {f: np.concatenate([
-                p.cnp[f] if p.cnp is not None else _object_column(_USUAL, len(p.ts))
-                for p in parts]) for f in _CNP}
+            at, offset = [], 0
+            for p in parts:
+                if p.cnp is None or p.cnp_at is None:
+                    at.append(np.full(len(p.ts), -1, dtype=np.int64))
+                    continue
+                at.append(np.where(p.cnp_at >= 0, p.cnp_at + offset, -1))
+                offset += len(p.cnp[_CNP[0]])
+            rows.cnp_at = np.concatenate(at)
+            rows.cnp = {f: np.concatenate([p.cnp[f] for p in parts if p.cnp is not None])
+                        for f in _CNP}
         return rows
 
     def take(self, keep: np.ndarray) -> _Rows:
         return _Rows(self.ts[keep], self.card[keep], self.term[keep], self.amount[keep],
-                     self.pattern[keep], self.kind[keep],
-                     None if self.cnp is None else {f: v[keep] for f, v in self.cnp.items()})
+                     self.pattern[keep], self.kind[keep], self.cnp,
+                     None if self.cnp_at is None else self.cnp_at[keep])
 
 
 # The details a family may set on its rows; billing country follows the BIN, merchant the
@@ -1190,8 +1201,8 @@ def _cnp_columns(cfg: SimulationConfig, world: _World, ident: _Ident,
     country."""
     rng = np.random.default_rng([cfg.seed, 13])
     n = len(rows.ts)
-    cnp = rows.cnp if rows.cnp is not None else {
-        f: _object_column(_USUAL, n) for f in _CNP}
+    at = rows.cnp_at if rows.cnp_at is not None else np.full(n, -1, dtype=np.int64)
+    family_rows = np.flatnonzero(at >= 0)
     online = world.term_channel[rows.term] == "ecom"
     own = rows.card < cfg.cards  # the population's cards, as opposed to made-up ones
     card = np.where(own, rows.card, 0)
@@ -1242,9 +1253,11 @@ def _cnp_columns(cfg: SimulationConfig, world: _World, ident: _Ident,
     }
     out: dict[str, np.ndarray] = {}
     for f in _CNP:
-        mine = cnp[f]
-        take = mine == _USUAL
-        out[f] = np.where(take, usual[f], mine).astype(object)
+        out[f] = np.asarray(usual[f], dtype=object).copy()
+        if rows.cnp is not None and len(family_rows):
+            mine = rows.cnp[f][at[family_rows]]
+            own_value = mine != _USUAL
+            out[f][family_rows[own_value]] = mine[own_value]
         if f in ("device_id", "ip", "email", "shipping_country"):
             out[f][~online] = None  # nobody types an e-mail at a till
     issuer_country = {b[0]: b[1] for b in _ISSUERS}
