@@ -127,8 +127,8 @@ LEGIT = 0
 _CODE = {name: i + 1 for i, name in enumerate(PATTERNS + ECOM_PATTERNS)}
 # What each preset holds (the CLI's help says this too).
 PRESETS = {
-    "pos": "card-present traffic and the six classic families, no card-not-present details "
-           "(the default, unchanged)",
+    "pos": "today's traffic (card-present and online payments) with the six classic "
+           "families and no card-not-present details (the default, unchanged)",
     "ecom": "the same traffic plus the card-not-present details (customer, device, IP, "
             "e-mail, BIN, countries, merchant, 3-D Secure, entry mode) and the families "
             + ", ".join(ECOM_PATTERNS),
