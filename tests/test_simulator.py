@@ -256,3 +256,215 @@ def test_bad_configs_are_refused():
 def test_amounts_are_cents(busy):
     cents = np.round(busy["amount"].to_numpy() * 100)
     np.testing.assert_allclose(cents / 100, busy["amount"].to_numpy(), atol=1e-9)
+
+
+# ---- the "ecom" preset: card-not-present details and families ----------------------------
+ECOM = dict(days=40, cards=600, terminals=120, seed=3, preset="ecom")
+SMALL = dict(days=12, cards=120, terminals=15, seed=5)
+
+
+@pytest.fixture(scope="module")
+def ecom() -> pd.DataFrame:
+    return simulate(SimulationConfig(**ECOM))
+
+
+def test_the_default_preset_is_todays_traffic_and_holds_nothing_of_ecom():
+    from training.simulator import ECOM_PATTERNS
+
+    assert SimulationConfig().preset == "pos"
+    assert SimulationConfig.for_preset("pos", **SMALL) == SimulationConfig(**SMALL)
+    plain = simulate(SimulationConfig(**SMALL))
+    assert list(plain.columns) == COLUMNS  # no detail column, not even an empty one
+    assert not set(ECOM_PATTERNS) & set(plain["fraud_pattern"].dropna())
+    # The ecom knobs are inert under "pos": no family of theirs runs, no stream is drawn.
+    knobs = simulate(SimulationConfig(**SMALL, fraud_rings_per_day=3.0, hijack_rate=0.05,
+                                      bin_enumerations_per_day=3.0, friendly_fraud_share=0.2,
+                                      synthetic_identities_per_day=3.0))
+    pd.testing.assert_frame_equal(plain, knobs)
+
+
+def test_ecom_leaves_the_card_present_families_as_they_were(ecom):
+    pos = simulate(SimulationConfig(**{**ECOM, "preset": "pos"}))
+    keep = ["timestamp", "card_id", "terminal_id", "amount", "fraud_pattern"]
+    for family in PATTERNS:
+        mine = pos.loc[pos["fraud_pattern"] == family, keep].reset_index(drop=True)
+        theirs = ecom.loc[ecom["fraud_pattern"] == family, keep].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, theirs)
+
+
+def test_ecom_has_every_detail_column_and_every_family_labelled(ecom):
+    from model.schemas import PAYMENT_DETAILS
+    from training.simulator import ECOM_PATTERNS
+
+    assert list(ecom.columns) == COLUMNS + list(PAYMENT_DETAILS)
+    assert ecom["timestamp"].is_monotonic_increasing and ecom["payment_id"].is_unique
+    counts = ecom["fraud_pattern"].value_counts()
+    for family in ECOM_PATTERNS:
+        rows = ecom[ecom["fraud_pattern"] == family]
+        assert counts.get(family, 0) >= 5, family
+        assert rows["is_fraud"].all(), family
+        assert (rows["label_reported_at"] > rows["timestamp"]).all(), family
+    assert ecom["fraud_pattern"].notna().eq(ecom["is_fraud"]).all()
+    assert 0.005 < ecom["is_fraud"].mean() < 0.04
+
+
+def test_ecom_values_are_valid_payments_and_nothing_looks_like_a_card_number(ecom):
+    from model.schemas import Payment, looks_like_pan
+    from training.traffic import payment_body
+
+    sample = pd.concat([ecom.sample(400, random_state=1),
+                        ecom[ecom["fraud_pattern"].notna()].groupby("fraud_pattern").head(20)])
+    bodies = [payment_body(row) for _, row in sample.iterrows()]  # as --to-api sends
+    for body in bodies:
+        Payment(**body)
+    assert sum("device_id" in b for b in bodies) > 50
+    for col in ("card_id", "customer_id", "device_id", "merchant_id", "email"):
+        assert not ecom[col].dropna().map(looks_like_pan).any(), col
+    ips = ecom["ip"].dropna()
+    assert ips.str.startswith(("198.51.100.", "203.0.113.", "2001:db8:")).all()
+    assert ecom["email"].dropna().str.contains(r"@example\.(?:com|org|net)$").all()
+
+
+def test_card_present_payments_have_no_online_details(ecom):
+    pos = ecom[ecom["channel"] != "ecom"]
+    online = ecom[ecom["channel"] == "ecom"]
+    for col in ("ip", "email", "device_id", "shipping_country", "three_ds"):
+        assert pos[col].isna().all(), col
+    assert set(pos["entry_mode"]) <= {"chip", "contactless", "magstripe"}
+    assert set(online["entry_mode"]) <= {"ecommerce", "card_on_file"}
+    assert online["email"].notna().all() and online["ip"].notna().all()
+    legit = online[~online["is_fraud"]]
+    assert 0.05 < legit["device_id"].isna().mean() < 0.15  # some devices go unseen
+    assert (legit["shipping_country"] == legit["billing_country"]).mean() > 0.85
+    assert ecom["card_bin"].notna().all() and ecom["merchant_id"].notna().all()
+    # several terminals per merchant; a card's billing country is its BIN's
+    assert ecom.groupby("merchant_id")["terminal_id"].nunique().max() >= 2
+    assert (ecom.groupby("card_bin")["billing_country"].nunique() == 1).all()
+    # customers: mostly one card each, some with two or three; devices per customer 1-2
+    cards = ecom[~ecom["is_fraud"]].groupby("customer_id")["card_id"].nunique()
+    assert cards.max() <= 3 and 0.7 < (cards == 1).mean() < 0.98
+
+
+def test_a_ring_device_serves_many_cards(ecom):
+    from model.pseudonym import ip_network
+
+    ring = ecom[ecom["fraud_pattern"] == "fraud_ring"]
+    legit = ecom[~ecom["is_fraud"]]
+    per_ring_device = ring.groupby("device_id")["card_id"].nunique()
+    per_legit_device = legit.groupby("device_id")["card_id"].nunique()
+    assert per_ring_device.min() > per_legit_device.max()
+    assert per_ring_device.median() > 3 * per_legit_device.max()
+    assert ring["ip"].map(ip_network).nunique() == 1  # one /24
+    # A card twice stolen may come back in another ring: rings are told by their devices.
+    which = ring["device_id"].str.extract(r"^dev_ring(\d+)_", expand=False)
+    assert which.notna().all()
+    per_card = ring.groupby([which, ring["card_id"]])
+    assert per_card.size().max() <= 3
+    assert per_card["email"].nunique().eq(1).all()  # a new e-mail per card
+    assert ring["email"].nunique() == per_card.ngroups
+    assert (ring["shipping_country"] != ring["billing_country"]).mean() > 0.8
+
+
+def test_a_hijacked_account_pays_from_a_device_it_never_used(ecom):
+    hijack = ecom[ecom["fraud_pattern"] == "account_hijack"]
+    assert hijack["customer_id"].notna().all()
+    for customer, rows in hijack.groupby("customer_id"):
+        before = ecom[(ecom["customer_id"] == customer)
+                      & (ecom["timestamp"] < rows["timestamp"].min())]
+        assert not rows["device_id"].isin(before["device_id"].dropna()).any(), customer
+        assert not rows["email"].isin(before["email"].dropna()).any(), customer
+        assert (rows["shipping_country"] != rows["billing_country"]).all(), customer
+    usual = ecom[~ecom["is_fraud"] & (ecom["amount"] > 0)].groupby("card_id")["amount"].median()
+    # after the first payment, which only checks that the account works
+    burst = hijack[hijack.groupby("card_id").cumcount() > 0]
+    assert (burst["amount"] / burst["card_id"].map(usual)).median() > 3
+
+
+def test_bin_enumeration_is_one_bin_at_one_merchant_in_a_short_burst(ecom):
+    enum = ecom[ecom["fraud_pattern"] == "bin_enumeration"]
+    for device, rows in enum.groupby("device_id"):
+        assert rows["card_bin"].nunique() == 1, device
+        assert rows["terminal_id"].nunique() == 1 and rows["merchant_id"].nunique() == 1
+        assert rows["timestamp"].max() - rows["timestamp"].min() <= pd.Timedelta(hours=1)
+        assert rows["card_id"].nunique() >= 30 and (rows["amount"] <= 2.0).all()
+        # sequential card ids, never seen in the legit traffic
+        numbers = sorted(int(c.split("_")[1]) for c in rows["card_id"].unique())
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert not enum["card_id"].isin(ecom.loc[~ecom["is_fraud"], "card_id"]).any()
+
+
+def test_synthetic_identities_behave_for_weeks_then_bust_out(ecom):
+    bust = ecom[ecom["fraud_pattern"] == "synthetic_identity"]
+    for customer, rows in bust.groupby("customer_id"):
+        history = ecom[(ecom["customer_id"] == customer) & ~ecom["is_fraud"]]
+        assert len(history) >= 5, customer
+        assert rows["timestamp"].min() - history["timestamp"].min() >= 14 * DAY, customer
+        assert rows["amount"].median() > 5 * history["amount"].median(), customer
+        assert history["device_id"].nunique() == 1  # one device, its own
+        assert set(rows["device_id"]) == set(history["device_id"])
+
+
+def test_friendly_fraud_is_a_chargeback_from_the_cards_usual_device(ecom):
+    friendly = ecom[ecom["fraud_pattern"] == "friendly_fraud"]
+    assert (friendly["label_source"] == "chargeback").all()
+    assert (friendly["channel"] == "ecom").all()
+    legit = ecom[~ecom["is_fraud"]]
+    usual = legit.dropna(subset=["device_id"]).groupby("card_id")["device_id"].agg(
+        lambda d: d.mode().iloc[0])
+    assert (friendly["device_id"] == friendly["card_id"].map(usual)).mean() > 0.9
+    seen = legit.groupby("card_id")["ip"].agg(set)
+    assert all(ip in seen[card] for card, ip in zip(friendly["card_id"], friendly["ip"],
+                                                     strict=True))
+
+
+def test_ecom_is_reproducible_by_seed_and_a_family_can_be_switched_off():
+    from training.simulator import ECOM_PATTERNS
+
+    cfg = SimulationConfig(**SMALL, preset="ecom")
+    pd.testing.assert_frame_equal(simulate(cfg), simulate(cfg))
+    others = tuple(p for p in ECOM_PATTERNS if p != "fraud_ring")
+    off = simulate(SimulationConfig(**SMALL, preset="ecom", ecom_patterns=others))
+    assert "fraud_ring" not in set(off["fraud_pattern"].dropna())
+    assert set(others) <= set(off["fraud_pattern"].dropna())
+    with pytest.raises(ValueError, match="unknown preset"):
+        SimulationConfig(preset="web")
+    with pytest.raises(ValueError, match="unknown ecom patterns"):
+        SimulationConfig(preset="ecom", ecom_patterns=("skimming",))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_an_ecom_file_imports_with_its_emails_and_ips_pseudonymised(tmp_path, suffix):
+    from stores.history import HistoryStore
+    from training.importer import import_history
+    from training.simulator import write_traffic
+
+    traffic = simulate(SimulationConfig(**SMALL, preset="ecom"))
+    path = tmp_path / f"history{suffix}"
+    write_traffic(traffic, path)  # as the CLI writes it
+    store = HistoryStore(tmp_path / "hist")
+    result = import_history(store, path, pii_key=b"an-import-key-of-32-bytes-......")
+    assert result.payments == len(traffic)
+    got = store.query("SELECT email, ip, device_id, card_bin FROM payments")
+    assert got["email"].dropna().str.startswith("em_").all()
+    assert got["ip"].dropna().str.startswith("ip_").all()
+    assert got["card_bin"].notna().all()
+    files = b"".join(p.read_bytes() for p in store.root.rglob("*.parquet"))
+    assert b"@example." not in files
+
+
+def test_cli_simulate_ecom_preset_writes_a_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from ops.cli import app
+    from training.simulator import ECOM_PATTERNS
+
+    out = tmp_path / "ecom.parquet"
+    done = CliRunner().invoke(app, ["simulate", "--preset", "ecom", "--days", "12",
+                                    "--cards", "120", "--terminals", "15", "--seed", "5",
+                                    "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    written = pd.read_parquet(out)
+    assert set(ECOM_PATTERNS) <= set(written["fraud_pattern"].dropna())
+    assert written["device_id"].notna().any()
+    refused = CliRunner().invoke(app, ["simulate", "--preset", "web", "--out", str(out)])
+    assert refused.exit_code != 0

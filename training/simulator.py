@@ -56,6 +56,31 @@ Fraud families (``PATTERNS``; each is tagged in ``fraud_pattern``, switched on b
     habit; night owls, subscription billing at night and travellers in other time zones
     are the legit look-alikes.
 
+Card-not-present preset (``SimulationConfig(preset="ecom")``; the default ``"pos"`` is
+the traffic above, unchanged, and has none of this)
+    Every payment gets the gateway's optional details (``model.schemas.PAYMENT_DETAILS``):
+    customers holding one card mostly, some two or three; one or two devices per customer;
+    a few IPs per customer, in a network shared by the neighbourhood (IPv6 /48s of
+    2001:db8::/32) or a mobile carrier's shared NAT (198.51.100.0/24); an e-mail per
+    customer (``u<n>@example.com``); a BIN per card from its country's few issuers, the
+    billing country the BIN's; the shipping country mostly the billing one; a merchant
+    behind several terminals; 3-D Secure and entry mode by channel. A card-present
+    payment has no device, IP, e-mail, shipping country or 3-D Secure; about 10% of the
+    online payments have no device. The card-present families' online fraud comes from
+    the fraudster's device and network. Five families of ``ECOM_PATTERNS`` are added
+    (``ecom_patterns`` switches them):
+
+    ``fraud_ring``: a few devices and IPs of one /24 (203.0.113.0/24) behind 30-80
+    stolen cards, each used one to three times with a new e-mail, shipped to two or
+    three drop countries. ``account_hijack``: a customer's card paid from a new device,
+    with a new e-mail and a foreign shipping country, a normal-looking payment then a
+    burst at 3-10x the usual amount. ``bin_enumeration``: 30-120 made-up card numbers of
+    one BIN in sequence, each tried with 0.50-2.00 at one merchant within an hour.
+    ``synthetic_identity``: a new customer (new card, e-mail, device) pays normally for
+    three to six weeks (legit: those were paid) and then busts out with large amounts
+    (the fraud). ``friendly_fraud``: genuine online payments later charged back (label
+    noise), from the card's usual device and IP.
+
 Amounts of the other families are kept below ``hard_limit``, so that "amount >= limit" is
 exactly the ``hard_limit`` family.
 
@@ -92,8 +117,22 @@ DAY = 86_400.0
 
 PATTERNS = ("compromised_terminal", "card_testing", "stolen_card", "account_takeover",
             "hard_limit", "unusual_hours")
+# The card-not-present families of the "ecom" preset. Kept out of ``PATTERNS`` (the
+# default ``patterns``) so that the default run, which other tests train on with pinned
+# expectations, stays exactly what it was.
+ECOM_PATTERNS = ("fraud_ring", "account_hijack", "bin_enumeration", "synthetic_identity",
+                 "friendly_fraud")
 LEGIT = 0
-_CODE = {name: i + 1 for i, name in enumerate(PATTERNS)}
+# Codes continue after the card-present families': theirs, and so their streams, stay.
+_CODE = {name: i + 1 for i, name in enumerate(PATTERNS + ECOM_PATTERNS)}
+# What each preset holds (the CLI's help says this too).
+PRESETS = {
+    "pos": "today's traffic (card-present and online payments) with the six classic "
+           "families and no card-not-present details (the default, unchanged)",
+    "ecom": "the same traffic plus the card-not-present details (customer, device, IP, "
+            "e-mail, BIN, countries, merchant, 3-D Secure, entry mode) and the families "
+            + ", ".join(ECOM_PATTERNS),
+}
 LABEL_SOURCES = ("chargeback", "analyst", "customer_report")
 
 # Share of (chargeback, analyst, customer_report) labels per family.
@@ -104,6 +143,13 @@ _SOURCE_MIX = {
     "account_takeover": (0.55, 0.15, 0.30),
     "hard_limit": (0.30, 0.60, 0.10),
     "unusual_hours": (0.60, 0.20, 0.20),
+}
+_ECOM_SOURCE_MIX = {
+    "fraud_ring": (0.70, 0.25, 0.05),
+    "account_hijack": (0.30, 0.20, 0.50),  # the account's owner notices first
+    "bin_enumeration": (0.20, 0.75, 0.05),  # the merchant's analysts see the burst
+    "synthetic_identity": (0.10, 0.85, 0.05),  # written off: nobody to complain
+    "friendly_fraud": (1.0, 0.0, 0.0),  # a chargeback is what friendly fraud is
 }
 
 # code, x and y (km), UTC offset (h), share of cards, weight as a destination abroad for
@@ -196,8 +242,31 @@ class SimulationConfig:
     verification_share: float = 0.006  # legit payments that are 0-amount verifications
     label_delay_days: float | None = None  # if set: every payment labelled this much later
     legit_verdict_rate: float = 0.0  # share of legit payments given an analyst verdict
+    # "pos": today's traffic, untouched. "ecom": card-not-present details on every payment
+    # and the ``ECOM_PATTERNS`` families (``ecom_patterns``); nothing of it draws from the
+    # random streams the "pos" run uses, so its card-present traffic is the same.
+    preset: str = "pos"
+    ecom_patterns: tuple[str, ...] = ECOM_PATTERNS
+    fraud_rings_per_day: float = 0.06  # rings starting per day
+    hijack_rate: float = 0.0003  # per card and day, as the card-level families
+    bin_enumerations_per_day: float = 0.06  # enumeration bursts per day
+    synthetic_identities_per_day: float = 0.12  # new synthetic customers per day
+    friendly_fraud_share: float = 0.003  # of the legit online payments, charged back
+
+    @classmethod
+    def for_preset(cls, name: str, **overrides: object) -> SimulationConfig:
+        """The config of a preset (``PRESETS``), other fields as given."""
+        return cls(preset=name, **overrides)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
+        unknown_ecom = set(self.ecom_patterns) - set(ECOM_PATTERNS)
+        if unknown_ecom:
+            raise ValueError(f"unknown ecom patterns {sorted(unknown_ecom)}; "
+                             f"known: {ECOM_PATTERNS}")
+        if not 0 <= self.friendly_fraud_share < 0.5:
+            raise ValueError("friendly_fraud_share must be in [0, 0.5)")
         if self.days < 1 or self.cards < 1 or self.terminals < 2:
             raise ValueError("simulation needs days >= 1, cards >= 1 and terminals >= 2")
         unknown = set(self.patterns) - set(PATTERNS)
@@ -470,23 +539,65 @@ class _Rows:
     amount: np.ndarray
     pattern: np.ndarray  # 0 legit, else _CODE of the family
     kind: np.ndarray  # legit kind (for analyst verdicts)
+    # "ecom" only: card-not-present details a family sets itself. ``cnp`` is a table of
+    # them, per ``_CNP`` field an object array of strings, None (missing) or ``_USUAL``
+    # (the card's own, drawn at the end); ``cnp_at`` is each row's entry in it, -1 for a
+    # row that leaves everything to the card's own, as legit traffic does. A table apart
+    # keeps the legit rows' millions of details out of every concat and take.
+    cnp: dict[str, np.ndarray] | None = None
+    cnp_at: np.ndarray | None = None
 
     @classmethod
     def make(cls, ts: np.ndarray, card: np.ndarray, term: np.ndarray, amount: np.ndarray,
-             pattern: int, kind: int | np.ndarray = _NORMAL) -> _Rows:
+             pattern: int, kind: int | np.ndarray = _NORMAL,
+             cnp: dict[str, object] | None = None) -> _Rows:
         n = len(ts)
+        details = None if cnp is None else {
+            f: _object_column(cnp.get(f, _USUAL), n) for f in _CNP}
         return cls(ts.astype(float), card.astype(np.int64), term.astype(np.int64),
                    amount.astype(float), np.full(n, pattern, dtype=np.int8),
-                   np.broadcast_to(np.asarray(kind, dtype=np.int8), (n,)).copy())
+                   np.broadcast_to(np.asarray(kind, dtype=np.int8), (n,)).copy(), details,
+                   None if cnp is None else np.arange(n, dtype=np.int64))
 
     @classmethod
     def concat(cls, parts: Sequence[_Rows]) -> _Rows:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("ts", "card", "term", "amount", "pattern", "kind")))
+        ts, card, term, amount, pattern, kind = (
+            np.concatenate([getattr(p, f) for p in parts])
+            for f in ("ts", "card", "term", "amount", "pattern", "kind"))
+        rows = cls(ts, card, term, amount, pattern, kind)
+        if any(p.cnp is not None for p in parts):
+            at, offset = [], 0
+            for p in parts:
+                if p.cnp is None or p.cnp_at is None:
+                    at.append(np.full(len(p.ts), -1, dtype=np.int64))
+                    continue
+                at.append(np.where(p.cnp_at >= 0, p.cnp_at + offset, -1))
+                offset += len(p.cnp[_CNP[0]])
+            rows.cnp_at = np.concatenate(at)
+            rows.cnp = {f: np.concatenate([p.cnp[f] for p in parts if p.cnp is not None])
+                        for f in _CNP}
+        return rows
 
     def take(self, keep: np.ndarray) -> _Rows:
         return _Rows(self.ts[keep], self.card[keep], self.term[keep], self.amount[keep],
-                     self.pattern[keep], self.kind[keep])
+                     self.pattern[keep], self.kind[keep], self.cnp,
+                     None if self.cnp_at is None else self.cnp_at[keep])
+
+
+# The details a family may set on its rows; billing country follows the BIN, merchant the
+# terminal, so those two are never a family's own.
+_CNP = ("customer_id", "device_id", "ip", "email", "card_bin", "shipping_country",
+        "three_ds", "entry_mode")
+_USUAL = ""  # not a valid value of any detail, so it cannot be confused with one
+
+
+def _object_column(value: object, n: int) -> np.ndarray:
+    """``value`` (a scalar or a sequence of ``n``) as an object array of ``n``."""
+    if isinstance(value, np.ndarray | list | tuple):
+        out = np.empty(n, dtype=object)
+        out[:] = list(value)
+        return out
+    return np.full(n, value, dtype=object)
 
 
 def _amounts(rng: np.random.Generator, world: _World, card: np.ndarray,
@@ -823,6 +934,355 @@ def _compromise_terminals(cfg: SimulationConfig, world: _World, legit: _Rows) ->
             legit.pattern[at[rng.random(len(at)) < frac[w]]] = code
 
 
+# ---- card-not-present details and families (the "ecom" preset) ----------------------------
+# Issuer BINs (made up, six digits: nowhere near a card number's 12-19) and their country,
+# a handful per home country: a card's BIN says where its billing address is.
+_ISSUERS = (
+    ("497010", "FR"), ("513255", "FR"), ("453978", "FR"), ("497401", "FR"),
+    ("492181", "DE"), ("535110", "DE"), ("416598", "DE"),
+    ("454742", "ES"), ("520416", "ES"),
+    ("402360", "IT"), ("532510", "IT"),
+    ("465859", "NL"), ("520953", "NL"),
+    ("479160", "BE"), ("536120", "BE"),
+)
+# The only IPv4 documentation /24s are three; 203.0.113.0/24 is left to the fraud rings
+# (their one /24) and 198.51.100.0/24 is the mobile carriers' shared NAT, which many
+# customers share too (the legit look-alike of a ring's /24). Neighbourhoods are IPv6 /48s
+# of 2001:db8::/32 (the pseudonyms' network of an IPv6 address), 2001:db8:ff00:: upwards
+# being the fraudsters' own networks.
+_RING_NET = "203.0.113"
+_MOBILE_NET = "198.51.100"
+_HOOD_SIZE = 25  # customers per neighbourhood
+_THREE_DS = ("none", "attempted", "authenticated", "failed")
+_ONLINE_3DS = (0.20, 0.15, 0.60, 0.05)
+_POS_ENTRY = ("chip", "contactless", "magstripe")
+_POS_ENTRY_P = (0.45, 0.52, 0.03)
+# The card-present families whose online payments come from the fraudster's own device
+# and network; the others (compromised terminals, stolen cards) look like the card's own.
+_FRAUDSTER_ONLINE = ("card_testing", "account_takeover", "hard_limit", "unusual_hours")
+# New cards the ecom families make up get numbers of their own, apart from the population's
+# and from each other's, so that switching one family off renames nobody else's cards.
+_NEW_CARDS = {"bin_enumeration": 100_000, "synthetic_identity": 200_000}
+
+
+@dataclass
+class _Ident:
+    """Who is behind each card: customers, their devices, IPs and e-mail, the card's BIN,
+    and the merchant behind each terminal."""
+
+    card_customer: np.ndarray  # per card
+    card_bin: np.ndarray  # index into _ISSUERS
+    cust_dev0: np.ndarray  # per customer: first device number
+    cust_ndev: np.ndarray  # 1 or 2 devices
+    cust_nip: np.ndarray  # 1 to 3 addresses
+    ip_table: list[str]  # customer * 3 + slot
+    term_merchant: np.ndarray  # per terminal
+
+
+def _build_ident(cfg: SimulationConfig, world: _World) -> _Ident:
+    rng = np.random.default_rng([cfg.seed, 12])
+    n = cfg.cards
+    # Customers hold one card mostly, some two or three; the cards of one customer live in
+    # one city (cards sorted by city are dealt out to customers in order).
+    sizes = rng.choice([1, 2, 3], size=n, p=[0.86, 0.11, 0.03])
+    owner = np.repeat(np.arange(n), sizes)[:n]
+    card_customer = np.empty(n, dtype=np.int64)
+    card_customer[np.argsort(world.card_city, kind="stable")] = owner
+    n_cust = int(owner[-1]) + 1
+    cust_city = np.zeros(n_cust, dtype=np.int64)
+    cust_city[card_customer] = world.card_city
+    # Neighbourhoods: customers of one city, in groups, share a network.
+    by_city = np.argsort(cust_city, kind="stable")
+    hood = np.empty(n_cust, dtype=np.int64)
+    hood[by_city] = np.arange(n_cust) // _HOOD_SIZE
+    cust_ndev = 1 + (rng.random(n_cust) < 0.25)
+    cust_dev0 = np.cumsum(cust_ndev) - cust_ndev
+    cust_nip = 1 + rng.binomial(2, 0.35, n_cust)
+    mobile_host = rng.integers(1, 255, n_cust)
+    ip_table = []
+    for c in range(n_cust):
+        net = f"2001:db8:{int(hood[c]) % 0xff00 + 1:x}:{c % 0x10000:x}"
+        ip_table += [f"{net}::1", f"{net}::2", f"{_MOBILE_NET}.{mobile_host[c]}"]
+    # Each home country's cards are issued by its few banks, one bigger than the others.
+    issuer_country = np.array([b[1] for b in _ISSUERS])
+    card_bin = np.zeros(n, dtype=np.int64)
+    for c in np.unique(world.card_country):
+        cand = np.flatnonzero(issuer_country == world.country_code[c])
+        mine = np.flatnonzero(world.card_country == c)
+        w = 1.0 / (np.arange(len(cand)) + 1.0)
+        card_bin[mine] = rng.choice(cand, size=len(mine), p=w / w.sum())
+    # Merchants run several terminals (a chain's shops, a web shop's several sites): the
+    # terminals of one channel and MCC are dealt out to merchants of 1 to 5 terminals.
+    n_terms = len(world.term_mcc)
+    order = np.lexsort((rng.random(n_terms), world.term_mcc.astype(str),
+                        world.term_channel.astype(str)))
+    per = 1 + rng.binomial(4, 0.35, n_terms)
+    term_merchant = np.empty(n_terms, dtype=np.int64)
+    term_merchant[order] = np.repeat(np.arange(n_terms), per)[:n_terms]
+    return _Ident(card_customer, card_bin, cust_dev0, cust_ndev, cust_nip, ip_table,
+                  term_merchant)
+
+
+def _drop_countries(world: _World) -> np.ndarray:
+    """Where fraudsters ship goods: countries fraud often comes from and no card lives in,
+    so that a drop is always abroad for the card."""
+    home = np.array([c[4] for c in _COUNTRIES]) > 0
+    return np.flatnonzero(~home & (world.country_fraud_w > 0.4))
+
+
+def _customer_name(c: int | np.integer) -> str:
+    return f"cust_{int(c):05d}"
+
+
+def _episodes(rng: np.random.Generator, per_day: float, days: int) -> int:
+    """How many episodes of a family of ``per_day``: at least one when switched on."""
+    return max(1, int(rng.poisson(per_day * days))) if per_day > 0 else 0
+
+
+def _fraud_ring(cfg: SimulationConfig, world: _World, ident: _Ident) -> _Rows:
+    """A few devices and IPs of one /24 behind many stolen cards: each card used once to
+    three times from the ring's devices, with a new e-mail, shipped to a few drop
+    countries."""
+    rng = _family_rng(cfg, "fraud_ring")
+    parts = []
+    for r in range(_episodes(rng, cfg.fraud_rings_per_day, cfg.days)):
+        # The whole ring inside the run, so that each device shows its many cards.
+        length = min(rng.uniform(3, 15) * DAY, world.span / 2)
+        start = _episode_starts(rng, world, 1, room=length)[0]
+        devices = [f"dev_ring{r}_{k}" for k in range(int(rng.integers(2, 5)))]
+        ips = [f"{_RING_NET}.{h}" for h in
+               rng.choice(np.arange(1, 255), int(rng.integers(2, 6)), replace=False)]
+        drops = world.country_code[rng.choice(_drop_countries(world), int(rng.integers(2, 4)),
+                                              replace=False)]
+        cards = rng.choice(cfg.cards, min(cfg.cards, int(rng.integers(30, 81))), replace=False)
+        uses = 1 + rng.binomial(2, 0.35, len(cards))
+        which = np.repeat(np.arange(len(cards)), uses)
+        ts = start + rng.random(len(which)) * length
+        m = len(which)
+        dear = world.ecom[np.isin(world.term_mcc[world.ecom], ("5732", "5944", "5999", "5691"))]
+        term = rng.choice(dear if len(dear) else world.ecom, m)
+        amount = _cap(rng, world, rng.lognormal(np.log(180.0), 0.6, m))
+        parts.append(_Rows.make(ts, cards[which], term, amount, _CODE["fraud_ring"], cnp={
+            "customer_id": [f"cust_ring{r}_{j}" for j in which],
+            "device_id": np.array(devices, dtype=object)[rng.integers(0, len(devices), m)],
+            "ip": np.array(ips, dtype=object)[rng.integers(0, len(ips), m)],
+            "email": [f"ring{r}.{j}@example.net" for j in which],
+            "shipping_country": drops[rng.integers(0, len(drops), m)],
+            "three_ds": np.where(rng.random(m) < 0.7, "none", "attempted"),
+            "entry_mode": "ecommerce"}))
+    return _Rows.concat(parts) if parts else _no_rows()
+
+
+def _account_hijack(cfg: SimulationConfig, world: _World, ident: _Ident) -> _Rows:
+    """An existing customer's card used from a new device, with a new e-mail and another
+    shipping country, first a normal-looking payment, then a burst of larger ones."""
+    rng = _family_rng(cfg, "account_hijack")
+    e = max(1, int(rng.binomial(cfg.cards, min(1.0, cfg.hijack_rate * cfg.days))))
+    cards = rng.choice(cfg.cards, min(e, cfg.cards), replace=False)
+    e = len(cards)
+    start = _episode_starts(rng, world, e, room=DAY)
+    k = 3 + rng.poisson(2.5, e)
+    ep = np.repeat(np.arange(e), k)
+    rank = _ranks(k)
+    # The first payment checks the account works; the burst follows within hours.
+    ts = start[ep] + np.where(rank == 0, 0.0, rng.uniform(10 * MINUTE, 4 * HOUR, len(ep)))
+    card = cards[ep]
+    scale = np.where(rank == 0, rng.uniform(0.5, 1.5, len(ep)), rng.uniform(3, 10, len(ep)))
+    amount = _cap(rng, world, world.card_mean[card] * scale)
+    ship = world.country_code[rng.choice(_drop_countries(world), e)]
+    return _Rows.make(ts, card, world.popular_ecom(rng, len(ep)), amount,
+                      _CODE["account_hijack"], cnp={
+                          "customer_id": [_customer_name(ident.card_customer[c]) for c in card],
+                          "device_id": [f"dev_hijack{i}" for i in ep],
+                          "ip": [f"2001:db8:ff01:{i % 0x10000:x}::9" for i in ep],
+                          "email": [f"hj{i}@example.org" for i in ep],
+                          "shipping_country": ship[ep],
+                          "three_ds": np.where(rng.random(len(ep)) < 0.5, "none", "attempted"),
+                          "entry_mode": "ecommerce"})
+
+
+def _bin_enumeration(cfg: SimulationConfig, world: _World, ident: _Ident) -> _Rows:
+    """Card numbers of one BIN, generated in sequence, each tried with a small amount at
+    one merchant, all within a short burst."""
+    rng = _family_rng(cfg, "bin_enumeration")
+    parts = []
+    first = cfg.cards + _NEW_CARDS["bin_enumeration"]
+    for b in range(_episodes(rng, cfg.bin_enumerations_per_day, cfg.days)):
+        start = _episode_starts(rng, world, 1, room=2 * HOUR)[0]
+        window = rng.uniform(10, 60) * MINUTE
+        n_cards = int(rng.integers(30, 121))
+        issuer = _ISSUERS[int(rng.integers(0, len(_ISSUERS)))][0]
+        cards = first + np.arange(n_cards)
+        first += n_cards
+        tries = 1 + rng.binomial(1, 0.3, n_cards)
+        which = np.repeat(np.arange(n_cards), tries)
+        # In card-number order: the script walks the numbers.
+        ts = start + np.sort(rng.random(len(which))) * window
+        m = len(which)
+        amount = np.where(rng.random(m) < 0.5, 1.0, np.round(rng.uniform(0.5, 2.0, m), 2))
+        merchant = rng.choice(world.ecom)
+        parts.append(_Rows.make(ts, cards[which], np.full(m, merchant), amount,
+                                _CODE["bin_enumeration"], cnp={
+                                    "customer_id": None,  # guest checkout
+                                    "device_id": f"dev_enum{b}",
+                                    "ip": [f"2001:db8:ff02:{b % 0x10000:x}::{h:x}"
+                                           for h in rng.integers(1, 6, m)],
+                                    "email": [f"enum{b}.{j}@example.net" for j in which],
+                                    "card_bin": issuer,
+                                    "shipping_country": None,  # nothing shipped
+                                    "three_ds": "none",
+                                    "entry_mode": "ecommerce"}))
+    return _Rows.concat(parts) if parts else _no_rows()
+
+
+def _synthetic_identity(cfg: SimulationConfig, world: _World,
+                        ident: _Ident) -> tuple[_Rows, _Rows]:
+    """New customers (new e-mail, device, card) who pay normally for weeks, then bust out
+    with large amounts: (the build-up, legit as it was paid; the bust-out, fraud)."""
+    rng = _family_rng(cfg, "synthetic_identity")
+    e = _episodes(rng, cfg.synthetic_identities_per_day, cfg.days)
+    first = cfg.cards + _NEW_CARDS["synthetic_identity"]
+    cards = first + np.arange(e)
+    # The build-up takes up to three quarters of the run (three to six weeks when it is
+    # long enough), then the bust-out lasts one or two days.
+    build = np.minimum(rng.uniform(21, 42, e), 0.75 * cfg.days) * DAY
+    t_bust = world.t0 + build + rng.uniform(0, max(world.span - build.max() - 2 * DAY, 0), e)
+    t_bust = np.minimum(t_bust, world.t0 + world.span - 2 * DAY)
+    born = t_bust - build
+    home = rng.choice(np.flatnonzero(np.array([c[4] for c in _COUNTRIES]) > 0), e)
+    issuers = np.array([b[1] for b in _ISSUERS])
+    issuer = [_ISSUERS[int(rng.choice(np.flatnonzero(issuers == world.country_code[h])))][0]
+              for h in home]
+
+    def details(ep: np.ndarray) -> dict[str, object]:
+        return {"customer_id": [f"cust_syn{i}" for i in ep],
+                "device_id": [f"dev_syn{i}" for i in ep],
+                "ip": [f"2001:db8:ff03:{i % 0x10000:x}::1" for i in ep],
+                "email": [f"syn{i}@example.org" for i in ep],
+                "card_bin": np.array(issuer, dtype=object)[ep],
+                "shipping_country": world.country_code[home[ep]],
+                "three_ds": np.where(rng.random(len(ep)) < 0.8, "authenticated", "attempted"),
+                "entry_mode": "ecommerce"}
+
+    k = 1 + rng.poisson(build / DAY * 0.6)
+    ep = np.repeat(np.arange(e), k)
+    ts = born[ep] + rng.random(len(ep)) * build[ep]
+    amount = np.round(rng.lognormal(np.log(35.0), 0.5, len(ep)), 2)
+    normal = _Rows.make(ts, cards[ep], world.popular_ecom(rng, len(ep)),
+                        _cap(rng, world, amount), LEGIT, _NORMAL, cnp=details(ep))
+    kb = 3 + rng.poisson(3.0, e)
+    bp = np.repeat(np.arange(e), kb)
+    b_ts = t_bust[bp] + rng.random(len(bp)) * rng.uniform(1, 2, e)[bp] * DAY
+    dear = world.ecom[np.isin(world.term_mcc[world.ecom], (*_BIG_TICKET_MCCS, "5999"))]
+    b_amount = _cap(rng, world, rng.uniform(400, 2500, len(bp)))
+    bust = _Rows.make(b_ts, cards[bp], rng.choice(dear if len(dear) else world.ecom, len(bp)),
+                      b_amount, _CODE["synthetic_identity"], cnp=details(bp))
+    return normal, bust
+
+
+def _friendly_fraud(cfg: SimulationConfig, world: _World, legit: _Rows) -> None:
+    """Genuine online payments the card's owner later disputes: relabelled as fraud, with
+    nothing else about them changed (label noise from the card's own device and IP)."""
+    rng = _family_rng(cfg, "friendly_fraud")
+    can = np.flatnonzero((legit.pattern == LEGIT) & (world.term_channel[legit.term] == "ecom")
+                         & np.isin(legit.kind, (_NORMAL, _BIG)) & (legit.amount > 0))
+    n = max(1, int(rng.binomial(len(can), cfg.friendly_fraud_share))) if len(can) else 0
+    legit.pattern[rng.choice(can, n, replace=False)] = _CODE["friendly_fraud"]
+
+
+def _no_rows() -> _Rows:
+    return _Rows.make(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), LEGIT, cnp={})
+
+
+def _cnp_columns(cfg: SimulationConfig, world: _World, ident: _Ident,
+                 rows: _Rows) -> dict[str, pd.Series]:
+    """The card-not-present details of every row: a family's own where it set them, else
+    the card's usual ones. Card-present payments have no device, IP, e-mail or shipping
+    country."""
+    rng = np.random.default_rng([cfg.seed, 13])
+    n = len(rows.ts)
+    at = rows.cnp_at if rows.cnp_at is not None else np.full(n, -1, dtype=np.int64)
+    family_rows = np.flatnonzero(at >= 0)
+    online = world.term_channel[rows.term] == "ecom"
+    own = rows.card < cfg.cards  # the population's cards, as opposed to made-up ones
+    card = np.where(own, rows.card, 0)
+    cust = ident.card_customer[card]
+    code = {name: _CODE[name] for name in PATTERNS + ECOM_PATTERNS}
+    fraudster = online & np.isin(rows.pattern, [code[f] for f in _FRAUDSTER_ONLINE])
+    friendly = rows.pattern == code["friendly_fraud"]
+
+    # The usual details, drawn for every row (vectorised), used where the family left them.
+    second = (ident.cust_ndev[cust] == 2) & (rng.random(n) < 0.3) & ~friendly
+    device = np.array([f"dev_{i:06d}" for i in range(int(ident.cust_dev0[-1]) + 2)],
+                      dtype=object)[ident.cust_dev0[cust] + second]
+    device[rng.random(n) < 0.10] = None  # a blocked fingerprinting script, an old app
+    device[friendly] = np.array([f"dev_{i:06d}" for i in ident.cust_dev0[cust[friendly]]],
+                                dtype=object)
+    slot = np.minimum((rng.random(n) ** 1.8 * ident.cust_nip[cust]).astype(np.int64),
+                      ident.cust_nip[cust] - 1)
+    slot[friendly] = 0
+    ip = np.array(ident.ip_table, dtype=object)[cust * 3 + slot]
+    email = np.array([f"u{c}@example.com" for c in range(len(ident.cust_dev0))],
+                     dtype=object)[cust]
+    bill = world.country_code[world.card_country[card]]
+    travel = _travel_weight()
+    ship = np.where(rng.random(n) < 0.92, bill,
+                    world.country_code[rng.choice(len(travel), n, p=travel / travel.sum())])
+    # The card-present families' online fraud: the fraudster's device and network.
+    device[fraudster] = [f"dev_fraud{rows.pattern[i]}_{rows.card[i]}"
+                         for i in np.flatnonzero(fraudster)]
+    ip[fraudster] = [f"2001:db8:ff{rows.pattern[i]:02x}:{rows.card[i] % 0x10000:x}::7"
+                     for i in np.flatnonzero(fraudster)]
+    subscription = rows.kind == _SUBSCRIPTION
+    three_ds = np.array(_THREE_DS, dtype=object)[rng.choice(4, n, p=_ONLINE_3DS)]
+    # Fraudsters pick merchants that do not enforce 3-D Secure, or it is only attempted.
+    three_ds[fraudster] = np.where(rng.random(int(fraudster.sum())) < 0.7, "none", "attempted")
+    three_ds[subscription] = "none"  # merchant-initiated: no shopper to authenticate
+    entry = np.where(subscription | (rng.random(n) < 0.12), "card_on_file",
+                     "ecommerce").astype(object)
+    pos_entry = np.array(_POS_ENTRY, dtype=object)[rng.choice(3, n, p=_POS_ENTRY_P)]
+    pos_entry[world.term_channel[rows.term] == "atm"] = "chip"
+    usual = {
+        "customer_id": np.array([_customer_name(c) for c in range(len(ident.cust_dev0))],
+                                dtype=object)[cust],
+        "device_id": device, "ip": ip, "email": email,
+        "card_bin": np.array([b[0] for b in _ISSUERS], dtype=object)[ident.card_bin[card]],
+        "shipping_country": ship,
+        "three_ds": np.where(online, three_ds, _object_column(None, n)),
+        "entry_mode": np.where(online, entry, pos_entry),
+    }
+    out: dict[str, np.ndarray] = {}
+    for f in _CNP:
+        out[f] = np.asarray(usual[f], dtype=object).copy()
+        if rows.cnp is not None and len(family_rows):
+            mine = rows.cnp[f][at[family_rows]]
+            own_value = mine != _USUAL
+            out[f][family_rows[own_value]] = mine[own_value]
+        if f in ("device_id", "ip", "email", "shipping_country"):
+            out[f][~online] = None  # nobody types an e-mail at a till
+    issuer_country = {b[0]: b[1] for b in _ISSUERS}
+    billing = pd.Series(out["card_bin"]).map(issuer_country).to_numpy(dtype=object)
+    merchant = np.array([f"merch_{i:04d}" for i in range(len(world.term_mcc))],
+                        dtype=object)[ident.term_merchant[rows.term]]
+    columns = {**out, "billing_country": billing, "merchant_id": merchant}
+    return {f: _strings(columns[f]) for f in PAYMENT_DETAIL_ORDER}
+
+
+# The details in the order of ``model.schemas.PAYMENT_DETAILS`` (not imported: the
+# simulator does not move with the schemas, the test checks the two agree).
+PAYMENT_DETAIL_ORDER = ("customer_id", "device_id", "ip", "email", "card_bin",
+                        "billing_country", "shipping_country", "merchant_id", "three_ds",
+                        "entry_mode")
+
+
+def _strings(values: np.ndarray) -> pd.Series:
+    """An object array of strings and None as a string column, through its distinct values
+    (as the other string columns: no conversion per row)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    table = pd.Series([*uniques.tolist(), None])
+    return table.take(np.where(codes < 0, len(uniques), codes)).reset_index(drop=True)
+
+
 # ---- labels and output --------------------------------------------------------------------
 def _label_delays(rng: np.random.Generator, source: np.ndarray) -> np.ndarray:
     """Seconds from payment to label, by source."""
@@ -867,6 +1327,22 @@ def simulate(
                        ("hard_limit", _hard_limit), ("unusual_hours", _unusual_hours)):
         if len(hit[name]):
             parts.append(make(config, world, hit[name]))
+    ecom = config.preset == "ecom"
+    # Everything of the ecom preset comes after the card-present families and draws from
+    # streams of its own: the "pos" run never reaches it.
+    ident = _build_ident(config, world) if ecom else None
+    if ident is not None:
+        families = set(config.ecom_patterns)
+        if "friendly_fraud" in families and config.friendly_fraud_share > 0:
+            _friendly_fraud(config, world, legit)
+        if "fraud_ring" in families:
+            parts.append(_fraud_ring(config, world, ident))
+        if "account_hijack" in families and config.hijack_rate > 0:
+            parts.append(_account_hijack(config, world, ident))
+        if "bin_enumeration" in families:
+            parts.append(_bin_enumeration(config, world, ident))
+        if "synthetic_identity" in families:
+            parts.extend(_synthetic_identity(config, world, ident))
     rows = _Rows.concat([legit, *parts])
     del legit, parts
 
@@ -887,6 +1363,10 @@ def simulate(
     for name, mix in _SOURCE_MIX.items():
         mine = np.flatnonzero(rows.pattern == _CODE[name])
         source[mine] = rng.choice(3, len(mine), p=mix)
+    if ecom:
+        for name, mix in _ECOM_SOURCE_MIX.items():
+            mine = np.flatnonzero(rows.pattern == _CODE[name])
+            source[mine] = rng.choice(3, len(mine), p=mix)
     if config.label_delay_days is not None:
         labelled = np.ones(n, dtype=bool)
         delay_ms = np.full(n, round(config.label_delay_days * 86_400_000), dtype=np.int64)
@@ -904,13 +1384,19 @@ def simulate(
     def column(table: Sequence[str | None], codes: np.ndarray) -> pd.Series:
         return pd.Series(list(table)).take(codes).reset_index(drop=True)
 
-    n_cards = int(rows.card.max()) + 1 if n else 0
     n_terms = len(world.term_mcc)
-    return pd.DataFrame(
+    if ecom:
+        # Made-up cards are numbered far above the population's: only the used names.
+        used, card_codes = np.unique(rows.card, return_inverse=True)
+        card_names = [f"card_{i:05d}" for i in used]
+    else:
+        card_codes = rows.card
+        card_names = [f"card_{i:05d}" for i in range(int(rows.card.max()) + 1 if n else 0)]
+    frame = pd.DataFrame(
         {
             "payment_id": _payment_ids(config.id_prefix or f"sim{config.seed}", n),
             "timestamp": pd.Series(pd.to_datetime(ts_ms, unit="ms", utc=True)),
-            "card_id": column([f"card_{i:05d}" for i in range(n_cards)], rows.card),
+            "card_id": column(card_names, card_codes),
             "terminal_id": column([f"term_{i:04d}" for i in range(n_terms)], rows.term),
             "amount": rows.amount,
             "currency": column(["EUR"], np.zeros(n, dtype=np.int64)),
@@ -921,9 +1407,14 @@ def simulate(
             "label_reported_at": pd.Series(
                 pd.to_datetime(ts_ms + delay_ms, unit="ms", utc=True)).where(labelled),
             "label_source": column([*LABEL_SOURCES, None], np.where(labelled, source, 3)),
-            "fraud_pattern": column([None, *PATTERNS], rows.pattern.astype(np.int64)),
+            "fraud_pattern": column([None, *PATTERNS, *ECOM_PATTERNS],
+                                    rows.pattern.astype(np.int64)),
         }
     )
+    if ident is not None:
+        for name, values in _cnp_columns(config, world, ident, rows).items():
+            frame[name] = values
+    return frame
 
 
 def _payment_ids(prefix: str, n: int) -> pd.Series:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, cast, get_args
 
@@ -28,11 +29,21 @@ from ops.cli.output import (
 )
 from training.backtest import BacktestConfig
 from training.replay import ReplayConfig
-from training.simulator import SimulationConfig
+from training.simulator import PRESETS, SimulationConfig
 from training.traffic import TrafficReport
 from training.train import TrainConfig, TrainResult
 
 ThresholdsBy = Literal["budget", "cost"]
+
+
+class Preset(StrEnum):
+    """``SimulationConfig.preset``'s choices, as typer offers an Enum's values."""
+
+    pos = "pos"
+    ecom = "ecom"
+
+
+_PRESET_HELP = "; ".join(f"{name}: {what}" for name, what in PRESETS.items())
 
 
 # ---- simulate ------------------------------------------------------------------------
@@ -51,6 +62,9 @@ def simulate(
     count: int = typer.Option(0, min=0, help="with --to-api: send N payments spread evenly"),
     api_key: str | None = typer.Option(None, envvar="FRAUDSTREAM_CLIENT_API_KEY",
                                        help="X-API-Key for --to-api (scopes score, labels)"),
+    preset: Preset = typer.Option(
+        Preset(SimulationConfig.preset),
+        help=_PRESET_HELP),
 ) -> None:
     """Generate payment traffic with labelled fraud patterns and delayed labels."""
     from training.simulator import write_traffic
@@ -62,7 +76,7 @@ def simulate(
         raise fail(f"--out {out}: use a .parquet or .csv file name")
     cfg = SimulationConfig(days=days, cards=cards, terminals=terminals, seed=seed,
                            start=start.replace(tzinfo=UTC) if start else SimulationConfig.start,
-                           id_prefix=id_prefix)
+                           id_prefix=id_prefix, preset=preset.value)
     traffic = simulate_with_progress(cfg)
     if out is not None:
         write_traffic(traffic, out)
