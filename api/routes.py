@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -189,7 +189,8 @@ async def get_list(kind: ListKind, entity: str, svc: ServicesDep) -> dict[str, A
 
 
 @admin.get("/audit")
-async def get_audit(svc: ServicesDep, count: int = 100) -> list[dict[str, Any]]:
+async def get_audit(svc: ServicesDep,
+                    count: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
     """Who changed which rules and lists, newest first."""
     return await svc.policy.store.audit(count)
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.features import FEATURE_NAMES
-from model.schemas import Decision
+from model.schemas import Decision, looks_like_pan
 
 ListKind = Literal["allow", "block"]
 KNOWN_FRAUD_FEATURE = "card_fraud_known_30d"
@@ -41,7 +41,9 @@ OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
 
 
 class Condition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A NaN compares false with everything: a rule holding one would never fire, and the
+    # rule set could not be written back as JSON.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     feature: str = Field(description=f"one of the model features: {', '.join(FEATURE_NAMES)}")
     op: Literal[">", ">=", "<", "<=", "==", "!="]
     value: float
@@ -67,7 +69,14 @@ class Rule(BaseModel):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     when: list[Condition] = Field(min_length=1)
     action: Decision
-    description: str = ""
+    description: str = Field(default="", max_length=2000)
+
+    @field_validator("description")
+    @classmethod
+    def _no_pan(cls, v: str) -> str:
+        if looks_like_pan(v):
+            raise ValueError("description holds a raw card number (PAN)")
+        return v
 
 
 class RuleSet(BaseModel):

@@ -244,6 +244,14 @@ def test_feature_names_are_unique_and_computed():
 @pytest.mark.parametrize(("value", "is_pan"), [
     ("4111111111111111", True), ("4111 1111 1111 1111", True), ("4111111111111112", False),
     ("card_00042", False), ("123456789012", False),
+    # inside a longer value, as whole digit groups
+    ("card_4111111111111111", True), ("pay:4111-1111-1111-1111", True),
+    ("paid with 4111 1111 1111 1111 exp 12/26", True), ("x4111111111111111y", False),
+    # digits of another script are digits
+    ("\u0664" + "\u0661" * 15, True), ("\uff14" + "\uff11" * 15, True),
+    # ids that only carry many digits: dates, order numbers, UUIDs
+    ("pay_2026-12-02_000123", False), ("ord-000000123456", False),
+    ("3f2a9c1e-4521-8834-9123-0a1b2c3d4e5f", False),
 ])
 def test_pan_detection(value, is_pan):
     assert looks_like_pan(value) is is_pan
