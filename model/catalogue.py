@@ -1,0 +1,228 @@
+"""The feature catalogue: each feature declared once, as data.
+
+A declaration names the entity a feature is keyed by (card, device, e-mail...), its kind
+(a count, a novelty...) and its window; the point-in-time backfill is derived from it here
+(``Catalogue.compute``). The online store does not derive from it yet: it still serves
+today's 25 features through ``stores.online_features``, and ``TODAY.compute`` delegates
+those 25 to ``model.point_in_time`` so that their semantics stay exactly as they are.
+
+This first step derives, beyond today's 25, per-entity counts over windows and the
+payment-level shipping/billing mismatch. Other kinds are not declared until their
+derivation and reference test exist: a declaration the backfill cannot compute would be a
+promise nobody keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from model.features import DAY, FEATURE_DESCRIPTIONS, FEATURE_NAMES, HOUR
+from model.point_in_time import _Events, compute_features
+from model.pseudonym import ip_prefix_of
+
+# The longest window a declaration may use: the history the backfill is handed (and the
+# online store would keep) covers no more than this.
+RETENTION = 90 * DAY
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """What a feature is keyed by: a payment column, or a value derived from one."""
+
+    name: str
+    column: str
+    derive: Callable[[str | None], str | None] | None = None
+
+    def keys(self, payments: pd.DataFrame) -> pd.Series:
+        """The entity's key per payment; None/NaN where the payment does not give it."""
+        if self.column not in payments.columns:
+            return pd.Series([None] * len(payments), index=payments.index, dtype=object)
+        values = payments[self.column]
+        if self.derive is None:
+            return values
+        derive = self.derive
+        return values.map(lambda v: None if pd.isna(v) else derive(str(v)))
+
+
+ENTITIES: dict[str, Entity] = {e.name: e for e in (
+    Entity("card", "card_id"), Entity("terminal", "terminal_id"),
+    Entity("merchant", "merchant_id"), Entity("customer", "customer_id"),
+    Entity("device", "device_id"), Entity("ip", "ip"),
+    Entity("ip_prefix", "ip", ip_prefix_of), Entity("email", "email"),
+    Entity("bin", "card_bin"),
+)}
+
+
+@dataclass(frozen=True, slots=True)
+class Today:
+    """One of today's 25 features (``model.features``), computed as it is today."""
+
+    name: str
+    group: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Payments of the entity with timestamps in ``(ts - window, ts]`` that arrived before
+    this one, plus this one if ``include_self``; NaN when the payment has no key."""
+
+    entity: str
+    window: float
+    include_self: bool = True
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.entity}_count_{self.label or _span(self.window)}"
+
+    @property
+    def group(self) -> str:
+        return self.entity
+
+    @property
+    def description(self) -> str:
+        own = ", this one included" if self.include_self else ""
+        return f"payments of the {self.entity} in the last {_span(self.window)}{own}"
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """1 if two payment columns differ, NaN when either is missing (payment level)."""
+
+    name: str
+    left: str
+    right: str
+
+    @property
+    def group(self) -> str:
+        return "payment"
+
+    @property
+    def description(self) -> str:
+        return f"1 if {self.left} differs from {self.right} (NaN when either is missing)"
+
+
+Feature = Today | Count | Mismatch
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / DAY:g}d" if seconds >= DAY else f"{seconds / HOUR:g}h"
+
+
+class CatalogueError(ValueError):
+    """A declaration that cannot be computed; the message names the problem."""
+
+
+class Catalogue:
+    """Features in order; validated when built."""
+
+    def __init__(self, features: Iterable[Feature], retention: float = RETENTION) -> None:
+        self.features: tuple[Feature, ...] = tuple(features)
+        seen: set[str] = set()
+        for f in self.features:
+            if f.name in seen:
+                raise CatalogueError(f"duplicate feature name {f.name!r}")
+            seen.add(f.name)
+            if isinstance(f, Today) and f.name not in FEATURE_NAMES:
+                raise CatalogueError(f"{f.name!r} is not one of today's features")
+            if isinstance(f, Count):
+                if f.entity not in ENTITIES:
+                    raise CatalogueError(f"{f.name}: unknown entity {f.entity!r}")
+                if not f.window > 0:
+                    raise CatalogueError(f"{f.name}: window must be > 0, got {f.window}")
+                if f.window > retention:
+                    raise CatalogueError(f"{f.name}: window {f.window}s is longer than the "
+                                         f"retention {retention}s")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    def describe(self) -> dict[str, str]:
+        return {f.name: f.description for f in self.features}
+
+    def without(self, group: str) -> Catalogue:
+        return Catalogue(f for f in self.features if f.group != group)
+
+    def compute(self, payments: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+        """Point-in-time features, one row per payment (same index); row order is arrival
+        order."""
+        out: dict[str, np.ndarray] = {}
+        if any(isinstance(f, Today) for f in self.features):
+            # Today's 25 keep their exact semantics by being computed by today's code.
+            today = compute_features(payments, labels)
+            for f in self.features:
+                if isinstance(f, Today):
+                    out[f.name] = today[f.name].to_numpy(dtype=float)
+        ts = payments["ts"].to_numpy(dtype=float)
+        for f in self.features:
+            if isinstance(f, Count):
+                keys = ENTITIES[f.entity].keys(payments)
+                out[f.name] = _count(keys, ts, f.window, f.include_self)
+            elif isinstance(f, Mismatch):
+                out[f.name] = _mismatch(payments, f.left, f.right)
+        return pd.DataFrame({n: out[n] for n in self.names}, index=payments.index)
+
+
+def _count(keys: pd.Series, ts: np.ndarray, window: float, include_self: bool) -> np.ndarray:
+    """Earlier arrivals of the same key with ts in (t - window, t], vectorised: rows sorted
+    by key then arrival, a window's count is a difference of positions found by binary
+    search; keys whose timestamps do not rise with arrival are fixed by a loop (rare)."""
+    n = len(ts)
+    codes, _ = pd.factorize(keys, use_na_sentinel=True)
+    result = np.full(n, np.nan)
+    has = codes >= 0
+    idx = np.flatnonzero(has)
+    if len(idx) == 0:
+        return result
+    c, t = codes[idx].astype(np.int64), ts[idx]
+    order = np.lexsort((np.arange(len(idx)), c))
+    cs, tsr = c[order], t[order]
+    m = len(cs)
+    first = np.r_[True, cs[1:] != cs[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(m), 0))
+    events = _Events(cs, tsr)
+    pos = np.arange(m)
+    counts = (pos - (start + events.at_or_before(cs, tsr - window))).astype(float)
+    late = np.r_[False, (tsr[1:] < tsr[:-1]) & ~first[1:]]
+    for key in np.unique(cs[late]):
+        rows = np.flatnonzero(cs == key)
+        for k, i in enumerate(rows):
+            tb = tsr[rows[:k]]
+            counts[i] = float(((tb > tsr[i] - window) & (tb <= tsr[i])).sum())
+    if include_self:
+        counts += 1.0
+    back = np.empty(m)
+    back[order] = counts
+    result[idx] = back
+    return result
+
+
+def _mismatch(payments: pd.DataFrame, left: str, right: str) -> np.ndarray:
+    n = len(payments)
+    if left not in payments.columns or right not in payments.columns:
+        return np.full(n, np.nan)
+    a, b = payments[left], payments[right]
+    missing = (a.isna() | b.isna()).to_numpy()
+    differs = (a.astype(object) != b.astype(object)).to_numpy(dtype=float)
+    return np.where(missing, np.nan, differs)
+
+
+def _today_group(name: str) -> str:
+    return name.split("_", 1)[0] if name.startswith(("card_", "terminal_")) else "payment"
+
+
+TODAY = Catalogue(Today(n, _today_group(n), FEATURE_DESCRIPTIONS[n]) for n in FEATURE_NAMES)
+
+CNP_WINDOWS = (HOUR, DAY, 7 * DAY)
+DEFAULT = Catalogue((
+    *TODAY.features,
+    *(Count(e, w) for e in ("device", "ip", "ip_prefix", "email", "customer")
+      for w in CNP_WINDOWS),
+    Mismatch("shipping_billing_country_differ", "shipping_country", "billing_country"),
+))
