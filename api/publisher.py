@@ -40,8 +40,10 @@ BATCH_LINGER = 0.05
 
 class Publisher:
     def __init__(self, producer: AIOKafkaProducer, spool: Spool, scored_topic: str,
-                 labels_topic: str, label_spool: Spool | None = None) -> None:
+                 labels_topic: str, label_spool: Spool | None = None,
+                 enqueue_timeout: float = ENQUEUE_TIMEOUT) -> None:
         self.producer = producer
+        self.enqueue_timeout = enqueue_timeout  # for batches no payment's deadline bounds
         self.spool = spool
         self.label_spool = label_spool or Spool(spool.directory / "labels")
         self.scored_topic = scored_topic
@@ -67,7 +69,7 @@ class Publisher:
         self.started = True
 
     async def publish_scored(self, event: ScoredPayment,
-                             enqueue_timeout: float = ENQUEUE_TIMEOUT) -> None:
+                             enqueue_timeout: float | None = None) -> None:
         key, value = key_of(event), encode(event)
         seg = self.spool.append(key, value)
         if not self.kafka_ok or not self._partitions:
@@ -81,7 +83,7 @@ class Publisher:
         values.append(value)
         segs.append(seg)
         if len(values) >= BATCH_EVENTS:
-            await self._send_batch(partition, enqueue_timeout)
+            await self._send_batch(partition, enqueue_timeout or self.enqueue_timeout)
         elif self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(BATCH_LINGER,
                                                                  self._linger_over)
@@ -93,10 +95,10 @@ class Publisher:
             self._sending.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(self._sending.discard)
 
-    async def send_batches(self, enqueue_timeout: float = ENQUEUE_TIMEOUT) -> None:
+    async def send_batches(self, enqueue_timeout: float | None = None) -> None:
         """Hand every waiting batch to the producer now."""
         for partition in list(self._batches):
-            await self._send_batch(partition, enqueue_timeout)
+            await self._send_batch(partition, enqueue_timeout or self.enqueue_timeout)
 
     async def _send_batch(self, partition: int, enqueue_timeout: float) -> None:
         batch = self._batches.pop(partition, None)

@@ -64,8 +64,11 @@ def test_scored_payments_travel_in_batches_on_their_partitions(stack, tmp_path: 
         for partition in range(PARTITIONS):
             await warm.send_and_wait(topic, encode_batch([]), partition=partition)
         await warm.stop()
+        # Batching and partitions are what this test is for: a producer slow to take a
+        # batch on a busy machine's three brokers (spooled after 50 ms in service) would
+        # race it; spooling is the next test's.
         publisher = Publisher(producer, Spool(tmp_path / "spool"), topic,
-                              stack.topic_labels)
+                              stack.topic_labels, enqueue_timeout=10.0)
         await publisher.start()
         events = scored(400)
         for event in events[:300]:
