@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.features import FEATURE_NAMES
-from model.schemas import Decision, looks_like_pan
+from model.schemas import Decision, refuse_pan
 
 ListKind = Literal["allow", "block"]
 KNOWN_FRAUD_FEATURE = "card_fraud_known_30d"
@@ -74,8 +74,7 @@ class Rule(BaseModel):
     @field_validator("description")
     @classmethod
     def _no_pan(cls, v: str) -> str:
-        if looks_like_pan(v):
-            raise ValueError("description holds a raw card number (PAN)")
+        refuse_pan(v, "description")
         return v
 
 

@@ -96,6 +96,14 @@ def looks_like_pan(value: str) -> bool:
     return False
 
 
+def refuse_pan(value: str | None, field: str, hint: str = "") -> str | None:
+    """``value`` as it is, or a ValueError naming ``field`` when it holds a raw card number
+    (the value itself never in the message)."""
+    if value is not None and looks_like_pan(value):
+        raise ValueError(f"{field} looks like a raw card number (PAN){hint}")
+    return value
+
+
 def ip_problem(value: str) -> str | None:
     """Why ``value`` is no IP address (IPv4, IPv6) nor an IP pseudonym; None if it is one.
     The message never repeats the value."""
@@ -229,10 +237,8 @@ class Payment(BaseModel):
     @field_validator(*PAN_CHECKED)
     @classmethod
     def _no_pan(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and looks_like_pan(v):
-            hint = "; send the card token" if info.field_name == "card_id" else ""
-            raise ValueError(f"{info.field_name} looks like a raw card number (PAN){hint}")
-        return v
+        hint = "; send the card token" if info.field_name == "card_id" else ""
+        return refuse_pan(v, str(info.field_name), hint)
 
     @field_validator("ip", "email")
     @classmethod
@@ -326,6 +332,4 @@ class Label(BaseModel):
     @field_validator("payment_id", "analyst", "note")
     @classmethod
     def _no_pan(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and looks_like_pan(v):
-            raise ValueError(f"{info.field_name} holds a raw card number (PAN)")
-        return v
+        return refuse_pan(v, str(info.field_name))
