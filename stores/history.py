@@ -263,7 +263,8 @@ class HistoryStore:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the history's views.
 
-        - ``payments``: one row per payment_id (repeats from redelivery dropped)
+        - ``payments``: one row per payment_id, its last API scoring (repeats from
+          redelivery dropped; a retry scored anew replaces the scoring it follows)
         - ``labels``: every distinct label event
         - ``label_state``: each labelled payment's deciding label (``model.labels``)
         - ``fraud_spells``: when each payment was known as fraud (``model.labels``)
@@ -287,10 +288,14 @@ class HistoryStore:
                 )
             else:
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_empty")
-        # An API-scored row wins over an imported one; otherwise the first scored.
+        # An API-scored row wins over an imported one. Of two API scorings (a retry
+        # scored anew after its API process died: ``stream.recording``) the last, which
+        # the gateway acted on; of imported rows, the first.
         con.execute(
             "CREATE VIEW payments AS SELECT * FROM payments_raw QUALIFY row_number() OVER ("
-            "PARTITION BY payment_id ORDER BY (source = 'api') DESC, scored_at NULLS LAST) = 1"
+            "PARTITION BY payment_id ORDER BY (source = 'api') DESC, "
+            "CASE WHEN source = 'api' THEN -epoch_us(scored_at) ELSE epoch_us(scored_at) END "
+            "NULLS LAST) = 1"
         )
         con.execute(
             "CREATE VIEW labels AS SELECT payment_id, is_fraud, source, reported_at, "

@@ -18,6 +18,8 @@ the queue after applying what it held cannot drop a newcomer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from model.features import DAY
 from stores.online_features import PaymentRef
 from stores.redis_client import RedisClient
@@ -101,9 +103,10 @@ class JoinState:
         return {p: part.decode() for p, part in zip(payment_ids, parts, strict=True)
                 if part is not None}
 
-    async def promise(self, payment_ids: list[str], part: str) -> None:
-        """Promise these payments to the part file about to be written: if it is on disk
+    async def promise(self, promises: Mapping[str, str]) -> None:
+        """Promise payments to the part file about to be written (by payment_id, the part's
+        name, with the scoring's time after a '|' for a payment): if it is on disk
         afterwards they are recorded, if it is not (a crash before its rename) they are
         not, and the next attempt writes them again."""
-        await self.redis.commands([("SET", recorded_key(pid), part, "EX", int(JOIN_HORIZON))
-                                   for pid in payment_ids])
+        await self.redis.commands([("SET", recorded_key(pid), value, "EX", int(JOIN_HORIZON))
+                                   for pid, value in promises.items()])

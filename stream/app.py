@@ -26,7 +26,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from model.config import Settings, get_settings
 from stores.events import decode_label, decode_scored
 from stream import consumer
-from stream.recording import Recorder
+from stream.recording import Recorder, latest_scorings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,8 +121,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
     async def record_scored(stream: faust.StreamT) -> None:
         async for batch in stream.take(settings.history_flush_rows,
                                        within=settings.history_flush_seconds):
-            events = {e.payment.payment_id: e
-                      for e in await decoded(batch, decode_scored, "scored payment")}
+            events = latest_scorings(await decoded(batch, decode_scored, "scored payment"))
             await until_done(recorder.record, events)
 
     @app.agent(labels_topic)

@@ -7,7 +7,12 @@ safe to repeat from wherever it stopped:
 1. rows the history does not hold yet are *promised* to a new part file (in Redis), then
    the file is written. A promise whose file is on disk means "recorded", one whose file
    is not means a crash came between the two, and the rows are written again. The raw
-   history holds each payment and each label once.
+   history holds each label once, and each scoring of a payment once. A payment is
+   normally scored once; a second scoring happens only when an API process died with the
+   payment in hand and the gateway's retry was scored anew (its first answer was never
+   kept, ``stores.idempotency``). The gateway acted on the answer its retries ended on,
+   the last, so a later scoring is recorded too, and the history's ``payments`` view
+   keeps the last; an earlier or equal one (a redelivery) is not written again.
 2. a payment decided ``review`` becomes a case in the analysts' queue (created once, never
    reopened: ``stores.reviews``), and what the stream has applied is noted for the
    freshness of answers (``stores.freshness``).
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -48,6 +53,22 @@ def label_record_id(label: Label) -> str:
     return "lbl|" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+def latest_scorings(events: Iterable[ScoredPayment]) -> dict[str, ScoredPayment]:
+    """Each payment's last scoring among ``events``, by payment_id (see the module's 1.)."""
+    latest: dict[str, ScoredPayment] = {}
+    for event in events:
+        pid = event.payment.payment_id
+        seen = latest.get(pid)
+        if seen is None or event.scored_at > seen.scored_at:
+            latest[pid] = event
+    return latest
+
+
+def _scoring_time(row: Mapping[str, Any]) -> int:
+    """A payment row's scoring, as the promise records it (whole microseconds)."""
+    return round(row["scored_at"].timestamp() * 1_000_000)
+
+
 class Recorder:
     """The stores the agents write to, built once per worker, and what a batch does."""
 
@@ -68,7 +89,7 @@ class Recorder:
         rows = {pid: scored_row(e) for pid, e in events.items()}
         await self.shadow.annotate(rows)
         written = await self._write_once(rows, self.history.holds_payment,
-                                         self.history.append_payments)
+                                         self.history.append_payments, _scoring_time)
         await self.reviews.enqueue(r for r in rows.values() if r["decision"] == "review")
         refs = [(pid, PaymentRef(e.payment.terminal_id, e.payment.card_id, e.payment.ts))
                 for pid, e in events.items()]
@@ -108,12 +129,25 @@ class Recorder:
 
     async def _write_once(self, rows: dict[str, dict[str, Any]],
                           holds: Callable[[Mapping[str, Any], str], bool],
-                          append: Callable[..., int]) -> int:
+                          append: Callable[..., int],
+                          version: Callable[[Mapping[str, Any]], int] | None = None) -> int:
+        """``version``: for payments, the scoring's time; a row later than the promised
+        one is a new scoring and written, not a redelivery."""
         promised = await self.join.promised_parts(list(rows))
-        fresh = [rid for rid, row in rows.items() if rid not in promised
-                 or (promised[rid] != _RECORDED_V1 and not holds(row, promised[rid]))]
-        if fresh:
+
+        def fresh(rid: str, row: Mapping[str, Any]) -> bool:
+            if rid not in promised:
+                return True
+            part, _, at = promised[rid].partition("|")
+            if part != _RECORDED_V1 and not holds(row, part):
+                return True  # a crash came between the promise and the file
+            return version is not None and at != "" and version(row) > int(at)
+
+        fresh_ids = [rid for rid, row in rows.items() if fresh(rid, row)]
+        if fresh_ids:
             part = new_part_name()
-            await self.join.promise(fresh, part)
-            await asyncio.to_thread(append, [rows[rid] for rid in fresh], part)
-        return len(fresh)
+            await self.join.promise({
+                rid: part if version is None else f"{part}|{version(rows[rid])}"
+                for rid in fresh_ids})
+            await asyncio.to_thread(append, [rows[rid] for rid in fresh_ids], part)
+        return len(fresh_ids)

@@ -134,6 +134,41 @@ def test_scored_batch_crashed_anywhere_then_retried_records_once_and_applies_lab
     assert raw_count(store, "labels_raw", run) == len(early)
 
 
+def test_a_retry_scored_anew_is_recorded_and_is_the_payments_record(
+        recorder_settings: Settings) -> None:
+    """An API process died holding a payment, so the gateway's retry was scored anew, with
+    another decision. The gateway acted on the last answer: the history's record. The
+    first scoring coming again (the dead process's spool resent) or the last redelivered
+    is written no more, whatever the order they arrive in."""
+    from stream.recording import latest_scorings
+
+    run = f"res{uuid.uuid4().hex[:6]}"
+    first = scored(run, 0)
+    again = first.model_copy(update={"decision": "review", "degraded": True, "score": None,
+                                      "scored_at": T0 + timedelta(seconds=31)})
+    other = scored(run, 1)
+
+    async def go() -> list[int]:
+        rec = Recorder(recorder_settings)
+        try:
+            return [await rec.record({first.payment.payment_id: first,
+                                      other.payment.payment_id: other}),
+                    await rec.record({again.payment.payment_id: again}),
+                    await rec.record({first.payment.payment_id: first}),
+                    await rec.record(latest_scorings([first, again, other]))]
+        finally:
+            await rec.close()
+
+    assert asyncio.run(go()) == [2, 1, 0, 0]
+    store = HistoryStore(recorder_settings.history_dir)
+    assert raw_count(store, "payments_raw", run) == 3
+    view = store.query("SELECT payment_id, decision, degraded FROM payments "
+                       "WHERE payment_id LIKE ? ORDER BY payment_id", [f"{run}_%"])
+    assert view.values.tolist() == [[first.payment.payment_id, "review", True],
+                                    [other.payment.payment_id, "approve", False]]
+    assert latest_scorings([again, first])[first.payment.payment_id] is again
+
+
 def test_label_batch_crashed_after_writing_is_recorded_once(recorder_settings: Settings) -> None:
     run = f"lab{uuid.uuid4().hex[:6]}"
     labels = [label(f"{run}_{i:03d}", True, 2) for i in range(5)]

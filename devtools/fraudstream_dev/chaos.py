@@ -12,7 +12,9 @@ at once, on a schedule or drawn from a seed.
 
 The audit reads the raw Parquet files and Redis, not the de-duplicating views:
 
-- every answered payment is in the raw history exactly once, with the decision answered;
+- every answered payment is in the raw history, each of its scorings once (two only when a
+  retry was scored anew after an API process died holding it), the last scoring's
+  decision the one answered;
 - every accepted label is in the raw history once, and in the terminal's and the card's
   fraud aggregates (a set per entity: once, and nothing there that was not labelled);
 - the features served equal the point-in-time features recomputed from the history: those
@@ -419,22 +421,26 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
     cfg = run.config
     store = HistoryStore(settings.history_dir)
     like = [f"{run.run_id}_%"]
+    # A payment's scorings: normally one; two when the gateway's retry was scored anew
+    # after an API process died holding it, and then the last is the one it acted on
+    # (``stream.recording``). One scoring recorded twice is a double.
     raw = store.query(
-        "SELECT payment_id, count(*) AS n, min(decision) AS decision, "
-        "max(decision) AS decision_max, bool_or(degraded) AS degraded, "
-        "epoch_us(min(scored_at)) / 1e6 AS scored_at FROM payments_raw "
-        "WHERE payment_id LIKE ? GROUP BY payment_id", like).set_index("payment_id")
+        "SELECT payment_id, count(*) AS n, count(DISTINCT scored_at) AS scorings, "
+        "arg_max(decision, scored_at) AS decision, bool_or(degraded) AS degraded "
+        "FROM payments_raw WHERE payment_id LIKE ? GROUP BY payment_id",
+        like).set_index("payment_id")
     label_raw = store.query("SELECT payment_id, count(*) AS n FROM labels_raw "
                             "WHERE payment_id LIKE ? GROUP BY payment_id",
                             like).set_index("payment_id")["n"]
     pay = pd.DataFrame([asdict(p) for p in run.payments]).set_index("payment_id")
     pay["answered_ok"] = pay["answered"].notna()
-    pay["rows"] = raw["n"].reindex(pay.index).fillna(0).astype(int)
-    pay["lost"] = pay["answered_ok"] & (pay["rows"] == 0)
-    pay["doubled"] = pay["rows"] > 1
     recorded = raw.reindex(pay.index)
+    pay["rows"] = recorded["n"].fillna(0).astype(int)
+    pay["scorings"] = recorded["scorings"].fillna(0).astype(int)
+    pay["lost"] = pay["answered_ok"] & (pay["rows"] == 0)
+    pay["doubled"] = pay["rows"] > pay["scorings"]
     pay["decision_differs"] = pay["answered_ok"] & (pay["rows"] > 0) & (
-        (recorded["decision"] != pay["decision"]) | (recorded["decision_max"] != pay["decision"]))
+        recorded["decision"] != pay["decision"])
     pay["total_ms"] = (pay["answered"] - pay["due"]) * 1000
     pay["late"] = pay["answered_ok"] & (pay["total_ms"] > cfg.deadline_ms + cfg.slack_ms)
     pay["errors_n"] = pay["errors"].map(len)
@@ -474,7 +480,7 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
         "unanswered": int((~pay["answered_ok"]).sum()),
         "degraded": int(answered["degraded"].sum()), "replays": int(answered["replay"].sum()),
         "retried": int((pay["attempts"] > 1).sum()), "lost": int(pay["lost"].sum()),
-        "doubled": int(pay["doubled"].sum()),
+        "doubled": int(pay["doubled"].sum()), "rescored": int((pay["scorings"] > 1).sum()),
         "decision_differs": int(pay["decision_differs"].sum()),
         "late": int(pay["late"].sum()),
         "client_p50_ms": _q(answered["total_ms"], 50),
