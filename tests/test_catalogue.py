@@ -12,7 +12,10 @@ from model.catalogue import (
     Catalogue,
     CatalogueError,
     Count,
+    Distinct,
     Mismatch,
+    Novelty,
+    SinceLast,
     Today,
 )
 from model.features import DAY, FEATURE_DESCRIPTIONS, FEATURE_NAMES
@@ -77,6 +80,37 @@ def reference(feature, payments: pd.DataFrame) -> np.ndarray:
                     strict=True)
         return np.array([np.nan if pd.isna(a) or pd.isna(b) else float(a != b)
                          for a, b in pairs])
+    if isinstance(feature, SinceLast):
+        keys = ENTITIES[feature.entity].keys(payments).tolist()
+        out = []
+        for i, key in enumerate(keys):
+            earlier = [ts[j] for j in range(i) if not pd.isna(key) and keys[j] == key]
+            out.append(max(ts[i] - max(earlier), 0.0) if earlier else np.nan)
+        return np.array(out)
+    if isinstance(feature, Distinct | Novelty):
+        keys = ENTITIES[feature.entity].keys(payments).tolist()
+        others = ENTITIES[feature.of].keys(payments).tolist()
+        out = []
+        for i, key in enumerate(keys):
+            if pd.isna(key) or (isinstance(feature, Novelty) and pd.isna(others[i])):
+                out.append(np.nan)
+                continue
+            # the kept set after each earlier arrival of the key, rebuilt from scratch
+            kept: dict[str, float] = {}
+            mine = None
+            for j in range(i + 1):
+                if keys[j] != key or pd.isna(others[j]):
+                    continue
+                if j == i:
+                    mine = kept.get(others[j])
+                kept[others[j]] = max(kept.get(others[j], -np.inf), ts[j])
+                kept = dict(sorted(kept.items(), key=lambda kv: (kv[1], kv[0]))[-feature.cap:])
+            if isinstance(feature, Distinct):
+                out.append(float(sum(ts[i] - feature.window < v <= ts[i]
+                                     for v in kept.values())))
+            else:
+                out.append(float(mine is None or mine <= ts[i] - feature.window))
+        return np.array(out)
     raise AssertionError(f"no reference for {feature!r}")
 
 
@@ -94,8 +128,27 @@ def test_every_default_feature_equals_its_definition(seed):
         # Counts are integers, so exact equality is the right test.
         assert np.array_equal(got[f.name].to_numpy(), ref, equal_nan=True), f.name
         assert np.isnan(ref).any() and not np.isnan(ref).all(), f.name  # not vacuous
-        if isinstance(f, Count) and f.window == DAY:
+        if isinstance(f, Count | Distinct) and f.window >= DAY:
             assert np.nanmax(ref) > 2, f.name
+        if isinstance(f, Novelty):
+            assert set(np.unique(ref[~np.isnan(ref)])) == {0.0, 1.0}, f.name
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_capped_set_keeps_the_latest_keys_as_redis_would(seed):
+    """With a cap of 2 a device keeps its two latest cards, ties broken by key as a sorted
+    set's rank does: a card trimmed away counts as new again."""
+    payments, labels = cnp_history(seed)
+    capped = Catalogue([Distinct("device", "card", 30 * DAY, cap=2),
+                        Novelty("device", "card", 30 * DAY, cap=2),
+                        Novelty("device", "card", 30 * DAY, cap=1000)])
+    got = capped.compute(payments, labels)
+    for f in capped.features:
+        assert np.array_equal(got[f.name].to_numpy(), reference(f, payments),
+                              equal_nan=True), f.name
+    assert np.nanmax(got[capped.names[0]]) == 2
+    # the cap changes what is new: more payments see a trimmed card as new
+    assert np.nansum(got[capped.names[1]]) > np.nansum(got[capped.names[2]])
 
 
 def test_ip_prefix_groups_addresses_of_one_network():
@@ -113,11 +166,23 @@ def test_validation_names_the_problem():
         Catalogue([Count("card", DAY), Count("card", DAY)])
     with pytest.raises(CatalogueError, match="longer than the retention"):
         Catalogue([Count("device", 400 * DAY)])
+    with pytest.raises(CatalogueError, match="unknown entity 'planet'"):
+        Catalogue([Distinct("device", "planet", DAY)])
+    with pytest.raises(CatalogueError, match="always seen with itself"):
+        Catalogue([Novelty("card", "card", DAY)])
+    with pytest.raises(CatalogueError, match="cap must be >= 1"):
+        Catalogue([Distinct("device", "card", DAY, cap=0)])
+    with pytest.raises(CatalogueError, match="longer than the retention"):
+        Catalogue([Novelty("customer", "device", 91 * DAY)])
     with pytest.raises(CatalogueError, match="not one of today's"):
         Catalogue([Today("nope", "payment", "")])
 
 
 def test_without_drops_a_group():
     names = DEFAULT.without("device").names
-    assert not any(n.startswith("device_") for n in names)
+    assert not any(n.startswith(("device_count", "device_seconds")) for n in names)
     assert "card_count_1h" in names and "email_count_1h" in names
+    assert "device_cards_1d" in names  # a link: its own group
+    linkless = DEFAULT.without("links")
+    assert not any(isinstance(f, Distinct) for f in linkless.features)
+    assert len(linkless.names) == len(DEFAULT.names) - 18
