@@ -20,7 +20,7 @@ compute would be a promise nobody keeps.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -57,6 +57,13 @@ class Entity:
             return values
         derive = self.derive
         return values.map(lambda v: None if pd.isna(v) else derive(str(v)))
+
+    def key_of(self, payment: Mapping[str, Any]) -> str | None:
+        """The entity's key in one payment (a history row or a payment's fields)."""
+        value = payment.get(self.column)
+        if value is None or value != value:  # missing, or NaN from a frame
+            return None
+        return str(value) if self.derive is None else self.derive(str(value))
 
 
 ENTITIES: dict[str, Entity] = {e.name: e for e in (
@@ -116,6 +123,12 @@ class Mismatch:
     @property
     def description(self) -> str:
         return f"1 if {self.left} differs from {self.right} (NaN when either is missing)"
+
+    def value(self, payment: Mapping[str, Any]) -> float:
+        a, b = payment.get(self.left), payment.get(self.right)
+        if a is None or b is None or a != a or b != b:
+            return float("nan")
+        return float(a != b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +190,8 @@ class Novelty:
 @dataclass(frozen=True, slots=True)
 class SinceLast:
     """Seconds since the latest timestamp of the entity's earlier arrivals (0 when that
-    is later than this payment's); NaN for the entity's first payment or without a key."""
+    is later than this payment's); NaN for the entity's first payment, when that was more
+    than the retention ago, or without a key."""
 
     entity: str
 
@@ -216,6 +230,7 @@ class Catalogue:
 
     def __init__(self, features: Iterable[Feature], retention: float = RETENTION) -> None:
         self.features: tuple[Feature, ...] = tuple(features)
+        self.retention = retention
         seen: set[str] = set()
         for f in self.features:
             if f.name in seen:
@@ -247,7 +262,7 @@ class Catalogue:
         return {f.name: f.description for f in self.features}
 
     def without(self, group: str) -> Catalogue:
-        return Catalogue(f for f in self.features if f.group != group)
+        return Catalogue((f for f in self.features if f.group != group), self.retention)
 
     def compute(self, payments: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
         """Point-in-time features, one row per payment (same index); row order is arrival
@@ -267,7 +282,8 @@ class Catalogue:
             elif isinstance(f, Mismatch):
                 out[f.name] = _mismatch(payments, f.left, f.right)
             elif isinstance(f, SinceLast):
-                out[f.name] = _since_last(ENTITIES[f.entity].keys(payments), ts)
+                out[f.name] = _since_last(ENTITIES[f.entity].keys(payments), ts,
+                                          self.retention)
         # Distinct and Novelty read one kept set per (entity, of, cap): one pass each.
         sets: dict[tuple[str, str, int], list[Distinct | Novelty]] = {}
         for f in self.features:
@@ -319,7 +335,7 @@ def _count(keys: pd.Series, ts: np.ndarray, window: float, include_self: bool) -
     return result
 
 
-def _since_last(keys: pd.Series, ts: np.ndarray) -> np.ndarray:
+def _since_last(keys: pd.Series, ts: np.ndarray, retention: float) -> np.ndarray:
     codes, _ = pd.factorize(keys, use_na_sentinel=True)
     result = np.full(len(ts), np.nan)
     has = codes >= 0
@@ -328,7 +344,8 @@ def _since_last(keys: pd.Series, ts: np.ndarray) -> np.ndarray:
     frame = pd.DataFrame({"k": codes[has], "t": ts[has]})
     latest = frame.groupby("k")["t"].cummax()
     previous = latest.groupby(frame["k"]).shift(1).to_numpy()
-    result[has] = np.maximum(frame["t"].to_numpy() - previous, 0.0)
+    gap = frame["t"].to_numpy() - previous
+    result[has] = np.where(gap > retention, np.nan, np.maximum(gap, 0.0))
     return result
 
 

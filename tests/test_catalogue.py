@@ -8,6 +8,7 @@ import pytest
 from model.catalogue import (
     DEFAULT,
     ENTITIES,
+    RETENTION,
     TODAY,
     Catalogue,
     CatalogueError,
@@ -85,7 +86,8 @@ def reference(feature, payments: pd.DataFrame) -> np.ndarray:
         out = []
         for i, key in enumerate(keys):
             earlier = [ts[j] for j in range(i) if not pd.isna(key) and keys[j] == key]
-            out.append(max(ts[i] - max(earlier), 0.0) if earlier else np.nan)
+            gap = ts[i] - max(earlier) if earlier else np.inf
+            out.append(max(gap, 0.0) if gap <= RETENTION else np.nan)
         return np.array(out)
     if isinstance(feature, Distinct | Novelty):
         keys = ENTITIES[feature.entity].keys(payments).tolist()

@@ -1,0 +1,169 @@
+"""The catalogue's entries served from Redis, derived from their declarations.
+
+``model.catalogue`` declares each feature once; this store turns a catalogue into one call
+per entity key of a payment to a single generic script (``lua/catalogue_entity.lua``):
+the entity's payments (for counts and the time since its previous payment) and one kept
+set per other entity it is linked to (for distinct counts and novelty), every key tagged
+with the entity's key so that each entity's work runs in its own slot. A payment's calls
+go out together, in one write per node. The script's reply is a list of values in the
+order this module's plan names them, so nothing here unpacks a reply by hand.
+
+Today's 25 features stay with ``stores.online_features``; payment-level entries (a
+mismatch between two of the payment's fields) need no state and are computed here.
+
+Exact as the backfill (``Catalogue.compute``) for payments arriving at most
+``LATE_MARGIN`` after later-stamped ones: state older than the retention plus that margin
+is dropped, which no window of such a payment can see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from model.catalogue import (
+    ENTITIES,
+    Catalogue,
+    Count,
+    Distinct,
+    Mismatch,
+    Novelty,
+    SinceLast,
+)
+from model.features import DAY
+from stores.redis_client import RedisClient
+from stores.redis_mux import Arg
+
+ENTITY_SCRIPT = files("stores").joinpath("lua/catalogue_entity.lua").read_bytes()
+# How late a payment may arrive (after payments stamped later) and still see exactly what
+# the backfill sees.
+LATE_MARGIN = DAY
+
+
+def _exact(x: float) -> str:
+    return format(float(x), ".17g")
+
+
+@dataclass(frozen=True, slots=True)
+class _Linked:
+    """One kept set of an entity: the other entity, its cap, what reads it."""
+
+    of: str
+    cap: int
+    distinct: tuple[Distinct, ...]
+    novel: tuple[Novelty, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EntityPlan:
+    """What one entity's script call computes, and the names of its reply, in order."""
+
+    entity: str
+    counts: tuple[Count, ...]
+    since: SinceLast | None
+    linked: tuple[_Linked, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        linked = [f.name for k in self.linked for f in (*k.distinct, *k.novel)]
+        return (*((self.since.name,) if self.since else ()), *(c.name for c in self.counts),
+                *linked)
+
+    def keys(self, key: str) -> list[Arg]:
+        tag = f"fs:cat:{{{self.entity}:{key}}}"
+        return [f"{tag}:pay", *(f"{tag}:{k.of}" for k in self.linked)]
+
+    def args(self, payment: Mapping[str, Any], retention: float) -> list[Arg]:
+        t = float(payment["ts"])
+        args: list[Arg] = [str(payment["payment_id"]), _exact(t),
+                           _exact(t - retention - LATE_MARGIN),
+                           int((retention + LATE_MARGIN) * 1000), len(self.counts),
+                           *(_exact(c.window) for c in self.counts),
+                           1 if self.since else 0, _exact(retention)]
+        for k in self.linked:
+            member = ENTITIES[k.of].key_of(payment)
+            args += [member or "", k.cap, len(k.distinct),
+                     *(_exact(f.window) for f in k.distinct), len(k.novel),
+                     *(_exact(f.window) for f in k.novel)]
+        return args
+
+
+def plans(catalogue: Catalogue) -> tuple[EntityPlan, ...]:
+    """One plan per entity the catalogue keys a stateful feature by."""
+    by_entity: dict[str, list[Count | SinceLast | Distinct | Novelty]] = {}
+    for f in catalogue.features:
+        if isinstance(f, Count | SinceLast | Distinct | Novelty):
+            by_entity.setdefault(f.entity, []).append(f)
+    out = []
+    for entity, fs in by_entity.items():
+        sets: dict[tuple[str, int], list[Distinct | Novelty]] = {}
+        for f in fs:
+            if isinstance(f, Distinct | Novelty):
+                sets.setdefault((f.of, f.cap), []).append(f)
+        since = [f for f in fs if isinstance(f, SinceLast)]
+        out.append(EntityPlan(
+            entity, tuple(f for f in fs if isinstance(f, Count)), since[0] if since else None,
+            tuple(_Linked(of, cap, tuple(f for f in g if isinstance(f, Distinct)),
+                          tuple(f for f in g if isinstance(f, Novelty)))
+                  for (of, cap), g in sets.items())))
+    return tuple(out)
+
+
+def _value(raw: bytes | str) -> float:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return float(text) if text else float("nan")
+
+
+class CatalogueStore:
+    """A catalogue's stateful entries in Redis: each payment observed once, in arrival
+    order, reads its features and records itself in one step per entity."""
+
+    def __init__(self, redis: RedisClient, catalogue: Catalogue) -> None:
+        self.redis = redis
+        self.catalogue = catalogue
+        self.plans = plans(catalogue)
+        self.mismatches = tuple(f for f in catalogue.features if isinstance(f, Mismatch))
+        self._include_self = {f.name: f.include_self for f in catalogue.features
+                              if isinstance(f, Count)}
+
+    async def observe(self, payment: Mapping[str, Any]) -> dict[str, float]:
+        """The catalogue's features (today's 25 aside) for one payment: a history row or
+        a payment's fields with ``ts`` in epoch seconds."""
+        return (await self.observe_many([payment]))[0]
+
+    async def observe_many(self, payments: Sequence[Mapping[str, Any]]
+                           ) -> list[dict[str, float]]:
+        """Several payments in one write per node, observed in the order given (each
+        entity key's calls run in order on its node)."""
+        calls: list[tuple[list[Arg], list[Arg]]] = []
+        owners: list[tuple[int, EntityPlan]] = []
+        out: list[dict[str, float]] = []
+        nan = float("nan")
+        for i, payment in enumerate(payments):
+            row: dict[str, float] = {}
+            for plan in self.plans:
+                key = ENTITIES[plan.entity].key_of(payment)
+                if key is None:
+                    row.update(dict.fromkeys(plan.names, nan))
+                    continue
+                calls.append((plan.keys(key), plan.args(payment, self.catalogue.retention)))
+                owners.append((i, plan))
+            for f in self.mismatches:
+                row[f.name] = f.value(payment)
+            out.append(row)
+        replies = await self.redis.scripts(ENTITY_SCRIPT, calls)
+        for (i, plan), reply in zip(owners, replies, strict=True):
+            for name, raw in zip(plan.names, reply, strict=True):
+                value = _value(raw)
+                if not self._include_self.get(name, True):
+                    value -= 1.0
+                out[i][name] = value
+        return [{n: row[n] for n in self.names} for row in out]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The features this store serves, in the catalogue's order."""
+        return tuple(f.name for f in self.catalogue.features
+                     if isinstance(f, Count | SinceLast | Distinct | Novelty | Mismatch))
