@@ -67,7 +67,9 @@ class EntityPlan:
 
     @property
     def names(self) -> tuple[str, ...]:
-        linked = [f.name for k in self.linked for f in (*k.distinct, *k.novel)]
+        linked: list[str] = []
+        for k in self.linked:  # the script's order: each set's distinct counts, novelty
+            linked += [f.name for f in k.distinct] + [f.name for f in k.novel]
         return (*((self.since.name,) if self.since else ()), *(c.name for c in self.counts),
                 *linked)
 
