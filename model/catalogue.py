@@ -118,7 +118,7 @@ class Mismatch:
 
     @property
     def group(self) -> str:
-        return "payment"
+        return "mismatch"
 
     @property
     def description(self) -> str:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
+from model.schemas import PAYMENT_DETAILS
 from stores.history import HistoryStore
 
 
@@ -22,13 +23,17 @@ class Dataset:
     cutoff: float
 
 
-def load(store: HistoryStore, cutoff: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load(store: HistoryStore, cutoff: float | None = None,
+         details: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Payments, in the order they reached the online store, and labels, with times as
     epoch seconds. An imported payment arrived at its own timestamp, a scored one when it
-    was scored."""
+    was scored. ``details``: the card-not-present fields too (``PAYMENT_DETAILS``), for
+    the catalogue's features."""
+    extra = "".join(f", {name}" for name in PAYMENT_DETAILS) if details else ""
     payments = store.query(
         "SELECT payment_id, epoch_us(ts) / 1e6 AS ts, card_id, terminal_id, amount, country, "
-        "merchant_category FROM payments ORDER BY coalesce(scored_at, ts), ts, payment_id"
+        f"merchant_category{extra} FROM payments ORDER BY coalesce(scored_at, ts), ts, "
+        "payment_id"
     )
     labels = store.query(
         "SELECT payment_id, is_fraud, epoch_us(reported_at) / 1e6 AS reported_at "
