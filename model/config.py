@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     pii_key: SecretStr | None = None  # at least 16 characters (checked by the loader)
     pii_key_file: Path | None = None
 
+    # The team's own features (``model.catalogue_file``), added to the default catalogue;
+    # unset: ``features.toml`` in the home, if there is one. Redis commands per payment
+    # the whole catalogue may cost (``fraudstream features check`` estimates it).
+    features_file: Path | None = None
+    features_cost_budget: int = Field(default=400, ge=1)
+
     # Event times further ahead of this server's clock are refused (clock skew allowance).
     max_future_seconds: float = Field(default=300.0, ge=0)
 
@@ -129,6 +135,8 @@ class Settings(BaseSettings):
             self.spool_dir = self.home / "spool"
         if self.pii_key_file is None:
             self.pii_key_file = self.home / "secrets" / "pii.key"
+        if self.features_file is None:
+            self.features_file = self.home / "features.toml"
         return self
 
     @property

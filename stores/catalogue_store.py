@@ -73,15 +73,14 @@ class EntityPlan:
         return (*((self.since.name,) if self.since else ()), *(c.name for c in self.counts),
                 *linked)
 
-    def keys(self, key: str) -> list[Arg]:
-        tag = f"fs:cat:{{{self.entity}:{key}}}"
+    def keys(self, key: str, prefix: str = "fs:cat") -> list[Arg]:
+        tag = f"{prefix}:{{{self.entity}:{key}}}"
         return [f"{tag}:pay", *(f"{tag}:{k.of}" for k in self.linked)]
 
-    def args(self, payment: Mapping[str, Any], retention: float) -> list[Arg]:
+    def args(self, payment: Mapping[str, Any], retention: float, ttl_ms: int) -> list[Arg]:
         t = float(payment["ts"])
         args: list[Arg] = [str(payment["payment_id"]), _exact(t),
-                           _exact(t - retention - LATE_MARGIN),
-                           int((retention + LATE_MARGIN) * 1000), len(self.counts),
+                           _exact(t - retention - LATE_MARGIN), ttl_ms, len(self.counts),
                            *(_exact(c.window) for c in self.counts),
                            1 if self.since else 0, _exact(retention)]
         for k in self.linked:
@@ -122,9 +121,14 @@ class CatalogueStore:
     """A catalogue's stateful entries in Redis: each payment observed once, in arrival
     order, reads its features and records itself in one step per entity."""
 
-    def __init__(self, redis: RedisClient, catalogue: Catalogue) -> None:
+    def __init__(self, redis: RedisClient, catalogue: Catalogue, prefix: str = "fs:cat",
+                 ttl: float | None = None) -> None:
+        """``prefix`` and ``ttl`` (seconds; by default the retention plus the margin): a
+        check's own keys, apart from the served ones and soon gone."""
         self.redis = redis
         self.catalogue = catalogue
+        self.prefix = prefix
+        self.ttl_ms = int((catalogue.retention + LATE_MARGIN if ttl is None else ttl) * 1000)
         self.plans = plans(catalogue)
         self.mismatches = tuple(f for f in catalogue.features if isinstance(f, Mismatch))
         self._include_self = {f.name: f.include_self for f in catalogue.features
@@ -150,7 +154,8 @@ class CatalogueStore:
                 if key is None:
                     row.update(dict.fromkeys(plan.names, nan))
                     continue
-                calls.append((plan.keys(key), plan.args(payment, self.catalogue.retention)))
+                calls.append((plan.keys(key, self.prefix),
+                              plan.args(payment, self.catalogue.retention, self.ttl_ms)))
                 owners.append((i, plan))
             for f in self.mismatches:
                 row[f.name] = f.value(payment)
