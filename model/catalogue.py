@@ -251,8 +251,8 @@ class Catalogue:
                 if not f.window > 0:
                     raise CatalogueError(f"{f.name}: window must be > 0, got {f.window}")
                 if f.window > retention:
-                    raise CatalogueError(f"{f.name}: window {f.window}s is longer than the "
-                                         f"retention {retention}s")
+                    raise CatalogueError(f"{f.name}: window {_span(f.window)} is longer "
+                                         f"than the retention {_span(retention)}")
 
     @property
     def names(self) -> tuple[str, ...]:
