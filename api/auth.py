@@ -45,8 +45,8 @@ async def authenticate(request: Request, svc: Services, scope: Scope) -> ApiKey 
     return key
 
 
-def check_key(svc: Services, scope: Scope, presented: str | None) -> ApiKey | None:
-    """The key presented in X-API-Key, if it has ``scope``; None when auth is off."""
+def known_key(svc: Services, presented: str | None) -> ApiKey | None:
+    """The key presented in X-API-Key, whatever its scopes; None when auth is off."""
     if not svc.settings.auth_enabled:
         return None
     if not presented:
@@ -54,6 +54,14 @@ def check_key(svc: Services, scope: Scope, presented: str | None) -> ApiKey | No
     key = svc.api_keys.get(hash_key(presented))
     if key is None:
         raise _unauthorized("unknown API key")
+    return key
+
+
+def check_key(svc: Services, scope: Scope, presented: str | None) -> ApiKey | None:
+    """The key presented in X-API-Key, if it has ``scope``; None when auth is off."""
+    key = known_key(svc, presented)
+    if key is None:
+        return None
     if scope not in key.scopes:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             detail=f"key {key.name!r} lacks the {scope!r} scope")

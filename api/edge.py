@@ -21,7 +21,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.auth import check_key, check_signature
+from api.auth import check_key, check_signature, known_key
 from api.deps import Services
 from api.scoring import score_answer
 from model.schemas import Payment
@@ -30,6 +30,17 @@ log = logging.getLogger(__name__)
 
 SCORE_PATH = "/v1/payments/score"
 MAX_BODY = 64 * 1024  # a payment is well under 1 KiB
+KIB = 1024
+# The largest body each route may send, checked before it is read (from Content-Length, or
+# counted as it comes): exact paths, then prefixes, then the default. A batch holds up to
+# 500 payments; a rule set a few hundred rules; a label or a verdict a note of 2,000
+# characters.
+BODY_LIMITS = {SCORE_PATH: MAX_BODY, "/v1/payments/score/batch": 1024 * KIB,
+               "/v1/admin/rules": 1024 * KIB}
+BODY_LIMIT_PREFIXES = (("/v1/labels", 16 * KIB), ("/v1/reviews", 16 * KIB),
+                       ("/v1/admin", 16 * KIB))
+DEFAULT_BODY_LIMIT = 64 * KIB
+BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON = (b"content-type", b"application/json")
 
 Header = Callable[[str], str | None]
@@ -80,7 +91,9 @@ def _deadline(raw: str | None) -> int | None:
 
 
 class ScoringEdge:
-    """ASGI app: ``POST /v1/payments/score`` answered here, the rest by ``app``."""
+    """ASGI app: ``POST /v1/payments/score`` answered here, the rest by ``app``. For every
+    request with a body, the key is known and the body within its route's limit
+    (``body_limit``) before it is read."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
@@ -91,21 +104,54 @@ class ScoringEdge:
         return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == SCORE_PATH \
-                and scope["method"] == "POST":
-            await self._score(scope, receive, send)
-        else:
+        if scope["type"] != "http" or scope["method"] in BODYLESS:
             await self.app(scope, receive, send)
-
-    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
+            return
+        # Limits before work: a body is read only from a known key, and only up to the
+        # route's limit, so a caller without a key cannot make the API read anything.
         headers: Mapping[bytes, bytes] = dict(scope["headers"])
+        limit = body_limit(scope["path"])
+        refusal = self._refuse_unread(headers, limit)
+        if refusal is not None:
+            await _respond(send, refusal)
+            return
+        if scope["path"] == SCORE_PATH and scope["method"] == "POST":
+            await self._score(headers, receive, send)
+            return
         try:
-            body = await _read_body(receive)
+            body = await _read_body(receive, limit)
+        except _Disconnected:
+            return
+        if body is None:
+            await _respond(send, _too_large(limit))
+            return
+        await self.app(scope, _replaying(body, receive), send)
+
+    def _refuse_unread(self, headers: Mapping[bytes, bytes], limit: int) -> Answer | None:
+        """401 without a known key, 413 (or 400) on the declared length: before reading."""
+        svc: Services | None = getattr(self.app.state, "services", None)
+        if svc is not None:
+            presented = headers.get(b"x-api-key")
+            try:
+                known_key(svc, None if presented is None else presented.decode("latin-1"))
+            except HTTPException as exc:
+                return error_answer(exc)
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return 400, b'{"detail":"Content-Length must be a number of bytes"}', [JSON]
+            if int(declared) > limit:
+                return _too_large(limit)
+        return None
+
+    async def _score(self, headers: Mapping[bytes, bytes], receive: Receive,
+                     send: Send) -> None:
+        try:
+            body = await _read_body(receive, MAX_BODY)
         except _Disconnected:
             return  # the caller hung up before sending the whole body: nothing to score
         if body is None:
-            answer: Answer = (413, orjson.dumps(
-                {"detail": f"request body larger than {MAX_BODY} bytes"}), [JSON])
+            answer = _too_large(MAX_BODY)
         else:
             def header(name: str) -> str | None:
                 value = headers.get(name.encode())
@@ -115,18 +161,52 @@ class ScoringEdge:
             except Exception:
                 log.exception("scoring failed")
                 answer = 500, b'{"detail":"internal error"}', [JSON]
-        status, payload, extra = answer
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*extra, (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await _respond(send, answer)
+
+
+def body_limit(path: str) -> int:
+    """The largest body ``path`` accepts, in bytes."""
+    exact = BODY_LIMITS.get(path)
+    if exact is not None:
+        return exact
+    for prefix, limit in BODY_LIMIT_PREFIXES:
+        if path.startswith(prefix):
+            return limit
+    return DEFAULT_BODY_LIMIT
+
+
+def _too_large(limit: int) -> Answer:
+    return 413, orjson.dumps({"detail": f"request body larger than {limit} bytes"}), [JSON]
+
+
+async def _respond(send: Send, answer: Answer) -> None:
+    status, payload, extra = answer
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*extra, (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for the app: the body already read, then the caller's own messages (a
+    disconnect) as they come."""
+    sent = False
+
+    async def replay() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class _Disconnected(Exception):
     pass
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body, or None if it is larger than MAX_BODY."""
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it is larger than ``limit``."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -135,7 +215,7 @@ async def _read_body(receive: Receive) -> bytes | None:
             raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):

@@ -95,3 +95,91 @@ def test_a_label_holding_a_pan_is_refused(api_client, field):
                            headers={"Content-Type": "application/json"})
     assert "raw card number" in refused(resp, "body", field)
     assert PAN not in resp.text
+
+
+def asgi_post(client, path: str, chunks: list[bytes], headers: dict[str, str]):
+    """POST ``chunks`` straight to the client's ASGI app, on its event loop, as a server
+    streams them: returns the status, the answer, and how many chunks the app asked for."""
+    import asyncio
+
+    app = client.app
+
+    read = {"n": 0}
+
+    async def receive():
+        if read["n"] < len(chunks):
+            read["n"] += 1
+            return {"type": "http.request", "body": chunks[read["n"] - 1],
+                    "more_body": read["n"] < len(chunks)}
+        await asyncio.sleep(3600)  # the caller stays: no disconnect to read
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+             "server": ("testserver", 80), "client": ("127.0.0.1", 1),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    async def call():
+        await asyncio.wait_for(app(scope, receive, send), 30)
+
+    client.portal.call(call)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body), read["n"]
+
+
+MIB = [b"x" * (1 << 20)] * 20  # 20 MiB, in 1 MiB chunks
+
+
+@pytest.mark.parametrize("path", ["/v1/labels", "/v1/payments/score",
+                                  "/v1/payments/score/batch", "/v1/admin/rules",
+                                  "/v1/reviews/p1/verdict"])
+def test_a_big_body_without_a_key_is_refused_before_a_byte_is_read(api_client, path):
+    client = api_client
+    status, answer, read = asgi_post(client, path, MIB, {"content-length": str(20 << 20)})
+    assert (status, read) == (401, 0), answer
+    assert answer["detail"] == "missing X-API-Key header"
+    status, answer, read = asgi_post(client, path, MIB, {"x-api-key": "fsk_guessed"})
+    assert (status, read) == (401, 0) and answer["detail"] == "unknown API key"
+
+
+@pytest.mark.parametrize(("path", "limit"), [("/v1/labels", 16 << 10),
+                                             ("/v1/payments/score", 64 << 10),
+                                             ("/v1/payments/score/batch", 1 << 20),
+                                             ("/v1/admin/lists/block/card_id/c1", 16 << 10)])
+def test_a_body_over_its_routes_limit_is_413_declared_or_streamed(api_client, path, limit):
+    from api.edge import body_limit
+
+    assert body_limit(path) == limit
+    key = api_client.headers["X-API-Key"]
+    client = api_client
+    status, answer, read = asgi_post(client, path, MIB, {"x-api-key": key,
+                                                      "content-length": str(20 << 20)})
+    assert (status, read) == (413, 0), answer
+    assert answer["detail"] == f"request body larger than {limit} bytes"
+    # No length declared (chunked): read only until the limit is passed.
+    chunks = [b"x" * (limit // 4)] * 40
+    status, answer, read = asgi_post(client, path, chunks, {"x-api-key": key})
+    assert status == 413 and read == 5, (answer, read)
+
+
+def test_a_body_within_its_limit_still_reaches_the_route(api_client):
+    """The edge reads the body once and hands it on: a label sent in three chunks."""
+    key = api_client.headers["X-API-Key"]
+    body = json.dumps({"payment_id": uid("pay"), "is_fraud": True, "source": "chargeback",
+                       "reported_at": "2026-11-21T10:00:00Z"}).encode()
+    chunks = [body[:10], body[10:20], body[20:]]
+    status, answer, read = asgi_post(api_client, "/v1/labels", chunks,
+                                     {"x-api-key": key, "content-type": "application/json"})
+    assert (status, read) == (202, 3), answer
+    assert answer["payment_id"] == json.loads(body)["payment_id"]
+
+
+def test_a_malformed_content_length_is_400(api_client):
+    key = api_client.headers["X-API-Key"]
+    status, answer, read = asgi_post(api_client, "/v1/labels", [b"{}"],
+                                     {"x-api-key": key, "content-length": "12abc"})
+    assert (status, read) == (400, 0) and "Content-Length" in answer["detail"]
