@@ -21,7 +21,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.auth import check_key, check_signature, known_key
+from api.auth import Signed, check_key, check_signature, known_key
 from api.deps import Services
 from api.scoring import score_answer
 from model.schemas import Payment
@@ -62,12 +62,13 @@ def error_answer(exc: HTTPException | RequestValidationError) -> Answer:
     return exc.status_code, orjson.dumps({"detail": exc.detail}), [JSON, *headers]
 
 
-async def score_request(svc: Services, header: Header, body: bytes) -> Answer:
+async def score_request(svc: Services, header: Header, body: bytes,
+                        query: str = "") -> Answer:
     """Authenticate, validate, score. Every failure is a 4xx naming what is wrong."""
     try:
         key = check_key(svc, "score", header("x-api-key"))
         if key is not None and key.signing_secret is not None:
-            check_signature(key, header("x-signature"), body,
+            check_signature(key, header("x-signature"), Signed("POST", SCORE_PATH, query, body),
                             svc.settings.signature_tolerance_seconds)
         try:
             payment = Payment.model_validate_json(body)
@@ -116,7 +117,8 @@ class ScoringEdge:
             await _respond(send, refusal)
             return
         if scope["path"] == SCORE_PATH and scope["method"] == "POST":
-            await self._score(headers, receive, send)
+            await self._score(headers, scope.get("query_string", b"").decode("latin-1"),
+                              receive, send)
             return
         try:
             body = await _read_body(receive, limit)
@@ -144,7 +146,7 @@ class ScoringEdge:
                 return _too_large(limit)
         return None
 
-    async def _score(self, headers: Mapping[bytes, bytes], receive: Receive,
+    async def _score(self, headers: Mapping[bytes, bytes], query: str, receive: Receive,
                      send: Send) -> None:
         try:
             body = await _read_body(receive, MAX_BODY)
@@ -157,7 +159,7 @@ class ScoringEdge:
                 value = headers.get(name.encode())
                 return None if value is None else value.decode("latin-1")
             try:
-                answer = await score_request(self.app.state.services, header, body)
+                answer = await score_request(self.app.state.services, header, body, query)
             except Exception:
                 log.exception("scoring failed")
                 answer = 500, b'{"detail":"internal error"}', [JSON]

@@ -59,7 +59,8 @@ async def score_payment(request: Request) -> Response:
     history; the response does not wait for Kafka, and a Kafka outage loses nothing.
     """
     status_code, payload, headers = await score_request(
-        request.app.state.services, request.headers.get, await request.body())
+        request.app.state.services, request.headers.get, await request.body(),
+        request.url.query)
     return Response(payload, status_code,
                     headers={k.decode(): v.decode() for k, v in headers})
 

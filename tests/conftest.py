@@ -218,6 +218,7 @@ def api_keys(servers_settings: Settings) -> dict[str, tuple[str, str | None]]:
         "all": create_key(keys, "all", {"score", "labels", "admin"}),
         "scorer": create_key(keys, "scorer", {"score"}),
         "signed": create_key(keys, "signed", {"score"}, signing=True),
+        "signed_admin": create_key(keys, "signed_admin", {"score", "admin"}, signing=True),
     }
 
 

@@ -72,8 +72,18 @@ def test_a_key_without_the_scope_is_403(bare_client, api_keys):
     assert bare_client.get("/v1/admin/rules", headers=headers).status_code == 403
 
 
-def signed(secret, body: bytes, stamp=None):
+def signed(secret, body: bytes, stamp=None, method="POST", path="/v1/payments/score",
+           query=""):
+    """The v2 signature, written out as a gateway's developer would from gateway.md."""
     stamp = int(time.time()) if stamp is None else stamp
+    canonical = "\n".join([str(stamp), method, path, query,
+                           hashlib.sha256(body).hexdigest()]).encode()
+    mac = hmac.new(secret.encode(), canonical, hashlib.sha256)
+    return f"t={stamp},v2={mac.hexdigest()}"
+
+
+def signed_v1(secret, body: bytes):
+    stamp = int(time.time())
     mac = hmac.new(secret.encode(), str(stamp).encode() + b"." + body, hashlib.sha256)
     return f"t={stamp},v1={mac.hexdigest()}"
 
@@ -86,15 +96,41 @@ def test_signing_keys_need_a_fresh_valid_signature(bare_client, api_keys, redis_
         "missing": {},
         "expired": {"X-Signature": signed(secret, body, int(time.time()) - 3600)},
         "wrong body": {"X-Signature": signed(secret, body + b" ")},
-        "garbled": {"X-Signature": "v1=abc"},
+        "garbled": {"X-Signature": "v2=abc"},
+        "another path": {"X-Signature": signed(secret, body, path="/v1/labels")},
+        "another method": {"X-Signature": signed(secret, body, method="PUT")},
+        "v1, the body alone": {"X-Signature": signed_v1(secret, body)},
     }
     for name, extra in cases.items():
         resp = bare_client.post("/v1/payments/score", content=body, headers=base | extra)
         assert resp.status_code == 401, name
+    assert "v1 (the body alone) is no longer accepted" in resp.json()["detail"]
     assert not redis_db.exists(card_key(json.loads(body)["card_id"]))
-    ok = bare_client.post("/v1/payments/score", content=body,
-                          headers=base | {"X-Signature": signed(secret, body)})
+    good = base | {"X-Signature": signed(secret, body)}
+    ok = bare_client.post("/v1/payments/score", content=body, headers=good)
     assert ok.status_code == 200, ok.text
+    # A gateway's retry sends the same bytes, signature included: the first answer again.
+    again = bare_client.post("/v1/payments/score", content=body, headers=good)
+    assert again.status_code == 200 and again.json()["replay"] is True, again.text
+
+
+def test_an_admin_signature_binds_its_request_and_is_good_once(bare_client, api_keys):
+    key, secret = api_keys["signed_admin"]
+    path = f"/v1/admin/lists/block/card_id/{uid('card')}"
+    base = {"X-API-Key": key}
+    read = signed(secret, b"", method="GET", path="/v1/admin/rules")
+    # A captured signed GET is no signature for a DELETE of a list entry.
+    resp = bare_client.delete(path, headers=base | {"X-Signature": read})
+    assert resp.status_code == 401 and "does not match" in resp.json()["detail"]
+    assert bare_client.get("/v1/admin/rules", headers=base | {"X-Signature": read}
+                           ).status_code == 200
+    # ... and the GET's own signature is spent.
+    resp = bare_client.get("/v1/admin/rules", headers=base | {"X-Signature": read})
+    assert resp.status_code == 401 and "already used" in resp.json()["detail"]
+    put = base | {"X-Signature": signed(secret, b"", method="PUT", path=path)}
+    assert bare_client.put(path, headers=put).status_code in (200, 201, 204)
+    replayed = bare_client.put(path, headers=put)
+    assert replayed.status_code == 401 and "already used" in replayed.json()["detail"]
 
 
 def test_keys_never_reach_the_logs(bare_client, api_keys, caplog):
