@@ -158,8 +158,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="fraudstream",
         version=VERSION,
         summary="Real-time payment fraud scoring",
-        description="Send `X-API-Key` on every call but `/healthz` and `/metrics`.",
+        description="Send `X-API-Key` on every call but `/healthz` (and `/metrics` when "
+                    "`FRAUDSTREAM_METRICS_PUBLIC` is set).",
         lifespan=lifespan,
+        # The schema and its pages are for integrators, not for anyone who finds the
+        # port: served only when an operator opens them (``app.openapi()`` still builds it).
+        docs_url="/docs" if settings.docs_public else None,
+        redoc_url="/redoc" if settings.docs_public else None,
+        openapi_url="/openapi.json" if settings.docs_public else None,
     )
 
     @app.exception_handler(RequestValidationError)

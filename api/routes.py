@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import require
+from api.auth import authenticate, require
 from api.deps import Services, get_services
 from api.edge import score_request
 from api.scoring import not_in_future, score_one
+from model.api_keys import ApiKey
 from model.policy import LIST_ENTITIES, ListKind, RuleSet
 from model.schemas import Label, Payment, ScoreResponse
 
@@ -202,18 +203,21 @@ RUN_FIELDS = ("run", "kind", "trigger", "status", "clock_iso", "started_at", "ve
               "window", "metrics", "decision", "duration_s", "error")
 
 
-@router.get("/v1/model", tags=["model"], dependencies=[Depends(require("score"))],
-            responses=AUTH)
-async def current_model(svc: ServicesDep) -> dict[str, Any]:
-    """The champion in use (version, training window, metrics, thresholds), the challenger
-    in shadow if any, the last retraining runs and the last champion changes."""
+@router.get("/v1/model", tags=["model"], responses=AUTH)
+async def current_model(svc: ServicesDep,
+                        key: ApiKey | None = Depends(require("score"))) -> dict[str, Any]:
+    """The champion in use (version, training window, metrics), the challenger in shadow if
+    any, the last retraining runs and the last champion changes. The decision thresholds
+    only for a key with the `admin` scope: they tell a fraudster how far to go."""
     scorer = svc.models.scorer
     if scorer is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no model is loaded")
     registry = svc.models.registry
     meta = registry.get(scorer.version).metadata
-    out = {k: meta.get(k) for k in ("version", "created_at", "training", "metrics",
-                                    "thresholds", "features", "sha256")}
+    shown = ("version", "created_at", "training", "metrics", "thresholds", "features",
+             "sha256")
+    out = {k: meta.get(k) for k in shown
+           if k != "thresholds" or key is None or "admin" in key.scopes}
     challenger = registry.challenger_version()
     out["challenger"] = None if challenger is None else {
         "version": challenger, "in_shadow_since": registry.challenger_since(),
@@ -242,9 +246,12 @@ async def healthz(svc: ServicesDep) -> dict[str, Any]:
             "freshness": svc.monitor.freshness.model_dump()}
 
 
-@router.get("/metrics", tags=["operations"])
-async def metrics() -> Response:
-    """Prometheus metrics; with several API processes, added up over all of them."""
+@router.get("/metrics", tags=["operations"], responses=AUTH)
+async def metrics(request: Request, svc: ServicesDep) -> Response:
+    """Prometheus metrics; with several API processes, added up over all of them. Needs a
+    key with the `metrics` scope unless `FRAUDSTREAM_METRICS_PUBLIC` is set."""
+    if not svc.settings.metrics_public:
+        await authenticate(request, svc, "metrics")
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-Scope = Literal["score", "labels", "review", "admin"]
-# review: the analysts' queue (list, claim, verdict)
-SCOPES: tuple[Scope, ...] = ("score", "labels", "review", "admin")
+Scope = Literal["score", "labels", "review", "admin", "metrics"]
+# review: the analysts' queue (list, claim, verdict); metrics: /metrics alone (a scraper)
+SCOPES: tuple[Scope, ...] = ("score", "labels", "review", "admin", "metrics")
 
 
 class ApiKey(BaseModel):

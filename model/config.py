@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     auth_enabled: bool = True
     api_keys_file: Path | None = None
     signature_tolerance_seconds: float = Field(default=300.0, gt=0)
+    # /metrics without a key (else a key with the ``metrics`` scope), and the OpenAPI pages
+    # (/docs, /redoc, /openapi.json) at all: both closed to anonymous callers by default.
+    metrics_public: bool = False
+    docs_public: bool = False
     # The answer always comes within the caller's X-Deadline-Ms, or this by default.
     default_deadline_ms: int = Field(default=250, gt=0)
     rules_poll_seconds: float = Field(default=0.5, gt=0)

@@ -215,7 +215,7 @@ def api_keys(servers_settings: Settings) -> dict[str, tuple[str, str | None]]:
     assert servers_settings.api_keys_file is not None
     keys = servers_settings.api_keys_file
     return {
-        "all": create_key(keys, "all", {"score", "labels", "admin"}),
+        "all": create_key(keys, "all", {"score", "labels", "admin", "metrics"}),
         "scorer": create_key(keys, "scorer", {"score"}),
         "signed": create_key(keys, "signed", {"score"}, signing=True),
         "signed_admin": create_key(keys, "signed_admin", {"score", "admin"}, signing=True),

@@ -40,8 +40,10 @@ def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, 
 
             # each process loaded the model itself (a gauge per live process); the second
             # may still be starting when the first answers
+            scrape = {"X-API-Key": api_keys["all"][0]}  # a key with the metrics scope
+
             def loaded_by() -> set[str]:
-                text = httpx.get(f"{stream_worker.api_url}/metrics").text
+                text = httpx.get(f"{stream_worker.api_url}/metrics", headers=scrape).text
                 return {s.labels["pid"] for s in samples(text, "fraudstream_model_loaded")
                         if s.labels["version"] == trained and s.value == 1}
 
@@ -49,7 +51,7 @@ def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, 
             # whichever process answers /metrics (a fresh connection each time: the
             # kernel spreads them), it counts the payments of both
             for _ in range(4):
-                text = httpx.get(f"{stream_worker.api_url}/metrics").text
+                text = httpx.get(f"{stream_worker.api_url}/metrics", headers=scrape).text
                 decided = sum(s.value for s in samples(text, "fraudstream_decisions_total"))
                 assert decided == n
 
@@ -61,7 +63,7 @@ def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, 
             registry.promote(other, by="test", why="a bad model goes live")
 
             def serving() -> set[str]:
-                text = httpx.get(f"{stream_worker.api_url}/metrics").text
+                text = httpx.get(f"{stream_worker.api_url}/metrics", headers=scrape).text
                 return {s.labels["version"] for s in samples(text, "fraudstream_model_loaded")
                         if s.value == 1}
 

@@ -243,7 +243,7 @@ def test_batch_scores_in_order_and_reports_item_errors(api_client, stream_worker
 
 
 def test_openapi_documents_the_contract(api_client):
-    spec = api_client.get("/openapi.json").json()
+    spec = api_client.app.app.openapi()  # built in-process: the pages are closed by default
     score = spec["paths"]["/v1/payments/score"]["post"]
     assert score["requestBody"]["content"]["application/json"]["schema"]["$ref"] \
         == "#/components/schemas/Payment"
@@ -263,4 +263,32 @@ def test_openapi_documents_the_contract(api_client):
     for path in ("/v1/payments/score/batch", "/v1/labels", "/v1/admin/rules",
                  "/v1/admin/lists/{kind}/{entity}/{value}", "/v1/admin/audit"):
         assert path in spec["paths"], path
-    assert api_client.get("/docs").status_code == 200
+
+
+def test_the_schema_pages_are_closed_unless_an_operator_opens_them(api_client, stream_worker):
+    from api.main import create_app
+
+    for page in ("/docs", "/redoc", "/openapi.json"):
+        assert api_client.get(page).status_code == 404, page
+    opened = TestClient(create_app(stream_worker.model_copy(update={"docs_public": True})))
+    assert opened.get("/docs").status_code == 200
+    assert "/v1/payments/score" in opened.get("/openapi.json").json()["paths"]
+
+
+def test_metrics_need_a_metrics_key_unless_public(bare_client, api_keys, stream_worker):
+    assert bare_client.get("/metrics").status_code == 401
+    scorer = {"X-API-Key": api_keys["scorer"][0]}
+    resp = bare_client.get("/metrics", headers=scorer)
+    assert resp.status_code == 403 and "'metrics' scope" in resp.json()["detail"]
+    ok = bare_client.get("/metrics", headers={"X-API-Key": api_keys["all"][0]})
+    assert ok.status_code == 200 and "fraudstream_decisions_total" in ok.text
+    with TestClient(serve_app(stream_worker.model_copy(update={"metrics_public": True}))) as c:
+        assert c.get("/metrics").status_code == 200
+
+
+def test_the_models_thresholds_are_for_admin_keys_only(bare_client, api_keys):
+    seen = bare_client.get("/v1/model", headers={"X-API-Key": api_keys["scorer"][0]})
+    assert seen.status_code == 200 and "thresholds" not in seen.json()
+    assert seen.json()["version"] and "metrics" in seen.json()
+    admin = bare_client.get("/v1/model", headers={"X-API-Key": api_keys["all"][0]})
+    assert admin.json()["thresholds"]

@@ -71,7 +71,9 @@ def up(
     demo_key = training.demo_key(s)
     with console.status("starting the API…"):
         launcher.start_api(s)
-    console.print(f"  [green]✓[/] API on {s.api_url}  (OpenAPI: {s.api_url}/docs)")
+    pages = f"OpenAPI: {s.api_url}/docs" if s.docs_public else \
+        "OpenAPI pages closed; FRAUDSTREAM_DOCS_PUBLIC=true opens /docs"
+    console.print(f"  [green]✓[/] API on {s.api_url}  ({pages})")
     launcher.start_retrain(s)
     console.print("  [green]✓[/] retrain worker")
     if demo_payments:

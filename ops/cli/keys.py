@@ -18,7 +18,7 @@ def keys_create(
     name: str,
     # typer reads the default, never mutates it
     scope: Annotated[list[str], typer.Option(
-        help="score, labels, review or admin; repeat for more")] = ["score"],  # noqa: B006
+        help="score, labels, review, admin or metrics; repeat for more")] = ["score"],  # noqa: B006
     signing: bool = typer.Option(False, help="also require an HMAC signature of each body"),
 ) -> None:
     """Create an API key; it is shown once, only its sha256 is kept."""

@@ -17,6 +17,10 @@ def monitor(
     plot_to: Annotated[Path | None, typer.Option("--plot", help="where the plot goes "
                                                  "(default: $FRAUDSTREAM_HOME/monitor/"
                                                  "<time>.png)")] = None,
+    key: Annotated[str | None, typer.Option(
+        envvar="FRAUDSTREAM_MONITOR_KEY", show_default=False,
+        help="an API key with the metrics scope (fraudstream keys create NAME --scope "
+             "metrics); not needed when FRAUDSTREAM_METRICS_PUBLIC is set")] = None,
 ) -> None:
     """Drift and freshness as the API sees them: health, decisions, score and feature PSI
     against the training window, stream and label lag, label delays, the review queue."""
@@ -26,8 +30,15 @@ def monitor(
 
     s = get_settings()
     try:
-        with httpx.Client(base_url=s.api_url, timeout=5.0) as client:
+        with httpx.Client(base_url=s.api_url, timeout=5.0,
+                          headers={"X-API-Key": key} if key else {}) as client:
             snap = scrape(client)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code in (401, 403):
+            raise fail(f"the API refused to show its metrics ({exc.response.status_code}): "
+                       "pass --key (or FRAUDSTREAM_MONITOR_KEY) with a key of the metrics "
+                       "scope") from exc
+        raise fail(f"the API at {s.api_url} answered {exc.response.status_code}") from exc
     except httpx.HTTPError as exc:
         raise fail(f"the API at {s.api_url} did not answer ({type(exc).__name__}): is it up?"
                    ) from exc
