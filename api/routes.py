@@ -108,15 +108,31 @@ class LabelAccepted(BaseModel):
 
 
 @router.post("/v1/labels", status_code=status.HTTP_202_ACCEPTED, response_model=LabelAccepted,
-             tags=["labels"], dependencies=[Depends(require("labels"))], responses=AUTH)
-async def post_label(label: Label, svc: ServicesDep) -> LabelAccepted:
-    """Report a fraud verdict (chargeback, analyst, customer report) on a past payment.
+             tags=["labels"], responses=AUTH)
+async def post_label(label: Label, svc: ServicesDep,
+                     key: ApiKey | None = Depends(require("labels"))) -> LabelAccepted:
+    """Report a fraud verdict (chargeback, customer report) on a past payment.
+
+    A key reports the sources it was given (by default `chargeback` and
+    `customer_report`): analyst verdicts come through the review queue, where the
+    analyst is the key. A key given `analyst` reports verdicts in its own name.
 
     Answers 202 once the label is durable: in Kafka, or, while Kafka is unavailable, on
     the API's disk (`queued: true`), forwarded as soon as Kafka is back. The stream
     processor applies it; sending the same label again changes nothing.
     """
     not_in_future(label.reported_at.timestamp(), "reported_at", svc)
+    if key is not None:
+        if label.source not in key.label_sources:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=(
+                f"key {key.name!r} may not report {label.source!r} labels (its sources: "
+                f"{', '.join(sorted(key.label_sources))}); analyst verdicts go through "
+                "the review queue"))
+        if label.analyst not in (None, key.name):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=(
+                f"key {key.name!r} reports labels in its own name, not {label.analyst!r}"))
+        if label.source == "analyst":
+            label = label.model_copy(update={"analyst": key.name})
     try:
         in_kafka = await svc.publisher.publish_label(label)
     except OSError as exc:

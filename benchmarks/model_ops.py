@@ -233,10 +233,12 @@ def main() -> None:
           f"{len(month):,} ({int(month['is_fraud'].sum())} fraud, "
           f"{int((month['fraud_pattern'] == WAVE).sum())} in the wave)", flush=True)
 
-    from model.api_keys import create_key
+    from model.api_keys import API_LABEL_SOURCES, create_key
 
     assert settings.api_keys_file is not None
-    key, _ = create_key(settings.api_keys_file, "gateway", {"score", "labels"})
+    # the simulated back office reports the book's analyst verdicts too
+    key, _ = create_key(settings.api_keys_file, "gateway", {"score", "labels"},
+                        label_sources=set(API_LABEL_SOURCES))
     try:
         services.start_redis(settings)
         services.start_kafka(settings)

@@ -210,12 +210,15 @@ def redis_db(stack: Settings) -> Iterator[Any]:
 def api_keys(servers_settings: Settings) -> dict[str, tuple[str, str | None]]:
     """name -> (key, signing secret) of the keys the test API accepts (in the session's
     secrets, which every module's home shares)."""
-    from model.api_keys import create_key
+    from model.api_keys import API_LABEL_SOURCES, create_key
 
     assert servers_settings.api_keys_file is not None
     keys = servers_settings.api_keys_file
     return {
-        "all": create_key(keys, "all", {"score", "labels", "admin", "metrics"}),
+        "all": create_key(keys, "all", {"score", "labels", "admin", "metrics"},
+                          label_sources=set(API_LABEL_SOURCES)),
+        "feed": create_key(keys, "feed", {"labels"}),  # the default sources
+        "casetool": create_key(keys, "casetool", {"labels"}, label_sources={"analyst"}),
         "scorer": create_key(keys, "scorer", {"score"}),
         "signed": create_key(keys, "signed", {"score"}, signing=True),
         "signed_admin": create_key(keys, "signed_admin", {"score", "admin"}, signing=True),

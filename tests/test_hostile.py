@@ -183,3 +183,40 @@ def test_a_malformed_content_length_is_400(api_client):
     status, answer, read = asgi_post(api_client, "/v1/labels", [b"{}"],
                                      {"x-api-key": key, "content-length": "12abc"})
     assert (status, read) == (400, 0) and "Content-Length" in answer["detail"]
+
+
+def test_a_labels_key_reports_only_its_sources_and_in_its_own_name(api_client, api_keys,
+                                                                   stream_worker):
+    """The reported exploit: a labels key wrote an analyst's verdict in someone else's
+    name. Analyst verdicts belong to the review queue; a key given the analyst source (a
+    case tool of its own) reports them as itself."""
+    from stores.history import HistoryStore
+    from tests.conftest import eventually
+
+    def post(key: str, **extra):
+        body = {"payment_id": uid("pay"), "is_fraud": False, "source": "analyst",
+                "reported_at": "2026-11-21T10:00:00Z", **extra}
+        return body, api_client.post("/v1/labels", json=body, headers={"X-API-Key": key})
+
+    feed, casetool = api_keys["feed"][0], api_keys["casetool"][0]
+    _, resp = post(feed, analyst="alice")
+    assert resp.status_code == 403 and "may not report 'analyst' labels" in resp.json()["detail"]
+    assert "chargeback, customer_report" in resp.json()["detail"]
+    _, resp = post(feed, source="chargeback", is_fraud=True)
+    assert resp.status_code == 202, resp.text
+    _, resp = post(casetool, analyst="alice")
+    assert resp.status_code == 403 and "in its own name, not 'alice'" in resp.json()["detail"]
+    _, resp = post(casetool, source="chargeback")
+    assert resp.status_code == 403
+    body, resp = post(casetool, note="case tool verdict")
+    assert resp.status_code == 202, resp.text
+
+    store = HistoryStore(stream_worker.history_dir)
+
+    def recorded():
+        rows = store.query("SELECT analyst FROM labels_raw WHERE payment_id = ?",
+                           [body["payment_id"]])
+        return rows["analyst"].tolist() if len(rows) else None
+
+    eventually(lambda: recorded() is not None, 60)
+    assert recorded() == ["casetool"]
