@@ -64,9 +64,11 @@ def known_key(svc: Services, presented: str | None) -> ApiKey | None:
         return None
     if not presented:
         raise _unauthorized("missing X-API-Key header")
-    key = svc.api_keys.get(hash_key(presented))
+    digest = hash_key(presented)
+    key = svc.api_keys.get(digest)
     if key is None:
-        raise _unauthorized("unknown API key")
+        raise _unauthorized("API key expired" if svc.api_keys.expired(digest)
+                            else "unknown API key")
     return key
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from api.decisions import DecisionRecorder
+from api.key_ring import KeyRing
 from api.model_holder import ModelHolder
 from api.monitor import Monitor
 from api.publisher import Publisher
-from model.api_keys import ApiKey
 from model.config import Settings
 from model.periodic import every
 from model.policy import Policy, RuleSet
@@ -47,7 +47,7 @@ class Services:
     models: ModelHolder
     publisher: Publisher
     policy: PolicyHolder
-    api_keys: dict[str, ApiKey]
+    api_keys: KeyRing
     decisions: DecisionRecorder
     reviews: ReviewQueue
     monitor: Monitor

@@ -18,6 +18,7 @@ from prometheus_client import multiprocess
 from api.decisions import DecisionRecorder
 from api.deps import PolicyHolder, Services
 from api.edge import ScoringEdge, validation_detail
+from api.key_ring import KeyRing
 from api.model_holder import ModelHolder
 from api.monitor import Monitor
 from api.publisher import Publisher
@@ -25,13 +26,13 @@ from api.reviews import resend_verdicts
 from api.reviews import router as reviews_router
 from api.routes import admin, router
 from api.spool import Spool
-from model.api_keys import load_keys
 from model.config import Settings, get_settings
 from model.registry import Registry
 from model.version import VERSION
 from stores import pii_key, redis_client
 from stores.freshness import FreshnessBoard
 from stores.idempotency import DecisionStore
+from stores.key_usage import KeyUsage
 from stores.online_features import OnlineStore
 from stores.policy_store import PolicyStore
 from stores.reviews import ReviewQueue
@@ -63,8 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     assert settings.api_keys_file is not None and settings.spool_dir is not None
     spool_dir = settings.spool_dir  # narrowed, for the lifespan below
-    api_keys = load_keys(settings.api_keys_file)
-    if settings.auth_enabled and not api_keys:
+    api_keys = KeyRing(settings.api_keys_file)
+    if settings.auth_enabled and not len(api_keys):
         raise ConfigurationError(
             f"no API keys in {settings.api_keys_file}: create one with "
             "`fraudstream keys create NAME --scope score`, or set FRAUDSTREAM_AUTH_ENABLED=false"
@@ -111,7 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         decisions = DecisionRecorder(DecisionStore(redis))
         reviews = ReviewQueue(redis, settings.review_claim_seconds)
         monitor = Monitor(settings, FreshnessBoard(redis), reviews)
+        api_keys.usage = KeyUsage(redis)
         tasks = [
+            asyncio.create_task(api_keys.watch(settings.keys_poll_seconds)),
             asyncio.create_task(monitor.run(holder)),
             asyncio.create_task(resend_verdicts(reviews, publisher)),
             asyncio.create_task(decisions.run()),

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,8 @@ class ApiKey(BaseModel):
     # tool of its own) reports verdicts in its own name.
     label_sources: set[LabelSource] = Field(
         default_factory=lambda: set(DEFAULT_LABEL_SOURCES))
+    # Refused from then on: the old key of a rotation, or a key made to expire.
+    expires_at: datetime | None = None
 
 
 DEFAULT_LABEL_SOURCES: tuple[LabelSource, ...] = ("chargeback", "customer_report")
@@ -56,31 +59,77 @@ def load_keys(path: Path) -> dict[str, ApiKey]:
     return {k.key_sha256: k for k in data.keys}
 
 
-def create_key(path: Path, name: str, scopes: set[Scope], signing: bool = False,
-               label_sources: set[LabelSource] | None = None) -> tuple[str, str | None]:
-    """Add a key to the file; returns (key, signing secret) -- the only time they are seen."""
-    current = KeyFile.model_validate_json(path.read_text()) if path.exists() else KeyFile()
-    if any(k.name == name for k in current.keys):
-        raise ValueError(f"a key named {name!r} exists already")
-    key = "fsk_" + secrets.token_urlsafe(32)
-    secret = secrets.token_urlsafe(32) if signing else None
-    current.keys.append(ApiKey(
-        name=name, key_sha256=hash_key(key), scopes=scopes,
-        signing_secret=SecretStr(secret) if secret else None,
-        label_sources=set(DEFAULT_LABEL_SOURCES if label_sources is None else label_sources)))
+def _read(path: Path) -> KeyFile:
+    return KeyFile.model_validate_json(path.read_text()) if path.exists() else KeyFile()
+
+
+def _write(path: Path, keys: list[ApiKey]) -> None:
+    """The whole file, replaced atomically (mode 600): a reader sees the old or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"keys": [
-        {**k.model_dump(exclude={"signing_secret"}), "scopes": sorted(k.scopes),
+        {**k.model_dump(mode="json", exclude={"signing_secret"}), "scopes": sorted(k.scopes),
          "label_sources": sorted(k.label_sources),
          "signing_secret": k.signing_secret.get_secret_value() if k.signing_secret else None}
-        for k in current.keys
+        for k in keys
     ]}
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(payload, fh, indent=2)
     os.replace(tmp, path)
+
+
+def _new(name: str, scopes: set[Scope], signing: bool, label_sources: set[LabelSource] | None,
+         expires_at: datetime | None = None) -> tuple[ApiKey, str, str | None]:
+    key = "fsk_" + secrets.token_urlsafe(32)
+    secret = secrets.token_urlsafe(32) if signing else None
+    return ApiKey(name=name, key_sha256=hash_key(key), scopes=scopes,
+                  signing_secret=SecretStr(secret) if secret else None,
+                  label_sources=set(DEFAULT_LABEL_SOURCES if label_sources is None
+                                    else label_sources),
+                  expires_at=expires_at), key, secret
+
+
+def create_key(path: Path, name: str, scopes: set[Scope], signing: bool = False,
+               label_sources: set[LabelSource] | None = None,
+               expires_at: datetime | None = None) -> tuple[str, str | None]:
+    """Add a key to the file; returns (key, signing secret) -- the only time they are seen."""
+    current = _read(path)
+    if any(k.name == name for k in current.keys):
+        raise ValueError(f"a key named {name!r} exists already (rotate it, or revoke it)")
+    entry, key, secret = _new(name, scopes, signing, label_sources, expires_at)
+    _write(path, [*current.keys, entry])
     return key, secret
+
+
+def rotate_key(path: Path, name: str, grace: timedelta) -> tuple[str, str | None, datetime]:
+    """A new key for ``name``, with the same scopes, sources and signing; the current ones
+    stay valid for ``grace``, so callers can switch. Returns (key, secret, old keys' end)."""
+    current = _read(path)
+    now = datetime.now(UTC)
+    live = [k for k in current.keys if k.name == name
+            and (k.expires_at is None or k.expires_at > now)]
+    if not live:
+        raise ValueError(f"no valid key named {name!r}; create one with `fraudstream keys "
+                         "create`")
+    newest = live[-1]
+    until = now + grace
+    entry, key, secret = _new(name, set(newest.scopes), newest.signing_secret is not None,
+                              set(newest.label_sources))
+    kept = [k.model_copy(update={"expires_at": min(k.expires_at or until, until)})
+            if k in live else k for k in current.keys]
+    _write(path, [*kept, entry])
+    return key, secret, until
+
+
+def revoke_key(path: Path, name: str) -> int:
+    """Remove every key named ``name``; returns how many there were."""
+    current = _read(path)
+    kept = [k for k in current.keys if k.name != name]
+    if len(kept) == len(current.keys):
+        raise ValueError(f"no key named {name!r}")
+    _write(path, kept)
+    return len(current.keys) - len(kept)
 
 
 def parse_label_sources(names: list[str]) -> set[LabelSource]:

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     auth_enabled: bool = True
     api_keys_file: Path | None = None
     signature_tolerance_seconds: float = Field(default=300.0, gt=0)
+    # How often each API process re-reads the key file (created, revoked, rotated keys).
+    keys_poll_seconds: float = Field(default=2.0, gt=0)
     # /metrics without a key (else a key with the ``metrics`` scope), and the OpenAPI pages
     # (/docs, /redoc, /openapi.json) at all: both closed to anonymous callers by default.
     metrics_public: bool = False

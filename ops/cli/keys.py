@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from model.config import get_settings
+from model.config import Settings, get_settings
 from ops.cli.output import console, fail
 
 app = typer.Typer(help="API keys of the callers.", no_args_is_help=True)
@@ -44,19 +44,91 @@ def keys_create(
     console.print(f"  X-API-Key: {key}")
     if secret:
         console.print(f"  signing secret: {secret}")
-    console.print("restart the API to load it")
+    console.print(f"every API process accepts it within {s.keys_poll_seconds:g} s")
+
+
+@app.command("rotate")
+def keys_rotate(
+    name: str,
+    grace_hours: float = typer.Option(24.0, min=0.0, help="how long the current key stays "
+                                                          "valid, for the caller to switch"),
+) -> None:
+    """A new key for NAME (same scopes, label sources, signing); the current one keeps
+    working for the grace period, then is refused."""
+    from datetime import timedelta
+
+    from model.api_keys import rotate_key
+
+    s = get_settings()
+    assert s.api_keys_file is not None
+    try:
+        key, secret, until = rotate_key(s.api_keys_file, name, timedelta(hours=grace_hours))
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"new key for {name!r}; keep it now, it is not shown again:")
+    console.print(f"  X-API-Key: {key}")
+    if secret:
+        console.print(f"  signing secret: {secret}")
+    console.print(f"the previous key is refused from {until:%Y-%m-%d %H:%M} UTC")
+
+
+@app.command("revoke")
+def keys_revoke(name: str) -> None:
+    """Refuse every key named NAME from now on (every API process within seconds)."""
+    from model.api_keys import revoke_key
+
+    s = get_settings()
+    assert s.api_keys_file is not None
+    try:
+        n = revoke_key(s.api_keys_file, name)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"revoked {n} key(s) named {name!r}; every API process refuses them within "
+                  f"{s.keys_poll_seconds:g} s")
+
+
+def _last_used(s: Settings) -> dict[str, float] | None:
+    import asyncio
+
+    from stores.key_usage import KeyUsage
+    from stores.redis_client import connect
+
+    async def read() -> dict[str, float]:
+        redis = connect(s)
+        try:
+            return await asyncio.wait_for(KeyUsage(redis).last_used(), 3)
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(read())
+    except Exception:  # Redis away: the list still shows the keys
+        return None
 
 
 @app.command("list")
 def keys_list() -> None:
-    """Key names and scopes (never the keys)."""
+    """Key names, scopes, label sources, expiry and last use (never the keys)."""
+    from datetime import UTC, datetime
+
     from model.api_keys import load_keys
 
     s = get_settings()
     assert s.api_keys_file is not None
-    table = Table("name", "scopes", "label sources", "signed", "sha256 (first 12)")
+    used = _last_used(s)
+    now = datetime.now(UTC)
+    table = Table("name", "scopes", "label sources", "signed", "expires", "last used",
+                  "sha256 (first 12)")
     for digest, key in load_keys(s.api_keys_file).items():
+        expires = "" if key.expires_at is None else (
+            f"{key.expires_at:%Y-%m-%d %H:%M}" + (" (expired)" if key.expires_at <= now
+                                                   else ""))
+        last = "?" if used is None else (
+            f"{datetime.fromtimestamp(used[digest[:12]], UTC):%Y-%m-%d %H:%M:%S}"
+            if digest[:12] in used else "never")
         table.add_row(key.name, ", ".join(sorted(key.scopes)),
                       ", ".join(sorted(key.label_sources)) if "labels" in key.scopes else "",
-                      "yes" if key.signing_secret else "", digest[:12])
+                      "yes" if key.signing_secret else "", expires, last, digest[:12])
     console.print(table)
+    if used is None:
+        console.print("(last use unknown: Redis did not answer)")
