@@ -34,7 +34,7 @@ from model.catalogue import (
 )
 from model.features import DAY
 from stores.redis_client import RedisClient
-from stores.redis_mux import Arg
+from stores.redis_mux import Arg, Step
 
 ENTITY_SCRIPT = files("stores").joinpath("lua/catalogue_entity.lua").read_bytes()
 # How late a payment may arrive (after payments stamped later) and still see exactly what
@@ -117,6 +117,20 @@ def _value(raw: bytes | str) -> float:
     return float(text) if text else float("nan")
 
 
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One payment's calls, and how their replies become its features."""
+
+    calls: list[Step]
+    plans: tuple[EntityPlan, ...]
+    fixed: dict[str, float]  # the features no call reads: missing keys, mismatches
+    store: CatalogueStore
+
+    def features(self, replies: Sequence[Any]) -> dict[str, float]:
+        """``replies``: those of ``calls``, in order."""
+        return self.store.decode(self.plans, replies, self.fixed)
+
+
 class CatalogueStore:
     """A catalogue's stateful entries in Redis: each payment observed once, in arrival
     order, reads its features and records itself in one step per entity."""
@@ -139,35 +153,47 @@ class CatalogueStore:
         a payment's fields with ``ts`` in epoch seconds."""
         return (await self.observe_many([payment]))[0]
 
+    def steps(self, payment: Mapping[str, Any]) -> Observed:
+        """One payment's script calls, for a write of its own or to join the steps of
+        another store's (the hook's one write per payment)."""
+        calls: list[Step] = []
+        plans: list[EntityPlan] = []
+        missing: list[str] = []
+        for plan in self.plans:
+            key = ENTITIES[plan.entity].key_of(payment)
+            if key is None:
+                missing += plan.names
+                continue
+            calls.append((ENTITY_SCRIPT, plan.keys(key, self.prefix),
+                          plan.args(payment, self.catalogue.retention, self.ttl_ms)))
+            plans.append(plan)
+        fixed = dict.fromkeys(missing, float("nan"))
+        for f in self.mismatches:
+            fixed[f.name] = f.value(payment)
+        return Observed(calls, tuple(plans), fixed, self)
+
     async def observe_many(self, payments: Sequence[Mapping[str, Any]]
                            ) -> list[dict[str, float]]:
         """Several payments in one write per node, observed in the order given (each
         entity key's calls run in order on its node)."""
-        calls: list[tuple[list[Arg], list[Arg]]] = []
-        owners: list[tuple[int, EntityPlan]] = []
-        out: list[dict[str, float]] = []
-        nan = float("nan")
-        for i, payment in enumerate(payments):
-            row: dict[str, float] = {}
-            for plan in self.plans:
-                key = ENTITIES[plan.entity].key_of(payment)
-                if key is None:
-                    row.update(dict.fromkeys(plan.names, nan))
-                    continue
-                calls.append((plan.keys(key, self.prefix),
-                              plan.args(payment, self.catalogue.retention, self.ttl_ms)))
-                owners.append((i, plan))
-            for f in self.mismatches:
-                row[f.name] = f.value(payment)
-            out.append(row)
-        replies = await self.redis.scripts(ENTITY_SCRIPT, calls)
-        for (i, plan), reply in zip(owners, replies, strict=True):
+        observed = [self.steps(p) for p in payments]
+        replies = await self.redis.run([c for o in observed for c in o.calls])
+        out, at = [], 0
+        for o in observed:
+            out.append(o.features(replies[at:at + len(o.calls)]))
+            at += len(o.calls)
+        return out
+
+    def decode(self, plans: Sequence[EntityPlan], replies: Sequence[Any],
+               fixed: Mapping[str, float]) -> dict[str, float]:
+        row = dict(fixed)
+        for plan, reply in zip(plans, replies, strict=True):
             for name, raw in zip(plan.names, reply, strict=True):
                 value = _value(raw)
                 if not self._include_self.get(name, True):
                     value -= 1.0
-                out[i][name] = value
-        return [{n: row[n] for n in self.names} for row in out]
+                row[name] = value
+        return {n: row[n] for n in self.names}
 
     @property
     def names(self) -> tuple[str, ...]:
