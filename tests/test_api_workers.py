@@ -76,7 +76,8 @@ def test_two_api_processes_answer_on_one_port_and_metrics_add_up(stream_worker, 
             assert answers == {trained}
 
             # what an operator types: health, decisions of both processes, a plot
-            shown = cli("monitor", "--plot", str(tmp_path / "m.png"))
+            shown = cli("monitor", "--key", api_keys["all"][0],
+                        "--plot", str(tmp_path / "m.png"))
             assert shown.exit_code == 0, shown.output
             assert f"model {trained}" in shown.output
             counts = [re.search(rf"{d}\s+│\s+([\d,]+)", shown.output)
