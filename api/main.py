@@ -26,10 +26,13 @@ from api.reviews import resend_verdicts
 from api.reviews import router as reviews_router
 from api.routes import admin, router
 from api.spool import Spool
+from model.catalogue import CatalogueError
+from model.catalogue_file import installation_catalogue
 from model.config import Settings, get_settings
 from model.registry import Registry
 from model.version import VERSION
 from stores import pii_key, redis_client
+from stores.catalogue_store import CatalogueStore
 from stores.freshness import FreshnessBoard
 from stores.idempotency import DecisionStore
 from stores.key_usage import KeyUsage
@@ -72,6 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Read (or, for a local install, generated) before serving: every worker the same key.
     pseudonym_key = pii_key.load(settings)
+    try:
+        catalogue = installation_catalogue(settings.features_file,
+                                           settings.features_cost_budget) \
+            if settings.features_online else None
+    except CatalogueError as exc:
+        raise ConfigurationError(f"{exc}; `fraudstream features check` says more") from exc
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,11 +113,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publisher.kafka_ok = publisher.labels_ok = False
         # Segments left by an earlier run (a crash, a Kafka outage) are sent by the drain
         # loop within a second; the stream records each payment once.
-        holder = ModelHolder(Registry(settings.models_dir))
+        store = OnlineStore(redis, CatalogueStore(redis, catalogue) if catalogue else None)
+        holder = ModelHolder(Registry(settings.models_dir), store.served)
         await holder.refresh()
         policy = PolicyHolder(PolicyStore(redis))
         await _bounded("loading rules and lists", policy.refresh())
-        store = OnlineStore(redis)
         decisions = DecisionRecorder(DecisionStore(redis))
         reviews = ReviewQueue(redis, settings.review_claim_seconds)
         monitor = Monitor(settings, FreshnessBoard(redis), reviews)

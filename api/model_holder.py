@@ -18,8 +18,12 @@ class ModelHolder:
     """Holds the current Scorer. A request reads ``holder.scorer`` once and keeps that
     object, so a swap never changes the model under a request in flight."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, served: frozenset[str] | None = None) -> None:
+        """``served``: the features this API computes; a model needing others is not
+        loaded (scoring it would fail on every payment), the one in use is kept."""
         self.registry = registry
+        self.served = served
+        self._refused: str | None = None
         self.scorer: Scorer | None = None
         # The training window's distributions, for drift (``model.drift``).
         self.reference: dict[str, Any] | None = None
@@ -27,7 +31,17 @@ class ModelHolder:
     async def refresh(self) -> bool:
         """Load the promoted version if it differs from the one in use. True if swapped."""
         version = self.registry.current_version()
-        if version is None or (self.scorer is not None and self.scorer.version == version):
+        if version is None or version == self._refused or (
+                self.scorer is not None and self.scorer.version == version):
+            return False
+        needs = self.registry.get(version).metadata.get("features", [])
+        missing = sorted(set(needs) - self.served) if self.served is not None else []
+        if missing:
+            self._refused = version
+            MODEL_RELOADS.labels("failed").inc()
+            log.error("model %s needs features this API does not serve (%s): not loaded, "
+                      "keeping %s; is its features.toml this API's?", version,
+                      ", ".join(missing[:5]), self.scorer.version if self.scorer else None)
             return False
         try:
             # Loading unpickles the model: off the event loop, so scoring goes on meanwhile.

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # the whole catalogue may cost (``fraudstream features check`` estimates it).
     features_file: Path | None = None
     features_cost_budget: int = Field(default=400, ge=1)
+    # The API keeps the catalogue's state and serves its features on every payment (so a
+    # model trained on them can be served); false: today's 25 only.
+    features_online: bool = True
 
     # Event times further ahead of this server's clock are refused (clock skew allowance).
     max_future_seconds: float = Field(default=300.0, ge=0)

@@ -147,6 +147,11 @@ class CatalogueStore:
         self.mismatches = tuple(f for f in catalogue.features if isinstance(f, Mismatch))
         self._include_self = {f.name: f.include_self for f in catalogue.features
                               if isinstance(f, Count)}
+        # The payment fields the calls read: entity keys and the mismatches' two sides.
+        self.columns = frozenset(
+            {ENTITIES[e].column for p in self.plans
+             for e in (p.entity, *(k.of for k in p.linked))}
+            | {c for f in self.mismatches for c in (f.left, f.right)})
 
     async def observe(self, payment: Mapping[str, Any]) -> dict[str, float]:
         """The catalogue's features (today's 25 aside) for one payment: a history row or

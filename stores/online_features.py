@@ -58,6 +58,7 @@ from model.features import (
 )
 from model.policy import list_values
 from model.schemas import Payment
+from stores.catalogue_store import CatalogueStore
 from stores.idempotency import (
     CHECK_LUA,
     IDEMPOTENCY_WINDOW,
@@ -437,6 +438,13 @@ class PaymentRef:
         return cls(terminal, card, float(ts))
 
 
+def _fields(payment: Payment, catalogue: CatalogueStore) -> dict[str, Any]:
+    """What the catalogue's calls read of a payment."""
+    fields: dict[str, Any] = {c: getattr(payment, c, None) for c in catalogue.columns}
+    fields["payment_id"], fields["ts"] = payment.payment_id, payment.ts
+    return fields
+
+
 @dataclass(frozen=True, slots=True)
 class LabelUpdate:
     payment_id: str
@@ -484,8 +492,17 @@ class OnlineStore:
     """The online features in Redis: scoring and labels through ``redis``'s pipelined
     connection (one write per payment), back-fills and scans through its redis-py."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, catalogue: CatalogueStore | None = None) -> None:
+        """``catalogue``: the catalogue's stateful features, read and recorded in the same
+        write as the card's and terminal's (``stores.catalogue_store``)."""
         self.redis = redis
+        self.catalogue = catalogue
+
+    @property
+    def served(self) -> frozenset[str]:
+        """Every feature ``observe`` gives."""
+        return frozenset(FEATURE_NAMES) | frozenset(
+            self.catalogue.names if self.catalogue else ())
 
     async def observe(
         self, payment: Payment, payload_hash: str = "", check_lists: bool = False,
@@ -517,7 +534,14 @@ class OnlineStore:
         if payload_hash:
             steps.append((None, ("SET", owner_key(pid), card, "NX", "GET", "EX",
                                  int(IDEMPOTENCY_WINDOW)), ()))
+        # The catalogue's calls last: the replies above keep their places.
+        base = len(steps)
+        extra = self.catalogue.steps(_fields(payment, self.catalogue)) \
+            if self.catalogue is not None else None
+        if extra is not None:
+            steps += extra.calls
         replies = await self.redis.run(steps)
+        replies, catalogue_replies = replies[:base], replies[base:]
         card_res, (tcounts, tfraud, fresh, term_added) = replies[0], replies[1]
         owner = replies[-1] if payload_hash else None
         if owner is not None and owner != card.encode():
@@ -553,8 +577,11 @@ class OnlineStore:
         )
         values_by_name = compute(agg)
         hits = replies[2] if check_lists else []
+        features = {name: float(values_by_name[name]) for name in FEATURE_NAMES}
+        if extra is not None:
+            features.update(extra.features(catalogue_replies))
         return Observation(
-            features={name: float(values_by_name[name]) for name in FEATURE_NAMES},
+            features=features,
             recorded_at=float(recorded_at),
             list_hits=tuple(_hit(h, payment) for h in hits),
         )

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import pandas as pd
 
+from model.catalogue_file import installation_catalogue
 from model.config import Settings
 from model.features import (
     CARD_FRAUD_WINDOW,
@@ -22,6 +23,7 @@ from model.features import (
 )
 from model.labels import fraud_known_since, fraud_spells
 from stores import redis_client
+from stores.catalogue_store import LATE_MARGIN, CatalogueStore
 from stores.history import HistoryStore
 from stores.label_join import JOIN_HORIZON, JoinState
 from stores.online_features import OnlineStore, PaymentRef
@@ -30,6 +32,7 @@ from training.dataset import load
 
 # How far back a lost review queue is rebuilt from the history.
 REVIEW_RESTORE_DAYS = 30.0
+BACKFILL_BATCH = 500  # payments per write when warming the catalogue's state
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class BackfillResult:
     since: float
     until: float
     review_cases: int = 0
+    catalogue_payments: int = 0  # payments the catalogue's state was warmed with
 
 
 def _text(column: pd.Series) -> list[str | None]:
@@ -51,7 +55,7 @@ async def backfill_online(history: HistoryStore, online: OnlineStore,
     """The recent payments and the fraud now known on them, as if scored live; with
     ``join``, also the refs that let labels still to come find their payment; with
     ``reviews``, the review cases still open (``restore_review_queue``)."""
-    payments, labels = load(history)
+    payments, labels = load(history, details=online.catalogue is not None)
     if payments.empty:
         return BackfillResult(0, 0, 0.0, 0.0)
     until = float(payments["ts"].max())
@@ -79,7 +83,21 @@ async def backfill_online(history: HistoryStore, online: OnlineStore,
                 joinable["payment_id"], joinable["terminal_id"], joinable["card_id"],
                 joinable["ts"], strict=True)])
     cases = await restore_review_queue(history, reviews, until) if reviews is not None else 0
-    return BackfillResult(n, len(fraud), since, until, cases)
+    catalogued = await _backfill_catalogue(online.catalogue, payments, until) \
+        if online.catalogue is not None else 0
+    return BackfillResult(n, len(fraud), since, until, cases, catalogued)
+
+
+async def _backfill_catalogue(catalogue: CatalogueStore, payments: pd.DataFrame,
+                              until: float) -> int:
+    """The catalogue's state from the payments of its retention, in arrival order. Safe
+    while the API scores: recording a payment twice changes none of its state (counts are
+    per payment_id, kept keys keep their latest time)."""
+    recent = payments[payments["ts"] > until - catalogue.catalogue.retention - LATE_MARGIN]
+    rows = cast(list[dict[str, Any]], recent.to_dict("records"))
+    for start in range(0, len(rows), BACKFILL_BATCH):
+        await catalogue.observe_many(rows[start:start + BACKFILL_BATCH])
+    return len(rows)
 
 
 async def restore_review_queue(history: HistoryStore, reviews: ReviewQueue, until: float,
@@ -117,9 +135,12 @@ async def warm_online(settings: Settings, if_empty: bool = False) -> BackfillRes
     the history the settings name, on a client of its own. Raises ``OSError`` when Redis
     does not answer."""
     redis = redis_client.connect(settings)
+    catalogue = installation_catalogue(settings.features_file, settings.features_cost_budget) \
+        if settings.features_online else None
     try:
         warm = backfill_if_empty if if_empty else backfill_online
-        return await warm(HistoryStore(settings.history_dir), OnlineStore(redis),
-                          JoinState(redis), ReviewQueue(redis))
+        online = OnlineStore(redis, CatalogueStore(redis, catalogue) if catalogue else None)
+        return await warm(HistoryStore(settings.history_dir), online, JoinState(redis),
+                          ReviewQueue(redis))
     finally:
         await redis.aclose()

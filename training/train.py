@@ -39,6 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from model.catalogue import DEFAULT, Catalogue
 from model.drift import references
 from model.features import DAY, FEATURE_NAMES, TERMINAL_HORIZON
 from model.labels import fraud_known_since, fraud_spells
@@ -81,6 +82,9 @@ class TrainConfig:
     bootstrap: int = 200
     baselines: bool = True
     force: bool = False
+    # The features to train on: today's 25, or the installation's catalogue (the default
+    # catalogue and the team's features.toml, ``model.catalogue_file``).
+    features: Literal["today", "catalogue"] = "today"
     # A candidate that passes the gate first runs in shadow beside the champion (the retrain
     # worker's way); False promotes it at once (the way of ``fraudstream train``).
     shadow: bool = False
@@ -255,13 +259,18 @@ def choose_thresholds(scores: np.ndarray, y: np.ndarray, amount: np.ndarray,
 def train(
     store: HistoryStore, registry: Registry, cfg: TrainConfig,
     progress: Callable[[str, int | None], None] | None = None,
+    catalogue: Catalogue | None = None,
 ) -> TrainResult:
+    """``catalogue``: the installation's, when ``cfg.features`` is "catalogue" (default:
+    the default catalogue)."""
     def step(what: str, advance: int | None = None) -> None:
         if progress is not None:
             progress(what, advance)
 
+    use = (catalogue or DEFAULT) if cfg.features == "catalogue" else None
+    names = list(FEATURE_NAMES) if use is None else list(use.names)
     step("loading history")
-    payments, labels = load(store, cfg.cutoff)
+    payments, labels = load(store, cfg.cutoff, details=use is not None)
     if payments.empty:
         raise TrainingError(f"the history at {store.root} holds no payments; import or record "
                             "some")
@@ -271,8 +280,9 @@ def train(
     split = time_split(payments, cutoff, maturity, cfg)
 
     step("features")
-    features = compute_features(payments, labels, progress=lambda n: step("features", n))
-    X = features[list(FEATURE_NAMES)].to_numpy()
+    features = compute_features(payments, labels, progress=lambda n: step("features", n)) \
+        if use is None else use.compute(payments, labels)
+    X = features[names].to_numpy()
     spells = fraud_spells(labels)
     y_then = fraud_known_since(payments["payment_id"], spells,
                                split.train_known_at).notna().to_numpy(dtype=int)
@@ -353,11 +363,11 @@ def train(
     # promoted model saw them.
     recent = np.flatnonzero(split.test)
     recent = recent[np.random.default_rng(cfg.seed).permutation(len(recent))[:REFERENCE_ROWS]]
-    reference = references({f: X[recent, i] for i, f in enumerate(FEATURE_NAMES)},
+    reference = references({f: X[recent, i] for i, f in enumerate(names)},
                            _scores(final, X[recent]))
 
     mv = registry.register(final, {
-        "features": list(FEATURE_NAMES),
+        "features": names,
         "thresholds": thresholds,
         "metrics": comparison[CANDIDATE],
         "comparison": comparison,

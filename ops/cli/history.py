@@ -101,6 +101,7 @@ def history_backfill_online(
 
 def backfill_with_status(if_empty: bool) -> BackfillResult | None:
     """``warm_online`` of the configured Redis, with a spinner; Redis unreachable fails."""
+    from model.catalogue import CatalogueError
     from training.backfill import warm_online
 
     s = get_settings()
@@ -109,6 +110,8 @@ def backfill_with_status(if_empty: bool) -> BackfillResult | None:
             return asyncio.run(warm_online(s, if_empty=if_empty))
         except OSError as exc:
             raise fail(f"Redis at {s.redis_url} unreachable: {exc}") from exc
+        except CatalogueError as exc:
+            raise fail(str(exc)) from exc
 
 
 def show_backfill(result: BackfillResult | None) -> None:
@@ -117,7 +120,8 @@ def show_backfill(result: BackfillResult | None) -> None:
         return
     console.print(f"online store warmed with {result.payments:,} payments and "
                   f"{result.fraud_labels:,} fraud labels; "
-                  f"{result.review_cases:,} review cases opened again")
+                  f"{result.review_cases:,} review cases opened again; the catalogue's "
+                  f"state with {result.catalogue_payments:,} payments")
 
 
 @app.command("stats")

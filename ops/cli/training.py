@@ -148,15 +148,20 @@ def train(
     baselines: bool = typer.Option(TrainConfig.baselines,
                                    help="also fit the logistic regression and random "
                                         "forest baselines"),
+    features: str = typer.Option(TrainConfig.features,
+                                 help="today (the 25 features) or catalogue (the default "
+                                      "catalogue and the home's features.toml)"),
 ) -> None:
     """Retrain from the history; promote the new model only on a significant gain."""
     if thresholds_by not in get_args(ThresholdsBy):
         raise fail(f"--thresholds-by {thresholds_by!r}: use budget or cost")
+    if features not in ("today", "catalogue"):
+        raise fail(f"--features {features!r}: use today or catalogue")
     cfg = TrainConfig(
         test_days=test_days, maturity_days=maturity_days, train_days=train_days, force=force,
         cutoff=utc(cutoff), thresholds_by=cast(ThresholdsBy, thresholds_by),
         review_rate=review_rate, decline_rate=decline_rate, review_cost=review_cost, k=k,
-        baselines=baselines,
+        baselines=baselines, features=cast(Literal["today", "catalogue"], features),
     )
     show_training(train_with_progress(cfg), cfg)
 
@@ -169,10 +174,19 @@ def train_with_progress(cfg: TrainConfig) -> TrainResult:
     from training.train import train as run_training
 
     s = get_settings()
+    catalogue = None
+    if cfg.features == "catalogue":
+        from model.catalogue import CatalogueError
+        from model.catalogue_file import installation_catalogue
+
+        try:
+            catalogue = installation_catalogue(s.features_file, s.features_cost_budget)
+        except CatalogueError as exc:
+            raise fail(str(exc)) from exc
     with step_progress(close_previous=True) as progress:
         try:
             return run_training(HistoryStore(s.history_dir), Registry(s.models_dir), cfg,
-                                progress)
+                                progress, catalogue)
         except TrainingError as exc:
             raise fail(str(exc)) from exc
 
