@@ -290,6 +290,8 @@ class ScoredPayment(BaseModel):
     """What the API publishes for every payment it scored: the exact inputs and outcome."""
 
     payment: Payment
+    # A missing value (a catalogue feature of an entity the payment lacks) is NaN here and
+    # null on the wire: JSON has no NaN.
     features: dict[str, float]
     score: float | None
     decision: Decision
@@ -297,6 +299,13 @@ class ScoredPayment(BaseModel):
     reasons: list[str] = []
     degraded: bool = False
     scored_at: datetime
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _missing_is_nan(cls, v: object) -> object:
+        if isinstance(v, dict) and None in v.values():
+            return {k: float("nan") if x is None else x for k, x in v.items()}
+        return v
 
 
 class Label(BaseModel):
