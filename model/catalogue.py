@@ -132,7 +132,17 @@ class Mismatch:
 
 
 @dataclass(frozen=True, slots=True)
-class Distinct:
+class _KeptKeys:
+    """An entity's kept keys of another entity (``of``): what Distinct and Novelty read."""
+
+    entity: str
+    of: str
+    window: float
+    cap: int = DISTINCT_CAP
+
+
+@dataclass(frozen=True, slots=True)
+class Distinct(_KeptKeys):
     """Distinct ``of`` keys (cards, devices...) the entity was seen with, in the window.
 
     The entity keeps, per ``of`` key, the latest timestamp it came with among the payments
@@ -141,11 +151,6 @@ class Distinct:
     timestamp is in ``(ts - window, ts]``. NaN when the payment has no entity key; a
     payment without an ``of`` key is counted over the others'. Over many stolen cards on
     one device, IP or e-mail, these are the links that show a ring."""
-
-    entity: str
-    of: str
-    window: float
-    cap: int = DISTINCT_CAP
 
     @property
     def name(self) -> str:
@@ -162,16 +167,11 @@ class Distinct:
 
 
 @dataclass(frozen=True, slots=True)
-class Novelty:
+class Novelty(_KeptKeys):
     """1 if the entity was not seen with this payment's ``of`` key in the window before
     this payment (from the same kept keys as ``Distinct``, so a key trimmed away by the cap
     is new again), else 0; NaN when either key is missing. A card on a new device, an
     account with a new e-mail: the start of a takeover."""
-
-    entity: str
-    of: str
-    window: float
-    cap: int = DISTINCT_CAP
 
     @property
     def name(self) -> str:

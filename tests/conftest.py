@@ -290,6 +290,25 @@ def trained(stack: Settings, trained_home: tuple[Path, Path, str]) -> str:
     return version
 
 
+def import_ecom_history(settings: Settings, days: int, cards: int, terminals: int,
+                        seed: int) -> None:
+    """A simulated card-not-present book (the ``ecom`` preset, from 2026-10-01) imported
+    into the settings' history, its e-mails and IPs under the installation's key."""
+    from datetime import UTC, datetime
+
+    from stores import pii_key
+    from stores.history import HistoryStore
+    from training.importer import import_history
+    from training.simulator import SimulationConfig, simulate
+
+    sim = simulate(SimulationConfig.for_preset(
+        "ecom", days=days, cards=cards, terminals=terminals, seed=seed,
+        start=datetime(2026, 10, 1, tzinfo=UTC)))
+    path = settings.home / f"ecom-{seed}.parquet"
+    sim.to_parquet(path)
+    import_history(HistoryStore(settings.history_dir), path, pii_key=pii_key.load(settings))
+
+
 def cli(*args: str) -> Any:
     """``fraudstream ARGS`` run in-process, with the settings as the environment says now
     (the CLI caches them)."""

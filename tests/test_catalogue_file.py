@@ -14,7 +14,7 @@ from model.catalogue_file import (
 )
 from model.config import Settings
 from model.features import DAY, HOUR
-from tests.conftest import cli
+from tests.conftest import cli, import_ecom_history
 
 TEAM = """
 [[features]]
@@ -99,19 +99,7 @@ def test_windows_read_as_people_write_them() -> None:
 
 @pytest.mark.integration
 def test_features_list_and_check_on_this_installations_history(stack: Settings) -> None:
-    from datetime import UTC, datetime
-
-    from stores import pii_key
-    from stores.history import HistoryStore
-    from training.importer import import_history
-    from training.simulator import SimulationConfig, simulate
-
-    sim = simulate(SimulationConfig.for_preset(
-        "ecom", days=6, cards=150, terminals=40, seed=5,
-        start=datetime(2026, 10, 1, tzinfo=UTC)))
-    path = stack.home / "ecom.parquet"
-    sim.to_parquet(path)
-    import_history(HistoryStore(stack.history_dir), path, pii_key=pii_key.load(stack))
+    import_ecom_history(stack, days=6, cards=150, terminals=40, seed=5)
     (stack.home / "features.toml").write_text(TEAM)
 
     # What the commands print is a table as wide as the terminal: the assertions read

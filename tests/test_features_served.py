@@ -2,12 +2,10 @@
 checked, back-filled into Redis, trained on and served by the API, which computes it on
 every payment; and an API that does not serve a model's features keeps the model it has."""
 
-from datetime import UTC, datetime
-
 import pytest
 
 from model.config import Settings
-from tests.conftest import cli, payment, uid
+from tests.conftest import cli, import_ecom_history, payment, uid
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +26,8 @@ def test_a_teams_feature_is_checked_backfilled_trained_on_and_served(
 
     from api.main import serve_app
     from model.registry import Registry
-    from stores import pii_key
-    from stores.history import HistoryStore
-    from training.importer import import_history
-    from training.simulator import SimulationConfig, simulate
 
-    sim = simulate(SimulationConfig.for_preset(
-        "ecom", days=30, cards=400, terminals=60, seed=3,
-        start=datetime(2026, 10, 1, tzinfo=UTC)))
-    path = stack.home / "ecom.parquet"
-    sim.to_parquet(path)
-    import_history(HistoryStore(stack.history_dir), path, pii_key=pii_key.load(stack))
+    import_ecom_history(stack, days=30, cards=400, terminals=60, seed=3)
     (stack.home / "features.toml").write_text(TEAM)
 
     checked = cli("features", "check", "--sample", "3000")
