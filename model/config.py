@@ -84,9 +84,11 @@ class Settings(BaseSettings):
     # the whole catalogue may cost (``fraudstream features check`` estimates it).
     features_file: Path | None = None
     features_cost_budget: int = Field(default=400, ge=1)
-    # The API keeps the catalogue's state and serves its features on every payment (so a
-    # model trained on them can be served); false: today's 25 only.
-    features_online: bool = True
+    # The API keeps the catalogue's state and serves its features on every payment, so a
+    # model trained on them can be served. Off by default until its cost is within budget:
+    # measured 2026-12-02, a payment with every field costs about 3x the Redis CPU of
+    # today's 25 (docs/features.md).
+    features_online: bool = False
 
     # Event times further ahead of this server's clock are refused (clock skew allowance).
     max_future_seconds: float = Field(default=300.0, ge=0)

@@ -21,7 +21,7 @@ FEATURE = "merchant_cards_1h_cap500"
 
 
 def test_a_teams_feature_is_checked_backfilled_trained_on_and_served(
-        stack: Settings, api_keys) -> None:
+        stack: Settings, api_keys, monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
     from api.main import serve_app
@@ -29,6 +29,7 @@ def test_a_teams_feature_is_checked_backfilled_trained_on_and_served(
 
     import_ecom_history(stack, days=30, cards=400, terminals=60, seed=3)
     (stack.home / "features.toml").write_text(TEAM)
+    monkeypatch.setenv("FRAUDSTREAM_FEATURES_ONLINE", "true")  # opt-in, as docs say
 
     checked = cli("features", "check", "--sample", "3000")
     assert checked.exit_code == 0 and "catalogue OK" in checked.output, checked.output
@@ -45,7 +46,8 @@ def test_a_teams_feature_is_checked_backfilled_trained_on_and_served(
     assert FEATURE in registry.get(version).metadata["features"]
 
     merchant = uid("merch")
-    with TestClient(serve_app(stack), headers={"X-API-Key": api_keys["all"][0]}) as client:
+    serving = stack.model_copy(update={"features_online": True})
+    with TestClient(serve_app(serving), headers={"X-API-Key": api_keys["all"][0]}) as client:
         svc = client.app.state.services
         assert svc.models.scorer is not None and svc.models.scorer.version == version
         answers = [client.post("/v1/payments/score", json=payment(
