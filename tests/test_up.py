@@ -45,7 +45,8 @@ def test_up_runs_the_use_cases_with_their_config_objects(home: Path,
                             lambda *args, name=name, **kw: started.append(name))
     trained: list[TrainConfig] = []
 
-    def train(store: Any, registry: Any, cfg: TrainConfig, progress: Any = None) -> TrainResult:
+    def train(store: Any, registry: Any, cfg: TrainConfig, progress: Any = None,
+              catalogue: Any = None) -> TrainResult:
         trained.append(cfg)
         day = "2026-11-01T00:00:00+00:00"
         window = {"maturity_days": 5.0, "train_payments": 1, "train_fraud": 0,
