@@ -75,8 +75,11 @@ def known_key(svc: Services, presented: str | None) -> ApiKey | None:
 def check_key(svc: Services, scope: Scope, presented: str | None) -> ApiKey | None:
     """The key presented in X-API-Key, if it has ``scope``; None when auth is off."""
     key = known_key(svc, presented)
-    if key is None:
-        return None
+    return None if key is None else require_scope(key, scope)
+
+
+def require_scope(key: ApiKey, scope: Scope) -> ApiKey:
+    """``key``, if it has ``scope``; 403 otherwise."""
     if scope not in key.scopes:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             detail=f"key {key.name!r} lacks the {scope!r} scope")

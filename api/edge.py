@@ -21,9 +21,10 @@ from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.auth import Signed, check_key, check_signature, known_key
+from api.auth import Signed, check_key, check_signature, known_key, require_scope
 from api.deps import Services
 from api.scoring import score_answer
+from model.api_keys import ApiKey
 from model.schemas import Payment
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,12 @@ def error_answer(exc: HTTPException | RequestValidationError) -> Answer:
 
 
 async def score_request(svc: Services, header: Header, body: bytes,
-                        query: str = "") -> Answer:
-    """Authenticate, validate, score. Every failure is a 4xx naming what is wrong."""
+                        query: str = "", known: ApiKey | None = None) -> Answer:
+    """Authenticate, validate, score. Every failure is a 4xx naming what is wrong.
+    ``known``: the caller's key, already looked up by the edge (its scope still checked)."""
     try:
-        key = check_key(svc, "score", header("x-api-key"))
+        key = check_key(svc, "score", header("x-api-key")) if known is None \
+            else require_scope(known, "score")
         if key is not None and key.signing_secret is not None:
             check_signature(key, header("x-signature"), Signed("POST", SCORE_PATH, query, body),
                             svc.settings.signature_tolerance_seconds)
@@ -112,13 +115,13 @@ class ScoringEdge:
         # route's limit, so a caller without a key cannot make the API read anything.
         headers: Mapping[bytes, bytes] = dict(scope["headers"])
         limit = body_limit(scope["path"])
-        refusal = self._refuse_unread(headers, limit)
+        refusal, key = self._refuse_unread(headers, limit)
         if refusal is not None:
             await _respond(send, refusal)
             return
         if scope["path"] == SCORE_PATH and scope["method"] == "POST":
             await self._score(headers, scope.get("query_string", b"").decode("latin-1"),
-                              receive, send)
+                              key, receive, send)
             return
         try:
             body = await _read_body(receive, limit)
@@ -129,25 +132,30 @@ class ScoringEdge:
             return
         await self.app(scope, _replaying(body, receive), send)
 
-    def _refuse_unread(self, headers: Mapping[bytes, bytes], limit: int) -> Answer | None:
-        """401 without a known key, 413 (or 400) on the declared length: before reading."""
+    def _refuse_unread(self, headers: Mapping[bytes, bytes], limit: int
+                       ) -> tuple[Answer | None, ApiKey | None]:
+        """401 without a known key, 413 (or 400) on the declared length: before reading.
+        Also the key found (None when auth is off)."""
         svc: Services | None = getattr(self.app.state, "services", None)
+        key = None
         if svc is not None:
             presented = headers.get(b"x-api-key")
             try:
-                known_key(svc, None if presented is None else presented.decode("latin-1"))
+                key = known_key(svc, None if presented is None
+                                else presented.decode("latin-1"))
             except HTTPException as exc:
-                return error_answer(exc)
+                return error_answer(exc), None
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                return 400, b'{"detail":"Content-Length must be a number of bytes"}', [JSON]
+                return (400, b'{"detail":"Content-Length must be a number of bytes"}',
+                        [JSON]), key
             if int(declared) > limit:
-                return _too_large(limit)
-        return None
+                return _too_large(limit), key
+        return None, key
 
-    async def _score(self, headers: Mapping[bytes, bytes], query: str, receive: Receive,
-                     send: Send) -> None:
+    async def _score(self, headers: Mapping[bytes, bytes], query: str, key: ApiKey | None,
+                     receive: Receive, send: Send) -> None:
         try:
             body = await _read_body(receive, MAX_BODY)
         except _Disconnected:
@@ -159,7 +167,8 @@ class ScoringEdge:
                 value = headers.get(name.encode())
                 return None if value is None else value.decode("latin-1")
             try:
-                answer = await score_request(self.app.state.services, header, body, query)
+                answer = await score_request(self.app.state.services, header, body, query,
+                                             key)
             except Exception:
                 log.exception("scoring failed")
                 answer = 500, b'{"detail":"internal error"}', [JSON]

@@ -21,6 +21,10 @@ from stores.key_usage import KeyUsage
 log = logging.getLogger(__name__)
 
 
+def _expired(key: ApiKey, now: float) -> bool:
+    return key.expires_at is not None and key.expires_at.timestamp() <= now
+
+
 class KeyRing:
     def __init__(self, path: Path, usage: KeyUsage | None = None) -> None:
         self.path = path
@@ -35,16 +39,15 @@ class KeyRing:
     def get(self, digest: str) -> ApiKey | None:
         """The key of this sha256, if it is valid now (not expired)."""
         key = self._keys.get(digest)
-        if key is None or (key.expires_at is not None and key.expires_at.timestamp()
-                           <= time.time()):
+        now = time.time()
+        if key is None or _expired(key, now):
             return None
-        self._used[digest[:12]] = time.time()  # per key: a rotation's two apart
+        self._used[digest[:12]] = now  # per key: a rotation's two apart
         return key
 
     def expired(self, digest: str) -> bool:
         key = self._keys.get(digest)
-        return key is not None and key.expires_at is not None and \
-            key.expires_at.timestamp() <= time.time()
+        return key is not None and _expired(key, time.time())
 
     def refresh(self) -> bool:
         """Re-read the file if it changed; True if the keys did."""
