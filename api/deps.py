@@ -12,6 +12,7 @@ from api.key_ring import KeyRing
 from api.model_holder import ModelHolder
 from api.monitor import Monitor
 from api.publisher import Publisher
+from api.throttle import Throttle
 from model.config import Settings
 from model.periodic import every
 from model.policy import Policy, RuleSet
@@ -51,6 +52,7 @@ class Services:
     decisions: DecisionRecorder
     reviews: ReviewQueue
     monitor: Monitor
+    throttle: Throttle
     # The pseudonyms' key (``stores.pii_key``): the e-mail and IP of every payment are
     # replaced by their tokens before anything stores or sends it.
     pii_key: bytes = field(repr=False)

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from api.auth import Signed, check_key, check_signature, known_key, require_scope
 from api.deps import Services
 from api.scoring import score_answer
+from api.throttle import retry_after
 from model.api_keys import ApiKey
 from model.schemas import Payment
 
@@ -108,14 +109,25 @@ class ScoringEdge:
         return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in BODYLESS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Limits before work: a body is read only from a known key, and only up to the
-        # route's limit, so a caller without a key cannot make the API read anything.
         headers: Mapping[bytes, bytes] = dict(scope["headers"])
+        if scope["method"] in BODYLESS:
+            # The route checks the key's scope; a known key is held to its rate here.
+            refusal = await self._over_rate(self._presented_key(headers))
+            if refusal is not None:
+                await _respond(send, refusal)
+                return
+            await self.app(scope, receive, send)
+            return
+        # Limits before work: a body is read only from a known key within its rate, and only
+        # up to the route's limit, so a caller without a key cannot make the API read
+        # anything, and one with a key no more than its limit allows.
         limit = body_limit(scope["path"])
         refusal, key = self._refuse_unread(headers, limit)
+        if refusal is None:
+            refusal = await self._over_rate(key)
         if refusal is not None:
             await _respond(send, refusal)
             return
@@ -153,6 +165,32 @@ class ScoringEdge:
             if int(declared) > limit:
                 return _too_large(limit), key
         return None, key
+
+    def _presented_key(self, headers: Mapping[bytes, bytes]) -> ApiKey | None:
+        """The known key in X-API-Key, if any (None when auth is off or no key is known)."""
+        svc: Services | None = getattr(self.app.state, "services", None)
+        presented = headers.get(b"x-api-key")
+        if svc is None or presented is None:
+            return None
+        try:
+            return known_key(svc, presented.decode("latin-1"))
+        except HTTPException:
+            return None
+
+    async def _over_rate(self, key: ApiKey | None) -> Answer | None:
+        """429 with Retry-After if ``key`` is over its rate limit, else None."""
+        svc: Services | None = getattr(self.app.state, "services", None)
+        if key is None or svc is None:
+            return None
+        wait = await svc.throttle.admit(key)
+        if wait is None:
+            return None
+        limit = svc.throttle.limit(key)
+        assert limit is not None
+        after = retry_after(wait)
+        return 429, orjson.dumps({"detail": (
+            f"key {key.name!r} is over its rate limit ({limit.rate:g} requests/s, burst "
+            f"{limit.burst}); retry after {after} s")}), [JSON, (b"retry-after", after.encode())]
 
     async def _score(self, headers: Mapping[bytes, bytes], query: str, key: ApiKey | None,
                      receive: Receive, send: Send) -> None:

@@ -26,6 +26,7 @@ from api.reviews import resend_verdicts
 from api.reviews import router as reviews_router
 from api.routes import admin, router
 from api.spool import Spool
+from api.throttle import Limit, Throttle
 from model.catalogue import CatalogueError
 from model.catalogue_file import installation_catalogue
 from model.config import Settings, get_settings
@@ -38,6 +39,7 @@ from stores.idempotency import DecisionStore
 from stores.key_usage import KeyUsage
 from stores.online_features import OnlineStore
 from stores.policy_store import PolicyStore
+from stores.rate_limits import TokenBuckets
 from stores.reviews import ReviewQueue
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.features_online else None
     except CatalogueError as exc:
         raise ConfigurationError(f"{exc}; `fraudstream features check` says more") from exc
+
+    default_limit = Limit(settings.rate_limit_per_second, settings.rate_limit_burst) \
+        if settings.rate_limit_per_second > 0 else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings, store=store, models=holder,
             publisher=publisher, policy=policy, api_keys=api_keys, decisions=decisions,
             reviews=reviews, monitor=monitor, pii_key=pseudonym_key,
+            throttle=Throttle(TokenBuckets(redis), default_limit),
         )
         # What start-up built (FastAPI's routes, pydantic's schemas, the libraries: about
         # 190k objects) lives as long as the process: taken out of the cyclic collector,

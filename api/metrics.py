@@ -68,3 +68,10 @@ def decided(decision: str, degraded: bool) -> Counter:
     """The decisions counter of one (decision, degraded): looked up once, not per payment
     (``labels`` formats and hashes its values under a lock on every call)."""
     return DECISIONS.labels(decision, str(degraded).lower())
+
+# ---- limits (api.throttle) ----
+RATE_LIMITED = Counter("fraudstream_rate_limited_total",
+                       "Requests refused (429) by their key's rate limit", ["key"])
+RATE_LIMIT_FALLBACK = Counter(
+    "fraudstream_rate_limit_local_total",
+    "Leases taken from this process's own bucket because Redis did not answer")

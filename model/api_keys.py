@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -37,6 +38,17 @@ class ApiKey(BaseModel):
         default_factory=lambda: set(DEFAULT_LABEL_SOURCES))
     # Refused from then on: the old key of a rotation, or a key made to expire.
     expires_at: datetime | None = None
+    # Requests a second this key may make, across every API process, and how many at
+    # once (default: the installation's FRAUDSTREAM_RATE_LIMIT_PER_SECOND and _BURST).
+    rate_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    burst: int | None = Field(default=None, ge=1)
+
+    def own_limit(self) -> tuple[float, int] | None:
+        """(requests a second, burst) set on this key; None: the installation's default.
+        A rate without a burst allows a second's worth at once."""
+        if self.rate_per_second is None:
+            return None
+        return self.rate_per_second, self.burst or max(1, math.ceil(self.rate_per_second))
 
 
 DEFAULT_LABEL_SOURCES: tuple[LabelSource, ...] = ("chargeback", "customer_report")
@@ -92,12 +104,15 @@ def _new(name: str, scopes: set[Scope], signing: bool, label_sources: set[LabelS
 
 def create_key(path: Path, name: str, scopes: set[Scope], signing: bool = False,
                label_sources: set[LabelSource] | None = None,
-               expires_at: datetime | None = None) -> tuple[str, str | None]:
+               expires_at: datetime | None = None, rate_per_second: float | None = None,
+               burst: int | None = None) -> tuple[str, str | None]:
     """Add a key to the file; returns (key, signing secret) -- the only time they are seen."""
     current = _read(path)
     if any(k.name == name for k in current.keys):
         raise ValueError(f"a key named {name!r} exists already (rotate it, or revoke it)")
     entry, key, secret = _new(name, scopes, signing, label_sources, expires_at)
+    entry = ApiKey.model_validate({**entry.model_dump(), "rate_per_second": rate_per_second,
+                                   "burst": burst})
     _write(path, [*current.keys, entry])
     return key, secret
 
@@ -116,10 +131,27 @@ def rotate_key(path: Path, name: str, grace: timedelta) -> tuple[str, str | None
     until = now + grace
     entry, key, secret = _new(name, set(newest.scopes), newest.signing_secret is not None,
                               set(newest.label_sources))
+    entry = entry.model_copy(update={"rate_per_second": newest.rate_per_second,
+                                     "burst": newest.burst})
     kept = [k.model_copy(update={"expires_at": min(k.expires_at or until, until)})
             if k in live else k for k in current.keys]
     _write(path, [*kept, entry])
     return key, secret, until
+
+
+def limit_key(path: Path, name: str, rate_per_second: float | None,
+              burst: int | None) -> int:
+    """Set the rate limit of every key named ``name`` (None: the installation's default);
+    returns how many keys that is. Validated as the key file is: a bad value changes
+    nothing."""
+    current = _read(path)
+    if not any(k.name == name for k in current.keys):
+        raise ValueError(f"no key named {name!r}")
+    updated = [ApiKey.model_validate({**k.model_dump(), "rate_per_second": rate_per_second,
+                                      "burst": burst}) if k.name == name else k
+               for k in current.keys]
+    _write(path, updated)
+    return sum(k.name == name for k in current.keys)
 
 
 def revoke_key(path: Path, name: str) -> int:

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # (/docs, /redoc, /openapi.json) at all: both closed to anonymous callers by default.
     metrics_public: bool = False
     docs_public: bool = False
+    # Each key's requests a second, across the API processes, and its burst, unless the key
+    # sets its own (``fraudstream keys limit``); 0 turns the default limit off.
+    rate_limit_per_second: float = Field(default=2000.0, ge=0, allow_inf_nan=False)
+    rate_limit_burst: int = Field(default=4000, ge=1)
     # The answer always comes within the caller's X-Deadline-Ms, or this by default.
     default_deadline_ms: int = Field(default=250, gt=0)
     rules_poll_seconds: float = Field(default=0.5, gt=0)

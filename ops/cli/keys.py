@@ -24,6 +24,10 @@ def keys_create(
         help="with the labels scope: chargeback, customer_report or analyst, repeat for "
              "more (default: chargeback and customer_report; analyst verdicts belong to "
              "the review queue)")] = [],  # noqa: B006
+    rate: float | None = typer.Option(None, min=0.001, help="requests a second across every "
+                                      "API process (default FRAUDSTREAM_RATE_LIMIT_PER_SECOND)"),
+    burst: int | None = typer.Option(None, min=1, help="requests at once above the rate "
+                                     "(default: the rate's one second, or the installation's)"),
 ) -> None:
     """Create an API key; it is shown once, only its sha256 is kept."""
     from model.api_keys import create_key, parse_label_sources, parse_scopes
@@ -36,7 +40,8 @@ def keys_create(
     s = get_settings()
     assert s.api_keys_file is not None
     try:
-        key, secret = create_key(s.api_keys_file, name, scopes, signing, sources)
+        key, secret = create_key(s.api_keys_file, name, scopes, signing, sources,
+                                 rate_per_second=rate, burst=burst)
     except ValueError as exc:
         raise fail(str(exc)) from exc
     console.print(f"key {name!r} ({', '.join(sorted(scope))}) created; keep it now, it is "
@@ -70,6 +75,33 @@ def keys_rotate(
     if secret:
         console.print(f"  signing secret: {secret}")
     console.print(f"the previous key is refused from {until:%Y-%m-%d %H:%M} UTC")
+
+
+@app.command("limit")
+def keys_limit(
+    name: str,
+    rate: float | None = typer.Option(None, min=0.001, help="requests a second across every "
+                                      "API process; leave out for the installation's default"),
+    burst: int | None = typer.Option(None, min=1, help="requests at once above the rate"),
+) -> None:
+    """Set the rate limit of NAME's keys; every API process applies it within seconds."""
+    from model.api_keys import ApiKey, limit_key
+
+    s = get_settings()
+    assert s.api_keys_file is not None
+    if burst is not None and rate is None:
+        raise fail("--burst needs --rate: the installation's default rate has its own burst")
+    try:
+        limit_key(s.api_keys_file, name, rate, burst)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    own = ApiKey(name=name, key_sha256="0" * 64, scopes=set(), rate_per_second=rate,
+                 burst=burst).own_limit()
+    said = (f"{own[0]:g} requests/s, burst {own[1]}" if own
+            else f"the installation's default ({s.rate_limit_per_second:g} requests/s, burst "
+                 f"{s.rate_limit_burst})" if s.rate_limit_per_second > 0 else "no limit")
+    console.print(f"{name!r}: {said}; every API process applies it within "
+                  f"{s.keys_poll_seconds:g} s")
 
 
 @app.command("revoke")
@@ -117,8 +149,8 @@ def keys_list() -> None:
     assert s.api_keys_file is not None
     used = _last_used(s)
     now = datetime.now(UTC)
-    table = Table("name", "scopes", "label sources", "signed", "expires", "last used",
-                  "sha256 (first 12)")
+    table = Table("name", "scopes", "label sources", "signed", "rate limit", "expires",
+                  "last used", "sha256 (first 12)")
     for digest, key in load_keys(s.api_keys_file).items():
         expires = "" if key.expires_at is None else (
             f"{key.expires_at:%Y-%m-%d %H:%M}" + (" (expired)" if key.expires_at <= now
@@ -128,7 +160,10 @@ def keys_list() -> None:
             if digest[:12] in used else "never")
         table.add_row(key.name, ", ".join(sorted(key.scopes)),
                       ", ".join(sorted(key.label_sources)) if "labels" in key.scopes else "",
-                      "yes" if key.signing_secret else "", expires, last, digest[:12])
+                      "yes" if key.signing_secret else "",
+                      "default" if (own := key.own_limit()) is None
+                      else f"{own[0]:g}/s, burst {own[1]}",
+                      expires, last, digest[:12])
     console.print(table)
     if used is None:
         console.print("(last use unknown: Redis did not answer)")
