@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything fraudstream needs on a fresh machine; quick when already done.
 #   OS packages: redis-server, python3-venv (and a JDK + Maven if missing, for Kafka)
-#   Python:      this project with its dev extras, and its development tools (devtools/:
+#   Python:      this project with its dev extras, at the versions of requirements.lock,
+#                and its development tools (devtools/:
 #                the local launcher, the test environment, the chaos harness), in the
 #                project's own virtual environment ./.venv (a stock Debian/Ubuntu
 #                python3 refuses system-wide pip installs, PEP 668; the venv also keeps
@@ -31,9 +32,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 VPY=.venv/bin/python
-echo "setup: installing fraudstream and its devtools into .venv (pip install -e .[dev] -e ./devtools)"
-"$VPY" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]" -e ./devtools
+echo "setup: installing fraudstream and its devtools into .venv, at the versions of requirements.lock"
+"$VPY" -m pip install -q --disable-pip-version-check --upgrade "pip>=25.3"
+# The lock pins every package (scripts/lock.sh re-resolves it); the floors in pyproject.toml
+# stay above known advisories for those who install the product without it.
+"$VPY" -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]" -e ./devtools
 
 echo "setup: Kafka jars"
 "$VPY" -c "from fraudstream_dev.launcher import ensure_kafka_libs; print('  ', ensure_kafka_libs())"

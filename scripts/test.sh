@@ -16,6 +16,12 @@ echo "lint: layers (import-linter; the contracts are in pyproject.toml)"
 lint-imports --no-cache
 echo "types: mypy"
 mypy
+echo "dependencies: the lock against the advisory database (pip-audit)"
+# A known advisory fails the run. Where the advisory service cannot be reached (this
+# workplace's machines reach the package index alone) the run says so and goes on: the
+# floors in pyproject.toml, checked by tests/test_packaging.py, are what holds there.
+audit=0; bash scripts/audit.sh || audit=$?
+[ "$audit" -eq 2 ] || [ "$audit" -eq 0 ] || exit "$audit"
 # Each run bounded as a whole too (a test is, by pytest-timeout): a hang fails it in minutes.
 guard=(timeout --kill-after=30 "${FRAUDSTREAM_TEST_RUN_TIMEOUT:-1200}")
 for run in ${FRAUDSTREAM_TEST_RUNS:-single cluster}; do
