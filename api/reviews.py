@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require
@@ -65,6 +65,7 @@ def _refused(exc: ReviewError) -> HTTPException:
 @router.get("", response_model=list[CaseOut])
 async def list_cases(
     svc: ServicesDep,
+    response: Response,
     status_: Annotated[Literal["pending", "open", "claimed", "decided"],
                        Query(alias="status", description="pending: open and claimed")]
     = "pending",
@@ -74,10 +75,20 @@ async def list_cases(
     min_score: Annotated[float | None, Query(ge=0, le=1)] = None,
     analyst: Annotated[str | None, Query(max_length=64,
                                          description="claimed or decided by")] = None,
+    cursor: Annotated[str | None, Query(
+        max_length=200, description="the previous page's X-Next-Cursor")] = None,
 ) -> list[CaseOut]:
-    """Review cases, oldest payment first (decided ones: oldest verdict first)."""
-    cases = await svc.reviews.list(status_, limit, card_id, terminal_id, min_score, analyst)
-    return [CaseOut.of(c) for c in cases]
+    """Review cases, oldest payment first (decided ones: oldest verdict first). One call
+    looks at a bounded number of cases: when more may follow, the answer's `X-Next-Cursor`
+    header is the `cursor` of the next call (a filtered page may be short, even empty)."""
+    try:
+        page = await svc.reviews.list(status_, limit, card_id, terminal_id, min_score,
+                                      analyst, cursor=cursor)
+    except ValueError as exc:
+        raise HTTPException(422, detail=str(exc)) from exc
+    if page.cursor is not None:
+        response.headers["X-Next-Cursor"] = page.cursor
+    return [CaseOut.of(c) for c in page.cases]
 
 
 @router.get("/audit")

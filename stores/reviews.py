@@ -31,9 +31,12 @@ Kafka or the API's spool stays in ``fs:{rq}:unsent`` until it does.
 
 from __future__ import annotations
 
+import base64
 import builtins  # ReviewQueue.list shadows list in the annotations after it
+import math
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
@@ -51,6 +54,12 @@ DECIDED_KEY = "fs:{rq}:decided"
 UNSENT_KEY = "fs:{rq}:unsent"
 AUDIT_KEY = "fs:{rq}:audit"
 AUDIT_MAXLEN = 100_000
+# New claims of one case (a first claim, a hand-over, a claim after one lapsed); renewing
+# one's own claim does not count. Far above a real case's life, low enough that looping
+# claims cannot fill the audit.
+MAX_CLAIMS_PER_CASE = 20
+# Case ids one listing looks at, whatever its filters: the rest through its cursor.
+LIST_SCAN_BUDGET = 1000
 # Decided cases stay readable this long (the label in the history is the lasting record).
 DECIDED_TTL_SECONDS = 90 * 86_400
 
@@ -78,8 +87,13 @@ class CaseConflict(ReviewError):
     """The case is claimed by another analyst, decided otherwise, or closed by a label."""
 
 
+class CaseLimit(ReviewError):
+    """The case was claimed ``MAX_CLAIMS_PER_CASE`` times (renewals apart)."""
+
+
 # The scripts' error replies start with one of these words.
-_REFUSALS: dict[str, type[ReviewError]] = {"NOCASE": CaseNotFound, "CONFLICT": CaseConflict}
+_REFUSALS: dict[str, type[ReviewError]] = {"NOCASE": CaseNotFound, "CONFLICT": CaseConflict,
+                                           "LIMIT": CaseLimit}
 
 
 class Case(BaseModel):
@@ -181,17 +195,28 @@ if status == 'claimed' and holder ~= ARGV[2] and until_ > tonumber(ARGV[3]) then
 end
 """
 
-# ARGV: payment_id, analyst, now, claim seconds, audit maxlen.
+# ARGV: payment_id, analyst, now, claim seconds, audit maxlen, most claims per case. The
+# holder claiming again renews the claim: no audit entry, not counted (renewals in a loop
+# must not flood the audit); a new claim (a first one, a hand-over, one after a lapse) is
+# recorded and counted, up to the cap.
 _CLAIM = _FIND_CASE + """
 if status == 'decided' then
   return redis.error_reply('CONFLICT already decided by ' .. redis.call('HGET', key, 'decided_by'))
 end
 """ + _NOT_HELD_BY_OTHERS + """
 local new_until = tonumber(ARGV[3]) + tonumber(ARGV[4])
+if not (status == 'claimed' and holder == ARGV[2] and until_ > tonumber(ARGV[3])) then
+  local claims = tonumber(redis.call('HGET', key, 'claims') or '0')
+  if claims >= tonumber(ARGV[6]) then
+    return redis.error_reply('LIMIT claimed ' .. claims .. ' times already: decide it, or ' ..
+                             'ask an administrator')
+  end
+  redis.call('HSET', key, 'claims', tostring(claims + 1))
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'action', 'claim',
+             'payment_id', ARGV[1], 'analyst', ARGV[2], 'at', ARGV[3])
+end
 redis.call('HSET', key, 'status', 'claimed', 'claimed_by', ARGV[2],
            'claimed_until', tostring(new_until))
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'action', 'claim',
-           'payment_id', ARGV[1], 'analyst', ARGV[2], 'at', ARGV[3])
 return redis.call('HGETALL', key)
 """
 
@@ -257,6 +282,34 @@ return closed
 _CLAIM_B, _DECIDE_B = _CLAIM.encode(), _DECIDE.encode()
 
 
+@dataclass(frozen=True, slots=True)
+class CasePage:
+    cases: builtins.list[Case]
+    cursor: str | None  # where the next call goes on from; None: nothing after these
+
+
+BAD_CURSOR = ("cursor is not one this queue gave: pass the X-Next-Cursor of the previous "
+              "page, or none")
+
+
+def _write_cursor(at: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(f"{at[0]!r} {at[1]}".encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    try:
+        score, _, pid = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)) \
+            .decode().partition(" ")
+        at = float(score)
+    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise ValueError(BAD_CURSOR) from exc
+    if not pid or not math.isfinite(at):
+        raise ValueError(BAD_CURSOR)
+    return at, pid
+
+
 class ReviewQueue:
     """The cases, through the pipelined connection: the stream worker's per-batch scripts,
     the API's periodic stats and the analysts' calls. The audit stream is read through
@@ -307,22 +360,35 @@ class ReviewQueue:
     async def list(self, status: Literal["open", "claimed", "decided", "pending"] = "pending",
                    limit: int = 50, card_id: str | None = None,
                    terminal_id: str | None = None, min_score: float | None = None,
-                   analyst: str | None = None, now: float | None = None) -> list[Case]:
+                   analyst: str | None = None, now: float | None = None,
+                   cursor: str | None = None) -> CasePage:
         """Cases oldest payment first (decided ones: oldest decision first). ``pending``:
-        open and claimed. Pages by position: a case decided meanwhile may shift a page."""
+        open and claimed. One call looks at no more than ``LIST_SCAN_BUDGET`` cases, so a
+        filter that matches little returns a short page and a cursor: pass it back to go
+        on from there (a case decided meanwhile is neither skipped nor shown twice).
+        ``ValueError`` for a cursor this queue did not give."""
         now = now if now is not None else time.time()
         source = DECIDED_KEY if status == "decided" else OPEN_KEY
+        after = _read_cursor(cursor)
         out: list[Case] = []
-        start, page = 0, max(limit, 200)
-        while len(out) < limit:
-            ids = await self.redis.command("ZRANGE", source, start, start + page - 1)
-            if not ids:
-                break
-            start += page
-            hashes = await self.redis.commands(
-                [("HGETALL", case_key(pid.decode())) for pid in ids])
-            for flat in hashes:
-                raw = pairs(flat)
+        looked, offset = 0, 0
+        while len(out) < limit and looked < LIST_SCAN_BUDGET:
+            low = "-inf" if after is None else repr(after[0])
+            flat = await self.redis.command("ZRANGE", source, low, "+inf", "BYSCORE", "LIMIT",
+                                            offset, min(200, LIST_SCAN_BUDGET - looked),
+                                            "WITHSCORES")
+            if not flat:
+                return CasePage(out, None)
+            entries = [(flat[k].decode(), float(flat[k + 1])) for k in range(0, len(flat), 2)]
+            looked += len(entries)
+            # the ids at the cursor's own score up to its id were seen (ties in id order)
+            fresh = [(pid, at) for pid, at in entries
+                     if after is None or at > after[0] or pid > after[1]]
+            offset = offset + len(entries) if not fresh else 0
+            hashes = await self.redis.commands([("HGETALL", case_key(pid)) for pid, _ in fresh])
+            for (pid, at), flat_case in zip(fresh, hashes, strict=True):
+                after = (at, pid)
+                raw = pairs(flat_case)
                 if not raw:
                     continue  # a decided case expired
                 case = Case.from_hash(raw, now)
@@ -336,12 +402,13 @@ class ReviewQueue:
                 out.append(case)
                 if len(out) == limit:
                     break
-        return out
+        return CasePage(out, None if after is None else _write_cursor(after))
 
     async def claim(self, payment_id: str, analyst: str, now: float | None = None) -> Case:
         now = now if now is not None else time.time()
         flat = await self._run(_CLAIM_B, [AUDIT_KEY],
-                               [payment_id, analyst, now, self.claim_seconds, AUDIT_MAXLEN])
+                               [payment_id, analyst, now, self.claim_seconds, AUDIT_MAXLEN,
+                                MAX_CLAIMS_PER_CASE])
         return Case.from_hash(pairs(flat), now)
 
     async def decide(self, payment_id: str, analyst: str, verdict: Verdict, note: str = "",

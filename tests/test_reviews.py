@@ -152,7 +152,7 @@ def test_a_payment_recorded_again_does_not_reopen_its_case(stack):
         # an older payment recorded later (a replay): listed first, but the queue's age is
         # the longest wait
         await queue.enqueue([row(older, datetime(2026, 9, 1, tzinfo=UTC))], now=t0 + 100)
-        assert [c.payment_id for c in await queue.list(now=t0 + 200)] == [older, first]
+        assert [c.payment_id for c in (await queue.list(now=t0 + 200)).cases] == [older, first]
         assert await queue.stats(now=t0 + 200) == (2, 200.0)
         case = await queue.decide(first, "ana", "legitimate", now=t0 + 300)
         assert await queue.enqueue([row(first, datetime.now(UTC))]) == 0  # after the verdict
@@ -298,7 +298,7 @@ def test_the_queue_lists_by_terminal_score_and_analyst(stack):
         await queue.claim(high, "bob")
 
         async def ids(**filters) -> list[str]:
-            return [c.payment_id for c in await queue.list(limit=500, **filters)]
+            return [c.payment_id for c in (await queue.list(limit=500, **filters)).cases]
 
         assert await ids(terminal_id=terminal) == [low, high]  # oldest payment first
         assert await ids(terminal_id=terminal, min_score=0.5) == [high]
@@ -309,3 +309,124 @@ def test_the_queue_lists_by_terminal_score_and_analyst(stack):
         await redis.aclose()
 
     asyncio.run(go())
+
+
+def test_a_listing_looks_at_a_bounded_number_of_cases_and_goes_on_by_its_cursor(stack):
+    import asyncio
+
+    from stores import redis_client
+    from stores.reviews import LIST_SCAN_BUDGET, ReviewQueue
+
+    terminal = uid("term")
+    many = LIST_SCAN_BUDGET + 250
+    base = datetime(2026, 10, 1, tzinfo=UTC)
+
+    def row(i: int, term: str) -> dict:
+        # two cases share each payment time: ties are ordered by id, and paged through
+        return {"payment_id": f"{uid('pay')}-{i:05d}", "ts": base + timedelta(seconds=i // 2),
+                "card_id": uid("card"), "terminal_id": term, "amount": 10.0,
+                "currency": "EUR", "score": 0.5, "model_version": "v", "reasons": []}
+
+    async def go():
+        redis = redis_client.connect(stack)
+        try:
+            queue = ReviewQueue(redis)
+            rows = [row(i, terminal if i in (3, LIST_SCAN_BUDGET + 10, many - 1) else "busy")
+                    for i in range(many)]
+            await queue.enqueue(rows)
+            wanted = [rows[i]["payment_id"] for i in (3, LIST_SCAN_BUDGET + 10, many - 1)]
+            # a filter that matches little: the first call stops at the budget
+            first = await queue.list(limit=10, terminal_id=terminal)
+            assert [c.payment_id for c in first.cases] == wanted[:1] and first.cursor
+            # a case decided between two pages shifts nothing
+            await queue.decide(rows[5]["payment_id"], "ana", "legitimate")
+            seen, cursor, calls = [c.payment_id for c in first.cases], first.cursor, 1
+            while cursor is not None:
+                page = await queue.list(limit=10, terminal_id=terminal, cursor=cursor)
+                seen += [c.payment_id for c in page.cases]
+                cursor, calls = page.cursor, calls + 1
+                assert calls < 10
+            assert seen == wanted
+            # unfiltered pages of 7 walk every case once, in order, ties included
+            walked, cursor = [], None
+            while True:
+                page = await queue.list(limit=500, status="pending", cursor=cursor)
+                walked += [c.payment_id for c in page.cases]
+                if page.cursor is None:
+                    break
+                cursor = page.cursor
+            pending = [r["payment_id"] for r in sorted(rows, key=lambda r: (r["ts"],
+                                                                           r["payment_id"]))
+                       if r is not rows[5]]
+            assert [p for p in walked if p in set(pending)] == pending
+            assert len(walked) == len(set(walked))
+            for bad in ("nonsense!", "bm9zcGFjZQ", "aW5mIHg"):  # "nospace", "inf x"
+                with pytest.raises(ValueError, match="cursor is not one this queue gave"):
+                    await queue.list(cursor=bad)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(go())
+
+
+def test_renewing_a_claim_writes_no_audit_entry_and_new_claims_are_capped(stack):
+    import asyncio
+
+    from stores import redis_client
+    from stores.reviews import AUDIT_KEY, MAX_CLAIMS_PER_CASE, CaseLimit, ReviewQueue
+
+    async def go():
+        redis = redis_client.connect(stack)
+        try:
+            queue = ReviewQueue(redis, claim_seconds=60)
+            pid = uid("pay")
+            await queue.enqueue([{"payment_id": pid, "ts": datetime.now(UTC), "card_id": "c",
+                                  "terminal_id": "t", "amount": 1.0, "currency": "EUR",
+                                  "score": 0.5, "model_version": "v", "reasons": []}])
+            audit_before = await redis.admin.xlen(AUDIT_KEY)
+            t0 = 1_900_000_000.0
+            first = await queue.claim(pid, "ana", now=t0)
+            for k in range(200):  # a loop of renewals
+                renewed = await queue.claim(pid, "ana", now=t0 + k)
+            assert renewed.claimed_until is not None and first.claimed_until is not None
+            assert renewed.claimed_until > first.claimed_until  # each renewal extends it
+            assert await redis.admin.xlen(AUDIT_KEY) == audit_before + 1
+            # hand-overs after the claim lapses count, up to the cap
+            at = t0 + 1000
+            for k in range(MAX_CLAIMS_PER_CASE - 1):
+                await queue.claim(pid, ("bob", "ana")[k % 2], now=at)
+                at += 61
+            assert await redis.admin.xlen(AUDIT_KEY) == audit_before + MAX_CLAIMS_PER_CASE
+            with pytest.raises(CaseLimit, match="claimed 20 times already"):
+                await queue.claim(pid, "carol", now=at)
+            # the holder still renews, and the case can be decided
+            await queue.claim(pid, ("bob", "ana")[(MAX_CLAIMS_PER_CASE - 2) % 2], now=at - 30)
+            decided = await queue.decide(pid, ("bob", "ana")[(MAX_CLAIMS_PER_CASE - 2) % 2],
+                                         "fraud", now=at - 20)
+            assert decided.status == "decided"
+        finally:
+            await redis.aclose()
+
+    asyncio.run(go())
+
+
+def test_the_listing_route_gives_its_cursor_in_a_header_and_refuses_a_forged_one(
+        api_client, analysts):
+    from stores.reviews import ReviewQueue
+
+    terminal = uid("term")
+    ids = [uid("pay"), uid("pay")]
+    queue = ReviewQueue(api_client.app.state.services.store.redis)
+    api_client.portal.call(queue.enqueue, [
+        {"payment_id": pid, "ts": datetime(2026, 11, 3, 9, i, tzinfo=UTC), "card_id": "c",
+         "terminal_id": terminal, "amount": 1.0, "currency": "EUR", "score": 0.5,
+         "model_version": "v", "reasons": []} for i, pid in enumerate(ids)])
+    ana = as_(api_client, analysts["ana"])
+    first = api_client.get("/v1/reviews", params={"terminal_id": terminal, "limit": 1},
+                           headers=ana)
+    assert first.status_code == 200 and [c["payment_id"] for c in first.json()] == ids[:1]
+    following = api_client.get("/v1/reviews", headers=ana, params={
+        "terminal_id": terminal, "limit": 1, "cursor": first.headers["x-next-cursor"]})
+    assert [c["payment_id"] for c in following.json()] == ids[1:]
+    forged = api_client.get("/v1/reviews", params={"cursor": "not-a-cursor"}, headers=ana)
+    assert forged.status_code == 422 and "cursor" in forged.json()["detail"]
