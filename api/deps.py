@@ -16,6 +16,7 @@ from api.throttle import Throttle
 from model.config import Settings
 from model.periodic import every
 from model.policy import Policy, RuleSet
+from stores.label_intake import LabelIntake
 from stores.online_features import OnlineStore
 from stores.policy_store import PolicyStore
 from stores.reviews import ReviewQueue
@@ -53,6 +54,7 @@ class Services:
     reviews: ReviewQueue
     monitor: Monitor
     throttle: Throttle
+    label_intake: LabelIntake
     # The pseudonyms' key (``stores.pii_key``): the e-mail and IP of every payment are
     # replaced by their tokens before anything stores or sends it.
     pii_key: bytes = field(repr=False)

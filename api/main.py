@@ -37,6 +37,7 @@ from stores.catalogue_store import CatalogueStore
 from stores.freshness import FreshnessBoard
 from stores.idempotency import DecisionStore
 from stores.key_usage import KeyUsage
+from stores.label_intake import LabelIntake
 from stores.online_features import OnlineStore
 from stores.policy_store import PolicyStore
 from stores.rate_limits import TokenBuckets
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publisher=publisher, policy=policy, api_keys=api_keys, decisions=decisions,
             reviews=reviews, monitor=monitor, pii_key=pseudonym_key,
             throttle=Throttle(TokenBuckets(redis), default_limit),
+            label_intake=LabelIntake(redis),
         )
         # What start-up built (FastAPI's routes, pydantic's schemas, the libraries: about
         # 190k objects) lives as long as the process: taken out of the cyclic collector,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from model.policy import LIST_ENTITIES, ListKind, RuleSet
 from model.schemas import Label, Payment, ScoreResponse
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 ServicesDep = Annotated[Services, Depends(get_services)]
 Deadline = Annotated[int | None, Header(
     alias="X-Deadline-Ms", gt=0, le=60_000,
@@ -108,7 +110,8 @@ class LabelAccepted(BaseModel):
 
 
 @router.post("/v1/labels", status_code=status.HTTP_202_ACCEPTED, response_model=LabelAccepted,
-             tags=["labels"], responses=AUTH)
+             tags=["labels"], responses={**AUTH, 409: {
+                 "description": "the payment has the most labels a payment may get"}})
 async def post_label(label: Label, svc: ServicesDep,
                      key: ApiKey | None = Depends(require("labels"))) -> LabelAccepted:
     """Report a fraud verdict (chargeback, customer report) on a past payment.
@@ -133,6 +136,7 @@ async def post_label(label: Label, svc: ServicesDep,
                 f"key {key.name!r} reports labels in its own name, not {label.analyst!r}"))
         if label.source == "analyst":
             label = label.model_copy(update={"analyst": key.name})
+    await _within_label_cap(svc, label)
     try:
         in_kafka = await svc.publisher.publish_label(label)
     except OSError as exc:
@@ -142,6 +146,20 @@ async def post_label(label: Label, svc: ServicesDep,
                    f"({type(exc).__name__}); retry",
         ) from exc
     return LabelAccepted(payment_id=label.payment_id, queued=not in_kafka)
+
+
+async def _within_label_cap(svc: Services, label: Label) -> None:
+    """409 if the payment has the most labels a payment may get (``stores.label_intake``).
+    Redis away: admitted, since the label's way to the stream does not need Redis."""
+    try:
+        admitted = await svc.label_intake.admit(label)
+    except Exception as exc:
+        log.warning("label cap not checked (%s); label admitted", type(exc).__name__)
+        return
+    if not admitted:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=(
+            f"payment {label.payment_id!r} has {svc.label_intake.cap} labels already; "
+            "a label sent before may be sent again, a new one is refused"))
 
 
 # ---- administration ------------------------------------------------------------------

@@ -220,3 +220,39 @@ def test_a_labels_key_reports_only_its_sources_and_in_its_own_name(api_client, a
 
     eventually(lambda: recorded() is not None, 60)
     assert recorded() == ["casetool"]
+
+
+def test_a_payment_takes_a_bounded_number_of_labels_and_a_retry_is_never_refused(
+        api_client, api_keys, stream_worker):
+    """Every label of a payment is kept and re-walked on each new one, and labels wait for
+    their payment in a list: a feed key looping new labels on one payment is cut off."""
+    from stores.history import HistoryStore
+    from stores.label_intake import MAX_LABELS_PER_PAYMENT
+    from tests.conftest import eventually
+
+    pid = uid("pay")
+    feed = {"X-API-Key": api_keys["feed"][0]}
+
+    def label(minute: int, is_fraud: bool = True) -> dict:
+        return {"payment_id": pid, "is_fraud": is_fraud, "source": "chargeback",
+                "reported_at": f"2026-11-21T10:{minute:02d}:00Z"}
+
+    for minute in range(MAX_LABELS_PER_PAYMENT):
+        assert api_client.post("/v1/labels", json=label(minute), headers=feed).status_code == 202
+    refused = api_client.post("/v1/labels", json=label(59, False), headers=feed)
+    assert refused.status_code == 409
+    assert f"has {MAX_LABELS_PER_PAYMENT} labels already" in refused.json()["detail"]
+    # a label sent before is the same label: its retry is accepted (and recorded once)
+    assert api_client.post("/v1/labels", json=label(0), headers=feed).status_code == 202
+    # another payment is not held back
+    other = {**label(0), "payment_id": uid("pay")}
+    assert api_client.post("/v1/labels", json=other, headers=feed).status_code == 202
+    store = HistoryStore(stream_worker.history_dir)
+
+    def recorded() -> int:
+        return int(store.query("SELECT count(*) AS n FROM labels_raw WHERE payment_id = ?",
+                               [pid])["n"][0])
+
+    eventually(lambda: recorded() == MAX_LABELS_PER_PAYMENT, 60)
+    assert not (store.query("SELECT count(*) AS n FROM labels_raw WHERE payment_id = ? "
+                            "AND NOT is_fraud", [pid])["n"][0])
