@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import authenticate, require
 from api.deps import Services, get_services
 from api.edge import score_request
-from api.scoring import not_in_future, score_one
+from api.scoring import score_one, within_event_time
 from model.api_keys import ApiKey
 from model.policy import LIST_ENTITIES, ListKind, RuleSet
 from model.schemas import Label, Payment, ScoreResponse
@@ -124,7 +124,7 @@ async def post_label(label: Label, svc: ServicesDep,
     the API's disk (`queued: true`), forwarded as soon as Kafka is back. The stream
     processor applies it; sending the same label again changes nothing.
     """
-    not_in_future(label.reported_at.timestamp(), "reported_at", svc)
+    within_event_time(label.reported_at.timestamp(), "reported_at", svc)
     if key is not None:
         if label.source not in key.label_sources:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=(

@@ -30,16 +30,26 @@ def payload_hash(payment: Payment) -> str:
     return hashlib.sha256(payment.model_dump_json().encode()).hexdigest()[:32]
 
 
-def not_in_future(ts: float, field: str, svc: Services) -> None:
-    """Windows run on event time: a timestamp from the future would poison them."""
-    ahead = ts - time.time()
+def within_event_time(ts: float, field: str, svc: Services) -> None:
+    """Windows run on event time: a timestamp from the future would poison them, and one
+    far back would slip past every velocity window and open a history partition of its
+    own. 422 outside (now - FRAUDSTREAM_MAX_PAST_DAYS, now + FRAUDSTREAM_MAX_FUTURE_SECONDS)."""
+    now = time.time()
+    ahead = ts - now
     if ahead > svc.settings.max_future_seconds:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"type": "value_error", "loc": ["body", field],
-                     "msg": f"{field} is {ahead:.0f}s in the future (more than "
-                            f"{svc.settings.max_future_seconds:g}s allowed for clock skew)"}],
-        )
+        raise _event_time_error(field, f"{field} is {ahead:.0f}s in the future (more than "
+                                       f"{svc.settings.max_future_seconds:g}s allowed for "
+                                       "clock skew)")
+    behind_days = -ahead / 86_400
+    if behind_days > svc.settings.max_past_days:
+        raise _event_time_error(field, f"{field} is {behind_days:.0f} days in the past (more "
+                                       f"than {svc.settings.max_past_days:g} allowed, "
+                                       "FRAUDSTREAM_MAX_PAST_DAYS)")
+
+
+def _event_time_error(field: str, msg: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[
+        {"type": "value_error", "loc": ["body", field], "msg": msg}])
 
 
 def conflict(payment_id: str, why: str) -> HTTPException:
@@ -60,7 +70,7 @@ async def score_answer(payment: Payment, svc: Services,
     started = time.perf_counter()
     payment = pseudonymise(payment, svc.pii_key)
     budget = (deadline_ms or svc.settings.default_deadline_ms) / 1000
-    not_in_future(payment.ts, "timestamp", svc)
+    within_event_time(payment.ts, "timestamp", svc)
     phash = payload_hash(payment)
     reasons: list[dict[str, Any]] = []
     obs = Observation()

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
 
     # Event times further ahead of this server's clock are refused (clock skew allowance).
     max_future_seconds: float = Field(default=300.0, ge=0)
+    # How far back a payment's or label's time may be. A gateway scoring in real time sees
+    # payments seconds old; the default leaves room for a year's replay through the API
+    # (``fraudstream replay``) and caps the history's day partitions a caller can open.
+    # A real-time-only installation sets its own late-arrival bound (a few days).
+    max_past_days: float = Field(default=400.0, gt=0, allow_inf_nan=False)
 
     # Answer when no model is loaded yet or a dependency fails; "review" is the safe default.
     degraded_decision: Literal["approve", "review"] = "review"

@@ -256,3 +256,34 @@ def test_a_payment_takes_a_bounded_number_of_labels_and_a_retry_is_never_refused
     eventually(lambda: recorded() == MAX_LABELS_PER_PAYMENT, 60)
     assert not (store.query("SELECT count(*) AS n FROM labels_raw WHERE payment_id = ? "
                             "AND NOT is_fraud", [pid])["n"][0])
+
+
+def test_event_time_is_bounded_in_the_past_as_configured(stream_worker, trained, api_keys):
+    """Back-dating would slip past every velocity window and open a history partition per
+    day named: a payment or label older than FRAUDSTREAM_MAX_PAST_DAYS is a 422."""
+    from datetime import UTC, datetime, timedelta
+
+    from fastapi.testclient import TestClient
+
+    from api.main import serve_app
+    from tests.conftest import history_row
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    strict = stream_worker.model_copy(update={"max_past_days": 2.0})
+    with TestClient(serve_app(strict), headers={"X-API-Key": api_keys["all"][0]}) as client:
+        old = payment(ts=(now - timedelta(days=3)).isoformat(), payment_id=uid("pay"))
+        resp = client.post("/v1/payments/score", json=old)
+        assert resp.status_code == 422, resp.text
+        detail = resp.json()["detail"][0]
+        assert detail["loc"] == ["body", "timestamp"]
+        assert "3 days in the past" in detail["msg"] and "MAX_PAST_DAYS" in detail["msg"]
+        recent = payment(ts=(now - timedelta(days=1)).isoformat())
+        assert client.post("/v1/payments/score", json=recent).status_code == 200
+        label = {"payment_id": recent["payment_id"], "is_fraud": True, "source": "chargeback",
+                 "reported_at": (now - timedelta(days=5)).isoformat()}
+        resp = client.post("/v1/labels", json=label)
+        assert resp.status_code == 422 and resp.json()["detail"][0]["loc"] == [
+            "body", "reported_at"]
+        batch = client.post("/v1/payments/score/batch", json={"payments": [old]})
+        assert batch.status_code == 200 and batch.json()["results"][0]["error"]["status"] == 422
+    assert history_row(stream_worker, old["payment_id"]) is None
