@@ -182,7 +182,10 @@ async def get_rules(svc: ServicesDep) -> dict[str, Any]:
 async def put_rules(rules: RuleSet, request: Request, svc: ServicesDep) -> dict[str, Any]:
     """Replace the rule set. Every API worker applies it within
     `FRAUDSTREAM_RULES_POLL_SECONDS`, without a restart."""
-    version = await svc.policy.store.save(rules, _caller(request))
+    try:
+        version = await svc.policy.store.save(rules, _caller(request))
+    except ValueError as exc:  # it would not load in the API processes: nothing saved
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     await svc.policy.refresh()
     return {"version": version, "rules": len(rules.rules)}
 

@@ -52,8 +52,10 @@ OPEN_KEY = "fs:{rq}:open"
 WAITING_KEY = "fs:{rq}:waiting"
 DECIDED_KEY = "fs:{rq}:decided"
 UNSENT_KEY = "fs:{rq}:unsent"
+# Who claimed and decided what: a stream nothing trims, so no amount of activity flushes
+# it. Its growth is bounded by what is recorded: new claims (capped per case, renewals not
+# written), verdicts and closings, one per case.
 AUDIT_KEY = "fs:{rq}:audit"
-AUDIT_MAXLEN = 100_000
 # New claims of one case (a first claim, a hand-over, a claim after one lapsed); renewing
 # one's own claim does not count. Far above a real case's life, low enough that looping
 # claims cannot fill the audit.
@@ -195,7 +197,7 @@ if status == 'claimed' and holder ~= ARGV[2] and until_ > tonumber(ARGV[3]) then
 end
 """
 
-# ARGV: payment_id, analyst, now, claim seconds, audit maxlen, most claims per case. The
+# ARGV: payment_id, analyst, now, claim seconds, most claims per case. The
 # holder claiming again renews the claim: no audit entry, not counted (renewals in a loop
 # must not flood the audit); a new claim (a first one, a hand-over, one after a lapse) is
 # recorded and counted, up to the cap.
@@ -207,12 +209,12 @@ end
 local new_until = tonumber(ARGV[3]) + tonumber(ARGV[4])
 if not (status == 'claimed' and holder == ARGV[2] and until_ > tonumber(ARGV[3])) then
   local claims = tonumber(redis.call('HGET', key, 'claims') or '0')
-  if claims >= tonumber(ARGV[6]) then
+  if claims >= tonumber(ARGV[5]) then
     return redis.error_reply('LIMIT claimed ' .. claims .. ' times already: decide it, or ' ..
                              'ask an administrator')
   end
   redis.call('HSET', key, 'claims', tostring(claims + 1))
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'action', 'claim',
+  redis.call('XADD', KEYS[1], '*', 'action', 'claim',
              'payment_id', ARGV[1], 'analyst', ARGV[2], 'at', ARGV[3])
 end
 redis.call('HSET', key, 'status', 'claimed', 'claimed_by', ARGV[2],
@@ -220,7 +222,7 @@ redis.call('HSET', key, 'status', 'claimed', 'claimed_by', ARGV[2],
 return redis.call('HGETALL', key)
 """
 
-# ARGV: payment_id, analyst, now, verdict, note, decided ttl, audit maxlen.
+# ARGV: payment_id, analyst, now, verdict, note, decided ttl.
 _DECIDE = _FIND_CASE + """
 if status == 'decided' then
   local closed_by = redis.call('HGET', key, 'closed_by')
@@ -244,7 +246,7 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 -- the hashes of older decided cases have expired: their ids go too
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[6]))
 redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'action', 'verdict',
+redis.call('XADD', KEYS[4], '*', 'action', 'verdict',
            'payment_id', ARGV[1], 'analyst', ARGV[2], 'verdict', ARGV[4], 'note', ARGV[5],
            'at', ARGV[3])
 return redis.call('HGETALL', key)
@@ -253,10 +255,10 @@ return redis.call('HGETALL', key)
 
 # A label from elsewhere (a chargeback, the cardholder) answers the case's question: the
 # case is closed with it, never reopened, and no analyst's label is made of it. ARGV: now,
-# decided ttl, audit maxlen, then per label payment_id, verdict, source, reported_at.
+# decided ttl, then per label payment_id, verdict, source, reported_at.
 _CLOSE_BY_LABEL = b"""
 local closed = 0
-for i = 4, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local id = ARGV[i]
   local key = 'fs:{rq}:case:' .. id
   local status = redis.call('HGET', key, 'status')
@@ -269,7 +271,7 @@ for i = 4, #ARGV, 4 do
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[4], id)
     redis.call('ZADD', KEYS[2], ARGV[1], id)
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'action', 'closed_by_label',
+    redis.call('XADD', KEYS[3], '*', 'action', 'closed_by_label',
                'payment_id', id, 'analyst', 'label:' .. ARGV[i + 2], 'verdict', ARGV[i + 1],
                'note', note, 'at', ARGV[1])
     closed = closed + 1
@@ -342,8 +344,7 @@ class ReviewQueue:
         """Close the open cases these labels answer (the first label decides; a case
         already decided stays as it is). Analysts' own labels are left out: they come from
         a verdict. Returns how many cases were closed."""
-        argv: list[Any] = [now if now is not None else time.time(), DECIDED_TTL_SECONDS,
-                           AUDIT_MAXLEN]
+        argv: list[Any] = [now if now is not None else time.time(), DECIDED_TTL_SECONDS]
         for label in labels:
             if label.source != "analyst":
                 argv += [label.payment_id, "fraud" if label.is_fraud else "legitimate",
@@ -407,7 +408,7 @@ class ReviewQueue:
     async def claim(self, payment_id: str, analyst: str, now: float | None = None) -> Case:
         now = now if now is not None else time.time()
         flat = await self._run(_CLAIM_B, [AUDIT_KEY],
-                               [payment_id, analyst, now, self.claim_seconds, AUDIT_MAXLEN,
+                               [payment_id, analyst, now, self.claim_seconds,
                                 MAX_CLAIMS_PER_CASE])
         return Case.from_hash(pairs(flat), now)
 
@@ -418,7 +419,7 @@ class ReviewQueue:
         flat = await self._run(_DECIDE_B,
                                [OPEN_KEY, DECIDED_KEY, UNSENT_KEY, AUDIT_KEY, WAITING_KEY],
                                [payment_id, analyst, now, verdict, note,
-                                DECIDED_TTL_SECONDS, AUDIT_MAXLEN])
+                                DECIDED_TTL_SECONDS])
         return Case.from_hash(pairs(flat), now)
 
     async def label_sent(self, payment_id: str) -> None:

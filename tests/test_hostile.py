@@ -287,3 +287,43 @@ def test_event_time_is_bounded_in_the_past_as_configured(stream_worker, trained,
         batch = client.post("/v1/payments/score/batch", json={"payments": [old]})
         assert batch.status_code == 200 and batch.json()["results"][0]["error"]["status"] == 422
     assert history_row(stream_worker, old["payment_id"]) is None
+
+
+def test_a_rule_set_that_would_not_load_is_not_saved_and_a_save_is_audited_at_once(stack):
+    """The reported brick: a rule set saved that every API process then failed to load.
+    A save reads its document back first; rules, version and audit entry go in together;
+    nothing trims the audit."""
+    import asyncio
+
+    from model.policy import Condition, Rule, RuleSet
+    from stores import redis_client
+    from stores.policy_store import AUDIT_KEY, PolicyStore
+
+    good = RuleSet(rules=[Rule(id="big", action="review", when=[
+        Condition(feature="amount", op=">=", value=5000)])])
+    # what slipped past validation once: a NaN, written as null, unreadable afterwards
+    bad = RuleSet.model_construct(rules=[Rule.model_construct(
+        id="nan", action="review", description="",
+        when=[Condition.model_construct(feature="amount", op=">", value=float("nan"))])])
+
+    async def go():
+        redis = redis_client.connect(stack)
+        try:
+            store = PolicyStore(redis)
+            version = await store.save(good, "ops")
+            audited = await redis.admin.xlen(AUDIT_KEY)
+            with pytest.raises(ValueError, match="does not load back"):
+                await store.save(bad, "ops")
+            assert await store.version() == version
+            assert (await store.load()).rules == good
+            assert await redis.admin.xlen(AUDIT_KEY) == audited
+            newest = (await store.audit(1))[0]
+            assert (newest["what"], newest["actor"], newest["version"], newest["rules"]) == (
+                "rules", "ops", version, 1)
+            for _ in range(30):  # activity does not trim it
+                await store.set_listed("block", "card_id", "tok_x", True, "ops")
+            assert await redis.admin.xlen(AUDIT_KEY) == audited + 30
+        finally:
+            await redis.aclose()
+
+    asyncio.run(go())
