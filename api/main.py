@@ -107,8 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             request_timeout_ms=5000,
             retry_backoff_ms=200,
         )
-        publisher = Publisher(producer, Spool(spool_dir), settings.topic_scored,
-                              settings.topic_labels)
+        publisher = Publisher(producer, Spool(spool_dir, max_bytes=settings.spool_max_bytes),
+                              settings.topic_scored, settings.topic_labels,
+                              memory_events=settings.spool_memory_events)
         try:
             # Kafka down, or still starting (it may accept connections and then keep
             # metadata requests waiting): score anyway, into the spool, and let the drain

@@ -25,6 +25,12 @@ MODEL_RELOADS = Counter("fraudstream_model_reloads_total", "Models loaded", ["ou
 MODEL_INFO = Gauge("fraudstream_model_loaded", "1 for the model version in use", ["version"],
                    multiprocess_mode="liveall")
 SPOOLED = Counter("fraudstream_spooled_total", "Scored payments written to the local spool")
+HELD_IN_MEMORY = Gauge("fraudstream_held_in_memory",
+                       "Scored payments neither Kafka nor the spool took, held in memory",
+                       multiprocess_mode="livesum")
+EVENTS_LOST = Counter("fraudstream_events_lost_total",
+                      "Answered payments lost: Kafka failed after taking them, the spool "
+                      "refused them and the memory's room was spent")
 REPLAYS = Counter("fraudstream_replays_total", "Retried payment_ids answered from the record")
 
 # ---- drift, freshness and the review queue (api.monitor) ----

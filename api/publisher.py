@@ -10,7 +10,13 @@ payment cost. The spool still holds one line per payment, acknowledged with its 
 Labels are accepted only once durable: acknowledged by Kafka or, while Kafka fails, synced
 to disk in a spool of their own, sent once Kafka is back. A label reaching Kafka twice (a
 send that timed out but went through, then the spool's copy) is recorded once by the
-stream, and applying it is idempotent."""
+stream, and applying it is idempotent.
+
+When the spool refuses a write (its cap, a full disk), a scored payment goes to Kafka
+without its disk copy; if Kafka is failing too, it is held in memory (up to
+``memory_events``) and sent once Kafka is back; past that, ``NotRecorded``: the API
+refuses to answer (503) rather than give a decision nothing records. ``/healthz`` says
+all of it."""
 
 from __future__ import annotations
 
@@ -20,8 +26,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from api.metrics import PUBLISH_FAILURES, SPOOLED
-from api.spool import Segment, Spool
+from api.metrics import EVENTS_LOST, HELD_IN_MEMORY, PUBLISH_FAILURES, SPOOLED
+from api.spool import Segment, Spool, SpoolFull
 from model.periodic import every
 from model.schemas import Label, ScoredPayment
 from stores.events import encode, encode_batch, key_of, partition_of
@@ -38,14 +44,28 @@ BATCH_EVENTS = 64
 BATCH_LINGER = 0.05
 
 
+class NotRecorded(Exception):
+    """Kafka failing, the spool refusing and the memory's room spent: nothing keeps this
+    payment, so it must not be answered as if it were kept."""
+
+
+# (key, value, its spool segment or None when the spool refused it)
+Item = tuple[bytes, bytes, Segment | None]
+
+
 class Publisher:
     def __init__(self, producer: AIOKafkaProducer, spool: Spool, scored_topic: str,
                  labels_topic: str, label_spool: Spool | None = None,
-                 enqueue_timeout: float = ENQUEUE_TIMEOUT) -> None:
+                 enqueue_timeout: float = ENQUEUE_TIMEOUT,
+                 memory_events: int = 50_000) -> None:
         self.producer = producer
         self.enqueue_timeout = enqueue_timeout  # for batches no payment's deadline bounds
         self.spool = spool
-        self.label_spool = label_spool or Spool(spool.directory / "labels")
+        self.label_spool = label_spool or Spool(spool.directory / "labels",
+                                                max_bytes=spool.max_bytes)
+        # scored payments neither Kafka nor the spool took, to send once Kafka is back
+        self.memory_events = memory_events
+        self.held: list[tuple[bytes, bytes]] = []
         self.scored_topic = scored_topic
         self.labels_topic = labels_topic
         # False after a delivery failure, until the spools drain: meanwhile new events
@@ -55,8 +75,8 @@ class Publisher:
         self.started = False
         self._producer_started = False
         self._partitions = 0  # of the scored topic, read at start
-        # per partition: the encoded payments waiting, and their spool segments
-        self._batches: dict[int, tuple[list[bytes], list[Segment]]] = {}
+        # per partition: the encoded payments waiting, with their spool segments
+        self._batches: dict[int, list[Item]] = {}
         self._linger: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -69,24 +89,31 @@ class Publisher:
         self.started = True
 
     async def publish_scored(self, event: ScoredPayment,
-                             enqueue_timeout: float | None = None) -> None:
+                             enqueue_timeout: float | None = None) -> bool:
+        """Hand the payment on; True if it is in the spool, False if the spool refused it
+        (it then goes to Kafka, or waits in memory). ``NotRecorded`` if nothing took it."""
         key, value = key_of(event), encode(event)
-        seg = self.spool.append(key, value)
+        try:
+            seg: Segment | None = self.spool.append(key, value)
+        except SpoolFull:
+            seg = None
         if not self.kafka_ok or not self._partitions:
-            self._failed(seg, None)
-            return
+            if seg is None:
+                self._hold(key, value, or_raise=True)
+            else:
+                self._failed((key, value, seg), None)
+            return seg is not None
         partition = partition_of(key, self._partitions)
         batch = self._batches.get(partition)
-        if batch is None:  # (not setdefault: two lists built per payment for nothing)
-            batch = self._batches[partition] = ([], [])
-        values, segs = batch
-        values.append(value)
-        segs.append(seg)
-        if len(values) >= BATCH_EVENTS:
+        if batch is None:  # (not setdefault: a list built per payment for nothing)
+            batch = self._batches[partition] = []
+        batch.append((key, value, seg))
+        if len(batch) >= BATCH_EVENTS:
             await self._send_batch(partition, enqueue_timeout or self.enqueue_timeout)
         elif self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(BATCH_LINGER,
                                                                  self._linger_over)
+        return seg is not None
 
     def _linger_over(self) -> None:
         self._linger = None
@@ -104,18 +131,18 @@ class Publisher:
         batch = self._batches.pop(partition, None)
         if batch is None:
             return
-        values, segs = batch
         try:
             # ``timeout`` rather than ``wait_for``: no task per batch (``send`` only
             # suspends when the producer's buffer is full or it has no metadata).
             async with asyncio.timeout(enqueue_timeout):
-                fut = await self.producer.send(self.scored_topic, encode_batch(values),
-                                               partition=partition)
+                fut = await self.producer.send(
+                    self.scored_topic, encode_batch([value for _, value, _ in batch]),
+                    partition=partition)
         except Exception as exc:
-            for seg in segs:
-                self._failed(seg, exc)
+            for item in batch:
+                self._failed(item, exc)
             return
-        fut.add_done_callback(lambda f: self._delivered_all(f, segs))
+        fut.add_done_callback(lambda f: self._delivered_all(f, batch))
 
     async def flush(self) -> None:
         """What is gathered, handed to the producer, and the producer's buffer sent."""
@@ -147,22 +174,43 @@ class Publisher:
         await asyncio.to_thread(self.label_spool.sync)
         return False
 
-    def _delivered_all(self, fut: asyncio.Future[Any], segs: list[Segment]) -> None:
+    def _delivered_all(self, fut: asyncio.Future[Any], batch: list[Item]) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            for seg in segs:
-                self._failed(seg, None if fut.cancelled() else fut.exception())
+            for item in batch:
+                self._failed(item, None if fut.cancelled() else fut.exception())
         else:
-            for seg in segs:
-                self.spool.ack(seg)
+            for _, _, seg in batch:
+                if seg is not None:
+                    self.spool.ack(seg)
 
-    def _failed(self, seg: Segment, exc: BaseException | None) -> None:
+    def _failed(self, item: Item, exc: BaseException | None) -> None:
         if self.kafka_ok:
             log.error("Kafka did not take a scored payment (%s); spooling until it is back",
                       type(exc).__name__)
             self.kafka_ok = False
         PUBLISH_FAILURES.inc()
+        key, value, seg = item
+        if seg is None:
+            self._hold(key, value, or_raise=False)
+            return
         SPOOLED.inc()
         self.spool.fail(seg)
+
+    def _hold(self, key: bytes, value: bytes, or_raise: bool) -> None:
+        """Keep in memory a payment the spool refused, until Kafka takes it."""
+        if len(self.held) >= self.memory_events:
+            if or_raise:
+                raise NotRecorded(
+                    f"Kafka unavailable, the spool refusing writes ({self.spool.refusing}) "
+                    f"and {len(self.held)} payments already held in memory")
+            # accepted before Kafka failed under it: the one case left where an answered
+            # payment is lost, counted and logged so that it is not lost silently
+            EVENTS_LOST.inc()
+            log.error("scored payment %s lost: Kafka failed, the spool refused it and the "
+                      "memory's room is spent", key.decode(errors="replace"))
+            return
+        self.held.append((key, value))
+        HELD_IN_MEMORY.set(len(self.held))
 
     async def drain(self) -> int:
         """Send every undelivered segment of both spools, oldest first; returns events
@@ -173,6 +221,18 @@ class Publisher:
         if not self.started or not self._partitions:  # Kafka was down when the API started
             await self.start()
         sent = 0
+        if self.held:
+            held, self.held = self.held, []
+            try:
+                futures = [await self.producer.send(self.scored_topic, v, key=k)
+                           for k, v in held]
+                await asyncio.gather(*futures)
+            except BaseException:
+                self.held = held + self.held  # a repeat is recorded once by the stream
+                raise
+            finally:
+                HELD_IN_MEMORY.set(len(self.held))
+            sent += len(held)
         for spool, topic in ((self.spool, self.scored_topic),
                              (self.label_spool, self.labels_topic)):
             for segment in spool.undelivered():
@@ -194,7 +254,7 @@ class Publisher:
         await every(period, self._drain_if_needed, failed="spool not drained yet", log=log)
 
     async def _drain_if_needed(self) -> None:
-        if self.kafka_ok and self.labels_ok and not any(
+        if self.kafka_ok and self.labels_ok and not self.held and not any(
                 spool.holds_failed or spool.undelivered()
                 for spool in (self.spool, self.label_spool)):
             return

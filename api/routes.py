@@ -268,7 +268,8 @@ async def current_model(svc: ServicesDep,
 @router.get("/healthz", tags=["operations"])
 async def healthz(svc: ServicesDep) -> dict[str, Any]:
     """`ok`, or `amber` with the reasons: stale inputs, drift, an old review queue, Kafka
-    unavailable (payments spooled). Amber still serves."""
+    unavailable (payments spooled), the spool refusing writes (full disk or cap). Amber
+    still serves."""
     scorer = svc.models.scorer
     kafka_ok = svc.publisher.kafka_ok and svc.publisher.labels_ok
     warnings = svc.monitor.warnings()
@@ -276,10 +277,17 @@ async def healthz(svc: ServicesDep) -> dict[str, Any]:
         warnings.append("Kafka unavailable: payments and labels spooled on disk")
     if scorer is None:
         warnings.append("no model loaded: answers are degraded")
+    publisher = svc.publisher
+    refusing = publisher.spool.refusing or publisher.label_spool.refusing
+    if refusing:
+        warnings.append(f"spool refusing writes ({refusing}): payments go on without a copy "
+                        "on disk" + (f"; {len(publisher.held)} held in memory until Kafka is "
+                                     "back" if publisher.held else ""))
     return {"status": "amber" if warnings else "ok", "warnings": warnings,
             "model_version": scorer.version if scorer else None,
             "rules_version": svc.policy.policy.version,
             "kafka": "ok" if kafka_ok else "spooling",
+            "spool": "refusing" if refusing else "ok",
             "freshness": svc.monitor.freshness.model_dump()}
 
 

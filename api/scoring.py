@@ -13,9 +13,9 @@ from fastapi import HTTPException, status
 
 from api.deps import Services
 from api.metrics import REPLAYS, SCORE_LATENCY, STALE_ANSWERS, decided
-from api.publisher import ENQUEUE_TIMEOUT
+from api.publisher import ENQUEUE_TIMEOUT, NotRecorded
 from model.pseudonym import pseudonymise
-from model.schemas import Payment, ScoredPayment, ScoreResponse
+from model.schemas import Payment, Reason, ScoredPayment, ScoreResponse
 from stores.idempotency import PENDING_MARGIN_MS
 from stores.online_features import Observation
 
@@ -129,18 +129,27 @@ async def score_answer(payment: Payment, svc: Services,
         model_version=scorer.version if scorer else None, rules_version=policy.version,
         degraded=degraded, freshness=freshness, latency_ms=round(elapsed * 1000, 3),
     )
+    remaining = budget - (time.perf_counter() - started)
+    try:
+        spooled = await svc.publisher.publish_scored(ScoredPayment(
+            payment=payment, features=features, score=score, decision=decision,
+            model_version=response.model_version, reasons=[r["code"] for r in reasons],
+            degraded=degraded,
+            scored_at=datetime.fromtimestamp(obs.recorded_at, UTC)
+            if obs.recorded_at is not None else datetime.now(UTC),
+        ), enqueue_timeout=max(min(ENQUEUE_TIMEOUT, remaining), 0.001))
+    except NotRecorded as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=(
+            f"payment not scored: it could not be recorded ({exc}); apply your fallback"),
+            headers={"Retry-After": "5"}) from exc
+    if not spooled:
+        response = response.model_copy(update={"reasons": [*response.reasons, Reason(
+            code="not_spooled", detail="the API's spool refused the write (full); the "
+                                       "payment went on without its copy on disk")]})
     # Kept even when degraded, so that a retry gets this same answer. Off the response's
     # path: a retry racing it waits for it (see ``replay``).
     body = response.model_dump_json().encode()
     svc.decisions.add(payment.card_id, payment.payment_id, phash, body)
-    remaining = budget - (time.perf_counter() - started)
-    await svc.publisher.publish_scored(ScoredPayment(
-        payment=payment, features=features, score=score, decision=decision,
-        model_version=response.model_version, reasons=[r["code"] for r in reasons],
-        degraded=degraded,
-        scored_at=datetime.fromtimestamp(obs.recorded_at, UTC) if obs.recorded_at is not None
-        else datetime.now(UTC),
-    ), enqueue_timeout=max(min(ENQUEUE_TIMEOUT, remaining), 0.001))
     SCORE_LATENCY.observe(time.perf_counter() - started)
     decided(decision, degraded).inc()
     return response, body

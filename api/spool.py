@@ -8,6 +8,11 @@ by the drain loop once Kafka answers, and at the next start. Sending again can r
 event Kafka did get; the stream records each payment_id once, so a repeat changes nothing,
 while a loss would.
 
+A spool has a size cap (``FRAUDSTREAM_SPOOL_MAX_BYTES``), and a disk may fill before it:
+either way ``append`` raises ``SpoolFull`` and writes nothing (a write cut short is taken
+back), and ``refusing`` says why until a write succeeds again; the publisher then answers
+without the disk copy (``api.publisher``).
+
 Lines are ``key<TAB>value``. Appended data survives the process dying at once (it is in
 the kernel); a background ``fsync`` every 50 ms makes it survive the machine (one fsync for
 all the events of those 50 ms: a thread hop and a disk flush per event would cost more CPU
@@ -16,14 +21,21 @@ than scoring).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 # A segment is closed after this many events, so that acknowledged ones can be deleted.
 SEGMENT_EVENTS = 2000
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+class SpoolFull(OSError):
+    """Nothing was written: the spool is at its cap, or the disk refused the write."""
 
 
 @dataclass(eq=False)
@@ -33,6 +45,7 @@ class Segment:
     appended: int = 0
     acked: int = 0
     failed: bool = False  # an event of it was not delivered: keep it for the drain
+    size: int = 0  # bytes written
     dirty: bool = field(default=False, repr=False)
 
     @property
@@ -41,27 +54,71 @@ class Segment:
 
 
 class Spool:
-    def __init__(self, directory: Path, segment_events: int = SEGMENT_EVENTS) -> None:
+    def __init__(self, directory: Path, segment_events: int = SEGMENT_EVENTS,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segment_events = segment_events
+        self.max_bytes = max_bytes
         self._current: Segment | None = None
         self._open: dict[Path, Segment] = {}
+        # what segments on disk hold, this process's and those left by earlier ones
+        self.bytes = sum(p.stat().st_size for p in self.directory.glob("segment-*.spool"))
+        self.refusing: str | None = None  # why the last append wrote nothing
 
     def append(self, key: bytes, value: bytes) -> Segment:
+        """The event written to the current segment; ``SpoolFull`` if it was not."""
         if b"\t" in key or b"\n" in key or b"\n" in value:
             raise ValueError("spool entries are single lines with a tab-free key")
+        line = key + b"\t" + value + b"\n"
         seg = self._current
-        if seg is None or seg.appended >= self.segment_events:
-            self.seal()
-            path = self.directory / f"segment-{time.time_ns():020d}.spool"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            seg = self._current = self._open[path] = Segment(path, fd)
-        assert seg.fd is not None
-        os.write(seg.fd, key + b"\t" + value + b"\n")
+        if seg is not None and seg.appended >= self.segment_events:
+            self._seal_full(seg)  # first: a sealed segment Kafka has taken frees its bytes
+            seg = None
+        if self.bytes + len(line) > self.max_bytes:
+            self._refuse(f"the spool holds {self.bytes} bytes, its cap is {self.max_bytes}")
+        try:
+            if seg is None:
+                path = self.directory / f"segment-{time.time_ns():020d}.spool"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                seg = self._current = self._open[path] = Segment(path, fd)
+            assert seg.fd is not None
+            written = os.write(seg.fd, line)
+        except OSError as exc:
+            self._take_back(seg)
+            self._refuse(f"the disk refused the write ({exc.strerror or exc})")
+        if written != len(line):  # a disk filling up mid-line
+            self._take_back(seg)
+            self._refuse("the disk took only part of the write")
         seg.appended += 1
+        seg.size += written
+        self.bytes += written
         seg.dirty = True
+        self.refusing = None
         return seg
+
+    def _take_back(self, seg: Segment | None) -> None:
+        """Cut a torn line off the segment: a reader must never see half an event."""
+        if seg is None or seg.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(seg.fd, seg.size)
+        self._seal_full(seg)
+
+    def _seal_full(self, seg: Segment) -> None:
+        """Seal, even when the disk fails the fsync (then the file is closed as it is)."""
+        try:
+            self.seal()
+        except OSError:
+            fd, seg.fd = seg.fd, None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._forget_if_done(seg)
+
+    def _refuse(self, why: str) -> NoReturn:
+        self.refusing = why
+        raise SpoolFull(why)
 
     def ack(self, seg: Segment) -> None:
         seg.acked += 1
@@ -108,7 +165,12 @@ class Spool:
 
     def delete(self, path: Path) -> None:
         self._open.pop(path, None)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
         path.unlink(missing_ok=True)
+        self.bytes = max(0, self.bytes - size)
 
     def pending_events(self) -> int:
         """Events not (yet) acknowledged by Kafka."""

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     default_deadline_ms: int = Field(default=250, gt=0)
     rules_poll_seconds: float = Field(default=0.5, gt=0)
     spool_dir: Path | None = None
+    # The most the API's spool holds on disk (scored payments and labels, each), and how
+    # many scored payments it keeps in memory when Kafka and the spool both refuse them.
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    spool_memory_events: int = Field(default=50_000, ge=0)
     # The key of the pseudonyms that replace a payment's e-mail and IP address at the edge
     # (``model.pseudonym``: HMAC-SHA256). Every process that scores or imports payments
     # must use the same one, or the same e-mail gets another token. Unset: the key in

@@ -177,3 +177,29 @@ def test_kafka_and_the_stream_worker_yield_the_cpu_to_the_scoring_path(stream_wo
     for proc in (services.kafka_proc(stream_worker), services.stream_proc(stream_worker)):
         assert os.getpriority(os.PRIO_PROCESS, proc.pid()) == expected
     assert os.getpriority(os.PRIO_PROCESS, services.redis_proc(stream_worker).pid()) == ours
+
+
+def test_a_full_spool_answers_says_so_in_healthz_and_still_records_the_payment(
+        stream_worker, trained, api_keys):
+    """A full disk turned scoring into 500s. Now the payment is answered (the reason
+    `not_spooled` says it went on without its disk copy), `/healthz` is amber and says
+    why, and the payment reaches the history through Kafka, once."""
+    from fastapi.testclient import TestClient
+
+    from api.main import serve_app
+    from tests.conftest import history_row, payment, uid
+
+    full = stream_worker.model_copy(update={"spool_max_bytes": 1})  # full from the start
+    with TestClient(serve_app(full), headers={"X-API-Key": api_keys["all"][0]}) as client:
+        body = payment(payment_id=uid("pay"))
+        resp = client.post("/v1/payments/score", json=body)
+        assert resp.status_code == 200, resp.text
+        assert "not_spooled" in [r["code"] for r in resp.json()["reasons"]]
+        health = client.get("/healthz").json()
+        assert health["status"] == "amber" and health["spool"] == "refusing"
+        assert any("spool refusing writes" in w and "cap" in w for w in health["warnings"])
+        # a retry replays the same answer
+        again = client.post("/v1/payments/score", json=body).json()
+        assert again["replay"] is True and again["decision"] == resp.json()["decision"]
+    row = eventually(lambda: history_row(stream_worker, body["payment_id"]), 60)
+    assert row["decision"] == resp.json()["decision"]

@@ -119,3 +119,52 @@ def test_a_batch_kafka_does_not_take_stays_in_the_spool(stack, tmp_path: Path):
         assert publisher.spool.pending_events() == 5
 
     asyncio.run(go())
+
+
+def test_a_spool_that_refuses_writes_sends_on_then_holds_in_memory_then_refuses(
+        stack, tmp_path: Path):
+    """The disk full (here: the spool at its cap): payments still go to Kafka, without
+    their disk copy; with Kafka failing too they wait in memory and go once it is back;
+    with the memory's room spent, NotRecorded (the API's 503), never a payment answered
+    and kept nowhere."""
+    from api.publisher import NotRecorded
+
+    async def go() -> None:
+        topic = uid("scored")
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, 1, stack.kafka_replication[0])])
+        await admin.close()
+        full = Spool(tmp_path / "spool", max_bytes=1)
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+        publisher = Publisher(producer, full, topic, stack.topic_labels,
+                              enqueue_timeout=10.0, memory_events=3)
+        await publisher.start()
+        events = scored(8)
+        # Kafka up: on to Kafka, no copy on disk
+        assert [await publisher.publish_scored(e) for e in events[:2]] == [False, False]
+        await publisher.flush()
+        assert full.refusing is not None and list((tmp_path / "spool").glob("segment-*")) == []
+        # Kafka failing too: held in memory, up to its room, then refused
+        await producer.stop()
+        for event in events[2:4]:
+            await publisher.publish_scored(event)
+        await publisher.send_batches()
+        await asyncio.sleep(0.2)
+        assert not publisher.kafka_ok
+        assert await publisher.publish_scored(events[4]) is False
+        assert len(publisher.held) == 3
+        with pytest.raises(NotRecorded, match="3 payments already held in memory"):
+            await publisher.publish_scored(events[5])
+        # Kafka back: the drain sends what memory held
+        publisher.producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap,
+                                              acks="all")
+        publisher._producer_started = publisher.started = False  # start() starts it
+        await publisher._drain_if_needed()
+        await publisher.producer.stop()
+        assert publisher.held == [] and publisher.kafka_ok
+        got = await messages(stack, topic, 5)
+        ids = {e.payment.payment_id for m in got for e in decode_scored(m.value)}
+        assert ids == {e.payment.payment_id for e in events[:5]}
+
+    asyncio.run(go())
