@@ -13,7 +13,6 @@ objects) took more CPU per payment than the scoring itself.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -66,11 +65,9 @@ def error_answer(exc: HTTPException | RequestValidationError) -> Answer:
 
 
 async def score_request(svc: Services, header: Header, body: bytes,
-                        query: str = "", known: ApiKey | None = None,
-                        arrived: float | None = None) -> Answer:
+                        query: str = "", known: ApiKey | None = None) -> Answer:
     """Authenticate, validate, score. Every failure is a 4xx naming what is wrong.
-    ``known``: the caller's key, already looked up by the edge (its scope still checked);
-    ``arrived``: when the request reached the API (its deadline counts from then)."""
+    ``known``: the caller's key, already looked up by the edge (its scope still checked)."""
     try:
         key = check_key(svc, "score", header("x-api-key")) if known is None \
             else require_scope(known, "score")
@@ -83,7 +80,7 @@ async def score_request(svc: Services, header: Header, body: bytes,
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
         deadline_ms = _deadline(header("x-deadline-ms"))
-        _, body = await score_answer(payment, svc, deadline_ms, arrived)
+        _, body = await score_answer(payment, svc, deadline_ms)
     except (HTTPException, RequestValidationError) as exc:
         return error_answer(exc)
     return 200, body, [JSON]
@@ -115,7 +112,6 @@ class ScoringEdge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        arrived = time.perf_counter()  # the deadline counts from here, body read included
         headers: Mapping[bytes, bytes] = dict(scope["headers"])
         if scope["method"] in BODYLESS:
             # The route checks the key's scope; a known key is held to its rate here.
@@ -137,7 +133,7 @@ class ScoringEdge:
             return
         if scope["path"] == SCORE_PATH and scope["method"] == "POST":
             await self._score(headers, scope.get("query_string", b"").decode("latin-1"),
-                              key, receive, send, arrived)
+                              key, receive, send)
             return
         try:
             body = await _read_body(receive, limit)
@@ -197,7 +193,7 @@ class ScoringEdge:
             f"{limit.burst}); retry after {after} s")}), [JSON, (b"retry-after", after.encode())]
 
     async def _score(self, headers: Mapping[bytes, bytes], query: str, key: ApiKey | None,
-                     receive: Receive, send: Send, arrived: float) -> None:
+                     receive: Receive, send: Send) -> None:
         try:
             body = await _read_body(receive, MAX_BODY)
         except _Disconnected:
@@ -210,7 +206,7 @@ class ScoringEdge:
                 return None if value is None else value.decode("latin-1")
             try:
                 answer = await score_request(self.app.state.services, header, body, query,
-                                             key, arrived)
+                                             key)
             except Exception:
                 log.exception("scoring failed")
                 answer = 500, b'{"detail":"internal error"}', [JSON]

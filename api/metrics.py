@@ -32,9 +32,6 @@ EVENTS_LOST = Counter("fraudstream_events_lost_total",
                       "Answered payments lost: Kafka failed after taking them, the spool "
                       "refused them and the memory's room was spent")
 REPLAYS = Counter("fraudstream_replays_total", "Retried payment_ids answered from the record")
-OVERLOAD_SHED = Counter("fraudstream_overload_shed_total",
-                        "Payments answered degraded at once: they waited in the API past "
-                        "the features' share of their deadline")
 
 # ---- drift, freshness and the review queue (api.monitor) ----
 SCORES = Histogram(

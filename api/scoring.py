@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import HTTPException, status
 
 from api.deps import Services
-from api.metrics import OVERLOAD_SHED, REPLAYS, SCORE_LATENCY, STALE_ANSWERS, decided
+from api.metrics import REPLAYS, SCORE_LATENCY, STALE_ANSWERS, decided
 from api.publisher import ENQUEUE_TIMEOUT, NotRecorded
 from model.pseudonym import pseudonymise
 from model.schemas import Payment, Reason, ScoredPayment, ScoreResponse
@@ -60,37 +60,24 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     return (await score_answer(payment, svc, deadline_ms))[0]
 
 
-async def score_answer(payment: Payment, svc: Services, deadline_ms: int | None,
-                       arrived: float | None = None) -> tuple[ScoreResponse, bytes]:
+async def score_answer(payment: Payment, svc: Services,
+                 deadline_ms: int | None) -> tuple[ScoreResponse, bytes]:
     """The answer, and its JSON: serialised once, for the caller and for replays.
-
-    The deadline counts from ``arrived`` (``time.perf_counter()`` when the request reached
-    the API, before its body was read), else from now: time a request spent waiting in a
-    busy process is spent from its deadline, and one that waited past the features' share
-    of it is answered degraded at once, without the Redis round trip.
 
     The e-mail and IP become their tokens first: Redis, the answers kept for replays, the
     spool, Kafka and the history see only those (a retry with the same e-mail in another
     case hashes alike)."""
-    started = time.perf_counter() if arrived is None else arrived
+    started = time.perf_counter()
     payment = pseudonymise(payment, svc.pii_key)
     budget = (deadline_ms or svc.settings.default_deadline_ms) / 1000
     within_event_time(payment.ts, "timestamp", svc)
     phash = payload_hash(payment)
     reasons: list[dict[str, Any]] = []
     obs = Observation()
-    left = started + budget * FEATURE_BUDGET - time.perf_counter()
     try:
-        if left <= 0:
-            OVERLOAD_SHED.inc()
-            reasons.append({"code": "degraded_overload", "detail": (
-                f"the request waited {(time.perf_counter() - started) * 1000:.0f} ms in the "
-                "API before scoring: answered without the features, inside the deadline")})
-        else:
-            async with asyncio.timeout(left):
-                obs = await svc.store.observe(
-                    payment, phash, check_lists=True,
-                    pending_ms=int(budget * 1000) + PENDING_MARGIN_MS)
+        async with asyncio.timeout(budget * FEATURE_BUDGET):
+            obs = await svc.store.observe(payment, phash, check_lists=True,
+                                          pending_ms=int(budget * 1000) + PENDING_MARGIN_MS)
     except TimeoutError:
         reasons.append({"code": "degraded_features_timeout",
                         "detail": "online features not read within the deadline"})
