@@ -80,7 +80,9 @@ class Throttle:
         if limit is None:
             return None
         now = self.clock()
-        lease = self._leases.setdefault(key.name, _Lease())
+        lease = self._leases.get(key.name)
+        if lease is None:  # (not setdefault: a _Lease built per request for nothing)
+            lease = self._leases[key.name] = _Lease()
         if lease.blocked_until > now:
             return self._refused(key, lease.blocked_until - now)
         if lease.tokens > 0 and lease.until > now:
