@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from api.admission import Admission
 from api.decisions import DecisionRecorder
 from api.key_ring import KeyRing
 from api.model_holder import ModelHolder
@@ -55,6 +56,7 @@ class Services:
     monitor: Monitor
     throttle: Throttle
     label_intake: LabelIntake
+    admission: Admission
     # The pseudonyms' key (``stores.pii_key``): the e-mail and IP of every payment are
     # replaced by their tokens before anything stores or sends it.
     pii_key: bytes = field(repr=False)

@@ -21,6 +21,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from api.arrival import arrived
 from api.auth import Signed, check_key, check_signature, known_key, require_scope
 from api.deps import Services
 from api.scoring import score_answer
@@ -65,9 +66,11 @@ def error_answer(exc: HTTPException | RequestValidationError) -> Answer:
 
 
 async def score_request(svc: Services, header: Header, body: bytes,
-                        query: str = "", known: ApiKey | None = None) -> Answer:
+                        query: str = "", known: ApiKey | None = None,
+                        arrived: float | None = None) -> Answer:
     """Authenticate, validate, score. Every failure is a 4xx naming what is wrong.
-    ``known``: the caller's key, already looked up by the edge (its scope still checked)."""
+    ``known``: the caller's key, already looked up by the edge (its scope still checked);
+    ``arrived``: the request's first byte (``api.arrival``), where its deadline starts."""
     try:
         key = check_key(svc, "score", header("x-api-key")) if known is None \
             else require_scope(known, "score")
@@ -80,7 +83,7 @@ async def score_request(svc: Services, header: Header, body: bytes,
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
         deadline_ms = _deadline(header("x-deadline-ms"))
-        _, body = await score_answer(payment, svc, deadline_ms)
+        _, body = await score_answer(payment, svc, deadline_ms, arrived)
     except (HTTPException, RequestValidationError) as exc:
         return error_answer(exc)
     return 200, body, [JSON]
@@ -133,7 +136,7 @@ class ScoringEdge:
             return
         if scope["path"] == SCORE_PATH and scope["method"] == "POST":
             await self._score(headers, scope.get("query_string", b"").decode("latin-1"),
-                              key, receive, send)
+                              key, receive, send, arrived(scope))
             return
         try:
             body = await _read_body(receive, limit)
@@ -193,7 +196,7 @@ class ScoringEdge:
             f"{limit.burst}); retry after {after} s")}), [JSON, (b"retry-after", after.encode())]
 
     async def _score(self, headers: Mapping[bytes, bytes], query: str, key: ApiKey | None,
-                     receive: Receive, send: Send) -> None:
+                     receive: Receive, send: Send, first_byte: float) -> None:
         try:
             body = await _read_body(receive, MAX_BODY)
         except _Disconnected:
@@ -206,7 +209,7 @@ class ScoringEdge:
                 return None if value is None else value.decode("latin-1")
             try:
                 answer = await score_request(self.app.state.services, header, body, query,
-                                             key)
+                                             key, first_byte)
             except Exception:
                 log.exception("scoring failed")
                 answer = 500, b'{"detail":"internal error"}', [JSON]

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import multiprocess
 
+from api.admission import Admission
 from api.decisions import DecisionRecorder
 from api.deps import PolicyHolder, Services
 from api.edge import ScoringEdge, validation_detail
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reviews=reviews, monitor=monitor, pii_key=pseudonym_key,
             throttle=Throttle(TokenBuckets(redis), default_limit),
             label_intake=LabelIntake(redis),
+            admission=Admission(settings.shed_queue_share),
         )
         # What start-up built (FastAPI's routes, pydantic's schemas, the libraries: about
         # 190k objects) lives as long as the process: taken out of the cyclic collector,

@@ -32,6 +32,14 @@ EVENTS_LOST = Counter("fraudstream_events_lost_total",
                       "Answered payments lost: Kafka failed after taking them, the spool "
                       "refused them and the memory's room was spent")
 REPLAYS = Counter("fraudstream_replays_total", "Retried payment_ids answered from the record")
+OVERLOAD_SHED = Counter("fraudstream_overload_shed_total",
+                        "Payments answered degraded at once, without the features: shed by "
+                        "admission control, or past their features' share of the deadline")
+QUEUE_DELAY = Histogram(
+    "fraudstream_queue_delay_seconds",
+    "Time a payment waited in the API, first byte to scoring (what admission control sheds on)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 
 # ---- drift, freshness and the review queue (api.monitor) ----
 SCORES = Histogram(

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import HTTPException, status
 
 from api.deps import Services
-from api.metrics import REPLAYS, SCORE_LATENCY, STALE_ANSWERS, decided
+from api.metrics import OVERLOAD_SHED, QUEUE_DELAY, REPLAYS, SCORE_LATENCY, STALE_ANSWERS, decided
 from api.publisher import ENQUEUE_TIMEOUT, NotRecorded
 from model.pseudonym import pseudonymise
 from model.schemas import Payment, Reason, ScoredPayment, ScoreResponse
@@ -60,24 +60,40 @@ async def score_one(payment: Payment, svc: Services, deadline_ms: int | None) ->
     return (await score_answer(payment, svc, deadline_ms))[0]
 
 
-async def score_answer(payment: Payment, svc: Services,
-                 deadline_ms: int | None) -> tuple[ScoreResponse, bytes]:
+async def score_answer(payment: Payment, svc: Services, deadline_ms: int | None,
+                       arrived: float | None = None) -> tuple[ScoreResponse, bytes]:
     """The answer, and its JSON: serialised once, for the caller and for replays.
+
+    The deadline counts from ``arrived`` (``time.perf_counter()`` at the request's first
+    byte, ``api.arrival``), else from now. A request that waited past the features' share
+    of its deadline, or shed by admission control while a queue stands in this process
+    (``api.admission``), is answered degraded at once, without the Redis round trip.
 
     The e-mail and IP become their tokens first: Redis, the answers kept for replays, the
     spool, Kafka and the history see only those (a retry with the same e-mail in another
     case hashes alike)."""
-    started = time.perf_counter()
+    started = time.perf_counter() if arrived is None else arrived
     payment = pseudonymise(payment, svc.pii_key)
     budget = (deadline_ms or svc.settings.default_deadline_ms) / 1000
     within_event_time(payment.ts, "timestamp", svc)
     phash = payload_hash(payment)
     reasons: list[dict[str, Any]] = []
     obs = Observation()
+    now = time.perf_counter()
+    waited = now - started
+    QUEUE_DELAY.observe(waited)
+    left = budget * FEATURE_BUDGET - waited
     try:
-        async with asyncio.timeout(budget * FEATURE_BUDGET):
-            obs = await svc.store.observe(payment, phash, check_lists=True,
-                                          pending_ms=int(budget * 1000) + PENDING_MARGIN_MS)
+        if left <= 0 or not svc.admission.admit(waited, budget, now):
+            OVERLOAD_SHED.inc()
+            reasons.append({"code": "degraded_overload", "detail": (
+                f"waited {waited * 1000:.0f} ms in a busy API process before scoring: "
+                "answered at once without the features, inside the deadline")})
+        else:
+            async with asyncio.timeout(left):
+                obs = await svc.store.observe(
+                    payment, phash, check_lists=True,
+                    pending_ms=int(budget * 1000) + PENDING_MARGIN_MS)
     except TimeoutError:
         reasons.append({"code": "degraded_features_timeout",
                         "detail": "online features not read within the deadline"})

@@ -25,4 +25,7 @@ def serve(settings: Settings, workers: int | None = None) -> None:
     # more ASGI call per request. No Server header: it tells callers what to attack.
     uvicorn.run("api.main:app_factory", factory=True, host=settings.api_host,
                 port=settings.api_port, workers=workers, log_level="warning",
-                access_log=False, proxy_headers=False, server_header=False)
+                access_log=False, proxy_headers=False, server_header=False,
+                # uvicorn's httptools protocol, noting each request's first byte (its
+                # deadline starts there, ``api.arrival``)
+                http="api.arrival:TimedHttpToolsProtocol")

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=4000, ge=1)
     # The answer always comes within the caller's X-Deadline-Ms, or this by default.
     default_deadline_ms: int = Field(default=250, gt=0)
+    # Admission control (``api.admission``): while a queue stands in an API process, a
+    # payment that waited more than this share of its deadline is answered degraded at once.
+    # Off (0) by default: on this design it did not keep the deadline at twice the rate one
+    # process sustains (docs/benchmarks-overload.md). A payment past its features' share of
+    # the deadline is answered at once either way.
+    shed_queue_share: float = Field(default=0.0, ge=0, le=0.6, allow_inf_nan=False)
     rules_poll_seconds: float = Field(default=0.5, gt=0)
     spool_dir: Path | None = None
     # The most the API's spool holds on disk (scored payments and labels, each), and how

@@ -203,3 +203,40 @@ def test_a_full_spool_answers_says_so_in_healthz_and_still_records_the_payment(
         assert again["replay"] is True and again["decision"] == resp.json()["decision"]
     row = eventually(lambda: history_row(stream_worker, body["payment_id"]), 60)
     assert row["decision"] == resp.json()["decision"]
+
+
+def test_a_payment_that_waited_past_its_feature_budget_is_answered_degraded_at_once(
+        api_client, api_keys, stream_worker):
+    """Overload: the deadline counts from when the request reached the API. One that
+    already waited past the features' share of its deadline (here: made to have arrived
+    a second ago) skips the Redis round trip and is answered degraded, within what is
+    left; it is recorded like any other answer."""
+    import time
+
+    import orjson
+
+    from api.edge import score_request
+    from tests.conftest import history_row, payment, uid
+
+    svc = api_client.app.state.services
+    body = payment(payment_id=uid("pay"))
+    headers = {"x-api-key": api_keys["all"][0], "x-deadline-ms": "200"}
+    began = time.perf_counter()
+    status, raw, _ = api_client.portal.call(
+        lambda: score_request(svc, headers.get, orjson.dumps(body), "",
+                              None, time.perf_counter() - 1.0))
+    took = time.perf_counter() - began
+    answer = orjson.loads(raw)
+    assert status == 200 and answer["degraded"] is True, answer
+    assert answer["reasons"][-1]["code"] == "degraded_overload"
+    assert answer["decision"] == stream_worker.degraded_decision
+    assert answer["latency_ms"] >= 1000  # counted from its arrival
+    assert took < 0.2  # no Redis round trip waited for
+    # on time, the same route scores normally
+    fresh = payment(payment_id=uid("pay"))
+    status, raw, _ = api_client.portal.call(
+        lambda: score_request(svc, headers.get, orjson.dumps(fresh), "", None,
+                              time.perf_counter()))
+    assert status == 200 and orjson.loads(raw)["degraded"] is False
+    row = eventually(lambda: history_row(stream_worker, body["payment_id"]), 60)
+    assert bool(row["degraded"]) is True

@@ -36,6 +36,7 @@ from training.importer import DEFAULT_LABEL_DELAY_DAYS, ImportError_
 from training.traffic import TrafficReport, send_traffic
 
 SETTLE_TIMEOUT = 30.0
+REPLAY_DEADLINE_MS = 10_000  # within the client's own 10 s timeout
 
 
 class ReplayError(RuntimeError):
@@ -126,8 +127,13 @@ def compare(report: TrafficReport, decisions: pd.DataFrame, version: str) -> Agr
 async def replay(api_url: str, api_key: str | None, frame: pd.DataFrame, rate: float,
                  redis: RedisClient | None, progress: Callable[[int], None] | None = None
                  ) -> TrafficReport:
+    # A replay asks what the live API decides, not how fast: a long deadline, so that a
+    # busy machine never answers it degraded (admission control sheds on a share of it).
+    headers = {"X-Deadline-Ms": str(REPLAY_DEADLINE_MS)}
+    if api_key:
+        headers["X-API-Key"] = api_key
     return await send_traffic(
-        api_url, frame, rate, headers={"X-API-Key": api_key} if api_key else None,
+        api_url, frame, rate, headers=headers,
         progress=progress, keep_answers=True,
         settle=settle_in(redis) if redis is not None else None, card_order=redis is not None)
 
