@@ -24,11 +24,15 @@ import statistics
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 import typer
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from model.config import Settings
 
 from common import (
     ROOT,
@@ -177,7 +181,7 @@ def main(
            duration, repeat, verdict)
 
 
-def _write(out: Path, s: object, sustain: dict[int, dict[str, float]], sustained: int,
+def _write(out: Path, s: Settings, sustain: dict[int, dict[str, float]], sustained: int,
            twice: int, on: dict[str, float], off: dict[str, float], on_cpu: dict[str, float],
            off_cpu: dict[str, float], share: str, duration: float, repeat: int,
            verdict: str) -> None:
