@@ -26,5 +26,6 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
 def arrived(scope: Mapping[str, Any]) -> float:
     """``time.perf_counter()`` at the request's first byte, or now if not noted."""
-    noted = (scope.get("extensions") or {}).get(EXTENSION, {}).get("perf_counter")
-    return noted if isinstance(noted, float) else time.perf_counter()
+    extensions = scope.get("extensions")
+    noted = extensions.get(EXTENSION) if extensions else None
+    return noted["perf_counter"] if noted else time.perf_counter()

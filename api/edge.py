@@ -67,10 +67,11 @@ def error_answer(exc: HTTPException | RequestValidationError) -> Answer:
 
 async def score_request(svc: Services, header: Header, body: bytes,
                         query: str = "", known: ApiKey | None = None,
-                        arrived: float | None = None) -> Answer:
+                        first_byte: float | None = None) -> Answer:
     """Authenticate, validate, score. Every failure is a 4xx naming what is wrong.
     ``known``: the caller's key, already looked up by the edge (its scope still checked);
-    ``arrived``: the request's first byte (``api.arrival``), where its deadline starts."""
+    ``first_byte``: when the request's first byte came (``api.arrival``), where its
+    deadline starts."""
     try:
         key = check_key(svc, "score", header("x-api-key")) if known is None \
             else require_scope(known, "score")
@@ -83,7 +84,7 @@ async def score_request(svc: Services, header: Header, body: bytes,
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
         deadline_ms = _deadline(header("x-deadline-ms"))
-        _, body = await score_answer(payment, svc, deadline_ms, arrived)
+        _, body = await score_answer(payment, svc, deadline_ms, first_byte)
     except (HTTPException, RequestValidationError) as exc:
         return error_answer(exc)
     return 200, body, [JSON]

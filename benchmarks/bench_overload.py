@@ -18,10 +18,8 @@ and a plot.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import statistics
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +41,7 @@ from common import (
     prepare,
     restart_api,
     stream_lag,
+    vegeta,
     write_targets,
 )
 
@@ -50,37 +49,14 @@ SHARE = "FRAUDSTREAM_SHED_QUEUE_SHARE"
 MARGIN_MS = 20.0  # the floor: p99 within the deadline plus this
 
 
-def attack(targets: Path, rate: int, duration: float, out: Path) -> tuple[list[dict], float]:
-    """vegeta at ``rate``/s; every result (latency ms, status, degraded by the shed) and
-    vegeta's own CPU seconds."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(["vegeta", "attack", "-format=json", "-lazy", f"-targets={targets}",
-                    f"-rate={rate}/s", f"-duration={duration}s", "-timeout=2s",
-                    "-max-workers=4000", f"-output={out}"], check=True, capture_output=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    lines = subprocess.run(["vegeta", "encode", "--to=json", str(out)], check=True,
-                           capture_output=True).stdout.splitlines()
-    rows = []
-    for line in lines:
-        r = orjson.loads(line)
-        body = base64.b64decode(r.get("body") or b"")
-        rows.append({"ms": r["latency"] / 1e6, "code": r["code"],
-                     "shed": b'"degraded_overload"' in body})
-    return rows, cpu
-
-
-def summary(rows: list[dict], duration: float) -> dict[str, float]:
-    lat = np.array([r["ms"] for r in rows])
-    ok = np.array([r["code"] == 200 for r in rows])
+def summary(res: np.ndarray, duration: float) -> dict[str, float]:
+    """``res``: ``common.vegeta``'s rows, marked where the shed answered."""
+    lat, ok, shed = res[:, 0], res[:, 1] == 200, res[:, 2]
     # Every request counts in the percentiles: one unanswered within 2 s counts as 2 s.
-    return {"sent": float(len(rows)), "p50": float(np.percentile(lat, 50)),
+    return {"sent": float(len(res)), "p50": float(np.percentile(lat, 50)),
             "p99": float(np.percentile(lat, 99)), "p999": float(np.percentile(lat, 99.9)),
             "max": float(lat.max()), "errors": float((~ok).sum()),
-            "shed": float(sum(r["shed"] for r in rows)) / len(rows) * 100,
-            "throughput": float(ok.sum()) / duration}
+            "shed": float(shed.mean()) * 100, "throughput": float(ok.sum()) / duration}
 
 
 def main(
@@ -125,7 +101,8 @@ def main(
             pids = {"API": proc.pid(), "stream worker": services.stream_proc(s).pid(),
                     "Redis": services.redis_proc(s).pid(), "Kafka": services.kafka_proc(s).pid()}
             before = cpu_seconds(pids)
-            rows, gen_cpu = attack(targets, rate, duration, home / "results.bin")
+            rows, gen_cpu = vegeta(targets, rate, duration, home / "results.bin",
+                                   max_workers=4000, mark=b'"degraded_overload"')
             used = {k: (v - before[k]) / n * 1e3 for k, v in cpu_seconds(pids).items()}
             used["load generator"] = gen_cpu / n * 1e3
             m = summary(rows, duration)

@@ -81,18 +81,27 @@ def machine() -> str:
 
 
 def vegeta(targets: Path, rate: int, duration: float, out: Path,
-           lazy: bool = True) -> tuple[np.ndarray, float]:
+           lazy: bool = True, max_workers: int = 2000,
+           mark: bytes | None = None) -> tuple[np.ndarray, float]:
     """Attack at ``rate``/s; returns per-request (latency_ms, status) rows, and the CPU
     seconds vegeta itself used. ``lazy``: each target once, read as needed (one per
-    payment); otherwise the targets are loaded first and repeated."""
+    payment); otherwise the targets are loaded first and repeated. With ``mark``, each row
+    has a third column: 1 if the answer's body holds ``mark``, else 0."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(
         [*taskset("others"), "vegeta", "attack", "-format=json", *(["-lazy"] if lazy else []),
          f"-targets={targets}",
-         f"-rate={rate}/s", f"-duration={duration}s", "-timeout=2s", "-max-workers=2000",
+         f"-rate={rate}/s", f"-duration={duration}s", "-timeout=2s", f"-max-workers={max_workers}",
          f"-output={out}"], check=True, capture_output=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if mark is not None:
+        encoded = subprocess.run(["vegeta", "encode", "--to=json", str(out)], check=True,
+                                 capture_output=True).stdout.splitlines()
+        answers = [orjson.loads(line) for line in encoded]
+        return np.array([(a["latency"] / 1e6, a["code"],
+                          float(mark in base64.b64decode(a.get("body") or b"")))
+                         for a in answers]), cpu
     csv = subprocess.run(["vegeta", "encode", "--to=csv", str(out)], check=True,
                          capture_output=True, text=True).stdout
     rows = [line.split(",") for line in csv.splitlines() if line]
