@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     # The stream buffers history rows and writes one Parquet file per flush.
     history_flush_rows: int = Field(default=500, ge=1)
     history_flush_seconds: float = Field(default=1.0, gt=0)
+    # How often the stream worker's leader copies the audit trails into the history.
+    audit_copy_seconds: float = Field(default=5.0, gt=0)
 
     # ---- model operations ----
     # The retrain worker: a run when this many hours passed since the last one, or when

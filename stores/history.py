@@ -73,6 +73,18 @@ LABEL_SCHEMA = pa.schema(
     ]
 )
 
+# The audit trails' append-only copy (``stores.audit_archive``): one row per stream entry.
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("trail", pa.string()),
+        ("entry_id", pa.string()),
+        ("logged_at", _TS),
+        ("action", pa.string()),
+        ("actor", pa.string()),
+        ("entry", pa.string()),
+    ]
+)
+
 
 def _day(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d")
@@ -144,6 +156,10 @@ class HistoryStore:
     def labels_dir(self) -> Path:
         return self.root / "labels"
 
+    @property
+    def audit_dir(self) -> Path:
+        return self.root / "audit"
+
     # ---- writing -------------------------------------------------------------------
     # With a ``part`` name, each day's rows go to ``day=.../<part>``, so that whoever
     # promised the rows to that part can tell afterwards whether they were written
@@ -153,6 +169,9 @@ class HistoryStore:
 
     def append_labels(self, rows: Iterable[Mapping[str, Any]], part: str | None = None) -> int:
         return self._append(self.labels_dir, LABEL_SCHEMA, rows, "reported_at", part)
+
+    def append_audit(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        return self._append(self.audit_dir, AUDIT_SCHEMA, rows, "logged_at")
 
     def holds_payment(self, row: Mapping[str, Any], part: str) -> bool:
         """Is ``row`` (a payment row) in the history, given the part it was promised to?"""
@@ -268,13 +287,15 @@ class HistoryStore:
         - ``labels``: every distinct label event
         - ``label_state``: each labelled payment's deciding label (``model.labels``)
         - ``fraud_spells``: when each payment was known as fraud (``model.labels``)
-        - ``payments_raw`` / ``labels_raw``: the files as written
+        - ``audit``: every entry of the audit trails, once (``stores.audit_archive``)
+        - ``payments_raw`` / ``labels_raw`` / ``audit_raw``: the files as written
         """
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         for name, base, schema in (
             ("payments_raw", self.payments_dir, PAYMENT_SCHEMA),
             ("labels_raw", self.labels_dir, LABEL_SCHEMA),
+            ("audit_raw", self.audit_dir, AUDIT_SCHEMA),
         ):
             # Unioned by name with the empty schema: files written before a column was
             # added read it as null, and every view sees the schema's columns.
@@ -302,6 +323,10 @@ class HistoryStore:
             "min(received_at) AS received_at, any_value(analyst) AS analyst, "
             "any_value(note) AS note FROM labels_raw "
             "GROUP BY payment_id, is_fraud, source, reported_at"
+        )
+        con.execute(
+            "CREATE VIEW audit AS SELECT * FROM audit_raw QUALIFY row_number() OVER ("
+            "PARTITION BY trail, entry_id) = 1"
         )
         con.execute(f"CREATE VIEW label_state AS {latest_label_sql('labels')}")
         con.execute(f"CREATE VIEW fraud_spells AS {fraud_spells_sql('labels')}")

@@ -4,6 +4,8 @@
   card and time remembered so that its label, days later, can update the features.
 - ``apply_labels``: every label -> the history (once), and the label-aware features in
   Redis.
+- ``copy_audits``: on the group's leader, the audit trails' new entries -> the history
+  (``stores.audit_archive``).
 
 Run with ``fraudstream stream`` (a faust worker). Events are processed in batches so the
 history gets one Parquet file per batch rather than one per event; what a batch does, and
@@ -24,6 +26,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisClusterException, RedisError
 
 from model.config import Settings, get_settings
+from stores.audit_archive import AuditArchive
 from stores.events import decode_label, decode_scored
 from stream import consumer
 from stream.recording import Recorder, latest_scorings
@@ -130,6 +133,20 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
                                        within=settings.history_flush_seconds):
             labels = await decoded(batch, lambda raw: [decode_label(raw)], "label")
             await until_done(recorder.apply, labels, datetime.now(UTC))
+
+    archive = AuditArchive(recorder.redis, recorder.history)
+
+    @app.timer(settings.audit_copy_seconds, on_leader=True)
+    async def copy_audits() -> None:
+        # Redis or the disk away: the next tick copies from where the history ends.
+        try:
+            copied = await archive.copy()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            log.warning("audit trails not copied (%s); next try in %.0fs",
+                        type(exc).__name__, settings.audit_copy_seconds)
+            return
+        if copied:
+            log.info("copied %d audit entries into the history", copied)
 
     @app.page("/ready/")
     async def ready(web: Any, request: Any) -> Any:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from model.config import get_settings
+from model.config import Settings, get_settings
 from ops.cli.output import console, err, fail, renames
 from training.backfill import BackfillResult
 from training.importer import DEFAULT_LABEL_DELAY_DAYS, ImportResult
+
+if TYPE_CHECKING:
+    from stores.audit_archive import Verification
+    from stores.history import HistoryStore
 
 app = typer.Typer(help="The recorded history (Parquet + DuckDB).", no_args_is_help=True)
 
@@ -134,3 +139,78 @@ def history_stats() -> None:
     for row in df.itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     console.print(table)
+
+
+@app.command("audit")
+def history_audit(
+    trail: str | None = typer.Option(None, help="policy (rules and lists) or reviews"),
+    actor: str | None = typer.Option(None, help="only this key's (or analyst's) entries"),
+    since: datetime | None = typer.Option(None, help="only entries from then on (UTC)"),
+    limit: int = typer.Option(50, min=1, max=100_000, help="newest entries shown"),
+    verify: bool = typer.Option(False, "--verify",
+                                help="compare the copy with Redis's trails: every copied "
+                                     "entry since removed from Redis is named (exit 1)"),
+) -> None:
+    """The audit trails' append-only copy in the history: who changed which rules and lists,
+    who claimed and decided which review case. The stream worker copies every new entry
+    from Redis within seconds (FRAUDSTREAM_AUDIT_COPY_SECONDS)."""
+    from stores.audit_archive import TRAILS
+    from stores.history import HistoryStore
+
+    if trail is not None and trail not in TRAILS:
+        raise fail(f"--trail {trail!r}: one of {', '.join(TRAILS)}")
+    s = get_settings()
+    history = HistoryStore(s.history_dir)
+    if verify:
+        show_verification(asyncio.run(verify_audit(s, history)))
+        return
+    where: list[str] = ["TRUE"]
+    params: list[object] = []
+    for column, value in (("trail", trail), ("actor", actor)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("logged_at >= ?")
+        params.append(since.replace(tzinfo=since.tzinfo or UTC))
+    df = history.query(
+        f"SELECT logged_at, trail, action, actor, entry FROM audit WHERE {' AND '.join(where)} "
+        f"ORDER BY logged_at DESC, entry_id DESC LIMIT {limit}", params)
+    table = Table("at (UTC)", "trail", "action", "actor", "entry", title="audit (history)")
+    for row in df.itertuples(index=False):
+        table.add_row(f"{row.logged_at:%Y-%m-%d %H:%M:%S}", str(row.trail), str(row.action),
+                      str(row.actor), str(row.entry))
+    console.print(table)
+    if df.empty:
+        console.print("no entries (the stream worker copies them from Redis; is it running?)")
+
+
+async def verify_audit(s: Settings, history: HistoryStore) -> Verification:
+    from stores import redis_client
+    from stores.audit_archive import AuditArchive
+
+    redis = redis_client.connect(s)
+    try:
+        return await AuditArchive(redis, history).verify()
+    except OSError as exc:
+        raise fail(f"Redis at {s.redis_url} unreachable: {exc}") from exc
+    finally:
+        await redis.aclose()
+
+
+def show_verification(result: Verification) -> None:
+    table = Table("trail", "in the history", "not copied yet", "copied, gone from Redis",
+                  title="audit copy against Redis")
+    for trail, copied in result.copied.items():
+        gone = result.missing_from_redis.get(trail, [])
+        table.add_row(trail, f"{copied:,}", f"{result.not_copied_yet.get(trail, 0):,}",
+                      f"{len(gone):,}" + (f" (first {', '.join(gone[:3])})" if gone else ""))
+    console.print(table)
+    for trail in result.stream_gone:
+        err.print(f"[bold red]{trail}:[/] the Redis stream is gone or empty; the history "
+                  "holds its entries")
+    if not result.intact:
+        err.print("[bold red]the trails in Redis were changed behind the service:[/] the "
+                  "history's copy (`fraudstream history audit`) is the record")
+        raise typer.Exit(code=1)
+    console.print("intact: every copied entry is still in Redis")
