@@ -196,6 +196,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The offending input is not echoed back: it may be a card number.
         return JSONResponse({"detail": validation_detail(list(exc.errors()))}, status_code=422)
 
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # Redis away, restarting or loading (the review queue, lists, rules, audits): a
+        # 503 the caller retries, never a 500. Only the error's type: its text may name
+        # an address.
+        log.warning("%s %s: a store is unavailable (%s)", request.method, request.url.path,
+                    type(exc).__name__)
+        return JSONResponse({"detail": f"a store is unavailable ({type(exc).__name__}); "
+                                       "retry"},
+                            status_code=503, headers={"Retry-After": "1"})
+
+    for error in redis_client.UNAVAILABLE:
+        app.add_exception_handler(error, unavailable)
+
     app.include_router(router)
     app.include_router(reviews_router)
     app.include_router(admin)

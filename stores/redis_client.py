@@ -15,9 +15,17 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from model.config import Settings
 from stores.redis_mux import Arg, Call, ClusterMux, Mux, RedisMux, Step, raise_first
+
+# What a call raises when Redis is away, restarting or still loading its data (the
+# pipelined connection raises the socket's own errors; redis-py its own; a cluster's client
+# RedisClusterException when no node answers): the caller is told to come back, not given
+# an error of its own.
+UNAVAILABLE: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError,
+                                             TimeoutError)
 
 
 def password(settings: Settings) -> str | None:

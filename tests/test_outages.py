@@ -76,6 +76,41 @@ def test_redis_stopped_degrades_and_recovers(api_client, stack):
     assert ok["score"] is not None
 
 
+def test_every_route_on_redis_answers_503_while_redis_is_away_never_500(
+        api_client, stack, settings):
+    """Found by the long chaos run: a verdict posted while Redis restarted was a 500. Each
+    route that needs Redis now answers 503 with Retry-After (the test client raises on a
+    500), and works again once Redis is back."""
+    from model.api_keys import create_key
+
+    assert settings.api_keys_file is not None
+    analyst = {"X-API-Key": create_key(settings.api_keys_file, "outage-ana", {"review"})[0]}
+    eventually(lambda: api_client.get("/v1/reviews", headers=analyst).status_code == 200, 10)
+    calls = [
+        ("GET", "/v1/reviews", analyst, None),
+        ("GET", "/v1/reviews/pay_x", analyst, None),
+        ("POST", "/v1/reviews/pay_x/claim", analyst, None),
+        ("POST", "/v1/reviews/pay_x/verdict", analyst, {"verdict": "fraud", "note": ""}),
+        ("GET", "/v1/reviews/audit", analyst, None),
+        ("GET", "/v1/admin/audit", None, None),
+        ("GET", "/v1/admin/lists/block/card_id", None, None),
+        ("PUT", "/v1/admin/lists/block/card_id/card_x", None, {"reason": "test"}),
+        ("DELETE", "/v1/admin/lists/block/card_id/card_x", None, None),
+    ]
+    services.stop_redis(stack)
+    try:
+        for method, path, headers, body in calls:
+            resp = api_client.request(method, path, headers=headers, json=body)
+            assert resp.status_code == 503, (method, path, resp.status_code, resp.text)
+            assert resp.headers["retry-after"] == "1"
+            assert "a store is unavailable" in resp.json()["detail"]
+    finally:
+        services.start_redis(stack)
+    back = eventually(lambda: (r := api_client.get("/v1/reviews/pay_x", headers=analyst))
+                      .status_code != 503 and r, 20)
+    assert back.status_code == 404  # Redis answers again: no such case
+
+
 def test_kafka_stopped_and_restarted_loses_nothing_and_duplicates_nothing(
         api_client, stream_worker):
     store = HistoryStore(stream_worker.history_dir)

@@ -271,7 +271,11 @@ class _Load:
         self.client = aiohttp.ClientSession(
             base_url=self.settings.api_url, headers=self.headers,
             timeout=aiohttp.ClientTimeout(total=cfg.attempt_timeout),
-            connector=aiohttp.TCPConnector(limit=512))
+            # No pool limit: with one, a 10-minute run at 300/s once stalled for good after
+            # a hung API (512 connections open and idle, every attempt timing out waiting
+            # for one), while the API answered fresh connections at once. A gateway opens
+            # what it needs; the API's own backlog is what bounds it.
+            connector=aiohttp.TCPConnector(limit=0))
         self.t0 = time.perf_counter()
         for i in range(int(cfg.duration * cfg.rate)):
             due = i / cfg.rate
