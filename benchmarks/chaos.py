@@ -169,6 +169,8 @@ def write_doc(report: dict[str, Any], run: ChaosRun, args: argparse.Namespace,
         f"{t['server_max_ms']:.1f} ms |",
         f"| the load generator's own lag (sent - due), p99 | {t['client_lag_p99_ms']:.1f} ms |",
         f"| answers later than the deadline + {cfg.slack_ms:g} ms slack | {t['late']:,} |",
+        f"| attempts answered 500 (or any 5xx but 503) / 503 with Retry-After (a store "
+        f"away: the client retries) | {t['http_5xx_other']:,} / {t['http_503']:,} |",
         "",
         "## Per fault",
         "",
