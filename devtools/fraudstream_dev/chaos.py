@@ -481,8 +481,9 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
     answered = pay[pay["answered_ok"]]
     # Every attempt's error, payments, labels and verdicts alike: a 503 is a "retry" the
     # API chose to give (Redis or Kafka away); any other 5xx is a failure of the API.
-    attempt_errors = [e for log in (*run.payments, *run.labels, *run.verdicts)
-                      for e in log.errors]
+    logs: list[PaymentLog | LabelLog | VerdictLog] = [*run.payments, *run.labels,
+                                                      *run.verdicts]
+    attempt_errors = [e for log in logs for e in log.errors]
     totals = {
         "http_503": sum(e == "HTTP 503" for e in attempt_errors),
         "http_5xx_other": sum(e.startswith("HTTP 5") and e != "HTTP 503"
