@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -126,7 +127,9 @@ def write_doc(report: dict[str, Any], run: ChaosRun, args: argparse.Namespace,
         "",
         f"{cfg.duration:g} s of payments at {cfg.rate:g}/s (open loop; a failed or timed-out "
         f"attempt is sent again with the same payment_id, as gateways do, for up to "
-        f"{cfg.give_up_after:g} s; {cfg.attempt_timeout:g} s per attempt), one in "
+        f"{cfg.give_up_after:g} s; {cfg.attempt_timeout:g} s per attempt; back-off with "
+        f"jitter, at least the answer's Retry-After, and a retry budget of "
+        f"{cfg.retry_share:g}x the payments' rate), one in "
         f"{cfg.label_every} followed by a fraud label, every other one answered `review` "
         "followed by an analyst's verdict through the review queue (fraud or legitimate, "
         f"alternately), while the {schedule} schedule killed "
@@ -171,6 +174,7 @@ def write_doc(report: dict[str, Any], run: ChaosRun, args: argparse.Namespace,
         f"| answers later than the deadline + {cfg.slack_ms:g} ms slack | {t['late']:,} |",
         f"| attempts answered 500 (or any 5xx but 503) / 503 with Retry-After (a store "
         f"away: the client retries) | {t['http_5xx_other']:,} / {t['http_503']:,} |",
+        f"| attempts refused 429 (the key's rate limit) | {t['http_429']:,} |",
         "",
         "## Per fault",
         "",
@@ -195,6 +199,9 @@ def main() -> None:
                     help="draw this many faults from --seed (default: the fixed schedule)")
     ap.add_argument("--out", choices=("docs", "none"), default="docs")
     args = ap.parse_args()
+    # Stopped from outside (kill, a CI time-out): the stack comes down with it, by the
+    # ``finally`` below, instead of running on and spoiling the next measurement.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.time()
     cfg = ChaosConfig(duration=args.duration, rate=args.rate, seed=args.seed)
     schedule = (seeded_schedule(args.seed, args.duration, args.faults) if args.faults

@@ -169,6 +169,12 @@ class ChaosConfig:
     deadline_ms: int = 250
     slack_ms: float = 50.0
     seed: int = 1
+    # The gateway's retry budget, as a share of the payments' rate (Envoy's and Finagle's
+    # retry budgets): retries of every kind together are spent from a bucket refilled at
+    # ``rate * retry_share`` a second. Without one, an outage's backlog retried every
+    # second or two outgrew the key's rate limit, and every attempt, new payments' too,
+    # was answered 429 for as long as the run lasted.
+    retry_share: float = 1.0
 
 
 @dataclass
@@ -196,6 +202,20 @@ class _Load:
         self.analyst = analyst
         self.client: aiohttp.ClientSession | None = None
         self.t0 = 0.0
+        self._retry_tokens = self._retry_burst = max(1.0, cfg.rate * cfg.retry_share)
+        self._retry_at = 0.0
+        self.jitter = random.Random(cfg.seed + 1)  # apart from the payments' own draws
+
+    def _retry_allowed(self) -> bool:
+        """Take a token from the retry budget, if there is one."""
+        now = self.now()
+        self._retry_tokens = min(self._retry_burst, self._retry_tokens
+                                 + (now - self._retry_at) * self.cfg.rate * self.cfg.retry_share)
+        self._retry_at = now
+        if self._retry_tokens < 1:
+            return False
+        self._retry_tokens -= 1
+        return True
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -204,12 +224,17 @@ class _Load:
                     log: PaymentLog | LabelLog | VerdictLog, ok: int,
                     headers: dict[str, str] | None = None,
                     give_up_after: float | None = None) -> dict[str, Any] | None:
-        """Attempts until one answers ``ok`` or the gateway gives up; back-off 0.1 s .. 2 s.
-        (aiohttp: with hundreds of requests waiting on a hung API, httpx's pool spends
-        quadratic CPU and the load generator itself falls behind.)"""
+        """Attempts until one answers ``ok`` or the gateway gives up: back-off 0.1 s .. 2 s
+        with jitter, at least the answer's ``Retry-After``, and each retry spent from the
+        retry budget. (aiohttp: with hundreds of requests waiting on a hung API, httpx's
+        pool spends quadratic CPU and the load generator itself falls behind.)"""
         assert self.client is not None
         start, pause = self.now(), 0.1
-        while self.now() - start < (give_up_after or self.cfg.give_up_after):
+        give_up = give_up_after or self.cfg.give_up_after
+        while self.now() - start < give_up:
+            if log.attempts and not self._retry_allowed():
+                await asyncio.sleep(0.05 + 0.1 * self.jitter.random())
+                continue
             log.attempts += 1
             began = time.perf_counter()
             if isinstance(log, PaymentLog) and log.sent is None:
@@ -223,9 +248,12 @@ class _Load:
                         return answer
                     await resp.read()
                     log.errors.append(f"HTTP {resp.status}")
+                    told = resp.headers.get("Retry-After", "")
+                    if told.isdigit():
+                        pause = max(pause, float(told))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.errors.append(type(exc).__name__)
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause * (0.5 + self.jitter.random()))
             pause = min(pause * 2, 2.0)
         return None
 
@@ -486,6 +514,7 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
     attempt_errors = [e for log in logs for e in log.errors]
     totals = {
         "http_503": sum(e == "HTTP 503" for e in attempt_errors),
+        "http_429": sum(e == "HTTP 429" for e in attempt_errors),
         "http_5xx_other": sum(e.startswith("HTTP 5") and e != "HTTP 503"
                               for e in attempt_errors),
         "requests": len(pay), "answered": int(pay["answered_ok"].sum()),
