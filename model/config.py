@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # The stream buffers history rows and writes one Parquet file per flush.
     history_flush_rows: int = Field(default=500, ge=1)
     history_flush_seconds: float = Field(default=1.0, gt=0)
+    # Payments that may have labels waiting for them (labels that reached the stream
+    # before their payment, or for payment_ids never scored): past it, a label for another
+    # unknown payment goes to the history and the dead-letter topic, not the queue.
+    max_waiting_label_payments: int = Field(default=100_000, ge=1)
     # How often the stream worker's leader copies the audit trails into the history.
     audit_copy_seconds: float = Field(default=5.0, gt=0)
 

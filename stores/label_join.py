@@ -31,13 +31,22 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return redis.call('LRANGE', KEYS[2], 0, -1)
 """
 
+# ARGV: the label, the queue's ttl, '1' if it may queue. The ref; else 1 queued, 0 not.
 _JOIN_OR_QUEUE = b"""
 local ref = redis.call('GET', KEYS[1])
 if ref then return ref end
+if ARGV[3] ~= '1' then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-return false
+return 1
 """
+
+# The payments that have labels waiting, by when their first label queued: how many there
+# are is bounded (labels for payment_ids that never come must not fill Redis). One key, on
+# one node: labels are few beside payments.
+WAITING_INDEX = "fs:pending-index"
+# A label on this, instead of a ref: its payment is unknown and no more labels may wait.
+NOT_QUEUED = "not queued"
 
 
 def payment_key(payment_id: str) -> str:
@@ -71,15 +80,32 @@ class JoinState:
             ([payment_key(payment_id), pending_key(payment_id)],
              [ref.encode(), int(JOIN_HORIZON)]) for payment_id, ref in payments])
 
-    async def refs_or_queue(self, labels: list[tuple[str, bytes]]) -> list[PaymentRef | None]:
+    async def refs_or_queue(self, labels: list[tuple[str, bytes]], max_waiting: int,
+                            now: float) -> list[PaymentRef | str | None]:
         """For each (payment_id, encoded label): the payment's ref, or None after queueing
-        the label for its payment. One round trip for the whole batch."""
+        the label for its payment, or ``NOT_QUEUED`` when ``max_waiting`` payments have
+        labels waiting already (a batch may pass it by its own size). Two round trips."""
         if not labels:
             return []
+        _, waiting = await self.redis.commands([
+            ("ZREMRANGEBYSCORE", WAITING_INDEX, "-inf", now - JOIN_HORIZON),  # expired
+            ("ZCARD", WAITING_INDEX)])
+        may_queue = "1" if int(waiting) < max_waiting else "0"
         refs = await self.redis.scripts(_JOIN_OR_QUEUE, [
-            ([payment_key(payment_id), pending_key(payment_id)], [raw, int(JOIN_HORIZON)])
-            for payment_id, raw in labels])
-        return [PaymentRef.decode(ref) if ref else None for ref in refs]
+            ([payment_key(payment_id), pending_key(payment_id)],
+             [raw, int(JOIN_HORIZON), may_queue]) for payment_id, raw in labels])
+        queued = [payment_id for (payment_id, _), ref in zip(labels, refs, strict=True)
+                  if ref == 1]
+        if queued:
+            await self.redis.command("ZADD", WAITING_INDEX, "NX",
+                                     *(x for p in queued for x in (now, p)))
+        return [PaymentRef.decode(ref) if isinstance(ref, bytes)
+                else None if ref == 1 else NOT_QUEUED for ref in refs]
+
+    async def waiting(self) -> int:
+        """Payments with labels waiting for them (expired ones included until the next
+        label trims them)."""
+        return int(await self.redis.command("ZCARD", WAITING_INDEX))
 
     async def remember_refs(self, refs: list[tuple[str, PaymentRef]], chunk: int = 5000) -> None:
         """Back-fill: refs of payments already in the history, so their labels join."""
@@ -93,7 +119,8 @@ class JoinState:
     async def forget_waiting(self, payment_ids: list[str]) -> None:
         """Drop the queues of labels that waited for these payments, once applied."""
         if payment_ids:  # one key per call: on a cluster they live on every node
-            await self.redis.commands([("DEL", pending_key(p)) for p in payment_ids])
+            await self.redis.commands([("DEL", pending_key(p)) for p in payment_ids]
+                                      + [("ZREM", WAITING_INDEX, *payment_ids)])
 
     async def promised_parts(self, payment_ids: list[str]) -> dict[str, str]:
         """The history part each payment was promised to, for those that have one."""

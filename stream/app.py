@@ -26,8 +26,9 @@ from pydantic import ValidationError
 from redis.exceptions import RedisClusterException, RedisError
 
 from model.config import Settings, get_settings
+from model.schemas import Label
 from stores.audit_archive import AuditArchive
-from stores.events import decode_label, decode_scored
+from stores.events import decode_label, decode_scored, encode
 from stream import consumer
 from stream.recording import Recorder, latest_scorings
 
@@ -83,7 +84,18 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
     labels_topic = app.topic(settings.topic_labels, value_serializer="raw", key_serializer="raw")
     dead_letters = app.topic(settings.topic_dead_letters, value_serializer="raw",
                              key_serializer="raw")
-    recorder = Recorder(settings)
+
+    async def unjoined(labels: list[Label]) -> None:
+        # In the history already; kept here to be sent again once their payments exist.
+        log.warning("%d labels for unknown payments not queued: %d payments have labels "
+                    "waiting (FRAUDSTREAM_MAX_WAITING_LABEL_PAYMENTS); sent to %s",
+                    len(labels), settings.max_waiting_label_payments,
+                    settings.topic_dead_letters)
+        for label in labels:
+            await dead_letters.send(value=encode(label),
+                                    headers={"fraudstream-kind": b"label-unjoined"})
+
+    recorder = Recorder(settings, on_unjoined=unjoined)
 
     async def decoded(batch: list[bytes], decode: Callable[[bytes], list[T]],
                       kind: str) -> list[T]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -38,7 +38,7 @@ from stores import redis_client
 from stores.events import decode_label, encode
 from stores.freshness import FreshnessBoard
 from stores.history import HistoryStore, label_row, new_part_name, scored_row
-from stores.label_join import JoinState
+from stores.label_join import NOT_QUEUED, JoinState
 from stores.online_features import LabelUpdate, OnlineStore, PaymentRef
 from stores.reviews import ReviewQueue
 from stream.shadow import ShadowScorer
@@ -72,7 +72,10 @@ def _scoring_time(row: Mapping[str, Any]) -> int:
 class Recorder:
     """The stores the agents write to, built once per worker, and what a batch does."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 on_unjoined: Callable[[list[Label]], Awaitable[None]] | None = None) -> None:
+        self.max_waiting = settings.max_waiting_label_payments
+        self.on_unjoined = on_unjoined
         self.redis = redis_client.connect(settings)
         self.online = OnlineStore(self.redis)
         self.join = JoinState(self.redis)
@@ -106,13 +109,22 @@ class Recorder:
 
     async def apply(self, labels: list[Label], received: datetime) -> int:
         """Labels: into the history once, and applied to the features now or, when their
-        payment has not reached the stream yet, queued for it. Returns the rows written."""
+        payment has not reached the stream yet, queued for it. Returns the rows written.
+
+        When ``max_waiting_label_payments`` payments have labels waiting already, a label
+        for yet another unknown payment is not queued: it is in the history (training and
+        backtests see it) and handed to ``on_unjoined`` (the dead-letter topic), but the
+        online features will not count it if its payment comes after all."""
         rows = {label_record_id(lb): label_row(lb, received) for lb in labels}
         written = await self._write_once(rows, self.history.holds_label,
                                          self.history.append_labels)
-        refs = await self.join.refs_or_queue([(lb.payment_id, encode(lb)) for lb in labels])
+        refs = await self.join.refs_or_queue([(lb.payment_id, encode(lb)) for lb in labels],
+                                             self.max_waiting, received.timestamp())
         await self._apply([(lb, ref) for lb, ref in zip(labels, refs, strict=True)
-                           if ref is not None])
+                           if isinstance(ref, PaymentRef)])
+        unjoined = [lb for lb, ref in zip(labels, refs, strict=True) if ref == NOT_QUEUED]
+        if unjoined and self.on_unjoined is not None:
+            await self.on_unjoined(unjoined)
         return written
 
     async def close(self) -> None:

@@ -261,3 +261,39 @@ def test_the_details_of_a_payment_are_recorded_in_the_history(
         if name not in ("ip", "email"):
             assert first[name] == getattr(detailed, name), name
     assert got.loc[plain.payment.payment_id].isna().all()
+
+
+def test_labels_for_unknown_payments_wait_up_to_a_bound_then_go_to_the_history_alone(
+        recorder_settings: Settings) -> None:
+    """Labels for payment_ids never scored must not fill Redis: past
+    ``max_waiting_label_payments`` payments with labels waiting, a label for another unknown
+    payment is recorded in the history and handed on (the dead-letter topic), not queued.
+    A payment that comes frees its place."""
+    from stores.label_join import WAITING_INDEX
+
+    run = f"unk{uuid.uuid4().hex[:6]}"
+    bounded = recorder_settings.model_copy(update={"max_waiting_label_payments": 3})
+    labels = [label(f"{run}_{i:03d}", True, 2) for i in range(6)]
+    handed: list[Label] = []
+
+    async def hand_on(unjoined: list[Label]) -> None:
+        handed.extend(unjoined)
+
+    async def go() -> tuple[int, int, int, bool]:
+        rec = Recorder(bounded, on_unjoined=hand_on)
+        try:
+            await rec.redis.command("DEL", WAITING_INDEX)  # earlier tests' waiting labels
+            await rec.apply(labels[:3], T0)
+            await rec.apply(labels[3:5], T0)  # the bound is reached: not queued
+            full = await rec.join.waiting()
+            await rec.record({scored(run, 0).payment.payment_id: scored(run, 0)})
+            freed = await rec.join.waiting()
+            await rec.apply(labels[5:], T0)  # room again
+            refused_queue = await rec.redis.command("EXISTS", pending_key(labels[3].payment_id))
+            return full, freed, await rec.join.waiting(), bool(refused_queue)
+        finally:
+            await rec.close()
+
+    assert asyncio.run(go()) == (3, 2, 3, False)
+    assert [lb.payment_id for lb in handed] == [labels[3].payment_id, labels[4].payment_id]
+    assert raw_count(HistoryStore(bounded.history_dir), "labels_raw", run) == 6
