@@ -45,6 +45,8 @@ class _Lease:
     tokens: int = 0
     until: float = 0.0
     blocked_until: float = 0.0
+    # Set while one request takes the next lease from Redis; the others wait for it.
+    renewing: asyncio.Future[None] | None = None
 
 
 @dataclass(slots=True)
@@ -79,16 +81,28 @@ class Throttle:
         limit = self.limit(key)
         if limit is None:
             return None
-        now = self.clock()
         lease = self._leases.get(key.name)
         if lease is None:  # (not setdefault: a _Lease built per request for nothing)
             lease = self._leases[key.name] = _Lease()
-        if lease.blocked_until > now:
-            return self._refused(key, lease.blocked_until - now)
-        if lease.tokens > 0 and lease.until > now:
-            lease.tokens -= 1
-            return None
-        grant = await self._take(key.name, limit, now)
+        while True:
+            now = self.clock()
+            if lease.blocked_until > now:
+                return self._refused(key, lease.blocked_until - now)
+            if lease.tokens > 0 and lease.until > now:
+                lease.tokens -= 1
+                return None
+            if lease.renewing is None:
+                break
+            # One renewal at a time: requests that each took a lease of their own, all at
+            # once (a backlog let in after a pause), spent the key's bucket a lease per
+            # request, and the key was refused at a fraction of its rate for good.
+            await asyncio.shield(lease.renewing)
+        lease.renewing = asyncio.get_running_loop().create_future()
+        try:
+            grant = await self._take(key.name, limit, now)
+        finally:
+            lease.renewing.set_result(None)
+            lease.renewing = None
         if grant.tokens == 0:
             lease.tokens, lease.blocked_until = 0, now + grant.wait_seconds
             return self._refused(key, grant.wait_seconds)

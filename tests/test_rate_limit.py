@@ -130,3 +130,29 @@ def test_a_key_over_its_rate_gets_429_on_every_api_process_and_others_do_not(
                 break
             time.sleep(0.5)
         assert burst == [200] * 6, burst
+
+
+def test_requests_arriving_together_share_one_lease_and_get_the_whole_rate(stack: Settings):
+    """Found by the 10-minute chaos run: after a hung API let its backlog in at once, each
+    waiting request took a lease of its own from Redis and kept one token of it, so the
+    key's bucket was spent a lease per request and the key refused at a fraction of its
+    rate. Requests arriving together now wait for one renewal at a time."""
+    name, burst = uid("herd"), 200
+    gw = key(name, rate=400.0, burst=burst)  # a lease of min(200 // 10, 400 / 20) = 20
+
+    async def run() -> tuple[int, float]:
+        redis = redis_client.connect(stack)
+        try:
+            throttle = Throttle(TokenBuckets(redis), None)
+            answers = await asyncio.gather(*(throttle.admit(gw) for _ in range(burst)))
+            left = float((await redis.command("HGET", f"fs:rate:{{{name}}}", "tokens")) or 0)
+            return sum(a is None for a in answers), left
+        finally:
+            await redis.aclose()
+
+    admitted, left = asyncio.run(run())
+    lease = Limit(400.0, burst).lease
+    assert lease == 20
+    # the whole burst (a lease per request kept one token of each: about burst / lease)
+    assert admitted >= burst - lease, admitted
+    assert left < lease  # the bucket went to requests, not to leases thrown away
