@@ -196,3 +196,23 @@ def test_train_explains_a_history_too_short(tmp_path, small_history):
         train(store, Registry(tmp_path / "reg"), TrainConfig(test_days=25, maturity_days=6))
     with pytest.raises(TrainingError, match="holds no payments"):
         train(HistoryStore(tmp_path / "empty"), Registry(tmp_path / "reg"), TrainConfig())
+
+
+def test_card_precision_leaves_out_cards_the_investigators_found_on_earlier_days():
+    """The field's count: card a, alerted and found fraudulent on day 1, is blocked on day 2
+    and not found again; card c, alerted on day 1 but legitimate, may be alerted again."""
+    day2 = DAY + pd.Timedelta(days=1)
+    payments = pd.DataFrame({"card_id": ["a", "c", "a", "c", "b"],
+                             "day": [DAY, DAY, day2, day2, day2], "amount": 1.0})
+    y = np.array([1, 0, 1, 0, 0])
+    scores = np.array([0.9, 0.8, 0.9, 0.7, 0.6])
+    never = np.full(5, np.nan)
+    m = evaluate(EvalSet(payments, y, never), scores, EvalConfig(k=1, bootstrap=0))
+    # day 1: a (fraud) -> 1.0; day 2: a is blocked, c (legitimate) is the top card -> 0.0
+    assert m["card_precision_at_k"] == 0.5
+    # counted again every day: a tops both days
+    assert m["card_precision_at_k_every_day"] == 1.0
+    two = evaluate(EvalSet(payments, y, never), scores, EvalConfig(k=2, bootstrap=0))
+    # day 1: a, c -> 0.5; day 2: a is blocked (found on day 1), c and b -> 0.0
+    assert two["card_precision_at_k"] == 0.25
+    assert two["card_precision_at_k_every_day"] == 0.5

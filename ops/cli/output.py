@@ -74,7 +74,9 @@ def utc(value: datetime | None) -> float | None:
 
 
 METRIC_COLUMNS = (("auc_roc", "AUC"), ("average_precision", "AP"),
-                  ("card_precision_at_k", "card P@k/day"), ("recall_at_budget", "recall@budget"),
+                  ("card_precision_at_k", "card P@k/day"),
+                  ("card_precision_at_k_every_day", "card P@k/day, found again"),
+                  ("recall_at_budget", "recall@budget"),
                   ("fraud_amount_per_alert", "fraud amount/alert"))
 
 
