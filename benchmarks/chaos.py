@@ -65,6 +65,13 @@ def bring_up(home: Path) -> tuple[Settings, dict[str, str], dict[str, str]]:
     print(f"bringing the stack up in {home} (trains a first model: a minute or two)", flush=True)
     subprocess.run([sys.executable, "-m", "ops.cli", "up", "--demo-payments", "0"],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    # Its first run (a schedule with no run before) is not left to compete with the load.
+    from model.registry import Registry
+
+    registry, began = Registry(settings.models_dir), time.monotonic()
+    print("waiting for the retrain worker's first run to end", flush=True)
+    while not registry.runs(last=1) and time.monotonic() - began < 600:
+        time.sleep(2)
     return settings, {"X-API-Key": key}, {"X-API-Key": analyst}
 
 
