@@ -168,7 +168,8 @@ def write_doc(report: dict[str, Any], run: ChaosRun, args: argparse.Namespace,
         f"| accepted verdicts missing from / doubled in the raw history as labels; "
         f"recorded with the wrong source or verdict | {t['verdicts_lost']} / "
         f"{t['verdicts_doubled']}; {t['verdicts_wrong_label']} |",
-        f"| fraud labels and fraud verdicts missing from / unexpected in the feature sets | "
+        f"| accepted fraud labels and verdicts missing from the feature sets / fraud in the "
+        f"feature sets with no fraud label in the history | "
         f"{t['labels_missing_in_features']} / {t['labels_unexpected_in_features']} |",
         f"| served features = point-in-time recomputation (label-free features) | "
         f"{t['parity_checked'] - t['parity_exact_differs']:,} of {t['parity_checked']:,} "

@@ -495,7 +495,12 @@ def audit(settings: Settings, run: ChaosRun) -> dict[str, Any]:
                          (verdict_rows["fraud"] != (decided["verdict"] == "fraud").to_numpy()))
                         .sum()) if len(decided) else 0
     fraud_known = pd.concat([accepted, decided[decided["verdict"] == "fraud"]])
-    in_features = _labels_in_features(settings, fraud_known)
+    # What the features may hold beyond those: fraud labels the API took after the client
+    # had given up on them (an attempt timed out, yet went through) are in the history.
+    fraud_recorded = set(store.query(
+        "SELECT DISTINCT payment_id FROM labels_raw WHERE payment_id LIKE ? AND is_fraud",
+        like)["payment_id"])
+    in_features = _labels_in_features(settings, fraud_known, fraud_recorded)
 
     # Answered by a second scoring (no replay after failed attempts): its first attempt may
     # have reached the card's window before its API process died, earlier than the
@@ -565,9 +570,10 @@ def _q(values: pd.Series, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def _labels_in_features(settings: Settings, accepted: pd.DataFrame) -> dict[str, int]:
-    """Each accepted fraud label in its terminal's and card's fraud sets, and nothing else
-    of the run's there."""
+def _labels_in_features(settings: Settings, accepted: pd.DataFrame,
+                        recorded: set[str]) -> dict[str, int]:
+    """Each accepted fraud label in its terminal's and card's fraud sets, and nothing there
+    that the history holds no fraud label for."""
     client = redis_client(settings)
     try:
         missing = unexpected = 0
@@ -577,9 +583,8 @@ def _labels_in_features(settings: Settings, accepted: pd.DataFrame) -> dict[str,
                 continue
             for entity, group in accepted.groupby(column):
                 members = {m.decode() for m in client.zrange(key_of(str(entity)), 0, -1)}
-                labelled = set(group["payment_id"])
-                missing += len(labelled - members)
-                unexpected += len(members - labelled)
+                missing += len(set(group["payment_id"]) - members)
+                unexpected += len(members - recorded)
         return {"missing": missing, "unexpected": unexpected}
     finally:
         client.close()
