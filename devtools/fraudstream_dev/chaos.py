@@ -171,9 +171,9 @@ class ChaosConfig:
     seed: int = 1
     # The gateway's retry budget, as a share of the payments' rate (Envoy's and Finagle's
     # retry budgets): retries of every kind together are spent from a bucket refilled at
-    # ``rate * retry_share`` a second. Without one, an outage's backlog retried every
-    # second or two outgrew the key's rate limit, and every attempt, new payments' too,
-    # was answered 429 for as long as the run lasted.
+    # ``rate * retry_share`` a second (at least 10), holding five seconds of it. Without
+    # one, an outage's backlog retried every second or two outgrew the key's rate limit,
+    # and every attempt, new payments' too, was answered 429 for as long as the run lasted.
     retry_share: float = 1.0
 
 
@@ -202,7 +202,10 @@ class _Load:
         self.analyst = analyst
         self.client: aiohttp.ClientSession | None = None
         self.t0 = 0.0
-        self._retry_tokens = self._retry_burst = max(1.0, cfg.rate * cfg.retry_share)
+        # At least 10 retries a second (Finagle's floor), and five seconds' worth saved up:
+        # the retries an outage of a few seconds leaves behind go out once it ends.
+        self._retry_rate = max(10.0, cfg.rate * cfg.retry_share)
+        self._retry_tokens = self._retry_burst = 5 * self._retry_rate
         self._retry_at = 0.0
         self.jitter = random.Random(cfg.seed + 1)  # apart from the payments' own draws
 
@@ -210,7 +213,7 @@ class _Load:
         """Take a token from the retry budget, if there is one."""
         now = self.now()
         self._retry_tokens = min(self._retry_burst, self._retry_tokens
-                                 + (now - self._retry_at) * self.cfg.rate * self.cfg.retry_share)
+                                 + (now - self._retry_at) * self._retry_rate)
         self._retry_at = now
         if self._retry_tokens < 1:
             return False
