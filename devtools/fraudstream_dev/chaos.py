@@ -205,20 +205,18 @@ class _Load:
         # At least 10 retries a second (Finagle's floor), and five seconds' worth saved up:
         # the retries an outage of a few seconds leaves behind go out once it ends.
         self._retry_rate = max(10.0, cfg.rate * cfg.retry_share)
-        self._retry_tokens = self._retry_burst = 5 * self._retry_rate
-        self._retry_at = 0.0
+        self._retry_burst = 5 * self._retry_rate
+        self._retry_next = 0.0
         self.jitter = random.Random(cfg.seed + 1)  # apart from the payments' own draws
 
-    def _retry_allowed(self) -> bool:
-        """Take a token from the retry budget, if there is one."""
+    def _retry_wait(self) -> float:
+        """How long the next retry waits for its turn in the retry budget. Turns are handed
+        out in the order asked for (a retry polling for a free token could starve for the
+        whole give-up time, as three payments did behind a restarting API)."""
         now = self.now()
-        self._retry_tokens = min(self._retry_burst, self._retry_tokens
-                                 + (now - self._retry_at) * self._retry_rate)
-        self._retry_at = now
-        if self._retry_tokens < 1:
-            return False
-        self._retry_tokens -= 1
-        return True
+        turn = max(self._retry_next, now - self._retry_burst / self._retry_rate)
+        self._retry_next = turn + 1 / self._retry_rate
+        return max(0.0, turn - now)
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -235,9 +233,8 @@ class _Load:
         start, pause = self.now(), 0.1
         give_up = give_up_after or self.cfg.give_up_after
         while self.now() - start < give_up:
-            if log.attempts and not self._retry_allowed():
-                await asyncio.sleep(0.05 + 0.1 * self.jitter.random())
-                continue
+            if log.attempts:
+                await asyncio.sleep(self._retry_wait())
             log.attempts += 1
             began = time.perf_counter()
             if isinstance(log, PaymentLog) and log.sent is None:
