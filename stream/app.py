@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 import faust
 import orjson
 from pydantic import ValidationError
-from redis.exceptions import RedisClusterException, RedisError
 
 from model.config import Settings, get_settings
 from model.schemas import Label
+from stores import redis_client
 from stores.audit_archive import AuditArchive
 from stores.events import decode_label, decode_scored, encode
 from stream import consumer
@@ -47,7 +47,7 @@ async def until_done(step: Callable[..., Awaitable[Any]], *args: Any) -> None:
             await step(*args)
             return
         # (a cluster's client raises RedisClusterException when no node answers)
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except redis_client.UNAVAILABLE as exc:
             log.warning("batch not processed (%s); retrying in %.1fs", type(exc).__name__,
                         delay)
             await asyncio.sleep(delay)
@@ -153,7 +153,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Any, Any]:
         # Redis or the disk away: the next tick copies from where the history ends.
         try:
             copied = await archive.copy()
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except redis_client.UNAVAILABLE as exc:
             log.warning("audit trails not copied (%s); next try in %.0fs",
                         type(exc).__name__, settings.audit_copy_seconds)
             return
