@@ -113,8 +113,8 @@ def main(
             return out, vectors
 
         feat_ms, observed = asyncio.run(feature_step())
-        forest = scorer.forest
-        assert forest is not None  # the project's models are tree ensembles
+        forest = scorer.compiled
+        assert forest is not None  # every family training picks is compiled
         X = np.array([scorer.vector(f) for f in observed[:300]])
         compiled_us = _timed_us(lambda x: forest.explain(x), X)
         sklearn_us = _timed_us(lambda x: scorer.estimator.predict_proba(x[None, :]), X[:100])

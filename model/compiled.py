@@ -1,31 +1,77 @@
-"""The project's own compiled form of a trained tree ensemble, for single-payment scoring.
+"""The project's own compiled form of a trained model, for single-payment scoring.
 
 scikit-learn's ``predict_proba`` spends most of a one-row call in input validation and
-thread dispatch. Here every tree of a fitted binary ``HistGradientBoostingClassifier`` is
-flattened into shared arrays, and one payment walks every tree down to its leaf in a loop
-compiled by numba (``_walk_all``): about 11 us for 300 trees of depth 8 here, where a numpy
-formulation (every split at once, then a gather per level) took 88 us, all of it in call
-overhead. The same walk yields per-payment feature contributions (Saabas: along each
-tree's path, the change in the expected leaf value at each split is credited to the
-split's feature), which add up exactly to the raw score.
+thread dispatch. Here every tree of a fitted binary tree ensemble is flattened into shared
+arrays, and one payment walks every tree down to its leaf in a loop compiled by numba
+(``_walk_all``): about 11 us for 300 trees of depth 8 here, where a numpy formulation
+(every split at once, then a gather per level) took 88 us, all of it in call overhead.
+A logistic regression is one dot product (``CompiledLinear``).
+
+Every compiled model explains a score the same way: per-feature contributions in
+log-odds, which add up with the bias to the score's log-odds.
+
+- Gradient boosting (``HistGradientBoostingClassifier``) adds its trees' values in
+  log-odds. Saabas: along each tree's path, the change in the expected leaf value at each
+  split is credited to the split's feature; the credits add up exactly to the raw score.
+- Forests (``RandomForestClassifier``, ``ExtraTreesClassifier``) average their trees'
+  leaf probabilities. The same Saabas walk credits each split with its change in the
+  expected probability; the credits add up to the score minus the forest's prior. They
+  are then rescaled, all by one factor, to add up to the score's log-odds minus the prior's
+  (the log-odds are those of the probability clipped to [1e-6, 1 - 1e-6], as a forest
+  gives 0 and 1): each feature keeps its share of the change, in the unit of the other
+  families' reasons.
+- A logistic regression (alone, or after a median imputer and a scaler) credits each
+  feature with its coefficient times its standardised value, exactly.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numba
 import numpy as np
+
+# Forests give probabilities of 0 and 1; their log-odds are taken within these bounds.
+PROBA_CLIP = 1e-6
 
 
 @dataclass(frozen=True)
 class Explanation:
     proba: float
-    raw: float
-    bias: float  # the raw score before any split: baseline + each tree's expected value
+    raw: float  # the score in log-odds
+    bias: float  # the log-odds before any feature: a tree model's prior, a linear intercept
     contributions: np.ndarray  # per feature, in log-odds; bias + sum == raw
+
+
+class Compiled(Protocol):
+    """What the scorer needs of a compiled model."""
+
+    n_features: int
+
+    def explain(self, x: np.ndarray) -> Explanation: ...
+
+    def predict_proba(self, x: np.ndarray) -> float: ...
+
+    def predict_proba_many(self, X: np.ndarray) -> np.ndarray: ...
+
+
+def compile_model(estimator: Any) -> Compiled:
+    """The compiled form of a fitted binary model: gradient boosting, a random forest or
+    extra trees, or a logistic regression (alone or in a pipeline of imputer and scaler).
+    TypeError for any other model, ValueError for one it cannot compile exactly."""
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+
+    if isinstance(estimator, HistGradientBoostingClassifier):
+        return CompiledForest.from_sklearn(estimator)
+    if isinstance(estimator, RandomForestClassifier | ExtraTreesClassifier):
+        return CompiledForest.from_forest(estimator)
+    return CompiledLinear.from_sklearn(estimator)
 
 
 class CompiledForest:
@@ -40,7 +86,12 @@ class CompiledForest:
         roots: np.ndarray,
         baseline: float,
         n_features: int,
+        average: bool = False,
+        float32: bool = False,
     ) -> None:
+        """``average``: the trees' leaf values are probabilities, averaged (a forest);
+        otherwise log-odds, added up (gradient boosting). ``float32``: the features are
+        compared as float32, as scikit-learn's trees do."""
         self.feature = feature
         self.threshold = threshold
         self.left = left  # a leaf's children are itself
@@ -50,7 +101,12 @@ class CompiledForest:
         self.roots = roots
         self.baseline = baseline
         self.n_features = n_features
-        self.bias = baseline + float(expected[roots].sum())
+        self.average = average
+        self.float32 = float32
+        self._scale = 1.0 / len(roots) if average else 1.0
+        prior = baseline + float(expected[roots].sum()) * self._scale
+        self._prior = prior  # in the leaves' unit: log-odds, or a forest's probability
+        self.bias = _logit(prior) if average else prior
         # Compiled (or loaded from numba's cache) now, at model load, not on a payment's clock.
         self.explain(np.zeros(n_features))
 
@@ -77,7 +133,7 @@ class CompiledForest:
             left = np.where(leaf, own, nodes["left"].astype(np.int64) + offset)
             right = np.where(leaf, own, nodes["right"].astype(np.int64) + offset)
             feature.append(np.where(leaf, 0, nodes["feature_idx"]))
-            # A leaf compares x[0] against +inf: always "left", i.e. itself.
+            # A leaf is its own child (the walk stops there); +inf keeps x[0] out of it.
             threshold.append(np.where(leaf, np.inf, nodes["num_threshold"]))
             lefts.append(left)
             rights.append(right)
@@ -97,6 +153,46 @@ class CompiledForest:
             n_features=int(estimator.n_features_in_),
         )
 
+    @classmethod
+    def from_forest(cls, estimator: Any) -> CompiledForest:
+        """A fitted ``RandomForestClassifier`` or ``ExtraTreesClassifier``."""
+        if len(estimator.classes_) != 2:
+            raise ValueError("can compile a binary classifier only")
+        feature, threshold, lefts, rights, missing_right, expected, roots = ([] for _ in range(7))
+        offset = 0
+        for tree in (e.tree_ for e in estimator.estimators_):
+            n = tree.node_count
+            leaf = tree.children_left == -1
+            own = np.arange(n) + offset
+            lefts.append(np.where(leaf, own, tree.children_left + offset))
+            rights.append(np.where(leaf, own, tree.children_right + offset))
+            feature.append(np.where(leaf, 0, tree.feature))
+            threshold.append(np.where(leaf, np.inf, tree.threshold))
+            missing = getattr(tree, "missing_go_to_left", None)
+            missing_right.append(~leaf if missing is None
+                                 else ~np.asarray(missing, dtype=bool) & ~leaf)
+            value = tree.value[:, 0, :]
+            # A node's value is its training samples' class shares (weighted): the parent's
+            # is its children's mean, as the Saabas credits need.
+            expected.append(value[:, 1] / value.sum(axis=1))
+            roots.append(offset)
+            offset += n
+        return cls(
+            feature=np.concatenate(feature).astype(np.intp),
+            threshold=np.concatenate(threshold).astype(float),
+            left=np.concatenate(lefts).astype(np.intp),
+            right=np.concatenate(rights).astype(np.intp),
+            missing_right=np.concatenate(missing_right),
+            expected=np.concatenate(expected).astype(float),
+            roots=np.asarray(roots, dtype=np.intp),
+            baseline=0.0,
+            n_features=int(estimator.n_features_in_),
+            average=True, float32=True,
+        )
+
+    def _rows(self, X: np.ndarray) -> np.ndarray:
+        return (X.astype(np.float32) if self.float32 else X).astype(np.float64)
+
     def raw(self, x: np.ndarray) -> float:
         return self.explain(x).raw
 
@@ -109,21 +205,92 @@ class CompiledForest:
         compiled loop, no thread pool: it shares the machine with the scoring path."""
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got {X.shape}")
-        raw = self.baseline + _leaves_many(np.ascontiguousarray(X, dtype=np.float64),
-                                           self.roots, self.feature, self.threshold,
-                                           self.left, self.right, self.missing_right,
-                                           self.expected)
-        return 1.0 / (1.0 + np.exp(-raw))
+        total = self.baseline + self._scale * _leaves_many(
+            np.ascontiguousarray(self._rows(X)), self.roots, self.feature, self.threshold,
+            self.left, self.right, self.missing_right, self.expected)
+        return total if self.average else 1.0 / (1.0 + np.exp(-total))
 
     def explain(self, x: np.ndarray) -> Explanation:
         if x.shape != (self.n_features,):
             raise ValueError(f"expected {self.n_features} features, got shape {x.shape}")
         contributions = np.zeros(self.n_features)
-        leaves = _walk_all(np.ascontiguousarray(x, dtype=np.float64), self.roots,
+        leaves = _walk_all(np.ascontiguousarray(self._rows(x)), self.roots,
                            self.feature, self.threshold, self.left, self.right,
                            self.missing_right, self.expected, contributions)
-        raw = self.baseline + leaves
+        total = self.baseline + self._scale * leaves
+        if not self.average:
+            return Explanation(_sigmoid(total), total, self.bias, contributions)
+        # A forest's credits, in probability, rescaled to add up in log-odds (module doc).
+        contributions *= self._scale
+        raw = _logit(total)
+        change = total - self._prior
+        if abs(change) > 1e-12:
+            contributions *= (raw - self.bias) / change
+        else:  # no change to share: the slope of the log-odds there
+            contributions /= max(self._prior * (1 - self._prior), PROBA_CLIP)
+        return Explanation(total, raw, self.bias, contributions)
+
+
+class CompiledLinear:
+    """A logistic regression: log-odds = intercept + coef . (x - centre) / scale, missing
+    values (NaN) taken as the imputer's (a median imputer's fill; 0 without one)."""
+
+    def __init__(self, coef: np.ndarray, intercept: float, centre: np.ndarray,
+                 scale: np.ndarray, fill: np.ndarray) -> None:
+        self.n_features = len(coef)
+        self.weight = coef / scale
+        self.centre = centre
+        self.fill = fill
+        # the bias: log-odds at the centre (the training mean), where every credit is 0
+        self.bias = float(intercept)
+
+    @classmethod
+    def from_sklearn(cls, estimator: Any) -> CompiledLinear:
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        steps = list(estimator.steps) if isinstance(estimator, Pipeline) else [("", estimator)]
+        final = steps.pop()[1]
+        if not isinstance(final, LogisticRegression):
+            raise TypeError(f"can compile gradient boosting, a random forest, extra trees or "
+                            f"a logistic regression, not {type(final).__name__}")
+        if len(final.classes_) != 2:
+            raise ValueError("can compile a binary classifier only")
+        n = int(final.n_features_in_)
+        centre, scale, fill = np.zeros(n), np.ones(n), np.zeros(n)
+        for i, (_, step) in enumerate(steps):
+            if isinstance(step, SimpleImputer) and not step.add_indicator \
+                    and len(step.statistics_) == n and i == 0:
+                fill = np.asarray(step.statistics_, dtype=float)
+            elif isinstance(step, StandardScaler):
+                centre = np.asarray(step.mean_ if step.with_mean else centre, dtype=float)
+                scale = np.asarray(step.scale_ if step.with_std else scale, dtype=float)
+            else:
+                raise TypeError(f"can compile a logistic regression after a median imputer "
+                                f"and a standard scaler, not after {type(step).__name__}")
+        return cls(np.asarray(final.coef_[0], dtype=float), float(final.intercept_[0]),
+                   centre, scale, fill)
+
+    def _filled(self, X: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(X), self.fill, X)
+
+    def explain(self, x: np.ndarray) -> Explanation:
+        if x.shape != (self.n_features,):
+            raise ValueError(f"expected {self.n_features} features, got shape {x.shape}")
+        contributions = self.weight * (self._filled(x) - self.centre)
+        raw = self.bias + float(contributions.sum())
         return Explanation(_sigmoid(raw), raw, self.bias, contributions)
+
+    def predict_proba(self, x: np.ndarray) -> float:
+        return self.explain(x).proba
+
+    def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected rows of {self.n_features} features, got {X.shape}")
+        raw = self.bias + (self._filled(X) - self.centre) @ self.weight
+        return np.asarray(1.0 / (1.0 + np.exp(-raw)))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -131,12 +298,13 @@ def _walk_all(x: np.ndarray, roots: np.ndarray, feature: np.ndarray, threshold: 
               left: np.ndarray, right: np.ndarray, missing_right: np.ndarray,
               expected: np.ndarray, contributions: np.ndarray) -> float:
     """Walk each tree from its root to its leaf; returns the sum of the leaf values and
-    adds each split's change in expected value to its feature's contribution. A leaf's
-    threshold is +inf; a missing value goes where training sent it."""
+    adds each split's change in expected value to its feature's contribution. A leaf is its
+    own child (a split's threshold may be +inf: only the missing go right); a missing
+    value goes where training sent it."""
     total = 0.0
     for r in range(roots.shape[0]):
         node = roots[r]
-        while threshold[node] != np.inf:
+        while left[node] != node:
             value = x[feature[node]]
             if value != value:
                 nxt = right[node] if missing_right[node] else left[node]
@@ -177,6 +345,11 @@ def _expected_values(nodes: np.ndarray) -> np.ndarray:
             total = count[left] + count[right]
             expected[i] = (expected[left] * count[left] + expected[right] * count[right]) / total
     return expected
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, PROBA_CLIP), 1 - PROBA_CLIP)
+    return math.log(p / (1 - p))
 
 
 def _sigmoid(z: float) -> float:

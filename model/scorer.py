@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from model.compiled import CompiledForest
+from model.compiled import Compiled, compile_model
 from model.registry import ModelVersion
 from model.schemas import Decision
 
@@ -49,7 +49,8 @@ class Scorer:
     """Model + thresholds, immutable once built.
 
     The API swaps whole Scorer objects on hot reload, so a request holds one consistent
-    model for its whole lifetime. Tree ensembles are scored through their compiled form
+    model for its whole lifetime. Every family training may pick (gradient boosting,
+    forests, a logistic regression) is scored through its compiled form
     (``model.compiled``), which also explains each score; anything else falls back to the
     estimator's own ``predict_proba``, without feature reasons.
     """
@@ -61,9 +62,9 @@ class Scorer:
         t = metadata["thresholds"]
         self.thresholds = Thresholds(review=float(t["review"]), decline=float(t["decline"]))
         try:
-            self.forest: CompiledForest | None = CompiledForest.from_sklearn(estimator)
+            self.compiled: Compiled | None = compile_model(estimator)
         except (TypeError, ValueError):
-            self.forest = None
+            self.compiled = None
 
     @classmethod
     def from_version(cls, mv: ModelVersion) -> Scorer:
@@ -80,15 +81,15 @@ class Scorer:
         reasons): the shadow's batches, benchmarks."""
         if len(X) == 0:
             return np.zeros(0)
-        if self.forest is not None:
-            return self.forest.predict_proba_many(X)
+        if self.compiled is not None:
+            return self.compiled.predict_proba_many(X)
         return np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=float)
 
     def score(self, features: dict[str, float]) -> Outcome:
         x = self.vector(features)
         reasons: list[dict[str, Any]] = []
-        if self.forest is not None:
-            explanation = self.forest.explain(x)
+        if self.compiled is not None:
+            explanation = self.compiled.explain(x)
             score = explanation.proba
             contributions = explanation.contributions
         else:

@@ -78,7 +78,7 @@ def test_scorer_reasons_are_this_payments_largest_contributions():
     y = ((X[:, 0] > 1.0) | (X[:, 2] > 1.5)).astype(int)
     model = HistGradientBoostingClassifier(max_iter=50, random_state=0).fit(X, y)
     scorer = Scorer(model, {"version": "v1", **metadata(["a", "b", "c"], 0.1, 0.5)})
-    assert scorer.forest is not None
+    assert scorer.compiled is not None
     outcome = scorer.score({"a": 2.5, "b": 0.0, "c": 0.0})
     assert outcome.decision == "decline"
     assert outcome.reasons[0]["code"] == "score_above_decline_threshold"
@@ -90,9 +90,24 @@ def test_scorer_reasons_are_this_payments_largest_contributions():
     assert calm.decision == "approve" and calm.reasons == []
 
 
-def test_scorer_falls_back_to_predict_proba_for_other_estimators():
+def test_a_logistic_regression_is_compiled_and_explains_its_score():
     scorer = Scorer(fitted_model(3), {"version": "v1", **metadata(["a", "b", "c"], 0.1, 0.5)})
-    assert scorer.forest is None
+    assert scorer.compiled is not None
+    outcome = scorer.score({"a": 6.0, "b": 0.1, "c": 0.0})
+    assert outcome.decision == "decline"
+    assert outcome.score == pytest.approx(
+        scorer.estimator.predict_proba([[6.0, 0.1, 0.0]])[0, 1], abs=1e-12)
+    assert [r.get("feature") for r in outcome.reasons] == [None, "a"]
+
+
+def test_scorer_falls_back_to_predict_proba_for_other_estimators():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    model = KNeighborsClassifier().fit(X, (X[:, 0] > 1.0).astype(int))
+    scorer = Scorer(model, {"version": "v1", **metadata(["a", "b", "c"], 0.1, 0.5)})
+    assert scorer.compiled is None
     outcome = scorer.score({"a": 6.0, "b": 0.1, "c": 4.0})
     assert outcome.decision == "decline"
     assert [r["code"] for r in outcome.reasons] == ["score_above_decline_threshold"]
