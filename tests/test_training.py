@@ -9,9 +9,10 @@ from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate, pa
 from training.importer import import_history
 from training.simulator import SimulationConfig, simulate
 from training.train import (
-    BASELINES,
+    FAMILIES,
     TrainConfig,
     TrainingError,
+    choose_family,
     choose_thresholds,
     observed_maturity_days,
     train,
@@ -130,7 +131,10 @@ def test_train_evaluates_on_a_matured_window_with_baselines(tmp_path, small_hist
                                                bootstrap=50))
     assert first.promoted and registry.current_version() == first.version
     assert first.metrics["auc_roc"] > 0.8  # the simulated patterns are learnable
-    assert set(first.comparison) == {"candidate", *BASELINES}
+    assert set(first.comparison) == set(FAMILIES) and first.family in FAMILIES
+    # the candidate chosen is significantly worse than no family it was compared with
+    assert all(first.gains[f]["high"] >= 0 for f in FAMILIES if f != first.family)
+    assert not any("loses" in warning for warning in first.warnings)
     w = first.window
     stamp = pd.Timestamp
     # the test window ends a maturity period before the newest label, or with the payments
@@ -146,15 +150,59 @@ def test_train_evaluates_on_a_matured_window_with_baselines(tmp_path, small_hist
 
     # A deliberately weak model (2 trees, tiny steps) must not replace the current one.
     weak = train(store, registry, TrainConfig(test_days=7, maturity_days=5, max_iter=2,
-                                              learning_rate=0.01, bootstrap=50))
+                                              learning_rate=0.01, bootstrap=50,
+                                              baselines=False))
     assert not weak.promoted and "current" in weak.comparison
+    assert set(weak.comparison) == {"gradient_boosting", "current"}
     assert weak.gains["current"]["gain"] < 0
-    assert any("baseline" in warning for warning in weak.warnings)
     assert registry.current_version() == first.version
     forced = train(store, registry, TrainConfig(test_days=7, maturity_days=5, max_iter=2,
                                                 learning_rate=0.01, force=True, baselines=False,
                                                 bootstrap=20))
     assert forced.promoted and registry.current_version() == forced.version
+
+
+def _replicates(ap: float, spread: float, seed: int) -> np.ndarray:
+    """A model's AP on the window (first) and on 200 replicates around it; one seed per
+    model keeps their noise independent, as two unrelated models' would be."""
+    return np.r_[ap, ap + np.random.default_rng(seed).normal(0, spread, 200)]
+
+
+def test_model_selection_keeps_the_simpler_family_unless_beaten_significantly():
+    close = {"logistic_regression": _replicates(0.40, 0.01, 1),
+             "gradient_boosting": _replicates(0.70, 0.01, 2),
+             "random_forest": _replicates(0.705, 0.01, 3)}
+    family, why = choose_family(close)
+    assert family == "gradient_boosting" and "not significant" in why and "the simpler" in why
+    apart = {**close, "random_forest": _replicates(0.80, 0.01, 3)}
+    assert choose_family(apart) == ("random_forest", "best average_precision of 3 families")
+    # the simplest wins when nobody beats it; one family alone is chosen as such
+    assert choose_family({"extra_trees": _replicates(0.5, 0.05, 4),
+                          "logistic_regression": _replicates(0.52, 0.05, 5)})[0] \
+        == "logistic_regression"
+    assert choose_family({"gradient_boosting": _replicates(0.5, 0.05, 4)}) == \
+        ("gradient_boosting", "the only family fitted")
+
+
+def test_a_first_run_never_promotes_a_family_others_beat(tmp_path, small_history):
+    """A gradient boosting crippled to one tiny step loses to every forest: the first run
+    promotes the family chosen, compiled on the scoring path with its reasons."""
+    from model.scorer import Scorer
+
+    store = HistoryStore(tmp_path / "hist")
+    import_history(store, small_history)
+    registry = Registry(tmp_path / "reg")
+    result = train(store, registry, TrainConfig(test_days=7, maturity_days=5, max_iter=1,
+                                                learning_rate=0.01, bootstrap=50))
+    assert result.family != "gradient_boosting" and result.promoted
+    assert result.gains["gradient_boosting"]["low"] > 0  # beaten, significantly
+    mv = registry.current()
+    assert mv is not None and mv.metadata["family"] == result.family
+    scorer = Scorer.from_version(mv)
+    assert scorer.compiled is not None
+    X = np.random.default_rng(0).random((50, len(scorer.feature_names))) * 5
+    np.testing.assert_allclose(scorer.probabilities(X), scorer.estimator.predict_proba(X)[:, 1],
+                               rtol=0, atol=1e-9)
 
 
 def test_test_labels_are_those_known_at_the_cutoff(tmp_path, small_history):

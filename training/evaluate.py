@@ -158,6 +158,15 @@ def paired_gain(test: EvalSet, candidate: np.ndarray, other: np.ndarray,
                 replicates: np.ndarray, metric: str = "average_precision") -> dict[str, float]:
     """The candidate's gain over ``other`` on ``metric`` (AUC or AP), with a paired 95%
     interval: significant when the interval is above zero."""
+    return gain_between(metric_replicates(test, candidate, replicates, metric),
+                        metric_replicates(test, other, replicates, metric))
+
+
+def metric_replicates(test: EvalSet, scores: np.ndarray, replicates: np.ndarray,
+                      metric: str = "average_precision") -> np.ndarray:
+    """``metric`` (AUC or AP) on the test window, then on each card-bootstrap replicate:
+    computed once per model, any two models' rows give their paired gain
+    (``gain_between``)."""
     if metric not in ("auc_roc", "average_precision"):
         raise ValueError(f"paired gain is computed for auc_roc or average_precision, "
                          f"not {metric!r}")
@@ -165,10 +174,14 @@ def paired_gain(test: EvalSet, candidate: np.ndarray, other: np.ndarray,
     amount = test.payments["amount"].to_numpy(dtype=float)
     which = 0 if metric == "auc_roc" else 1
     weights = np.vstack([np.ones(len(y)), replicates])
-    values = [np.concatenate([_block_metrics(weights[i:i + CHUNK], scores, y, amount, 1)[which]
-                              for i in range(0, len(weights), CHUNK)])
-              for scores in (candidate, other)]
-    gain = values[0] - values[1]
+    return np.concatenate([_block_metrics(weights[i:i + CHUNK], scores, y, amount, 1)[which]
+                           for i in range(0, len(weights), CHUNK)])
+
+
+def gain_between(values: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Paired gain of one model's ``metric_replicates`` over another's: the gain on the
+    window, and the 95% interval of the replicates' gains."""
+    gain = values - other
     low, high = (float(v) for v in np.nanpercentile(gain[1:], [2.5, 97.5]))
     return {"gain": float(gain[0]), "low": low, "high": high,
             "significant": float(low > 0)}

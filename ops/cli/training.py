@@ -146,8 +146,9 @@ def train(
                                       help="cost of one review, with --thresholds-by cost"),
     k: int = typer.Option(TrainConfig.k, min=1, help="cards investigators check per day"),
     baselines: bool = typer.Option(TrainConfig.baselines,
-                                   help="also fit the logistic regression and random "
-                                        "forest baselines"),
+                                   help="fit every model family and choose (the "
+                                        "baselines among them); --no-baselines: the "
+                                        "gradient boosting alone"),
     features: str = typer.Option(TrainConfig.features,
                                  help="today (the 25 features) or catalogue (the default "
                                       "catalogue and the home's features.toml)"),
@@ -199,8 +200,11 @@ def show_training(result: TrainResult, cfg: TrainConfig) -> None:
         f"test {w['test_start'][:10]} → {w['test_end'][:10]} ({w['test_payments']:,} payments, "
         f"{w['test_fraud']:,} fraud); promoted artifact refitted on {w['refit_start'][:10]} → "
         f"{w['refit_end'][:10]} ({w['refit_payments']:,} payments)")
+    rows = {(f"{name} (chosen)" if name == result.family else name): m
+            for name, m in result.comparison.items()}
     console.print(metrics_table(f"matured test window (k = {cfg.k}, alert budget "
-                                f"{cfg.alert_rate:.0%}, 95% intervals)", result.comparison))
+                                f"{cfg.alert_rate:.0%}, 95% intervals)", rows))
+    console.print(f"candidate: {result.family.replace('_', ' ')} ({result.selection})")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     verdict = "[green]promoted[/]" if result.promoted else "[yellow]not promoted[/]"
@@ -211,7 +215,8 @@ def show_training(result: TrainResult, cfg: TrainConfig) -> None:
 def retrain_worker(
     once: bool = typer.Option(False, "--once", help="one tick, then exit"),
     force: bool = typer.Option(False, "--force", help="with --once: retrain now, due or not"),
-    baselines: bool | None = typer.Option(None, help="fit the baselines in each run too "
+    baselines: bool | None = typer.Option(None, help="fit every family and choose in each "
+                                                     "run "
                                                      "(default: FRAUDSTREAM_RETRAIN_BASELINES)"),
 ) -> None:
     """Retrain by itself: on a schedule and when enough labels matured; a candidate that
