@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from model.calibration import Calibration, logit
 from model.compiled import Compiled, compile_model
 from model.registry import ModelVersion
 from model.schemas import Decision
@@ -61,6 +62,9 @@ class Scorer:
         self.feature_names: list[str] = list(metadata["features"])
         t = metadata["thresholds"]
         self.thresholds = Thresholds(review=float(t["review"]), decline=float(t["decline"]))
+        # Every score given is the calibrated one (``model.calibration``); the thresholds
+        # are on that scale.
+        self.calibration = Calibration.from_dict(metadata.get("calibration"))
         try:
             self.compiled: Compiled | None = compile_model(estimator)
         except (TypeError, ValueError):
@@ -82,18 +86,19 @@ class Scorer:
         if len(X) == 0:
             return np.zeros(0)
         if self.compiled is not None:
-            return self.compiled.predict_proba_many(X)
-        return np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=float)
+            return self.calibration(self.compiled.predict_proba_many(X))
+        return self.calibration(np.asarray(self.estimator.predict_proba(X)[:, 1], dtype=float))
 
     def score(self, features: dict[str, float]) -> Outcome:
         x = self.vector(features)
         reasons: list[dict[str, Any]] = []
         if self.compiled is not None:
             explanation = self.compiled.explain(x)
-            score = explanation.proba
-            contributions = explanation.contributions
+            score = self.calibration.one(explanation.proba)
+            contributions = self._calibrated(explanation.contributions, explanation.raw,
+                                             explanation.bias, score)
         else:
-            score = float(self.estimator.predict_proba(x[None, :])[0, 1])
+            score = self.calibration.one(float(self.estimator.predict_proba(x[None, :])[0, 1]))
             contributions = None
         decision = self.thresholds.decide(score)
         if decision != "approve":
@@ -114,3 +119,14 @@ class Scorer:
                               f"{contributions[i]:+.2f} log-odds",
                 })
         return Outcome(score, decision, reasons, x)
+
+    def _calibrated(self, contributions: np.ndarray, raw: float, bias: float,
+                    score: float) -> np.ndarray:
+        """The model's credits in the calibrated score's log-odds: all scaled by one
+        factor, so that they add up to the calibrated score's change from the calibrated
+        prior (a Platt calibration's slope exactly)."""
+        if self.calibration.kind == "identity" or raw == bias:
+            return contributions
+        prior = self.calibration.one(float(1.0 / (1.0 + np.exp(-bias))))
+        change = float(logit(np.asarray(score)) - logit(np.asarray(prior)))
+        return contributions * (change / (raw - bias))

@@ -200,8 +200,13 @@ def test_a_first_run_never_promotes_a_family_others_beat(tmp_path, small_history
     assert mv is not None and mv.metadata["family"] == result.family
     scorer = Scorer.from_version(mv)
     assert scorer.compiled is not None
+    # served: the compiled family's score, through the calibration fitted in training
+    assert scorer.calibration.kind == mv.metadata["calibration"]["kind"] != "identity"
+    assert result.calibration["kind"] == scorer.calibration.kind
+    assert result.calibration["fraud"] == result.window["test_fraud"]
     X = np.random.default_rng(0).random((50, len(scorer.feature_names))) * 5
-    np.testing.assert_allclose(scorer.probabilities(X), scorer.estimator.predict_proba(X)[:, 1],
+    raw = scorer.estimator.predict_proba(X)[:, 1]
+    np.testing.assert_allclose(scorer.probabilities(X), scorer.calibration(raw),
                                rtol=0, atol=1e-9)
 
 

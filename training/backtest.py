@@ -28,7 +28,7 @@ from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
 from model.registry import ModelVersion, Registry
 from model.schemas import PAYMENT_DETAILS
-from model.scorer import Thresholds
+from model.scorer import Scorer
 from stores.history import HistoryStore
 from training.dataset import load, newest_event
 from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate
@@ -161,9 +161,10 @@ def backtest(store: HistoryStore, registry: Registry, cfg: BacktestConfig,
         if missing:
             raise BacktestError(f"model {mv.version} needs features this version no longer "
                                 f"computes: {sorted(missing)}")
-        scores = mv.load_estimator().predict_proba(X_all[mv.feature_names].to_numpy())[:, 1]
-        t = mv.metadata["thresholds"]
-        thresholds = Thresholds(review=float(t["review"]), decline=float(t["decline"]))
+        # The scorer the API loads: the compiled model and its calibration, as served.
+        scorer = Scorer.from_version(mv)
+        scores = scorer.probabilities(X_all[mv.feature_names].to_numpy())
+        thresholds = scorer.thresholds
         decided = np.where(scores >= thresholds.decline, "decline",
                            np.where(scores >= thresholds.review, "review", "approve"))
         decisions[f"score:{mv.version}"] = scores

@@ -49,6 +49,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from model import calibration
 from model.catalogue import DEFAULT, Catalogue
 from model.drift import references
 from model.features import DAY, FEATURE_NAMES, TERMINAL_HORIZON
@@ -109,6 +110,8 @@ class TrainConfig:
     # cheaper run, no selection and no baselines in the report).
     baselines: bool = True
     force: bool = False
+    # Scores calibrated on the matured test window's out-of-sample scores (model.calibration)
+    calibrate: bool = True
     # The features to train on: today's 25, or the installation's catalogue (the default
     # catalogue and the team's features.toml, ``model.catalogue_file``).
     features: Literal["today", "catalogue"] = "today"
@@ -147,6 +150,7 @@ class TrainResult:
     gains: dict[str, dict[str, float]] = field(default_factory=dict)  # candidate vs model
     family: str = GRADIENT_BOOSTING  # the family chosen as the candidate
     selection: str = ""  # why that family
+    calibration: dict[str, Any] = field(default_factory=dict)  # how, and its curves
     warnings: list[str] = field(default_factory=list)
     window: dict[str, Any] = field(default_factory=dict)
     previous_version: str | None = None
@@ -419,14 +423,17 @@ def train(
     rows, weight = sample_rows(split.refit, y_now, cfg)
     window["refit_rows_fitted"] = len(rows)
     final = fit_weighted(family_model(family, len(rows), cfg), X[rows], y_now[rows], weight)
-    thresholds = choose_thresholds(scores[family], test.y,
+    calibrate, calibration_report = fit_calibration(scores[family], test_pay["ts"], test.y,
+                                                    cfg.calibrate)
+    # Thresholds on the calibrated scale, the one the scorer serves.
+    thresholds = choose_thresholds(calibrate(scores[family]), test.y,
                                    test_pay["amount"].to_numpy(dtype=float), cfg)
     # What live traffic is compared with for drift: the latest matured weeks, as the
     # promoted model saw them.
     recent = np.flatnonzero(split.test)
     recent = recent[np.random.default_rng(cfg.seed).permutation(len(recent))[:REFERENCE_ROWS]]
     reference = references({f: X[recent, i] for i, f in enumerate(names)},
-                           _scores(final, X[recent]))
+                           calibrate(_scores(final, X[recent])))
 
     mv = registry.register(final, {
         "features": names,
@@ -434,6 +441,8 @@ def train(
         "metrics": comparison[family],
         "family": family,
         "selection": selection,
+        "calibration": calibrate.to_dict(),
+        "calibration_report": calibration_report,
         "comparison": comparison,
         "gains": gains,
         "warnings": warnings,
@@ -453,8 +462,33 @@ def train(
     elif promoted:
         registry.promote(mv.version, by="train", why=why)
     return TrainResult(mv.version, promoted, why, comparison[family], comparison, gains,
-                       family, selection, warnings, window,
+                       family, selection, calibration_report, warnings, window,
                        previous.version if previous else None, shadowed)
+
+
+def fit_calibration(scores: np.ndarray, ts: pd.Series, y: np.ndarray,
+                    enabled: bool = True) -> tuple[calibration.Calibration, dict[str, Any]]:
+    """The promoted model's calibration, fitted on the chosen family's out-of-sample scores
+    over the matured test window, and how well it holds: fitted on the window's first half
+    alone, then checked on its second (reliability curves and expected calibration error,
+    before and after). The refitted artifact's scores are mapped by it: the refit sees more
+    payments than the evaluated model, so the fit is an estimate; the curves say how good.
+    """
+    if not enabled:
+        return calibration.Calibration(), {"kind": "identity", "why": "--no-calibrate"}
+    full = calibration.fit(scores, y)
+    report: dict[str, Any] = {"kind": full.kind, "fraud": int(y.sum()),
+                              "payments": len(y)}
+    later = (ts >= ts.median()).to_numpy()
+    try:
+        half = calibration.fit(scores[~later], y[~later])
+    except ValueError:
+        report["check"] = "no fraud in the window's first half: not checked"
+        return full, report
+    report.update(check="fitted on the test window's first half, checked on its second",
+                  before=calibration.curve(scores[later], y[later]),
+                  after=calibration.curve(half(scores[later]), y[later]))
+    return full, report
 
 
 def _score_previous(previous: ModelVersion, features: pd.DataFrame, rows: np.ndarray,

@@ -10,7 +10,7 @@ import asyncio
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, cast, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 import pandas as pd
 import typer
@@ -152,6 +152,9 @@ def train(
     features: str = typer.Option(TrainConfig.features,
                                  help="today (the 25 features) or catalogue (the default "
                                       "catalogue and the home's features.toml)"),
+    calibrate: bool = typer.Option(TrainConfig.calibrate,
+                                   help="calibrate the scores on the matured test window "
+                                        "(isotonic or Platt): a score is a probability"),
 ) -> None:
     """Retrain from the history; promote the new model only on a significant gain."""
     if thresholds_by not in get_args(ThresholdsBy):
@@ -163,6 +166,7 @@ def train(
         cutoff=utc(cutoff), thresholds_by=cast(ThresholdsBy, thresholds_by),
         review_rate=review_rate, decline_rate=decline_rate, review_cost=review_cost, k=k,
         baselines=baselines, features=cast(Literal["today", "catalogue"], features),
+        calibrate=calibrate,
     )
     show_training(train_with_progress(cfg), cfg)
 
@@ -205,10 +209,39 @@ def show_training(result: TrainResult, cfg: TrainConfig) -> None:
     console.print(metrics_table(f"matured test window (k = {cfg.k}, alert budget "
                                 f"{cfg.alert_rate:.0%}, 95% intervals)", rows))
     console.print(f"candidate: {result.family.replace('_', ' ')} ({result.selection})")
+    show_calibration(result.calibration)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     verdict = "[green]promoted[/]" if result.promoted else "[yellow]not promoted[/]"
     console.print(f"{result.version}: {verdict} ({result.decision})")
+
+
+def show_calibration(report: dict[str, Any]) -> None:
+    """The calibration's reliability curve: by band of scores, the mean score before and
+    after calibration beside the fraud rate observed (on the half it was not fitted on)."""
+    kind = report.get("kind", "identity")
+    if kind == "identity":
+        console.print("scores not calibrated" + (f" ({report['why']})" if "why" in report
+                                                   else ""))
+        return
+    console.print(f"scores calibrated: {kind} on {report['fraud']:,} fraud of "
+                  f"{report['payments']:,} matured payments")
+    before, after = report.get("before"), report.get("after")
+    if not before or not after:
+        console.print(f"  {report.get('check', '')}")
+        return
+    table = Table("payments (by score)", "score before", "score after", "fraud observed",
+                  title=f"calibration, {report['check']}")
+    start = 0
+    total = sum(before["payments"])
+    for n, b, a_, r in zip(before["payments"], before["mean_score"], after["mean_score"],
+                           after["fraud_rate"], strict=True):
+        table.add_row(f"{start / total:.1%} to {(start + n) / total:.1%}", f"{b:.4f}",
+                      f"{a_:.4f}", f"{r:.4f}")
+        start += n
+    console.print(table)
+    console.print(f"expected calibration error: {before['ece']:.4f} before, "
+                  f"{after['ece']:.4f} after")
 
 
 # ---- retrain-worker ------------------------------------------------------------------
