@@ -1,10 +1,11 @@
-"""Model quality on simulated books: the candidate against the field's baselines and the
-model this project shipped before (its feature set, rebuilt here), the way the field
-measures it.
+"""Model quality on simulated books: every model family ``fraudstream train`` chooses from,
+the family its selection chose, and the model this project shipped before (its feature set,
+rebuilt here), the way the field measures it.
 
 For each scenario and seed: simulate, import into a scratch history, then split exactly as
 ``fraudstream train`` does (a matured test window, training labels as known at its start),
-fit every model on the same rows, and report AUC, average precision, card precision@100 per
+fit every family on the same rows, choose as ``train`` chooses (``choose_family``), and
+report AUC, average precision, card precision@100 per
 day (known-compromised cards left out) and recall at a 1% alert budget, with card-bootstrap
 95% intervals. Writes ``docs/model-quality.md`` and ``docs/model-quality.png``.
 
@@ -29,6 +30,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,13 +40,17 @@ from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import _active, _Events, compute_aggregates
 from stores.history import HistoryStore
 from training.dataset import load, newest_event
-from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate
+from training.evaluate import EvalConfig, EvalSet, card_replicates, evaluate, metric_replicates
 from training.importer import import_history
 from training.simulator import SimulationConfig, simulate
 from training.train import (
+    FAMILIES,
+    GRADIENT_BOOSTING,
+    PRIMARY_METRIC,
     TrainConfig,
-    baseline_model,
     candidate_model,
+    choose_family,
+    family_model,
     fit_weighted,
     observed_maturity_days,
     sample_rows,
@@ -52,9 +58,12 @@ from training.train import (
 )
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-MODELS = ("candidate", "random_forest", "logistic_regression", "previous_model")
-LABELS = {"candidate": "candidate (HGB, new features)", "random_forest": "random forest",
-          "logistic_regression": "logistic regression",
+SELECTED = "selected"
+MODELS = (*FAMILIES, SELECTED, "previous_model")
+LABELS = {"logistic_regression": "logistic regression",
+          "gradient_boosting": "gradient boosting (tuned)", "random_forest": "random forest",
+          "random_forest_balanced": "random forest, balanced classes",
+          "extra_trees": "extra trees", SELECTED: "**the selection's choice**",
           "previous_model": "previous model (HGB, previous features)"}
 
 
@@ -106,7 +115,7 @@ def previous_features(payments: pd.DataFrame, labels: pd.DataFrame) -> np.ndarra
     return pd.DataFrame(cols).to_numpy(dtype=float)
 
 
-def run(scenario: Scenario, seed: int, bootstrap: int) -> dict[str, dict[str, float]]:
+def run(scenario: Scenario, seed: int, bootstrap: int) -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="fraudstream-quality-") as scratch:
         home = Path(scratch)
         # scenario.config: SimulationConfig fields, of several types (dict[str, object])
@@ -132,20 +141,25 @@ def run(scenario: Scenario, seed: int, bootstrap: int) -> dict[str, dict[str, fl
     ecfg = EvalConfig(bootstrap=bootstrap, seed=seed)
     reps = card_replicates(test, ecfg)
     rows, weight = sample_rows(split.train, y_then, train_cfg)
-    out: dict[str, dict[str, float]] = {}
-    for name in MODELS:
+    out: dict[str, dict[str, Any]] = {}
+    values: dict[str, np.ndarray] = {}
+    for name in (*FAMILIES, "previous_model"):
         features = X["previous" if name == "previous_model" else "new"]
         started = time.perf_counter()
-        if name in ("candidate", "previous_model"):
+        if name == "previous_model":
             model = candidate_model(train_cfg).fit(features[rows], y_then[rows],
                                                    sample_weight=weight)
         else:
-            model = fit_weighted(baseline_model(name, len(rows), train_cfg), features[rows],
+            model = fit_weighted(family_model(name, len(rows), train_cfg), features[rows],
                                  y_then[rows], weight)
         scores = model.predict_proba(features[split.test])[:, 1]
         out[name] = evaluate(test, scores, ecfg, reps) | {
             "fit_seconds": time.perf_counter() - started,
             "payments": float(len(payments)), "fraud_rate": float(known.notna().mean())}
+        if name != "previous_model":
+            values[name] = metric_replicates(test, scores, reps, PRIMARY_METRIC)
+    chosen, _ = choose_family(values)
+    out[SELECTED] = out[chosen] | {"chosen": chosen}
     return out
 
 
@@ -172,9 +186,15 @@ def write(results: pd.DataFrame, args: argparse.Namespace, elapsed: float) -> No
         "Each scenario is simulated with several seeds; each run is split as `fraudstream "
         "train` splits (a test window ending one label-maturity period before the newest "
         "label, training labels as known when the test window starts) and every model is fitted "
-        "on the same rows. Card precision@100 leaves out cards whose fraud was known before "
-        "the day. Medians over seeds; in brackets, the range of the per-run 95% card-bootstrap "
-        "intervals' bounds (lowest low, highest high).",
+        "on the same rows. The selection's choice is the family `fraudstream train` would "
+        "promote on that run (the simplest family no other beats significantly on average "
+        "precision; [fraud-team.md](fraud-team.md#training)); its row is the chosen family's "
+        "figures, and which family it chose in how many seeds. Card precision@100 counts the "
+        "investigators' way: cards known compromised (a fraud reported before the day, or "
+        "a card alerted and confirmed on an earlier day) are left out; \"found again\" "
+        "leaves out only the reported ones. Medians over seeds; in brackets, the range of "
+        "the per-run 95% card-bootstrap intervals' bounds (lowest low, highest high). "
+        f"{GRADIENT_BOOSTING.replace('_', ' ').capitalize()} is the tuned default.",
         "",
     ]
     for scenario, part in median.groupby(level=0):
@@ -192,7 +212,12 @@ def write(results: pd.DataFrame, args: argparse.Namespace, elapsed: float) -> No
                 low = own[f"{key}_low"].min() if f"{key}_low" in own else np.nan
                 high = own[f"{key}_high"].max() if f"{key}_high" in own else np.nan
                 cells.append(f"{row[key]:.3f} [{low:.3f}, {high:.3f}]")
-            lines.append(f"| {LABELS[model]} | " + " | ".join(cells)
+            label = LABELS[model]
+            if model == SELECTED:
+                chosen = own["chosen"].value_counts()
+                label += " (" + ", ".join(f"{LABELS[str(f)]} in {n}"
+                                          for f, n in chosen.items()) + ")"
+            lines.append(f"| {label} | " + " | ".join(cells)
                          + f" | {row['fit_seconds']:.0f} |")
         seeds = sorted(int(x) for x in runs["seed"].unique())
         lines += ["", f"{int(info['payments']):,} payments per run, fraud "
@@ -207,8 +232,10 @@ def write(results: pd.DataFrame, args: argparse.Namespace, elapsed: float) -> No
             xs = np.arange(len(part)) * 0.0
             for j, scenario in enumerate(sorted(results["scenario"].unique())):
                 vals = part[part["scenario"] == scenario][key]
-                xs = j + (i - 1.5) * 0.18 + np.linspace(-0.03, 0.03, len(vals))
-                ax.scatter(xs, vals, color=f"C{i}", label=LABELS[model] if j == 0 else None)
+                xs = j + (i - (len(MODELS) - 1) / 2) * 0.11 + np.linspace(-0.02, 0.02,
+                                                                           len(vals))
+                ax.scatter(xs, vals, color=f"C{i}", marker="*" if model == SELECTED else "o",
+                           label=LABELS[model].strip("*") if j == 0 else None)
         ax.set_xticks(range(results["scenario"].nunique()),
                       sorted(results["scenario"].unique()))
         ax.set_title(label + " per run")
