@@ -211,7 +211,8 @@ def write(results: pd.DataFrame, args: argparse.Namespace, elapsed: float) -> No
             for key, _ in metrics:
                 low = own[f"{key}_low"].min() if f"{key}_low" in own else np.nan
                 high = own[f"{key}_high"].max() if f"{key}_high" in own else np.nan
-                cells.append(f"{row[key]:.3f} [{low:.3f}, {high:.3f}]")
+                ci = "" if np.isnan(low) or np.isnan(high) else f" [{low:.3f}, {high:.3f}]"
+                cells.append(f"{row[key]:.3f}{ci}")
             label = LABELS[model]
             if model == SELECTED:
                 chosen = own["chosen"].value_counts()
