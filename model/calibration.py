@@ -22,6 +22,7 @@ are applied by the scorer to every score it gives, online and offline alike.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,6 +36,11 @@ CLIP = 1e-6
 def logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(p, CLIP, 1 - CLIP)
     return np.asarray(np.log(q / (1 - q)))
+
+
+def logit_one(p: float) -> float:
+    q = min(max(p, CLIP), 1 - CLIP)
+    return math.log(q / (1 - q))
 
 
 @dataclass(frozen=True)
@@ -57,12 +63,20 @@ class Calibration:
         return s
 
     def one(self, score: float) -> float:
+        """One score, in plain floats: the hook's path, where numpy's per-call cost would
+        be most of the step."""
         if self.kind == "identity":
             return score
         if self.kind == "platt":
-            z = self.a * float(logit(np.asarray(score))) + self.b
+            z = self.a * logit_one(score) + self.b
             return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
-        return float(np.interp(score, self.x, self.y))
+        x, y = self.x, self.y
+        i = bisect_right(x, score)
+        if i == 0:
+            return y[0]
+        if i == len(x):
+            return y[-1]
+        return y[i - 1] + (y[i] - y[i - 1]) * (score - x[i - 1]) / (x[i] - x[i - 1])
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "a": self.a, "b": self.b, "x": list(self.x),

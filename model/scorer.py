@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from model.calibration import Calibration, logit
+from model.calibration import Calibration, logit_one
 from model.compiled import Compiled, compile_model
 from model.registry import ModelVersion
 from model.schemas import Decision
@@ -69,6 +70,11 @@ class Scorer:
             self.compiled: Compiled | None = compile_model(estimator)
         except (TypeError, ValueError):
             self.compiled = None
+        # The calibrated prior's log-odds: where the reasons' credits start from.
+        self._prior = 0.0
+        if self.compiled is not None and self.calibration.kind != "identity":
+            bias = self.compiled.explain(np.zeros(self.compiled.n_features)).bias
+            self._prior = logit_one(self.calibration.one(1.0 / (1.0 + math.exp(-bias))))
 
     @classmethod
     def from_version(cls, mv: ModelVersion) -> Scorer:
@@ -127,6 +133,4 @@ class Scorer:
         prior (a Platt calibration's slope exactly)."""
         if self.calibration.kind == "identity" or raw == bias:
             return contributions
-        prior = self.calibration.one(float(1.0 / (1.0 + np.exp(-bias))))
-        change = float(logit(np.asarray(score)) - logit(np.asarray(prior)))
-        return contributions * (change / (raw - bias))
+        return contributions * ((logit_one(score) - self._prior) / (raw - bias))
