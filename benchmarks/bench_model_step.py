@@ -155,7 +155,7 @@ def _write(out: Path, results: dict[str, dict[str, float]], payments: int, days:
         f"`python benchmarks/bench_model_step.py --days {days} --rows {rows} --repeat {repeat}`"
         f" ({payments:,} simulated payments, today's 25 features; each family fitted as "
         "`fraudstream train` fits it, on three quarters of the book by time).", "",
-        f"Machine: {machine()}.", "",
+        f"Machine: {machine().split(';')[0]}; nothing else of the stack running.", "",
         "*walk*: the compiled model with its contributions (`model/compiled.py`); *step*: "
         "what the API runs per payment (`Scorer.score`: the vector, the walk, the "
         "calibration, the decision and its reasons). One payment at a time, p50 and p99 over "

@@ -74,7 +74,7 @@ def test_worker_retrains_on_schedule_and_puts_a_better_candidate_in_shadow(small
     import_history(store, small_history, pii_key=PII_KEY)
     reg = Registry(tmp_path / "registry")
     weak = train(store, reg, TrainConfig(test_days=7, maturity_days=5, max_iter=3,
-                                         max_leaf_nodes=2, baselines=False))
+                                         max_leaf_nodes=2, baselines=False, search_seconds=0))
     assert weak.promoted
     policy = RetrainPolicy(every_hours=24, min_new_labels=10_000, maturity_days=5,
                            clock="events", train=TrainConfig(shadow=True, test_days=7,

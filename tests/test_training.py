@@ -10,6 +10,7 @@ from training.importer import import_history
 from training.simulator import SimulationConfig, simulate
 from training.train import (
     FAMILIES,
+    SEARCH_SPACE,
     TrainConfig,
     TrainingError,
     choose_family,
@@ -151,7 +152,7 @@ def test_train_evaluates_on_a_matured_window_with_baselines(tmp_path, small_hist
     # A deliberately weak model (2 trees, tiny steps) must not replace the current one.
     weak = train(store, registry, TrainConfig(test_days=7, maturity_days=5, max_iter=2,
                                               learning_rate=0.01, bootstrap=50,
-                                              baselines=False))
+                                              baselines=False, search_seconds=0))
     assert not weak.promoted and "current" in weak.comparison
     assert set(weak.comparison) == {"gradient_boosting", "current"}
     assert weak.gains["current"]["gain"] < 0
@@ -193,7 +194,8 @@ def test_a_first_run_never_promotes_a_family_others_beat(tmp_path, small_history
     import_history(store, small_history)
     registry = Registry(tmp_path / "reg")
     result = train(store, registry, TrainConfig(test_days=7, maturity_days=5, max_iter=1,
-                                                learning_rate=0.01, bootstrap=50))
+                                                learning_rate=0.01, bootstrap=50,
+                                                search_seconds=0))
     assert result.family != "gradient_boosting" and result.promoted
     assert result.gains["gradient_boosting"]["low"] > 0  # beaten, significantly
     mv = registry.current()
@@ -208,6 +210,32 @@ def test_a_first_run_never_promotes_a_family_others_beat(tmp_path, small_history
     raw = scorer.estimator.predict_proba(X)[:, 1]
     np.testing.assert_allclose(scorer.probabilities(X), scorer.calibration(raw),
                                rtol=0, atol=1e-9)
+
+
+def test_the_search_picks_settings_on_a_slice_before_the_test_window(tmp_path, small_history):
+    store = HistoryStore(tmp_path / "hist")
+    import_history(store, small_history)
+    result = train(store, Registry(tmp_path / "reg"),
+                   TrainConfig(test_days=7, maturity_days=5, max_iter=40, bootstrap=20,
+                               baselines=False, search_seconds=3600))
+    s = result.search
+    stamp = pd.Timestamp
+    # the slice ends with the training window, a maturity period before the test window;
+    # its own training payments end a maturity period before the slice
+    assert stamp(s["validation_end"]) <= stamp(result.window["test_start"]) - pd.Timedelta(days=5)
+    assert stamp(s["fit_end"]) == stamp(s["validation_start"]) - pd.Timedelta(days=s["gap_days"])
+    assert len(s["tried"]) == 1 + len(SEARCH_SPACE)  # the budget allowed every setting
+    best = max(t["average_precision"] for t in s["tried"])
+    assert next(t for t in s["tried"] if t["settings"] == s["chosen"])["average_precision"] == best
+    # the promoted gradient boosting carries the settings chosen
+    estimator = Registry(tmp_path / "reg").current().load_estimator()
+    for name, value in s["chosen"].items():
+        assert getattr(estimator, name) == value
+    # a budget of 0 searches nothing
+    none = train(store, Registry(tmp_path / "reg2"),
+                 TrainConfig(test_days=7, maturity_days=5, max_iter=20, bootstrap=20,
+                             baselines=False, search_seconds=0))
+    assert "tried" not in none.search
 
 
 def test_test_labels_are_those_known_at_the_cutoff(tmp_path, small_history):

@@ -31,8 +31,9 @@ The split is by time, never at random, and each side only knows what it would ha
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -134,6 +135,10 @@ class TrainConfig:
     l2_regularization: float = 1.0
     max_features: float = 0.5
     seed: int = 0
+    # Seconds the gradient boosting's hyperparameter search may spend (``search``): on a
+    # validation slice at the end of the training window, never on the test window; 0: the
+    # tuned settings above as they are.
+    search_seconds: float = 60.0
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(k=self.k, alert_rate=self.alert_rate, bootstrap=self.bootstrap,
@@ -151,6 +156,7 @@ class TrainResult:
     family: str = GRADIENT_BOOSTING  # the family chosen as the candidate
     selection: str = ""  # why that family
     calibration: dict[str, Any] = field(default_factory=dict)  # how, and its curves
+    search: dict[str, Any] = field(default_factory=dict)  # the settings tried, and chosen
     warnings: list[str] = field(default_factory=list)
     window: dict[str, Any] = field(default_factory=dict)
     previous_version: str | None = None
@@ -172,6 +178,80 @@ def observed_maturity_days(payments: pd.DataFrame, labels: pd.DataFrame) -> floa
     if len(delays) == 0:
         return 7.0
     return float(max(1, math.ceil(np.quantile(delays, 0.9) / DAY - 1e-9)))
+
+
+# The settings the search tries after the tuned ones, in this order, while its time lasts:
+# faster and slower learning, bigger and smaller trees, less regularisation, every feature
+# at each split. The depth stays within the compiled scorer's budget.
+SEARCH_SPACE: tuple[dict[str, Any], ...] = (
+    {"learning_rate": 0.1, "max_iter": 150},
+    {"max_leaf_nodes": 31, "min_samples_leaf": 50},
+    {"max_leaf_nodes": 7},
+    {"l2_regularization": 0.0, "min_samples_leaf": 20},
+    {"max_features": 1.0},
+    {"learning_rate": 0.03, "max_iter": 500},
+)
+
+
+def search(X: np.ndarray, payments: pd.DataFrame, spells: pd.DataFrame, y_then: np.ndarray,
+           split: Split, maturity_days: float, cfg: TrainConfig,
+           step: Callable[[str], Any] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """The gradient boosting's settings, searched as ``train`` evaluates, one level down:
+    the last ``test_days`` (at most a third) of the training window are the validation
+    slice, labelled as known when the test window starts (matured: the training window ends
+    a maturity period before it); the search fits on the payments ending a maturity period
+    before that slice, labelled as known at its start. Tuned settings first, then
+    ``SEARCH_SPACE`` while ``cfg.search_seconds`` last; the best average precision on the
+    slice wins (the tuned ones on a tie). The test window is never seen. A training window
+    too short for that gap is fitted up to the slice."""
+    from sklearn.metrics import average_precision_score
+
+    if cfg.search_seconds <= 0:
+        return cfg, {"why": "no search (search_seconds 0)"}
+    ts = payments["ts"].to_numpy(dtype=float)
+    train_ts = ts[split.train]
+    start, end = float(train_ts.min()), float(np.nextafter(train_ts.max(), np.inf))
+    val_days = min(cfg.test_days, (end - start) / DAY / 3)
+    val_start = end - val_days * DAY
+    fit_end = val_start - maturity_days * DAY
+    gap = maturity_days
+    if fit_end - start < val_days * DAY:
+        # A window too short for the gap: the search fits up to the slice, its newest labels
+        # unmatured (it ranks settings; the slice it is judged on is matured all the same).
+        fit_end, gap = val_start, 0.0
+    fit_rows = split.train & (ts < fit_end)
+    val_rows = split.train & (ts >= val_start)
+    y_fit = fraud_known_since(payments["payment_id"], spells,
+                              val_start).notna().to_numpy(dtype=int)
+    y_val = y_then[val_rows]
+    report: dict[str, Any] = {"validation_start": _iso(val_start), "validation_end": _iso(end),
+                              "fit_end": _iso(fit_end), "gap_days": gap,
+                              "budget_s": cfg.search_seconds,
+                              "tried": []}
+    if len(np.unique(y_fit[fit_rows])) < 2 or y_val.sum() == 0:
+        report["why"] = ("the training window is too short or too clean for a validation "
+                         "slice: the tuned settings kept")
+        return cfg, report
+    rows, weight = sample_rows(fit_rows, y_fit, cfg)
+    began = time.perf_counter()
+    best_ap, best = -1.0, cfg
+    for changes in ({}, *SEARCH_SPACE):
+        if changes and time.perf_counter() - began >= cfg.search_seconds:
+            break
+        if step is not None:
+            step(f"search: {changes or 'the tuned settings'}")
+        trial = replace(cfg, **changes)
+        t = time.perf_counter()
+        model = candidate_model(trial).fit(X[rows], y_fit[rows], sample_weight=weight)
+        ap = float(average_precision_score(y_val, model.predict_proba(X[val_rows])[:, 1]))
+        report["tried"].append({"settings": changes, "average_precision": ap,
+                                "seconds": round(time.perf_counter() - t, 2)})
+        if ap > best_ap:
+            best_ap, best = ap, trial
+    report["chosen"] = next(t["settings"] for t in report["tried"]
+                            if t["average_precision"] == best_ap)
+    report["seconds"] = round(time.perf_counter() - began, 1)
+    return best, report
 
 
 def candidate_model(cfg: TrainConfig) -> HistGradientBoostingClassifier:
@@ -379,6 +459,8 @@ def train(
     X_train, y_train, X_test = X[rows], y_then[rows], X[split.test]
     window["train_rows_fitted"] = len(rows)
 
+    # The search's settings are the gradient boosting's from here on (fit and refit).
+    cfg, searched = search(X, payments, spells, y_then, split, maturity, cfg, step)
     families = FAMILIES if cfg.baselines else (GRADIENT_BOOSTING,)
     scores: dict[str, np.ndarray] = {}
     for name in families:
@@ -443,6 +525,7 @@ def train(
         "selection": selection,
         "calibration": calibrate.to_dict(),
         "calibration_report": calibration_report,
+        "search": searched,
         "comparison": comparison,
         "gains": gains,
         "warnings": warnings,
@@ -462,7 +545,7 @@ def train(
     elif promoted:
         registry.promote(mv.version, by="train", why=why)
     return TrainResult(mv.version, promoted, why, comparison[family], comparison, gains,
-                       family, selection, calibration_report, warnings, window,
+                       family, selection, calibration_report, searched, warnings, window,
                        previous.version if previous else None, shadowed)
 
 

@@ -152,6 +152,10 @@ def train(
     features: str = typer.Option(TrainConfig.features,
                                  help="today (the 25 features) or catalogue (the default "
                                       "catalogue and the home's features.toml)"),
+    search_seconds: float = typer.Option(
+        TrainConfig.search_seconds, min=0.0,
+        help="seconds the gradient boosting's hyperparameter search may take, on a "
+             "validation slice before the test window (0: the tuned settings)"),
     calibrate: bool = typer.Option(TrainConfig.calibrate,
                                    help="calibrate the scores on the matured test window "
                                         "(isotonic or Platt): a score is a probability"),
@@ -166,7 +170,7 @@ def train(
         cutoff=utc(cutoff), thresholds_by=cast(ThresholdsBy, thresholds_by),
         review_rate=review_rate, decline_rate=decline_rate, review_cost=review_cost, k=k,
         baselines=baselines, features=cast(Literal["today", "catalogue"], features),
-        calibrate=calibrate,
+        calibrate=calibrate, search_seconds=search_seconds,
     )
     show_training(train_with_progress(cfg), cfg)
 
@@ -208,12 +212,30 @@ def show_training(result: TrainResult, cfg: TrainConfig) -> None:
             for name, m in result.comparison.items()}
     console.print(metrics_table(f"matured test window (k = {cfg.k}, alert budget "
                                 f"{cfg.alert_rate:.0%}, 95% intervals)", rows))
+    show_search(result.search)
     console.print(f"candidate: {result.family.replace('_', ' ')} ({result.selection})")
     show_calibration(result.calibration)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     verdict = "[green]promoted[/]" if result.promoted else "[yellow]not promoted[/]"
     console.print(f"{result.version}: {verdict} ({result.decision})")
+
+
+def show_search(report: dict[str, Any]) -> None:
+    """What the hyperparameter search tried on its validation slice, and kept."""
+    tried = report.get("tried")
+    if not tried:
+        console.print(f"hyperparameters: {report.get('why', 'not searched')}")
+        return
+    tuned = tried[0]["average_precision"]
+    chosen = report["chosen"]
+    best = max(t["average_precision"] for t in tried)
+    console.print(
+        f"hyperparameters: {len(tried)} settings of the gradient boosting in "
+        f"{report['seconds']:g} s (budget {report['budget_s']:g} s) on the validation slice "
+        f"{report['validation_start'][:10]} → {report['validation_end'][:10]}: "
+        + (f"kept {chosen} (AP {best:.3f} against the tuned settings' {tuned:.3f})" if chosen
+           else f"the tuned settings kept (AP {tuned:.3f})"))
 
 
 def show_calibration(report: dict[str, Any]) -> None:
