@@ -22,6 +22,8 @@ log-odds, which add up with the bias to the score's log-odds.
   families' reasons.
 - A logistic regression (alone, or after a median imputer and a scaler) credits each
   feature with its coefficient times its standardised value, exactly.
+- A blend (``model.ensemble.MeanBlend``, the mean of its members' probabilities) averages
+  its members' credits and scales them, by one factor, to its own change in log-odds.
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def compile_model(estimator: Any) -> Compiled:
         RandomForestClassifier,
     )
 
+    from model.ensemble import MeanBlend
+
+    if isinstance(estimator, MeanBlend):
+        return CompiledBlend([compile_model(m) for m in estimator.fitted_])
     if isinstance(estimator, HistGradientBoostingClassifier):
         return CompiledForest.from_sklearn(estimator)
     if isinstance(estimator, RandomForestClassifier | ExtraTreesClassifier):
@@ -229,6 +235,36 @@ class CompiledForest:
         else:  # no change to share: the slope of the log-odds there
             contributions /= max(self._prior * (1 - self._prior), PROBA_CLIP)
         return Explanation(total, raw, self.bias, contributions)
+
+
+class CompiledBlend:
+    """The mean probability of compiled members (``model.ensemble.MeanBlend``). Its credits:
+    the members' log-odds credits averaged, then scaled by one factor to add up to the
+    blend's own change in log-odds from its prior (the members' priors' mean probability)."""
+
+    def __init__(self, members: list[Compiled]) -> None:
+        if len({m.n_features for m in members}) != 1:
+            raise ValueError("a blend's members must take the same features")
+        self.members = members
+        self.n_features = members[0].n_features
+        zero = np.zeros(self.n_features)
+        self.bias = _logit(float(np.mean([_sigmoid(m.explain(zero).bias) for m in members])))
+
+    def explain(self, x: np.ndarray) -> Explanation:
+        parts = [m.explain(x) for m in self.members]
+        proba = float(np.mean([e.proba for e in parts]))
+        raw = _logit(proba)
+        contributions = np.mean([e.contributions for e in parts], axis=0)
+        spread = float(np.mean([e.raw - e.bias for e in parts]))
+        if abs(spread) > 1e-12:
+            contributions = contributions * ((raw - self.bias) / spread)
+        return Explanation(proba, raw, self.bias, contributions)
+
+    def predict_proba(self, x: np.ndarray) -> float:
+        return self.explain(x).proba
+
+    def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(np.mean([m.predict_proba_many(X) for m in self.members], axis=0))
 
 
 class CompiledLinear:

@@ -97,6 +97,27 @@ def test_compiled_forests_equal_sklearn_and_explain_in_log_odds(data, model):
     assert mean_abs[0] > 5 * mean_abs[5]
 
 
+def test_a_compiled_blend_is_its_members_mean_and_explains_in_log_odds(data):
+    from sklearn.ensemble import RandomForestClassifier
+
+    from model.ensemble import MeanBlend
+
+    X, y = data
+    blend = MeanBlend([HistGradientBoostingClassifier(max_iter=50, random_state=0),
+                       RandomForestClassifier(n_estimators=20, max_depth=8, random_state=0)])
+    blend.fit(X[:4000], y[:4000], sample_weight=np.ones(4000))
+    compiled = compile_model(blend)
+    test = X[4000:]
+    expected = blend.predict_proba(test)[:, 1]
+    np.testing.assert_allclose(expected, np.mean([m.predict_proba(test)[:, 1]
+                                                  for m in blend.fitted_], axis=0))
+    np.testing.assert_allclose(compiled.predict_proba_many(test), expected, rtol=0, atol=1e-9)
+    for row in test[:100]:
+        e = compiled.explain(row)
+        assert e.proba == pytest.approx(blend.predict_proba(row[None])[0, 1], abs=1e-9)
+        assert e.bias + e.contributions.sum() == pytest.approx(e.raw, abs=1e-9)
+
+
 @pytest.mark.parametrize("imputed", [True, False])
 def test_compiled_logistic_regression_equals_sklearn(data, imputed):
     from sklearn.impute import SimpleImputer

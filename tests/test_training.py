@@ -132,9 +132,11 @@ def test_train_evaluates_on_a_matured_window_with_baselines(tmp_path, small_hist
                                                bootstrap=50))
     assert first.promoted and registry.current_version() == first.version
     assert first.metrics["auc_roc"] > 0.8  # the simulated patterns are learnable
-    assert set(first.comparison) == set(FAMILIES) and first.family in FAMILIES
+    assert set(first.comparison) == {*FAMILIES, "blend"}
+    assert first.family in first.comparison
     # the candidate chosen is significantly worse than no family it was compared with
-    assert all(first.gains[f]["high"] >= 0 for f in FAMILIES if f != first.family)
+    assert all(first.gains[f]["high"] >= 0 for f in (*FAMILIES, "blend")
+               if f != first.family)
     assert not any("loses" in warning for warning in first.warnings)
     w = first.window
     stamp = pd.Timestamp
@@ -177,6 +179,9 @@ def test_model_selection_keeps_the_simpler_family_unless_beaten_significantly():
     assert family == "gradient_boosting" and "not significant" in why and "the simpler" in why
     apart = {**close, "random_forest": _replicates(0.80, 0.01, 3)}
     assert choose_family(apart) == ("random_forest", "best average_precision of 3 families")
+    # the blend, judged last, only when it wins significantly
+    assert choose_family({**close, "blend": _replicates(0.71, 0.01, 6)})[0] == "gradient_boosting"
+    assert choose_family({**close, "blend": _replicates(0.80, 0.01, 6)})[0] == "blend"
     # the simplest wins when nobody beats it; one family alone is chosen as such
     assert choose_family({"extra_trees": _replicates(0.5, 0.05, 4),
                           "logistic_regression": _replicates(0.52, 0.05, 5)})[0] \

@@ -17,8 +17,9 @@ The split is by time, never at random, and each side only knows what it would ha
   balanced class weights, extra trees) and judged on the matured test window by average
   precision with paired card-bootstrap intervals. The candidate is the simplest family
   that no other beats significantly (``choose_family``): the best one, unless a simpler
-  one is within its interval. So the candidate is never significantly worse than any
-  family it was compared with, on a first run included; the textbook ones (the logistic
+  one is within its interval; the blend of the two best (the mean of their probabilities)
+  is judged last, as the most complex. So the candidate is never significantly worse than
+  any family it was compared with, on a first run included; the textbook ones (the logistic
   regression, the random forest) are the field's baselines.
 - **The gate**: the candidate replaces the current model only if its average precision on
   the same matured test window is higher with a paired bootstrap interval above zero.
@@ -47,12 +48,14 @@ from sklearn.ensemble import (
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from model import calibration
 from model.catalogue import DEFAULT, Catalogue
 from model.drift import references
+from model.ensemble import MeanBlend, fit_weighted
 from model.features import DAY, FEATURE_NAMES, TERMINAL_HORIZON
 from model.labels import fraud_known_since, fraud_spells
 from model.point_in_time import compute_features
@@ -76,6 +79,8 @@ PRIMARY_METRIC = "average_precision"
 # the classes equally in its bootstrap sample), kept only when it wins like any family.
 FAMILIES = ("logistic_regression", "gradient_boosting", "random_forest",
             "random_forest_balanced", "extra_trees")
+# The mean of the two best families' probabilities: judged last, as the most complex.
+BLEND = "blend"
 GRADIENT_BOOSTING = "gradient_boosting"
 # The textbook models the report names as the field's baselines.
 BASELINES = ("logistic_regression", "random_forest")
@@ -289,7 +294,7 @@ baseline_model = family_model
 def choose_family(values: dict[str, np.ndarray]) -> tuple[str, str]:
     """The simplest family (in ``FAMILIES``' order) that no other beats significantly, and
     why. ``values``: each family's ``metric_replicates`` on the test window."""
-    order = [f for f in FAMILIES if f in values]
+    order = [f for f in (*FAMILIES, BLEND) if f in values]
     best = max(order, key=lambda f: (values[f][0], -order.index(f)))
     for family in order:
         beaten = [o for o in order if o != family
@@ -378,12 +383,6 @@ def sample_rows(rows: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> tuple[np.n
     return chosen, weight
 
 
-def fit_weighted(model: Any, X: np.ndarray, y: np.ndarray, weight: np.ndarray) -> Any:
-    """``model.fit`` with sample weights, for a pipeline too (its last step takes them)."""
-    key = f"{model.steps[-1][0]}__sample_weight" if hasattr(model, "steps") else "sample_weight"
-    return model.fit(X, y, **{key: weight})
-
-
 def _scores(model: Any, X: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict_proba(X)[:, 1], dtype=float)
 
@@ -467,6 +466,13 @@ def train(
         step(f"fit {name.replace('_', ' ')}")
         scores[name] = _scores(fit_weighted(family_model(name, len(y_train), cfg), X_train,
                                             y_train, weight), X_test)
+    blend_of: tuple[str, ...] = ()
+    if len(scores) > 1:
+        # The blend of the two best, on the same out-of-sample scores: no fit of its own.
+        blend_of = tuple(sorted(scores, key=lambda f: -float(
+            average_precision_score(test.y, scores[f])))[:2])
+        scores[BLEND] = np.mean([scores[f] for f in blend_of], axis=0)
+    candidates = (*families, BLEND) if blend_of else families
     previous = registry.current()
     warnings: list[str] = []
     if previous is not None:
@@ -479,10 +485,12 @@ def train(
     comparison = {name: evaluate(test, s, ecfg, replicates) for name, s in scores.items()}
     values = {name: metric_replicates(test, s, replicates, PRIMARY_METRIC)
               for name, s in scores.items()}
-    family, selection = choose_family({f: values[f] for f in families})
+    family, selection = choose_family({f: values[f] for f in candidates})
+    if family == BLEND:
+        selection = f"{' and '.join(f.replace('_', ' ') for f in blend_of)}: {selection}"
     gains = {name: gain_between(values[family], v) for name, v in values.items()
              if name != family}
-    for name in families:
+    for name in candidates:
         if name != family and gains[name]["high"] < 0:
             warnings.append(f"the candidate significantly loses to {name.replace('_', ' ')} "
                             f"on {PRIMARY_METRIC} ({gains[name]['gain']:+.4f})")
@@ -504,7 +512,9 @@ def train(
     step("refit on all matured payments")
     rows, weight = sample_rows(split.refit, y_now, cfg)
     window["refit_rows_fitted"] = len(rows)
-    final = fit_weighted(family_model(family, len(rows), cfg), X[rows], y_now[rows], weight)
+    final = fit_weighted(
+        MeanBlend([family_model(f, len(rows), cfg) for f in blend_of]) if family == BLEND
+        else family_model(family, len(rows), cfg), X[rows], y_now[rows], weight)
     calibrate, calibration_report = fit_calibration(scores[family], test_pay["ts"], test.y,
                                                     cfg.calibrate)
     # Thresholds on the calibrated scale, the one the scorer serves.
@@ -523,6 +533,7 @@ def train(
         "metrics": comparison[family],
         "family": family,
         "selection": selection,
+        "blend_of": list(blend_of) if family == BLEND else None,
         "calibration": calibrate.to_dict(),
         "calibration_report": calibration_report,
         "search": searched,
