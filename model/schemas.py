@@ -276,7 +276,9 @@ class Freshness(BaseModel):
 class ScoreResponse(BaseModel):
     payment_id: str
     decision: Decision
-    score: float | None
+    score: float | None = Field(description=(
+        "the fraud probability, calibrated on matured labels when the model was trained; "
+        "null in a degraded answer"))
     reasons: list[Reason]
     model_version: str | None
     rules_version: int = 0
