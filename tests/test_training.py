@@ -241,6 +241,11 @@ def test_the_search_picks_settings_on_a_slice_before_the_test_window(tmp_path, s
                  TrainConfig(test_days=7, maturity_days=5, max_iter=20, bootstrap=20,
                              baselines=False, search_seconds=0))
     assert "tried" not in none.search
+    # a budget shorter than one fit: the tuned settings alone, the budget kept
+    short = train(store, Registry(tmp_path / "reg3"),
+                  TrainConfig(test_days=7, maturity_days=5, max_iter=40, bootstrap=20,
+                              baselines=False, search_seconds=1e-6))
+    assert [t["settings"] for t in short.search["tried"]] == [{}]
 
 
 def test_test_labels_are_those_known_at_the_cutoff(tmp_path, small_history):
