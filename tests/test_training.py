@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -211,6 +213,7 @@ def test_a_first_run_never_promotes_a_family_others_beat(tmp_path, small_history
     assert scorer.calibration.kind == mv.metadata["calibration"]["kind"] != "identity"
     assert result.calibration["kind"] == scorer.calibration.kind
     assert result.calibration["fraud"] == result.window["test_fraud"]
+    assert Path(result.calibration["plot"]).stat().st_size > 1000  # beside the model
     X = np.random.default_rng(0).random((50, len(scorer.feature_names))) * 5
     raw = scorer.estimator.predict_proba(X)[:, 1]
     np.testing.assert_allclose(scorer.probabilities(X), scorer.calibration(raw),

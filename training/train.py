@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -553,6 +554,10 @@ def train(
         "compared_with": previous.version if previous is not None else None,
         "reference": reference,
     })
+    if calibration_report.get("before"):
+        # Beside the model (outside its sha256): the curve people look at, not read.
+        calibration_report["plot"] = str(plot_calibration(calibration_report,
+                                                          mv.path / "calibration.png"))
     shadowed = promoted and cfg.shadow and previous is not None and not cfg.force
     if shadowed:
         registry.set_challenger(mv.version, since=cutoff)
@@ -587,6 +592,33 @@ def fit_calibration(scores: np.ndarray, ts: pd.Series, y: np.ndarray,
                   before=calibration.curve(scores[later], y[later]),
                   after=calibration.curve(half(scores[later]), y[later]))
     return full, report
+
+
+def plot_calibration(report: dict[str, Any], path: Path) -> Path:
+    """The reliability diagram of ``fit_calibration``'s check: per band of scores, the
+    fraud rate observed against the mean score, before and after calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    low = 1e-4
+    for key, label, marker in (("before", "model's score", "o"),
+                               ("after", "calibrated", "s")):
+        curve = report[key]
+        ax.plot(np.maximum(curve["mean_score"], low), np.maximum(curve["fraud_rate"], low),
+                marker=marker, label=f"{label} (ECE {curve['ece']:.4f})")
+    ax.plot([low, 1], [low, 1], color="grey", linestyle="--", label="a calibrated score")
+    ax.set(xscale="log", yscale="log", xlabel="mean score of the band",
+           ylabel="fraud observed in the band",
+           title="calibration, on the test window's half it was not fitted on")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _score_previous(previous: ModelVersion, features: pd.DataFrame, rows: np.ndarray,

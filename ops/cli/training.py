@@ -263,7 +263,8 @@ def show_calibration(report: dict[str, Any]) -> None:
         start += n
     console.print(table)
     console.print(f"expected calibration error: {before['ece']:.4f} before, "
-                  f"{after['ece']:.4f} after")
+                  f"{after['ece']:.4f} after" + (f"; plot: {report['plot']}" if "plot" in report
+                                                 else ""))
 
 
 # ---- retrain-worker ------------------------------------------------------------------
