@@ -4,7 +4,8 @@
 # start neither) again against a Redis Cluster (three primaries) and a Kafka of three
 # brokers. The fixtures start their own servers on free ports under a temporary directory,
 # and stop them after. FRAUDSTREAM_TEST_RUNS="single" (or "cluster") runs one of the two;
-# arguments go to pytest.
+# arguments go to pytest. Each run ends with its 15 slowest tests: CI's whole run must stay
+# under 30 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -29,11 +30,11 @@ for run in ${FRAUDSTREAM_TEST_RUNS:-single cluster}; do
     single)
       echo "tests: one Redis, one Kafka broker"
       FRAUDSTREAM_REDIS_CLUSTER=false FRAUDSTREAM_TEST_KAFKA_BROKERS=1 \
-        "${guard[@]}" python -m pytest -q -p no:cacheprovider "$@" ;;
+        "${guard[@]}" python -m pytest -q -p no:cacheprovider --durations=15 "$@" ;;
     cluster)
       echo "tests using Redis or Kafka: Redis Cluster of three primaries, three Kafka brokers"
       FRAUDSTREAM_REDIS_CLUSTER=true FRAUDSTREAM_TEST_KAFKA_BROKERS=3 \
-        "${guard[@]}" python -m pytest -q -p no:cacheprovider -m integration "$@" ;;
+        "${guard[@]}" python -m pytest -q -p no:cacheprovider -m integration --durations=15 "$@" ;;
     *) echo "FRAUDSTREAM_TEST_RUNS: unknown run '$run' (single, cluster)" >&2; exit 2 ;;
   esac
 done
