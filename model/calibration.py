@@ -43,6 +43,13 @@ def logit_one(p: float) -> float:
     return math.log(q / (1 - q))
 
 
+def sigmoid_one(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """``platt``: calibrated = sigmoid(a * logit(score) + b). ``isotonic``: the line through
@@ -68,8 +75,7 @@ class Calibration:
         if self.kind == "identity":
             return score
         if self.kind == "platt":
-            z = self.a * logit_one(score) + self.b
-            return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+            return sigmoid_one(self.a * logit_one(score) + self.b)
         x, y = self.x, self.y
         i = bisect_right(x, score)
         if i == 0:

@@ -17,9 +17,9 @@ log-odds, which add up with the bias to the score's log-odds.
   leaf probabilities. The same Saabas walk credits each split with its change in the
   expected probability; the credits add up to the score minus the forest's prior. They
   are then rescaled, all by one factor, to add up to the score's log-odds minus the prior's
-  (the log-odds are those of the probability clipped to [1e-6, 1 - 1e-6], as a forest
-  gives 0 and 1): each feature keeps its share of the change, in the unit of the other
-  families' reasons.
+  (the log-odds are those of the probability clipped to [1e-6, 1 - 1e-6],
+  ``model.calibration.CLIP``, as a forest gives 0 and 1): each feature keeps its share
+  of the change, in the unit of the other families' reasons.
 - A logistic regression (alone, or after a median imputer and a scaler) credits each
   feature with its coefficient times its standardised value, exactly.
 - A blend (``model.ensemble.MeanBlend``, the mean of its members' probabilities) averages
@@ -28,15 +28,13 @@ log-odds, which add up with the bias to the score's log-odds.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import numba
 import numpy as np
 
-# Forests give probabilities of 0 and 1; their log-odds are taken within these bounds.
-PROBA_CLIP = 1e-6
+from model.calibration import CLIP, logit_one, sigmoid_one
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ class Compiled(Protocol):
     """What the scorer needs of a compiled model."""
 
     n_features: int
+    bias: float  # the log-odds before any feature
 
     def explain(self, x: np.ndarray) -> Explanation: ...
 
@@ -112,7 +111,7 @@ class CompiledForest:
         self._scale = 1.0 / len(roots) if average else 1.0
         prior = baseline + float(expected[roots].sum()) * self._scale
         self._prior = prior  # in the leaves' unit: log-odds, or a forest's probability
-        self.bias = _logit(prior) if average else prior
+        self.bias = logit_one(prior) if average else prior
         # Compiled (or loaded from numba's cache) now, at model load, not on a payment's clock.
         self.explain(np.zeros(n_features))
 
@@ -129,75 +128,45 @@ class CompiledForest:
         if any(p.nodes["is_categorical"].any() for p in predictors):
             raise ValueError("categorical splits are not supported by the compiled form")
 
-        feature, threshold, lefts, rights, missing_right, expected, roots = ([] for _ in range(7))
-        offset = 0
+        trees = []
         for predictor in predictors:
             nodes = predictor.nodes
-            n = len(nodes)
-            leaf = nodes["is_leaf"].astype(bool)
-            own = np.arange(n) + offset
-            left = np.where(leaf, own, nodes["left"].astype(np.int64) + offset)
-            right = np.where(leaf, own, nodes["right"].astype(np.int64) + offset)
-            feature.append(np.where(leaf, 0, nodes["feature_idx"]))
-            # A leaf is its own child (the walk stops there); +inf keeps x[0] out of it.
-            threshold.append(np.where(leaf, np.inf, nodes["num_threshold"]))
-            lefts.append(left)
-            rights.append(right)
-            missing_right.append(~nodes["missing_go_to_left"].astype(bool) & ~leaf)
-            expected.append(_expected_values(nodes))
-            roots.append(offset)
-            offset += n
-        return cls(
-            feature=np.concatenate(feature).astype(np.intp),
-            threshold=np.concatenate(threshold).astype(float),
-            left=np.concatenate(lefts).astype(np.intp),
-            right=np.concatenate(rights).astype(np.intp),
-            missing_right=np.concatenate(missing_right),
-            expected=np.concatenate(expected),
-            roots=np.asarray(roots, dtype=np.intp),
-            baseline=float(np.ravel(estimator._baseline_prediction)[0]),
-            n_features=int(estimator.n_features_in_),
-        )
+            trees.append(_Tree(leaf=nodes["is_leaf"].astype(bool),
+                               left=nodes["left"].astype(np.int64),
+                               right=nodes["right"].astype(np.int64),
+                               feature=nodes["feature_idx"],
+                               threshold=nodes["num_threshold"],
+                               missing_left=nodes["missing_go_to_left"].astype(bool),
+                               expected=_expected_values(nodes)))
+        return cls(**_flatten(trees),
+                   baseline=float(np.ravel(estimator._baseline_prediction)[0]),
+                   n_features=int(estimator.n_features_in_))
 
     @classmethod
     def from_forest(cls, estimator: Any) -> CompiledForest:
         """A fitted ``RandomForestClassifier`` or ``ExtraTreesClassifier``."""
         if len(estimator.classes_) != 2:
             raise ValueError("can compile a binary classifier only")
-        feature, threshold, lefts, rights, missing_right, expected, roots = ([] for _ in range(7))
-        offset = 0
+        trees = []
         for tree in (e.tree_ for e in estimator.estimators_):
-            n = tree.node_count
-            leaf = tree.children_left == -1
-            own = np.arange(n) + offset
-            lefts.append(np.where(leaf, own, tree.children_left + offset))
-            rights.append(np.where(leaf, own, tree.children_right + offset))
-            feature.append(np.where(leaf, 0, tree.feature))
-            threshold.append(np.where(leaf, np.inf, tree.threshold))
-            missing = getattr(tree, "missing_go_to_left", None)
-            missing_right.append(~leaf if missing is None
-                                 else ~np.asarray(missing, dtype=bool) & ~leaf)
             value = tree.value[:, 0, :]
-            # A node's value is its training samples' class shares (weighted): the parent's
-            # is its children's mean, as the Saabas credits need.
-            expected.append(value[:, 1] / value.sum(axis=1))
-            roots.append(offset)
-            offset += n
-        return cls(
-            feature=np.concatenate(feature).astype(np.intp),
-            threshold=np.concatenate(threshold).astype(float),
-            left=np.concatenate(lefts).astype(np.intp),
-            right=np.concatenate(rights).astype(np.intp),
-            missing_right=np.concatenate(missing_right),
-            expected=np.concatenate(expected).astype(float),
-            roots=np.asarray(roots, dtype=np.intp),
-            baseline=0.0,
-            n_features=int(estimator.n_features_in_),
-            average=True, float32=True,
-        )
+            trees.append(_Tree(leaf=tree.children_left == -1, left=tree.children_left,
+                               right=tree.children_right, feature=tree.feature,
+                               threshold=tree.threshold,
+                               missing_left=np.asarray(tree.missing_go_to_left, dtype=bool),
+                               # A node's value is its training samples' class shares
+                               # (weighted): the parent's is its children's mean, as the
+                               # Saabas credits need.
+                               expected=value[:, 1] / value.sum(axis=1)))
+        return cls(**_flatten(trees), baseline=0.0, n_features=int(estimator.n_features_in_),
+                   average=True, float32=True)
 
     def _rows(self, X: np.ndarray) -> np.ndarray:
-        return (X.astype(np.float32) if self.float32 else X).astype(np.float64)
+        """Contiguous float64, as the walk takes them (no copy when they are already);
+        through float32 first for scikit-learn's trees."""
+        if self.float32:
+            X = X.astype(np.float32)
+        return np.ascontiguousarray(X, dtype=np.float64)
 
     def raw(self, x: np.ndarray) -> float:
         return self.explain(x).raw
@@ -212,7 +181,7 @@ class CompiledForest:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got {X.shape}")
         total = self.baseline + self._scale * _leaves_many(
-            np.ascontiguousarray(self._rows(X)), self.roots, self.feature, self.threshold,
+            self._rows(X), self.roots, self.feature, self.threshold,
             self.left, self.right, self.missing_right, self.expected)
         return total if self.average else 1.0 / (1.0 + np.exp(-total))
 
@@ -220,20 +189,20 @@ class CompiledForest:
         if x.shape != (self.n_features,):
             raise ValueError(f"expected {self.n_features} features, got shape {x.shape}")
         contributions = np.zeros(self.n_features)
-        leaves = _walk_all(np.ascontiguousarray(self._rows(x)), self.roots,
+        leaves = _walk_all(self._rows(x), self.roots,
                            self.feature, self.threshold, self.left, self.right,
                            self.missing_right, self.expected, contributions)
         total = self.baseline + self._scale * leaves
         if not self.average:
-            return Explanation(_sigmoid(total), total, self.bias, contributions)
+            return Explanation(sigmoid_one(total), total, self.bias, contributions)
         # A forest's credits, in probability, rescaled to add up in log-odds (module doc).
         contributions *= self._scale
-        raw = _logit(total)
+        raw = logit_one(total)
         change = total - self._prior
         if abs(change) > 1e-12:
             contributions *= (raw - self.bias) / change
         else:  # no change to share: the slope of the log-odds there
-            contributions /= max(self._prior * (1 - self._prior), PROBA_CLIP)
+            contributions /= max(self._prior * (1 - self._prior), CLIP)
         return Explanation(total, raw, self.bias, contributions)
 
 
@@ -247,13 +216,12 @@ class CompiledBlend:
             raise ValueError("a blend's members must take the same features")
         self.members = members
         self.n_features = members[0].n_features
-        zero = np.zeros(self.n_features)
-        self.bias = _logit(float(np.mean([_sigmoid(m.explain(zero).bias) for m in members])))
+        self.bias = logit_one(float(np.mean([sigmoid_one(m.bias) for m in members])))
 
     def explain(self, x: np.ndarray) -> Explanation:
         parts = [m.explain(x) for m in self.members]
         proba = float(np.mean([e.proba for e in parts]))
-        raw = _logit(proba)
+        raw = logit_one(proba)
         contributions = np.mean([e.contributions for e in parts], axis=0)
         spread = float(np.mean([e.raw - e.bias for e in parts]))
         if abs(spread) > 1e-12:
@@ -317,7 +285,7 @@ class CompiledLinear:
             raise ValueError(f"expected {self.n_features} features, got shape {x.shape}")
         contributions = self.weight * (self._filled(x) - self.centre)
         raw = self.bias + float(contributions.sum())
-        return Explanation(_sigmoid(raw), raw, self.bias, contributions)
+        return Explanation(sigmoid_one(raw), raw, self.bias, contributions)
 
     def predict_proba(self, x: np.ndarray) -> float:
         return self.explain(x).proba
@@ -327,6 +295,53 @@ class CompiledLinear:
             raise ValueError(f"expected rows of {self.n_features} features, got {X.shape}")
         raw = self.bias + (self._filled(X) - self.centre) @ self.weight
         return np.asarray(1.0 / (1.0 + np.exp(-raw)))
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """One tree's nodes as its library keeps them (children by index within the tree)."""
+
+    leaf: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    missing_left: np.ndarray
+    expected: np.ndarray
+
+
+class _Flat(TypedDict):
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    missing_right: np.ndarray
+    expected: np.ndarray
+    roots: np.ndarray
+
+
+def _flatten(trees: list[_Tree]) -> _Flat:
+    """The trees in shared arrays, children offset to their tree's place: a leaf is its own
+    child (the walk stops there) and compares x[0] against +inf."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "feature", "threshold", "left", "right", "missing_right", "expected")}
+    roots, offset = [], 0
+    for t in trees:
+        own = np.arange(len(t.leaf)) + offset
+        parts["left"].append(np.where(t.leaf, own, t.left + offset))
+        parts["right"].append(np.where(t.leaf, own, t.right + offset))
+        parts["feature"].append(np.where(t.leaf, 0, t.feature))
+        parts["threshold"].append(np.where(t.leaf, np.inf, t.threshold))
+        parts["missing_right"].append(~t.missing_left & ~t.leaf)
+        parts["expected"].append(t.expected)
+        roots.append(offset)
+        offset += len(t.leaf)
+    types = {"feature": np.intp, "left": np.intp, "right": np.intp, "threshold": float,
+             "missing_right": bool, "expected": float}
+    flat = {k: np.concatenate(v).astype(types[k]) for k, v in parts.items()}
+    return _Flat(feature=flat["feature"], threshold=flat["threshold"], left=flat["left"],
+                 right=flat["right"], missing_right=flat["missing_right"],
+                 expected=flat["expected"], roots=np.asarray(roots, dtype=np.intp))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -381,15 +396,3 @@ def _expected_values(nodes: np.ndarray) -> np.ndarray:
             total = count[left] + count[right]
             expected[i] = (expected[left] * count[left] + expected[right] * count[right]) / total
     return expected
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, PROBA_CLIP), 1 - PROBA_CLIP)
-    return math.log(p / (1 - p))
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from model.calibration import Calibration, logit_one
+from model.calibration import Calibration, logit_one, sigmoid_one
 from model.compiled import Compiled, compile_model
 from model.registry import ModelVersion
 from model.schemas import Decision
@@ -73,8 +72,7 @@ class Scorer:
         # The calibrated prior's log-odds: where the reasons' credits start from.
         self._prior = 0.0
         if self.compiled is not None and self.calibration.kind != "identity":
-            bias = self.compiled.explain(np.zeros(self.compiled.n_features)).bias
-            self._prior = logit_one(self.calibration.one(1.0 / (1.0 + math.exp(-bias))))
+            self._prior = logit_one(self.calibration.one(sigmoid_one(self.compiled.bias)))
 
     @classmethod
     def from_version(cls, mv: ModelVersion) -> Scorer:

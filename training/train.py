@@ -49,7 +49,6 @@ from sklearn.ensemble import (
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -292,9 +291,6 @@ def family_model(name: str, n_train: int, cfg: TrainConfig) -> Any:
                 max_samples=min(1.0, RF_MAX_SAMPLES / max(n_train, 1)), random_state=cfg.seed)
 
 
-# The baselines' old name, for the benchmarks that fit one by name.
-baseline_model = family_model
-
 
 def choose_family(values: dict[str, np.ndarray]) -> tuple[str, str]:
     """The simplest family (in ``FAMILIES``' order) that no other beats significantly, and
@@ -471,13 +467,6 @@ def train(
         step(f"fit {name.replace('_', ' ')}")
         scores[name] = _scores(fit_weighted(family_model(name, len(y_train), cfg), X_train,
                                             y_train, weight), X_test)
-    blend_of: tuple[str, ...] = ()
-    if len(scores) > 1:
-        # The blend of the two best, on the same out-of-sample scores: no fit of its own.
-        blend_of = tuple(sorted(scores, key=lambda f: -float(
-            average_precision_score(test.y, scores[f])))[:2])
-        scores[BLEND] = np.mean([scores[f] for f in blend_of], axis=0)
-    candidates = (*families, BLEND) if blend_of else families
     previous = registry.current()
     warnings: list[str] = []
     if previous is not None:
@@ -487,9 +476,16 @@ def train(
             scores[CURRENT] = prev_scores
 
     step("evaluate")
-    comparison = {name: evaluate(test, s, ecfg, replicates) for name, s in scores.items()}
     values = {name: metric_replicates(test, s, replicates, PRIMARY_METRIC)
               for name, s in scores.items()}
+    blend_of: tuple[str, ...] = ()
+    if len(families) > 1:
+        # The blend of the two best, on the same out-of-sample scores: no fit of its own.
+        blend_of = tuple(sorted(families, key=lambda f: -values[f][0])[:2])
+        scores[BLEND] = np.mean([scores[f] for f in blend_of], axis=0)
+        values[BLEND] = metric_replicates(test, scores[BLEND], replicates, PRIMARY_METRIC)
+    candidates = (*families, BLEND) if blend_of else families
+    comparison = {name: evaluate(test, s, ecfg, replicates) for name, s in scores.items()}
     family, selection = choose_family({f: values[f] for f in candidates})
     if family == BLEND:
         selection = f"{' and '.join(f.replace('_', ' ') for f in blend_of)}: {selection}"
