@@ -74,7 +74,9 @@ def test_backtest_explains_what_it_cannot_do(split_history, tmp_path):
         backtest(store, Registry(tmp_path / "empty"), BacktestConfig())
 
 
+# Two scorers agreeing; the path through a cluster is tests/test_loop.py's.
 @pytest.mark.integration
+@pytest.mark.any_topology
 def test_replay_through_the_live_api_agrees_with_the_backtest(stream_worker, trained,
                                                               api_keys, tmp_path):
     from fraudstream_dev import launcher as services

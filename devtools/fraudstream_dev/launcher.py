@@ -138,24 +138,34 @@ class Proc:
 
     def stop(self, timeout: float = 30.0) -> bool:
         """SIGTERM, then SIGKILL after ``timeout``; True if it was running."""
-        if not self.signal(signal.SIGTERM):
-            self.pidfile.unlink(missing_ok=True)
-            return False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            _reap()
-            time.sleep(0.1)
-        if self.signal(signal.SIGKILL):
-            time.sleep(0.2)
-        _reap()
-        self.pidfile.unlink(missing_ok=True)
-        return True
+        return bool(stop_together([self], timeout))
 
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def stop_together(procs: list[Proc], timeout: float = 30.0) -> list[Proc]:
+    """SIGTERM to every one at once, then SIGKILL to those still running after ``timeout``;
+    the ones that were running. At once, because Kafka's combined brokers and controllers
+    need a quorum to shut down cleanly: stopped one after the other, the last one waits
+    for controllers already gone (30 s, then the kill), and all together take 7 s."""
+    running = [proc for proc in procs if proc.signal(signal.SIGTERM)]
+    for proc in procs:
+        if proc not in running:
+            proc.pidfile.unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(proc.pid() is not None for proc in running):
+        _reap()
+        time.sleep(0.1)
+    if any([proc.signal(signal.SIGKILL) for proc in running]):
+        time.sleep(0.2)
+    _reap()
+    for proc in running:
+        proc.pidfile.unlink(missing_ok=True)
+    return running
 
 
 def _reap() -> None:
@@ -339,8 +349,7 @@ def start_kafka(settings: Settings, timeout: float = 90.0) -> None:
 
 def stop_kafka(settings: Settings) -> None:
     """Every broker this project started."""
-    for proc in kafka_node_procs(settings):
-        proc.stop()
+    stop_together(kafka_node_procs(settings))
 
 
 def wait_kafka_ready(settings: Settings, timeout: float, proc: Proc | None = None,
@@ -530,11 +539,11 @@ def http_ok(url: str) -> bool:
 
 
 def stop_all(settings: Settings) -> list[str]:
+    # The writers first, so that nothing they hold is refused by a store already gone.
     stopped = []
-    for proc in (retrain_proc(settings), api_proc(settings), stream_proc(settings),
-                 *kafka_node_procs(settings), *redis_node_procs(settings)):
-        if proc.stop():
-            stopped.append(proc.name)
+    for group in ([retrain_proc(settings), api_proc(settings), stream_proc(settings)],
+                  kafka_node_procs(settings), redis_node_procs(settings)):
+        stopped += [proc.name for proc in stop_together(group)]
     return stopped
 
 
