@@ -130,7 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reviews = ReviewQueue(redis, settings.review_claim_seconds)
         monitor = Monitor(settings, FreshnessBoard(redis), reviews)
         api_keys.usage = KeyUsage(redis)
+        admission = Admission(settings.shed_queue_share)
         tasks = [
+            asyncio.create_task(admission.loop.run()),
             asyncio.create_task(api_keys.watch(settings.keys_poll_seconds)),
             asyncio.create_task(monitor.run(holder)),
             asyncio.create_task(resend_verdicts(reviews, publisher)),
@@ -146,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reviews=reviews, monitor=monitor, pii_key=pseudonym_key,
             throttle=Throttle(TokenBuckets(redis), default_limit),
             label_intake=LabelIntake(redis),
-            admission=Admission(settings.shed_queue_share),
+            admission=admission,
         )
         # What start-up built (FastAPI's routes, pydantic's schemas, the libraries: about
         # 190k objects) lives as long as the process: taken out of the cyclic collector,

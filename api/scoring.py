@@ -72,7 +72,8 @@ async def score_answer(payment: Payment, svc: Services, deadline_ms: int | None,
     The e-mail and IP become their tokens first: Redis, the answers kept for replays, the
     spool, Kafka and the history see only those (a retry with the same e-mail in another
     case hashes alike)."""
-    started = time.perf_counter() if arrived is None else arrived
+    # The wait before the first byte was read counts: the loop's lag (``api.admission``).
+    started = (time.perf_counter() if arrived is None else arrived) - svc.admission.loop.lag
     payment = pseudonymise(payment, svc.pii_key)
     budget = (deadline_ms or svc.settings.default_deadline_ms) / 1000
     within_event_time(payment.ts, "timestamp", svc)

@@ -67,6 +67,31 @@ def restart_api(s: Settings, workers: int = 1) -> None:
                      services.kafka_proc(s).pid()])
 
 
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
+
+
+def cpu_budget(pid: int, cpus: float, name: str = "fraudstream-bench-api") -> None:
+    """Hold process ``pid`` (every thread) to ``cpus`` cores' worth of CPU, through a
+    cgroup's CFS quota (v1 or v2), so that it saturates while the rest of the machine
+    has room: on a shared machine of two cores everything else would saturate first.
+    A 10 ms period: a request is held at most a few ms by the quota, not 100 ms."""
+    period = 10_000
+    quota = max(int(cpus * period), 1000)
+    v1 = CPU_CGROUP / name
+    v2 = Path("/sys/fs/cgroup") / name
+    if CPU_CGROUP.is_dir():
+        v1.mkdir(exist_ok=True)
+        (v1 / "cpu.cfs_period_us").write_text(str(period))
+        (v1 / "cpu.cfs_quota_us").write_text(str(quota))
+        (v1 / "cgroup.procs").write_text(str(pid))
+    elif (Path("/sys/fs/cgroup") / "cgroup.controllers").is_file():
+        v2.mkdir(exist_ok=True)
+        (v2 / "cpu.max").write_text(f"{quota} {period}")
+        (v2 / "cgroup.procs").write_text(str(pid))
+    else:
+        raise SystemExit("no CPU cgroup to give the API a budget: run with --api-cpus 0")
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -30,6 +30,10 @@ from stores.redis_client import RedisClient
 
 # trail name -> its Redis stream
 TRAILS: dict[str, str] = {"policy": policy_store.AUDIT_KEY, "reviews": reviews.AUDIT_KEY}
+# Written to the history directly, by the command that makes the change: API keys live in
+# a file on the operator's machine, not in Redis.
+KEYS_TRAIL = "keys"
+ALL_TRAILS = (*TRAILS, KEYS_TRAIL)
 # Entries per XRANGE: a copy after a long outage goes in pieces of this size.
 PAGE = 1_000
 
@@ -56,6 +60,19 @@ def audit_row(trail: str, entry_id: str, fields: Mapping[bytes, bytes]) -> dict[
         "actor": str(entry.get("actor") or entry.get("analyst") or ""),
         "entry": orjson.dumps(entry, option=orjson.OPT_SORT_KEYS).decode(),
     }
+
+
+def change_row(trail: str, action: str, actor: str, entry: Mapping[str, Any],
+               at: datetime | None = None) -> dict[str, Any]:
+    """One history row of a change recorded where it is made (``KEYS_TRAIL``); its id is
+    the time in ms and a random part, unique without a stream to number it."""
+    import secrets
+
+    at = at or datetime.now(UTC)
+    return {"trail": trail, "entry_id": f"{int(at.timestamp() * 1000)}-{secrets.randbits(48)}",
+            "logged_at": at, "action": action, "actor": actor,
+            "entry": orjson.dumps({"what": action, "actor": actor, **entry},
+                                  option=orjson.OPT_SORT_KEYS).decode()}
 
 
 @dataclass

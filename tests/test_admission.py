@@ -11,7 +11,7 @@ import time
 import orjson
 import uvicorn
 
-from api.admission import Admission
+from api.admission import Admission, LoopLag
 from api.arrival import TimedHttpToolsProtocol, arrived
 
 BUDGET = 0.25
@@ -51,6 +51,23 @@ def test_waits_count_against_each_requests_own_deadline_and_zero_turns_it_off():
     assert adm.admit(0.1, BUDGET, 0.101) is False
     off = Admission(share=0.0)
     assert all(feed(off, [0.2] * 40, 0.0, 0.002) + feed(off, [0.2] * 40, 0.1, 0.002))
+
+
+def test_the_loop_lag_is_how_long_a_busy_round_kept_sockets_unread():
+    async def main() -> tuple[float, float]:
+        lag = LoopLag(period_s=0.005)
+        task = asyncio.create_task(lag.run())
+        await asyncio.sleep(0.05)
+        idle = lag.lag
+        time.sleep(0.08)  # one round of the loop busy for 80 ms, as a saturated process's
+        await asyncio.sleep(0.001)  # the timer overdue runs in the next round
+        busy = lag.lag
+        task.cancel()
+        return idle, busy
+
+    idle, busy = asyncio.run(main())
+    assert idle < 0.02  # a busy CI machine may delay a timer a little, not 80 ms
+    assert 0.06 < busy < 0.2
 
 
 async def _echo_wait(scope, receive, send) -> None:  # type: ignore[no-untyped-def]

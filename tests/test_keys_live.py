@@ -80,6 +80,26 @@ def test_keys_are_created_rotated_and_revoked_live(api_client):
     assert revoked.exit_code == 0 and "revoked 3 key(s)" in revoked.output
     eventually(lambda: status(third) == (401, "unknown API key"), 20)
 
+    # Every change is in the history's audit, by whom, in order; a refused one is not;
+    # no key is ever written there.
+    assert cli("keys", "revoke", name).exit_code != 0
+    assert cli("keys", "limit", name, "--rate", "5").exit_code != 0
+    import getpass
+
+    from model.config import get_settings
+    from stores.history import HistoryStore
+
+    audit = HistoryStore(get_settings().history_dir).query(
+        "SELECT action, actor, entry FROM audit WHERE trail = 'keys' AND entry LIKE ? "
+        "ORDER BY logged_at, entry_id", [f'%"key":"{name}"%'])
+    assert list(audit["action"]) == ["key_created", "key_rotated", "key_rotated",
+                                     "key_revoked"]
+    assert set(audit["actor"]) == {getpass.getuser()}
+    assert '"scopes":["score"]' in audit["entry"][0] and '"keys":3' in audit["entry"][3]
+    assert not any(k in e for e in audit["entry"] for k in (first, second, third, "fsk_"))
+    shown = cli("history", "audit", "--trail", "keys")
+    assert shown.exit_code == 0 and "key_revoked" in shown.output
+
 
 @pytest.mark.integration
 def test_a_broken_key_file_keeps_the_keys_the_api_had(api_client, servers_settings):

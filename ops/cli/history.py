@@ -143,7 +143,8 @@ def history_stats() -> None:
 
 @app.command("audit")
 def history_audit(
-    trail: str | None = typer.Option(None, help="policy (rules and lists) or reviews"),
+    trail: str | None = typer.Option(None, help="policy (rules and lists), reviews or keys "
+                                                "(API keys created, rotated, limited, revoked)"),
     actor: str | None = typer.Option(None, help="only this key's (or analyst's) entries"),
     since: datetime | None = typer.Option(None, help="only entries from then on (UTC)"),
     limit: int = typer.Option(50, min=1, max=100_000, help="newest entries shown"),
@@ -152,13 +153,14 @@ def history_audit(
                                      "entry since removed from Redis is named (exit 1)"),
 ) -> None:
     """The audit trails' append-only copy in the history: who changed which rules and lists,
-    who claimed and decided which review case. The stream worker copies every new entry
-    from Redis within seconds (FRAUDSTREAM_AUDIT_COPY_SECONDS)."""
-    from stores.audit_archive import TRAILS
+    who claimed and decided which review case, who created, rotated, limited or revoked
+    which API key. The stream worker copies every new entry of the first two from Redis
+    within seconds (FRAUDSTREAM_AUDIT_COPY_SECONDS); `keys` writes its own at once."""
+    from stores.audit_archive import ALL_TRAILS
     from stores.history import HistoryStore
 
-    if trail is not None and trail not in TRAILS:
-        raise fail(f"--trail {trail!r}: one of {', '.join(TRAILS)}")
+    if trail is not None and trail not in ALL_TRAILS:
+        raise fail(f"--trail {trail!r}: one of {', '.join(ALL_TRAILS)}")
     s = get_settings()
     history = HistoryStore(s.history_dir)
     if verify:

@@ -13,6 +13,18 @@ from ops.cli.output import console, fail
 app = typer.Typer(help="API keys of the callers.", no_args_is_help=True)
 
 
+def _audit(s: Settings, action: str, name: str, **entry: object) -> None:
+    """Every change of a key goes to the history's audit (trail ``keys``), with the
+    operator's login as the actor; never the key or its secret."""
+    import getpass
+
+    from stores.audit_archive import KEYS_TRAIL, change_row
+    from stores.history import HistoryStore
+
+    HistoryStore(s.history_dir).append_audit(
+        [change_row(KEYS_TRAIL, action, getpass.getuser(), {"key": name, **entry})])
+
+
 @app.command("create")
 def keys_create(
     name: str,
@@ -44,6 +56,9 @@ def keys_create(
                                  rate_per_second=rate, burst=burst)
     except ValueError as exc:
         raise fail(str(exc)) from exc
+    _audit(s, "key_created", name, scopes=sorted(scopes), signing=signing,
+           label_sources=None if sources is None else sorted(sources), rate_per_second=rate,
+           burst=burst)
     console.print(f"key {name!r} ({', '.join(sorted(scope))}) created; keep it now, it is "
                   "not shown again:")
     console.print(f"  X-API-Key: {key}")
@@ -70,6 +85,7 @@ def keys_rotate(
         key, secret, until = rotate_key(s.api_keys_file, name, timedelta(hours=grace_hours))
     except ValueError as exc:
         raise fail(str(exc)) from exc
+    _audit(s, "key_rotated", name, previous_valid_until=until.isoformat())
     console.print(f"new key for {name!r}; keep it now, it is not shown again:")
     console.print(f"  X-API-Key: {key}")
     if secret:
@@ -95,6 +111,7 @@ def keys_limit(
         limit_key(s.api_keys_file, name, rate, burst)
     except ValueError as exc:
         raise fail(str(exc)) from exc
+    _audit(s, "key_limited", name, rate_per_second=rate, burst=burst)
     own = ApiKey(name=name, key_sha256="0" * 64, scopes=set(), rate_per_second=rate,
                  burst=burst).own_limit()
     said = (f"{own[0]:g} requests/s, burst {own[1]}" if own
@@ -115,6 +132,7 @@ def keys_revoke(name: str) -> None:
         n = revoke_key(s.api_keys_file, name)
     except ValueError as exc:
         raise fail(str(exc)) from exc
+    _audit(s, "key_revoked", name, keys=n)
     console.print(f"revoked {n} key(s) named {name!r}; every API process refuses them within "
                   f"{s.keys_poll_seconds:g} s")
 
