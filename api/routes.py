@@ -175,7 +175,7 @@ def _caller(request: Request) -> str:
 async def get_rules(svc: ServicesDep) -> dict[str, Any]:
     """The rule set in force and its version."""
     policy = await svc.policy.store.load()
-    return {"version": policy.version, **policy.rules.model_dump()}
+    return {"version": policy.version, **policy.rules.document()}
 
 
 @admin.put("/rules")

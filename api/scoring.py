@@ -127,7 +127,8 @@ async def score_answer(payment: Payment, svc: Services, deadline_ms: int | None,
         score, decision, degraded = None, svc.settings.degraded_decision, True
     policy = svc.policy.policy
     decision, policy_reasons = policy.apply(decision, features, obs.list_hits,
-                                            svc.settings.known_fraud_card_action)
+                                            svc.settings.known_fraud_card_action, payment,
+                                            score)
     reasons = policy_reasons + reasons
     freshness = svc.monitor.freshness
     if freshness.stale:

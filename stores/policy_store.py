@@ -90,7 +90,7 @@ class PolicyStore:
         every API process will load it before anything is written (``ValueError`` if it
         does not load as the same rules), and the rules, their version and the audit
         entry are written by one script: a failed save changes nothing."""
-        document = rules.model_dump_json()
+        document = rules.model_dump_json(exclude_none=True)
         try:
             loaded = RuleSet.model_validate_json(document)
         except ValueError as exc:

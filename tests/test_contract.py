@@ -222,6 +222,45 @@ def test_rules_and_lists_change_at_runtime_on_every_worker(stream_worker, traine
         one.put("/v1/admin/rules", json={"rules": []})
 
 
+def test_an_analysts_rule_over_the_payments_fields_and_the_score_decides_live(api_client):
+    rule = {"id": "ship_elsewhere", "action": "review", "priority": 5,
+            "description": "e-commerce shipped to another country than billed",
+            "when": [{"field": "payment.channel", "op": "==", "value": "ecom"},
+                     {"field": "payment.shipping_country", "op": "!=",
+                      "other": "payment.billing_country"},
+                     {"not": {"field": "payment.three_ds", "op": "==",
+                              "value": "authenticated"}},
+                     {"field": "score", "op": ">=", "value": 0}]}
+    try:
+        put = api_client.put("/v1/admin/rules", json={"rules": [rule]})
+        assert put.status_code == 200, put.text
+        shown = api_client.get("/v1/admin/rules").json()
+        assert shown["rules"] == [rule]  # as written: no empty fields of other forms
+
+        def codes(**kw):
+            out = api_client.post("/v1/payments/score", json=payment(**kw))
+            assert out.status_code == 200, out.text
+            return out.json()["decision"], [r["code"] for r in out.json()["reasons"]]
+
+        ecom = {"channel": "ecom", "billing_country": "FR", "shipping_country": "BE"}
+        decision, reasons = codes(**ecom)
+        assert decision in {"review", "decline"} and "rule_ship_elsewhere" in reasons
+        assert "rule_ship_elsewhere" not in codes(**ecom | {"shipping_country": "FR"})[1]
+        assert "rule_ship_elsewhere" not in codes(**ecom | {"three_ds": "authenticated"})[1]
+        assert "rule_ship_elsewhere" not in codes(channel="ecom")[1]  # no countries given
+
+        version = shown["version"]
+        bad = api_client.put("/v1/admin/rules", json={"rules": [
+            rule | {"when": [{"field": "payment.channel", "op": ">", "value": "ecom"}]}]})
+        assert bad.status_code == 422
+        (error,) = bad.json()["detail"]
+        assert error["loc"] == ["body", "rules", 0]
+        assert "rule 'ship_elsewhere': when[0]: op '>' orders numbers" in error["msg"]
+        assert api_client.get("/v1/admin/rules").json()["version"] == version  # unchanged
+    finally:
+        api_client.put("/v1/admin/rules", json={"rules": []})
+
+
 def test_batch_scores_in_order_and_reports_item_errors(api_client, stream_worker):
     card = uid("card")
     items = [payment(card_id=card, timestamp=f"2026-11-20T10:0{i}:00Z") for i in range(3)]
