@@ -387,7 +387,8 @@ class Policy:
         self.version = version
         # The payment's fields are looked up only for a rule set that names one.
         self._reads_payment = any(r.reads_payment for r in rules.rules)
-        self._compiled = [(r, _all([e.compile() for e in r.when]),
+        # Each rule, its test (compiled once, here) and the reason it gives when it holds.
+        self.compiled = [(r, _all([e.compile() for e in r.when]),
                            {"code": f"rule_{r.id}", "detail": f"rule {r.id} ({r.action}): "
                             f"{r.description or _describe(r)}"}) for r in rules.rules]
 
@@ -423,7 +424,7 @@ class Policy:
             if self._reads_payment and payment is not None:
                 values.update({f"payment.{k}": getattr(payment, k, None)
                                for k in PAYMENT_FIELDS})
-        hits = [(r, reason) for r, test, reason in self._compiled if test(values)]
+        hits = [(r, reason) for r, test, reason in self.compiled if test(values)]
         matched = [r for r, _ in hits]
         reasons += [dict(reason) for _, reason in hits]
         if matched:

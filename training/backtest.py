@@ -67,7 +67,7 @@ class BacktestReport:
     out_dir: Path | None = None
 
 
-def _period(cfg: BacktestConfig, store: HistoryStore,
+def period_of(cfg: BacktestConfig, store: HistoryStore,
             progress: Callable[[str, int | None], None]) -> tuple[pd.DataFrame, pd.DataFrame,
                                                                   np.ndarray]:
     """All payments needed (context + period, in arrival order), all labels, and the mask
@@ -98,6 +98,20 @@ def _period(cfg: BacktestConfig, store: HistoryStore,
     return combined, labels, in_period
 
 
+def period_features(cfg: BacktestConfig, store: HistoryStore,
+                    step: Callable[[str, int | None], None]
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """The period's payments, their point-in-time features, and when each one's fraud
+    became known (NaN: not fraud), by the labels known now."""
+    payments, labels, in_period = period_of(cfg, store, step)
+    step("features", None)
+    features = compute_features(payments, labels, progress=lambda n: step("features", n))
+    period = payments[in_period].reset_index(drop=True)
+    known = fraud_known_since(period["payment_id"], fraud_spells(labels),
+                              newest_event(payments, labels))
+    return period, features[in_period].reset_index(drop=True), known
+
+
 def _context(payments: pd.DataFrame, labels: pd.DataFrame, start: float) -> pd.Series:
     """The payments the period's features can see: those within the longest window, and
     older ones whose labels came lately (a card's fraud known in the last 30 days may be
@@ -123,7 +137,7 @@ def load_file(path: Path, mapping: dict[str, str] | None = None,
     return payments.merge(extra, on="payment_id", how="left"), labels
 
 
-def _versions(registry: Registry, cfg: BacktestConfig) -> list[ModelVersion]:
+def versions_of(registry: Registry, cfg: BacktestConfig) -> list[ModelVersion]:
     current = registry.current_version()
     names = list(cfg.versions) or ([current] if current else [])
     if not names:
@@ -138,14 +152,8 @@ def backtest(store: HistoryStore, registry: Registry, cfg: BacktestConfig,
         if progress is not None:
             progress(what, advance)
 
-    models = _versions(registry, cfg)
-    payments, labels, in_period = _period(cfg, store, step)
-    step("features")
-    features = compute_features(payments, labels, progress=lambda n: step("features", n))
-    period = payments[in_period].reset_index(drop=True)
-    X_all = features[in_period].reset_index(drop=True)
-    now = newest_event(payments, labels)
-    known = fraud_known_since(period["payment_id"], fraud_spells(labels), now)
+    models = versions_of(registry, cfg)
+    period, X_all, known = period_features(cfg, store, step)
     y = known.notna().to_numpy(dtype=int)
     period = period.assign(day=pd.to_datetime(period["ts"], unit="s", utc=True).dt.floor("D"))
     test = EvalSet(period, y, known.to_numpy(dtype=float))

@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from ops.cli import features, history, keys, models, monitoring, serve, training
+from ops.cli import features, history, keys, models, monitoring, rules, serve, training
 from ops.cli.output import console, err, fail
 
 __all__ = ["PLUGIN_GROUP", "app", "console", "err", "fail", "main"]
@@ -43,6 +43,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(history.app, name="history")
 app.add_typer(models.app, name="model")
 app.add_typer(features.app, name="features")
+app.add_typer(rules.app, name="rules")
 
 
 def main() -> None:
