@@ -106,8 +106,8 @@ def test_every_entry_is_copied_once_and_what_redis_loses_the_history_keeps(
     listed = cli("history", "audit", "--trail", "policy", "--actor", "alice")
     assert listed.exit_code == 0, listed.output
     assert listed.output.count("\"actor\":\"alice\"") == 3 and "carol" not in listed.output
-    wrong = cli("history", "audit", "--trail", "keys")
-    assert wrong.exit_code == 2 and "one of policy, reviews" in wrong.output
+    wrong = cli("history", "audit", "--trail", "rules")
+    assert wrong.exit_code == 2 and "one of policy, reviews, keys" in wrong.output
 
 
 def test_the_stream_worker_copies_new_entries_within_seconds(stream_worker):
