@@ -107,7 +107,7 @@ def main(rules: int = typer.Option(200, min=1), payments: int = typer.Option(500
             "p50": statistics.median(float(np.percentile(t, 50)) for t, _ in passes),
             "p99": statistics.median(float(np.percentile(t, 99)) for t, _ in passes),
             "matched": passes[0][1] / payments,
-            "conditions": sum(_count(r.when) for r in rule_set.rules)}
+            "conditions": sum(len(r.conditions()) for r in rule_set.rules)}
     table = Table("rule set", "rules", "conditions", "matched per payment", "p50 µs", "p99 µs",
                   title=f"the rules step, one payment ({payments:,} payments, median of "
                         f"{repeat})")
@@ -116,20 +116,6 @@ def main(rules: int = typer.Option(200, min=1), payments: int = typer.Option(500
                       f"{r['matched']:.2f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}")
     console.print(table)
     _write(out_doc, results, sets, rules, payments, repeat)
-
-
-def _count(exprs: Any) -> int:
-    from model.policy import All, AnyOf, Condition, Not
-
-    total = 0
-    for e in exprs:
-        if isinstance(e, Condition):
-            total += 1
-        elif isinstance(e, All | AnyOf):
-            total += _count(e.all if isinstance(e, All) else e.any)
-        elif isinstance(e, Not):
-            total += _count([e.not_])
-    return total
 
 
 def _write(out: Path, results: dict[str, dict[str, float]], sets: dict[str, Any], rules: int,
