@@ -67,7 +67,7 @@ class BacktestReport:
     out_dir: Path | None = None
 
 
-def period_of(cfg: BacktestConfig, store: HistoryStore,
+def _period(cfg: BacktestConfig, store: HistoryStore,
             progress: Callable[[str, int | None], None]) -> tuple[pd.DataFrame, pd.DataFrame,
                                                                   np.ndarray]:
     """All payments needed (context + period, in arrival order), all labels, and the mask
@@ -103,7 +103,7 @@ def period_features(cfg: BacktestConfig, store: HistoryStore,
                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
     """The period's payments, their point-in-time features, and when each one's fraud
     became known (NaN: not fraud), by the labels known now."""
-    payments, labels, in_period = period_of(cfg, store, step)
+    payments, labels, in_period = _period(cfg, store, step)
     step("features", None)
     features = compute_features(payments, labels, progress=lambda n: step("features", n))
     period = payments[in_period].reset_index(drop=True)
