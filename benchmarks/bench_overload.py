@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -183,7 +184,8 @@ def _write(out: Path, s: Settings, sustain: dict[int, dict[str, float]], sustain
     when = datetime.now(UTC)
     lines = [
         "# Overload: one API process past what it sustains", "",
-        f"Measured {when:%Y-%m-%d %H:%M} UTC with `python benchmarks/bench_overload.py` "
+        f"Measured {when:%Y-%m-%d %H:%M} UTC with "
+        f"`{' '.join(['python benchmarks/bench_overload.py', *sys.argv[1:]])}` "
         f"(median of {repeat} runs of {duration:g} s each; vegeta, open loop, 2 s timeout).", "",
         f"Machine: {machine()}.", "",
         (f"The API process is held to {api_cpus:g} of a core (a cgroup's CPU quota, "
